@@ -1,0 +1,340 @@
+"""Typed, validated configuration: YAML file + dotted ``key.sub=value`` overrides.
+
+Every section is a dataclass. ``load_config`` merges the defaults, a YAML file
+and overrides, then validates; a bad value raises :class:`ConfigError` naming
+the key, what was given and what is allowed (the CLI turns it into exit code 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+METHODS = ("ce", "kd", "crd", "crd_kd")
+DATASETS = ("fashion_mnist", "digits", "cifar10", "cifar100", "imagefolder")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key."""
+
+    def __init__(self, key: str, given: Any, allowed: str):
+        self.key, self.given, self.allowed = key, given, allowed
+        super().__init__(f"config key '{key}': got {given!r}; allowed: {allowed}")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion_mnist"
+    root: str | None = None  # None -> $DISTILL_DATA_ROOT or ~/.cache/distill-orchestrator/data
+    val_fraction: float = 0.1
+    train_subset: int | None = None  # use only this many training images (seeded), None = all
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    augment: bool = False
+    negatives: str = "class"  # CRD negatives: "class" (other classes, as the reference) or "uniform"
+    loader_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    teacher: str = "cnn_teacher"
+    student: str = "cnn_student_tiny"
+
+
+@dataclass
+class TeacherConfig:
+    checkpoint: str | None = None  # path, runs:/ or models:/ URI; None -> train once and cache
+    epochs: int = 4
+    lr: float = 0.05
+    cache_dir: str | None = None  # None -> ~/.cache/distill-orchestrator/teachers
+    cache_outputs: bool = True  # precompute teacher outputs on un-augmented train data
+
+
+@dataclass
+class KDConfig:
+    temperature: float = 4.0
+
+
+@dataclass
+class CRDConfig:
+    feat_dim: int = 128
+    nce_k: int = 4096
+    nce_t: float = 0.07
+    momentum: float = 0.5
+    z_mode: str = "fixed"  # "fixed" (first batch, as the reference) or "ema"
+    negatives_mode: str = "exact"  # "exact": K per anchor; "shared": one K-set per batch
+
+
+@dataclass
+class DistillConfig:
+    method: str = "crd_kd"
+    gamma: float = 1.0  # CE weight
+    alpha: float = 1.0  # KD weight
+    beta: float = 0.8  # CRD weight
+    kd: KDConfig = field(default_factory=KDConfig)
+    crd: CRDConfig = field(default_factory=CRDConfig)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    scheduler: str = "cosine"  # cosine | step | none
+    num_workers: int = 1  # Ray Train workers per trial
+    in_process: bool = True  # with one worker: run it in the trial process (no worker group)
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    torch_threads: int | None = None  # None -> cpus_per_worker
+
+
+@dataclass
+class AshaConfig:
+    grace_period: int = 1
+    reduction_factor: int = 2
+
+
+@dataclass
+class SweepConfig:
+    search_space: str = "crd_kd"  # a name in search_spaces/ or a YAML path
+    num_samples: int = 8
+    max_concurrent: int | None = None  # None -> derived from the cluster's CPUs / GPUs
+    metric: str = "val/acc1"
+    mode: str = "max"
+    asha: AshaConfig = field(default_factory=AshaConfig)
+    storage_path: str | None = None  # None -> ./runs (made absolute)
+    resume: bool = False
+    baseline: bool = True  # also train the student alone (cached) for the comparison
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = None  # None -> $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db
+    experiment: str | None = None  # None -> the sweep name
+    registered_model: str = "distill-student"
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # None -> $RAY_ADDRESS or a local Ray
+    num_cpus: int | None = None  # for a local Ray; None -> enough for the concurrency
+
+
+@dataclass
+class Config:
+    name: str = "fmnist-crd-kd"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+# ---------------------------------------------------------------- conversion
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Convert ``value`` (from YAML or a CLI string) to type ``tp`` or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", ())):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+            return None
+        return _coerce(key, value, args[0])
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(key, value, f"a mapping of {sorted(_field_types(tp))}")
+        return _from_dict(tp, value, prefix=key + ".")
+    if isinstance(value, str) and tp is not str:
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(key, value, f"a {tp.__name__}") from exc
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(key, value, "true or false")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(key, value, "an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, value, "a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(key, value, "a string")
+        return str(value)
+    return value
+
+
+def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    types = _field_types(cls)
+    unknown = sorted(set(data) - set(types))
+    if unknown:
+        key = prefix + unknown[0]
+        raise ConfigError(key, data[unknown[0]], f"known keys here are {sorted(types)}")
+    kwargs = {name: _coerce(prefix + name, data[name], types[name]) for name in data}
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(dotted, value, f"'{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def to_dict(cfg: Any) -> dict:
+    """Nested plain dict of a config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}`` (for MLflow params and tables)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def apply_overrides(cfg: Config, values: dict[str, Any]) -> Config:
+    """A copy of ``cfg`` with dotted keys set (used for sampled trial values); validated."""
+    tree = to_dict(cfg)
+    for dotted, value in values.items():
+        _set_dotted(tree, dotted, value)
+    new = _from_dict(Config, tree)
+    validate(new)
+    return new
+
+
+def from_dict(tree: dict) -> Config:
+    cfg = _from_dict(Config, tree)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- ``key.sub=value`` overrides, validated."""
+    tree = to_dict(Config())
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError("--config", str(path), "an existing YAML file")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError("--config", str(path), "a YAML mapping at top level")
+        _merge(tree, loaded)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(item, item, "overrides of the form key.sub=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), raw)
+    cfg = _from_dict(Config, tree)
+    validate(cfg)
+    return cfg
+
+
+def _merge(base: dict, new: dict) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _check(ok: bool, key: str, given: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(key, given, allowed)
+
+
+def _positive(key: str, value: float | int | None, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    _check(value is not None and value > 0, key, value, "a number > 0")
+
+
+def validate(cfg: Config) -> None:
+    """Check every value that has a constraint; raise ConfigError on the first bad one."""
+    d, t, ds, tr, sw = cfg.data, cfg.teacher, cfg.distill, cfg.train, cfg.sweep
+    _check(bool(cfg.name) and "/" not in cfg.name, "name", cfg.name, "a non-empty name without '/'")
+    _check(d.dataset in DATASETS, "data.dataset", d.dataset, f"one of {list(DATASETS)}")
+    _check(0.0 < d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "a fraction in (0, 1)")
+    _positive("data.train_subset", d.train_subset, allow_none=True)
+    _positive("data.batch_size", d.batch_size)
+    _positive("data.eval_batch_size", d.eval_batch_size)
+    _check(d.negatives in ("class", "uniform"), "data.negatives", d.negatives, "'class' or 'uniform'")
+    _check(d.loader_workers >= 0, "data.loader_workers", d.loader_workers, "an integer >= 0")
+    _positive("teacher.epochs", t.epochs)
+    _positive("teacher.lr", t.lr)
+    _check(ds.method in METHODS, "distill.method", ds.method, f"one of {list(METHODS)}")
+    for key in ("gamma", "alpha", "beta"):
+        value = getattr(ds, key)
+        _check(value >= 0, f"distill.{key}", value, "a weight >= 0")
+    _positive("distill.kd.temperature", ds.kd.temperature)
+    _positive("distill.crd.feat_dim", ds.crd.feat_dim)
+    _positive("distill.crd.nce_k", ds.crd.nce_k)
+    _positive("distill.crd.nce_t", ds.crd.nce_t)
+    _check(0.0 <= ds.crd.momentum < 1.0, "distill.crd.momentum", ds.crd.momentum, "a value in [0, 1)")
+    _check(ds.crd.z_mode in ("fixed", "ema"), "distill.crd.z_mode", ds.crd.z_mode, "'fixed' or 'ema'")
+    _check(
+        ds.crd.negatives_mode in ("exact", "shared"),
+        "distill.crd.negatives_mode",
+        ds.crd.negatives_mode,
+        "'exact' or 'shared'",
+    )
+    _positive("train.epochs", tr.epochs)
+    _check(tr.optimizer in ("sgd", "adamw"), "train.optimizer", tr.optimizer, "'sgd' or 'adamw'")
+    _positive("train.lr", tr.lr)
+    _check(0.0 <= tr.momentum < 1.0, "train.momentum", tr.momentum, "a value in [0, 1)")
+    _check(tr.weight_decay >= 0, "train.weight_decay", tr.weight_decay, "a value >= 0")
+    _check(tr.scheduler in ("cosine", "step", "none"), "train.scheduler", tr.scheduler, "cosine, step or none")
+    _positive("train.num_workers", tr.num_workers)
+    _positive("train.cpus_per_worker", tr.cpus_per_worker)
+    _positive("train.torch_threads", tr.torch_threads, allow_none=True)
+    _positive("sweep.num_samples", sw.num_samples)
+    _positive("sweep.max_concurrent", sw.max_concurrent, allow_none=True)
+    _check(sw.mode in ("max", "min"), "sweep.mode", sw.mode, "'max' or 'min'")
+    _positive("sweep.asha.grace_period", sw.asha.grace_period)
+    _check(sw.asha.reduction_factor >= 2, "sweep.asha.reduction_factor", sw.asha.reduction_factor, "an integer >= 2")
+    _check(
+        sw.asha.grace_period <= tr.epochs,
+        "sweep.asha.grace_period",
+        sw.asha.grace_period,
+        f"at most train.epochs ({tr.epochs})",
+    )
+    _positive("ray.num_cpus", cfg.ray.num_cpus, allow_none=True)

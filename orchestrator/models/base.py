@@ -1,0 +1,52 @@
+"""The model contract and the model registry.
+
+Every model maps images ``x: (B, C, H, W)`` to a :class:`ModelOutput` and
+exposes ``embedding_dim`` (the size of ``ModelOutput.embedding``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+from torch import Tensor, nn
+
+
+class ModelOutput(NamedTuple):
+    """What every model returns.
+
+    features:  stage outputs, each (B, C_i, H_i, W_i) (FitNet/AT-style losses)
+    embedding: (B, D) penultimate vector (CRD's input), D = model.embedding_dim
+    logits:    (B, num_classes)
+    """
+
+    features: list[Tensor]
+    embedding: Tensor
+    logits: Tensor
+
+
+ModelFactory = Callable[..., nn.Module]
+_REGISTRY: dict[str, ModelFactory] = {}
+
+
+def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator: register ``factory(num_classes, in_channels) -> nn.Module`` under ``name``."""
+
+    def decorate(factory: ModelFactory) -> ModelFactory:
+        if name in _REGISTRY:
+            raise ValueError(f"model '{name}' is registered twice")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorate
+
+
+def model_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    """Build a registered model; an unknown name lists the known ones."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model '{name}'; known models: {', '.join(model_names())}")
+    return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels)
