@@ -1,0 +1,130 @@
+"""Negative sampling for CRD (contrastive representation distillation).
+
+``class`` mode draws, for each anchor, negatives uniformly among the training
+samples of *other* classes (the reference's ``cls_negative``); ``uniform``
+mode draws them uniformly among all N samples (with replacement, as the
+reference's alias sampler).
+
+Reproducibility: every draw re-seeds the sampler's own ``torch.Generator``
+from ``(seed, stream, draw counter)``. The state is therefore just the counter
+(plus the generator state, for inspection), so a resumed run draws exactly the
+same negatives. ``stream`` separates data-parallel ranks: the CRD distiller
+sets it to the rank, so ranks sharing one seed still draw different negatives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+MODES = ("class", "uniform")
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _derive_seed(seed: int, stream: int, counter: int) -> int:
+    h = _splitmix64(seed & _MASK64)
+    h = _splitmix64(h ^ (stream & _MASK64))
+    h = _splitmix64(h ^ (counter & _MASK64))
+    return h & ((1 << 63) - 1)
+
+
+class NegativeSampler:
+    """Draws CRD negatives.
+
+    Args:
+        labels: (N,) training labels (int64); N = memory-bank size.
+        k: number of negatives per anchor (``distill.crd.nce_k``), 0 < k < N.
+        mode: "class" (other-class negatives) or "uniform".
+        seed: base seed.
+    """
+
+    def __init__(self, labels: Tensor, k: int, mode: str = "class", seed: int = 0):
+        labels = torch.as_tensor(labels).detach().to("cpu", torch.long).reshape(-1)
+        n = labels.numel()
+        if mode not in MODES:
+            raise ValueError(f"negatives mode must be one of {list(MODES)}, got {mode!r}")
+        if int(k) <= 0:
+            raise ValueError(f"nce_k must be > 0, got {k}")
+        if int(k) >= n:
+            raise ValueError(f"nce_k ({k}) must be smaller than the number of training samples ({n})")
+        if n and int(labels.min()) < 0:
+            raise ValueError("labels must be >= 0")
+        self.labels = labels
+        self.n = n
+        self.k = int(k)
+        self.mode = mode
+        self.seed = int(seed)
+        self.stream = 0
+        self.counter = 0
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(self.seed)
+        if mode == "class":
+            self._order = torch.argsort(labels, stable=True)  # samples grouped by class
+            self._counts = torch.bincount(labels)  # (C,)
+            self._starts = torch.cumsum(self._counts, 0) - self._counts  # (C,) first slot of class c
+
+    def _next_generator(self) -> torch.Generator:
+        self.generator.manual_seed(_derive_seed(self.seed, self.stream, self.counter))
+        self.counter += 1
+        return self.generator
+
+    def sample(self, indices: Tensor, labels: Tensor) -> Tensor:
+        """Negatives per anchor.
+
+        Args:
+            indices: (B,) dataset indices of the anchors (for shape; the positive).
+            labels: (B,) anchor labels (used in class mode).
+        Returns:
+            (B, K) int64 CPU tensor of dataset indices.
+        """
+        b = int(indices.shape[0])
+        gen = self._next_generator()
+        if self.mode == "uniform":
+            return torch.randint(0, self.n, (b, self.k), generator=gen)
+        y = labels.detach().to("cpu", torch.long).reshape(-1)
+        if y.numel() != b:
+            raise ValueError(f"labels has {y.numel()} entries, indices {b}")
+        if b and int(y.max()) >= self._counts.numel():
+            raise ValueError(f"label {int(y.max())} does not occur in the training labels")
+        same = self._counts[y]  # (B,)
+        other = self.n - same  # (B,) how many candidates each anchor has
+        if b and int(other.min()) == 0:
+            raise ValueError("class negatives need at least two classes in the training labels")
+        # uniform slot among the N - n_c other-class samples, then skip class c's block
+        u = torch.rand((b, self.k), generator=gen, dtype=torch.float64)
+        slot = (u * other[:, None]).long().minimum(other[:, None] - 1)
+        slot = slot + (slot >= self._starts[y][:, None]).long() * same[:, None]
+        return self._order[slot]
+
+    def sample_shared(self) -> Tensor:
+        """One set of K distinct negatives for a whole batch: (K,) int64 CPU tensor (uniform)."""
+        gen = self._next_generator()
+        return torch.randperm(self.n, generator=gen)[: self.k]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "counter": self.counter,
+            "k": self.k,
+            "mode": self.mode,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["k"]) != self.k or state["mode"] != self.mode:
+            raise ValueError(
+                f"sampler state is for k={state['k']}, mode={state['mode']!r}; "
+                f"this sampler has k={self.k}, mode={self.mode!r}"
+            )
+        self.seed = int(state["seed"])
+        self.counter = int(state["counter"])
+        self.generator.set_state(state["generator"])

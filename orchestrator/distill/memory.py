@@ -1,0 +1,205 @@
+"""CRD memory banks, NCE scores/loss and the distributed helpers they need.
+
+Shapes: N = dataset size (bank rows), d = feat_dim, B = batch, K = negatives.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+Z_MODES = ("fixed", "ema")
+
+
+# ---------------------------------------------------------------- distributed
+
+
+def dist_world() -> tuple[int, int]:
+    """(rank, world_size); (0, 1) outside torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@torch.no_grad()
+def all_gather_rows(tensor: Tensor) -> Tensor:
+    """Concatenate (B_r, ...) tensors from every rank in rank order; B_r may differ per rank."""
+    _, world = dist_world()
+    if world == 1:
+        return tensor
+    size = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.long)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    sizes_int = [int(s.item()) for s in sizes]
+    longest = max(sizes_int)
+    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[:n] for p, n in zip(parts, sizes_int)], dim=0)
+
+
+# ---------------------------------------------------------------- scores / loss
+
+
+def contrast_scores(anchor: Tensor, bank: Tensor, indices: Tensor, negatives: Tensor, tau: float) -> Tensor:
+    """Unnormalised NCE scores exp(<anchor, bank row> / tau).
+
+    Args:
+        anchor: (B, d) unit vectors (gradient flows through them).
+        bank: (N, d) memory bank (no gradient).
+        indices: (B,) positive rows.
+        negatives: (B, K) per-anchor rows ("exact") or (K,) rows shared by the batch ("shared").
+    Returns:
+        (B, K + 1): column 0 the positive, columns 1.. the negatives.
+    """
+    bank = bank.detach()
+    if negatives.dim() == 2:  # exact: (B, K+1, d) gather, the reference behaviour
+        idx = torch.cat([indices[:, None], negatives], dim=1)
+        weights = torch.index_select(bank, 0, idx.reshape(-1)).view(*idx.shape, bank.shape[1])  # (B, K+1, d)
+        logits = torch.bmm(weights, anchor[:, :, None]).squeeze(2)
+    elif negatives.dim() == 1:  # shared: one (B, d) @ (d, K) matmul
+        pos = (bank[indices] * anchor).sum(dim=1, keepdim=True)  # (B, 1)
+        neg = anchor @ bank[negatives].t()  # (B, K)
+        logits = torch.cat([pos, neg], dim=1)
+    else:
+        raise ValueError(f"negatives must be (B, K) or (K,), got shape {tuple(negatives.shape)}")
+    return torch.exp(logits / tau)
+
+
+def nce_loss(probs: Tensor, n_data: int, eps: float = 1e-7) -> Tensor:
+    """NCE loss of CRD (paper Eq. 18) with noise distribution Pn = 1/N.
+
+    Args:
+        probs: (B, K + 1) normalised scores P = exp(<v, m>/tau) / Z, positive in column 0.
+        n_data: N, the number of training samples.
+    Returns:
+        scalar  -(1/B) sum_b [log(P_pos/(P_pos + K Pn)) + sum_neg log(K Pn/(P_neg + K Pn))]
+        (``eps`` in the denominators, as the reference).
+    """
+    batch, k = probs.shape[0], probs.shape[1] - 1
+    m_pn = k / float(n_data)
+    p_pos, p_neg = probs[:, 0], probs[:, 1:]
+    log_d1 = torch.log(p_pos / (p_pos + m_pn + eps))
+    log_d0 = torch.log(m_pn / (p_neg + m_pn + eps))
+    return -(log_d1.sum() + log_d0.sum()) / batch
+
+
+# ---------------------------------------------------------------- memory
+
+
+class ContrastMemory(nn.Module):
+    """Student and teacher memory banks plus their NCE normalising constants.
+
+    Buffers: ``bank_s``/``bank_t`` (N, d), initialised uniform in [-stdv, stdv],
+    stdv = 1/sqrt(d/3) (the reference); ``z_s``/``z_t`` () normalising constants of
+    the student-anchored and teacher-anchored scores, -1 until the first batch.
+
+    Args:
+        n_data: N.  feat_dim: d.  momentum: bank update momentum in [0, 1).
+        z_mode: "fixed" (Z = mean(scores) * N of the first training batch, as the reference)
+            or "ema" (Z <- z_momentum * Z + (1 - z_momentum) * estimate, every training batch).
+        seed: seeds the bank initialisation.
+    """
+
+    def __init__(
+        self,
+        n_data: int,
+        feat_dim: int,
+        momentum: float = 0.5,
+        z_mode: str = "fixed",
+        z_momentum: float = 0.99,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if n_data <= 0:
+            raise ValueError(f"n_data must be > 0, got {n_data}")
+        if feat_dim <= 0:
+            raise ValueError(f"feat_dim must be > 0, got {feat_dim}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if z_mode not in Z_MODES:
+            raise ValueError(f"z_mode must be one of {list(Z_MODES)}, got {z_mode!r}")
+        if not 0.0 <= z_momentum < 1.0:
+            raise ValueError(f"z_momentum must be in [0, 1), got {z_momentum}")
+        self.n_data, self.feat_dim = int(n_data), int(feat_dim)
+        self.momentum, self.z_mode, self.z_momentum = float(momentum), z_mode, float(z_momentum)
+        gen = torch.Generator().manual_seed(int(seed))
+        stdv = 1.0 / math.sqrt(feat_dim / 3)
+        for name in ("bank_s", "bank_t"):
+            self.register_buffer(name, torch.rand(n_data, feat_dim, generator=gen).mul_(2 * stdv).sub_(stdv))
+        self.register_buffer("z_s", torch.tensor(-1.0))
+        self.register_buffer("z_t", torch.tensor(-1.0))
+        self._synced = False
+
+    @torch.no_grad()
+    def sync_banks(self) -> None:
+        """Broadcast the banks from rank 0 once (ranks may have been seeded differently)."""
+        _, world = dist_world()
+        if world > 1 and not self._synced:
+            dist.broadcast(self.bank_s, src=0)
+            dist.broadcast(self.bank_t, src=0)
+        self._synced = True
+
+    @torch.no_grad()
+    def normalisers(self, scores_s: Tensor, scores_t: Tensor, update: bool) -> tuple[Tensor, Tensor]:
+        """Z for the student- and teacher-anchored scores (B, K+1); updates the buffers if ``update``.
+
+        Under torch.distributed the estimate is the mean over the global batch
+        (all_reduce of sums and counts), so every rank holds the same Z.
+        """
+        fresh = self.z_s.item() < 0 or self.z_t.item() < 0
+        need = fresh or (update and self.z_mode == "ema")
+        if not need:
+            return self.z_s.clone(), self.z_t.clone()
+        stats = torch.stack(
+            [
+                scores_s.detach().float().sum(),
+                scores_t.detach().float().sum(),
+                torch.tensor(float(scores_s.numel()), device=scores_s.device),
+            ]
+        ).double()
+        if update and dist_world()[1] > 1:
+            dist.all_reduce(stats)
+        est_s = (stats[0] / stats[2] * self.n_data).to(self.z_s.dtype)
+        est_t = (stats[1] / stats[2] * self.n_data).to(self.z_t.dtype)
+        if not update:  # evaluation: never store, only fill in a missing Z
+            z_s = self.z_s.clone() if self.z_s.item() > 0 else est_s
+            z_t = self.z_t.clone() if self.z_t.item() > 0 else est_t
+            return z_s, z_t
+        if fresh:
+            self.z_s.copy_(est_s)
+            self.z_t.copy_(est_t)
+        else:  # ema
+            self.z_s.mul_(self.z_momentum).add_((1 - self.z_momentum) * est_s)
+            self.z_t.mul_(self.z_momentum).add_((1 - self.z_momentum) * est_t)
+        return self.z_s.clone(), self.z_t.clone()
+
+    @torch.no_grad()
+    def update(self, indices: Tensor, emb_s: Tensor, emb_t: Tensor) -> None:
+        """bank[idx] = momentum * bank[idx] + (1 - momentum) * emb, then L2-normalise rows.
+
+        Args:
+            indices: (B,) rows; emb_s, emb_t: (B, d). Under torch.distributed the
+            global batch (all ranks, in rank order) is gathered first so every rank
+            applies the identical update. A row that occurs more than once is updated
+            from its first occurrence only (deterministic on every device).
+        """
+        indices = indices.to(self.bank_s.device, torch.long)
+        packed = torch.cat([emb_s.detach().float(), emb_t.detach().float()], dim=1)
+        indices = all_gather_rows(indices)
+        packed = all_gather_rows(packed)
+        uniq, inverse = torch.unique(indices, return_inverse=True)
+        if uniq.numel() != indices.numel():
+            pos = torch.arange(indices.numel(), device=indices.device)
+            first = torch.full((uniq.numel(),), indices.numel(), device=indices.device, dtype=torch.long)
+            first = first.scatter_reduce(0, inverse, pos, reduce="amin")
+            indices, packed = indices[first], packed[first]
+        d = self.feat_dim
+        for bank, new in ((self.bank_s, packed[:, :d]), (self.bank_t, packed[:, d:])):
+            rows = bank[indices] * self.momentum + new.to(bank.dtype) * (1 - self.momentum)
+            rows = rows / rows.pow(2).sum(dim=1, keepdim=True).sqrt()
+            bank.index_copy_(0, indices, rows)
