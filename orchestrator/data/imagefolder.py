@@ -1,0 +1,97 @@
+"""ImageFolder datasets: ``<root>/train/<class>/*.png`` plus ``<root>/test/`` (or
+``<root>/val/``) with the same class folders, read per sample with PIL through
+``torchvision.datasets.ImageFolder`` (images are converted to RGB).
+
+``data.root`` names ``<root>``; when it is unset, ``<default data root>/imagefolder``.
+The validation split is carved from ``train/``; ``test/`` (else ``val/``) is the
+test set. The image size is ``cfg.image_size`` when the config has one,
+otherwise the shorter side of the first training image; images are resized
+(shorter side) and centre-cropped to it, or RandomResizedCrop'ed when augmenting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.datasets import ImageFolder
+
+from orchestrator.data.common import DatasetNotFoundError, default_data_root
+from orchestrator.data.datasets import DataBundle, TransformedSubset
+from orchestrator.data.split import carve_validation, take_subset
+from orchestrator.data.transforms import STATS, imagefolder_transforms
+
+TEST_DIRS = ("test", "val")
+
+
+class _FolderWithClasses(ImageFolder):
+    """An ImageFolder whose class list is imposed (the training set's), so labels agree."""
+
+    def __init__(self, root: str, classes: list[str]):
+        self._imposed = list(classes)
+        super().__init__(root, allow_empty=True)
+
+    def find_classes(self, directory):
+        present = sorted(p.name for p in Path(directory).iterdir() if p.is_dir())
+        unknown = [c for c in present if c not in self._imposed]
+        if unknown:
+            raise ValueError(f"{directory} has class folders {unknown} that train/ does not have")
+        return self._imposed, {c: i for i, c in enumerate(self._imposed)}
+
+
+def imagefolder_root(cfg) -> Path:
+    root = getattr(cfg, "root", None)
+    return (Path(root).expanduser() if root else default_data_root() / "imagefolder").resolve()
+
+
+def _how_to(root: Path) -> str:
+    return (
+        f"create {root}/train/<class_name>/<image files> and {root}/test/<class_name>/<image files> "
+        "(or val/ instead of test/), with the same class folder names, and set data.root to that directory"
+    )
+
+
+def build_imagefolder(cfg, seed: int) -> DataBundle:
+    root = imagefolder_root(cfg)
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        raise DatasetNotFoundError("imagefolder", train_dir, _how_to(root))
+    test_dir = next((root / d for d in TEST_DIRS if (root / d).is_dir()), None)
+    if test_dir is None:
+        raise DatasetNotFoundError("imagefolder", [root / d for d in TEST_DIRS], _how_to(root))
+    try:
+        base_train = ImageFolder(str(train_dir))
+    except FileNotFoundError as exc:
+        raise DatasetNotFoundError("imagefolder", train_dir, f"{_how_to(root)} ({exc})") from exc
+    base_test = _FolderWithClasses(str(test_dir), base_train.classes)
+    if len(base_test) == 0:
+        raise DatasetNotFoundError("imagefolder", test_dir, _how_to(root) + " (the test folder has no images)")
+
+    image_size = getattr(cfg, "image_size", None)
+    if not image_size:
+        with Image.open(base_train.samples[0][0]) as first:
+            image_size = min(first.size)
+    train_tf, eval_tf = imagefolder_transforms(int(image_size), bool(getattr(cfg, "augment", False)))
+
+    labels = torch.tensor(base_train.targets, dtype=torch.long)
+    pool = torch.arange(len(labels))
+    train_idx, val_idx = carve_validation(pool, labels, float(getattr(cfg, "val_fraction", 0.1)), seed)
+    train_idx = take_subset(train_idx, labels, getattr(cfg, "train_subset", None), seed)
+    test_labels = torch.tensor(base_test.targets, dtype=torch.long)
+    train = TransformedSubset(base_train, train_idx, labels, train_tf)
+    mean, std = STATS["imagefolder"]
+    return DataBundle(
+        train=train,
+        train_eval=TransformedSubset(base_train, train_idx, labels, eval_tf),
+        val=TransformedSubset(base_train, val_idx, labels, eval_tf),
+        test=TransformedSubset(base_test, torch.arange(len(test_labels)), test_labels, eval_tf),
+        num_classes=len(base_train.classes),
+        in_channels=3,
+        image_size=int(image_size),
+        train_labels=train.labels.clone(),
+        name="imagefolder",
+        classes=tuple(base_train.classes),
+        mean=mean,
+        std=std,
+    )

@@ -1,0 +1,100 @@
+"""DataLoaders: seeded, epoch-aware shuffling on one process or many (DDP).
+
+Batches are ``(images (B, C, H, W) float, labels (B,) long, indices (B,) long)``.
+Call :func:`set_epoch` before each epoch: the order is a function of
+``(seed, epoch)`` only, like ``DistributedSampler`` (which is used when
+``world_size > 1``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data._utils.collate import default_collate
+
+from orchestrator.data.datasets import SampleBatch
+
+
+class SeededSampler(Sampler[int]):
+    """Single-process sampler: ``randperm(n)`` from ``seed + epoch`` (shuffle) or ``0..n-1``."""
+
+    def __init__(self, dataset: Dataset, *, shuffle: bool, seed: int):
+        self.num_samples = len(dataset)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.num_samples))
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=gen).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def collate(batch: Sequence) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack ``(image, label, index)`` samples; an already stacked :class:`SampleBatch` passes through."""
+    if isinstance(batch, SampleBatch):
+        return batch.tensors()
+    images, labels, indices = default_collate(list(batch))
+    return images, torch.as_tensor(labels, dtype=torch.long), torch.as_tensor(indices, dtype=torch.long)
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader over ``dataset`` (items ``(image, label, index)``).
+
+    ``world_size > 1``: a ``DistributedSampler(num_replicas=world_size, rank=rank,
+    shuffle=shuffle, seed=seed, drop_last=drop_last)``; note that without
+    ``drop_last`` it pads the set with repeated samples up to a multiple of
+    ``world_size``. Otherwise a :class:`SeededSampler`. Either way call
+    :func:`set_epoch` each epoch. Augmentation draws from the torch RNG: seed it
+    (``torch.manual_seed``) for identical batches; with ``num_workers > 0`` each
+    worker is seeded from it by the DataLoader. ``pin_memory`` (extra, default
+    False) is passed to the DataLoader for faster host-to-GPU copies.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be > 0, got {batch_size}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    if world_size > 1:
+        sampler: Sampler = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
+    else:
+        sampler = SeededSampler(dataset, shuffle=shuffle, seed=seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        collate_fn=collate,
+        persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
+    )
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Tell the loader's sampler (whatever it is) which epoch starts; no-op if it has no epochs."""
+    for sampler in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        if sampler is not None and hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+            return
