@@ -1,0 +1,30 @@
+"""Shared fixtures: one Ray per test session (small, local), MLflow stores under tmp_path."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory):
+    """A local Ray with the dashboard (needed for clean trial stops) and 4 logical CPUs."""
+    import ray
+
+    from orchestrator import cluster
+
+    ray.shutdown()
+    os.environ["DISTILL_RAY_TMPDIR"] = "/tmp/distill-ray-tests"
+    cluster.connect(None, num_cpus=4)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """Teacher/baseline/output caches under tmp_path so tests never reuse a user's cache."""
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"

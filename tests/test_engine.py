@@ -1,0 +1,101 @@
+"""The plain-PyTorch training API: objectives learn, teachers stay frozen, checkpoints resume exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from orchestrator.config import apply_overrides, load_config
+from orchestrator.data import build_data
+from orchestrator.engine import NonFiniteLossError, Trainer, compute_teacher_outputs
+from orchestrator.teachers import train_alone
+
+
+@pytest.fixture(scope="module")
+def digits():
+    cfg = load_config(
+        None,
+        [
+            "data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student",
+            "data.batch_size=64", "distill.crd.nce_k=256", "train.lr=0.1", "train.epochs=6",
+        ],
+    )
+    data = build_data(cfg.data, cfg.seed)
+    teacher, metrics = train_alone(cfg, data, "tiny_teacher", 6, 0.1, label="teacher")
+    assert metrics["test/acc1"] > 0.8, metrics
+    return cfg, data, teacher
+
+
+@pytest.mark.parametrize("method", ["ce", "kd", "crd", "crd_kd"])
+def test_each_objective_learns_digits(digits, method):
+    cfg, data, teacher = digits
+    trainer = Trainer(apply_overrides(cfg, {"distill.method": method}), data, [teacher])
+    for _ in range(cfg.train.epochs):
+        metrics = trainer.train_one_epoch()
+    test = trainer.evaluate("test")
+    assert test["acc1"] > 0.6, (method, test)  # chance is 0.1
+    expected = {"ce": {"ce"}, "kd": {"ce", "kd"}, "crd": {"ce", "crd"}, "crd_kd": {"ce", "kd", "crd"}}[method]
+    assert {k[len("train/loss_"):] for k in metrics if k.startswith("train/loss_")} == expected
+
+
+def test_teacher_is_frozen_and_never_checkpointed(digits):
+    cfg, data, teacher = digits
+    trainer = Trainer(apply_overrides(cfg, {"distill.method": "crd_kd"}), data, [teacher])
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    trainer.train_one_epoch()
+    assert not teacher.training
+    assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in teacher.parameters()}
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    head_params = [p for p in trainer.distiller.parameters() if p.requires_grad]
+    assert head_params and all(id(p) in optimised for p in head_params)
+    state = trainer.state_dict()
+    assert "teacher" not in str(list(state.keys()))
+    teacher_tensors = {v.data_ptr() for v in teacher.state_dict().values()}
+    assert not teacher_tensors & {v.data_ptr() for v in state["student"].values()}
+
+
+def test_checkpoint_round_trip_resumes_exactly(digits, tmp_path):
+    cfg, data, teacher = digits
+    cfg = apply_overrides(cfg, {"distill.method": "crd_kd", "train.epochs": 3})
+    straight = Trainer(cfg, data, [teacher])
+    straight.train_one_epoch()
+    path = tmp_path / "state.pt"
+    torch.save(straight.state_dict(), path)
+    straight.train_one_epoch()
+
+    resumed = Trainer(cfg, data, [teacher])
+    resumed.load_state_dict(torch.load(path, weights_only=True))
+    assert resumed.epoch == 1
+    resumed.train_one_epoch()
+    for (name, a), b in zip(straight.student.state_dict().items(), resumed.student.state_dict().values()):
+        assert torch.equal(a, b), name
+    for (name, a), b in zip(straight.distiller.state_dict().items(), resumed.distiller.state_dict().values()):
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b), name
+
+
+def test_cached_teacher_outputs_match_live_teacher(digits):
+    cfg, data, teacher = digits
+    cfg = apply_overrides(cfg, {"distill.method": "kd", "train.epochs": 1})
+    cache = compute_teacher_outputs(teacher, data.train_eval)
+    live = Trainer(cfg, data, [teacher])
+    cached = Trainer(cfg, data, teacher_outputs=[cache])
+    cached.student.load_state_dict(live.student.state_dict())
+    a, b = live.train_one_epoch(), cached.train_one_epoch()
+    assert a["train/loss_kd"] == pytest.approx(b["train/loss_kd"], rel=1e-4)
+
+
+def test_nan_loss_is_one_clear_error(digits):
+    cfg, data, teacher = digits
+    trainer = Trainer(apply_overrides(cfg, {"distill.method": "kd", "train.lr": 1e6}), data, [teacher])
+    with pytest.raises(NonFiniteLossError, match="lower train.lr"):
+        for _ in range(3):
+            trainer.train_one_epoch()
+
+
+def test_method_that_needs_a_teacher_refuses_to_run_without(digits):
+    cfg, data, _ = digits
+    with pytest.raises(ValueError, match="needs at least one teacher"):
+        Trainer(apply_overrides(cfg, {"distill.method": "kd"}), data)
