@@ -1,0 +1,43 @@
+# The two commands of the README: `make sweep` and `make test`.
+# Each creates .venv if needed, installs the package with its test extras,
+# provisions Fashion-MNIST, then runs.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+FMNIST_DEB_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup data sweep test test-fast clean
+
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+# Fashion-MNIST: Debian's package when apt is there, else torchvision's download.
+data: $(STAMP)
+	@if [ ! -d $(FMNIST_DEB_DIR) ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian package dataset-fashion-mnist"; \
+		(apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) || \
+		echo "apt could not install dataset-fashion-mnist; trying torchvision's download"; \
+	fi
+	$(PY) -m orchestrator.data.provision
+
+sweep: setup
+	$(PY) -m orchestrator.sweep $(ARGS)
+
+# pytest exits 5 when it collects no test: that is a failure with its own message.
+test: setup
+	@$(PY) -m pytest $(PYTEST_ARGS); code=$$?; \
+	if [ $$code = 5 ]; then echo "error: pytest collected no tests"; fi; exit $$code
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf runs mlflow.db mlruns .pytest_cache

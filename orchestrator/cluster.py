@@ -1,0 +1,77 @@
+"""Ray: connect or start locally, and check that a trial fits before anything is scheduled."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+
+class ClusterError(RuntimeError):
+    """A trial cannot be scheduled on this cluster (checked up front)."""
+
+
+def resolve_address(address: str | None) -> str | None:
+    """``--address``, else ``$RAY_ADDRESS``, else None (start a local Ray)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def connect(address: str | None, num_cpus: int | None = None) -> bool:
+    """Connect to ``address`` or start a local Ray (with the dashboard, see NOTES-ray pitfall 1).
+
+    Returns True if this call started Ray (the caller shuts it down).
+    """
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C reaches our handler
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines instead of Tune's tables
+    if ray.is_initialized():
+        return False
+    common = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
+    if address:
+        ray.init(address=address, **common)
+        return True
+    ray.init(
+        num_cpus=num_cpus or os.cpu_count(),
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        _temp_dir=os.environ.get("DISTILL_RAY_TMPDIR", "/tmp/distill-ray"),
+        **common,
+    )
+    return True
+
+
+def node_resources() -> list[dict[str, float]]:
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def check_fits(trial: dict[str, float], per_worker_cpu: float, use_gpu: bool, num_workers: int) -> None:
+    """Raise ClusterError if one trial can never be scheduled (instead of PENDING forever)."""
+    nodes = node_resources()
+    total_cpu = sum(n.get("CPU", 0.0) for n in nodes)
+    largest = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+    if trial["CPU"] > total_cpu:
+        raise ClusterError(
+            f"one trial needs {trial['CPU']:g} CPUs (the trial process + {num_workers} worker(s) x "
+            f"{per_worker_cpu:g}) but the cluster has {total_cpu:g}; lower train.num_workers or "
+            "train.cpus_per_worker, or add nodes"
+        )
+    if per_worker_cpu > largest:
+        raise ClusterError(
+            f"a worker needs {per_worker_cpu:g} CPUs but the largest node has {largest:g}; lower train.cpus_per_worker"
+        )
+    if use_gpu:
+        gpus = sum(n.get("GPU", 0.0) for n in nodes)
+        if gpus < num_workers:
+            raise ClusterError(
+                f"train.use_gpu=true needs {num_workers} GPU(s) per trial but the cluster has {gpus:g}; "
+                "set train.use_gpu=false or connect to a GPU cluster with --address"
+            )
+
+
+def max_concurrency(trial: dict[str, float], reserved_cpu: float = 0.0) -> int:
+    """How many trials fit at once on the cluster's CPUs (and GPUs), at least 1."""
+    res = ray.cluster_resources()
+    fit = int((res.get("CPU", 0.0) - reserved_cpu) // trial["CPU"]) if trial["CPU"] else 1
+    if trial.get("GPU"):
+        fit = min(fit, int(res.get("GPU", 0.0) // trial["GPU"]))
+    return max(1, fit)

@@ -1,0 +1,85 @@
+"""Tune results -> a leaderboard DataFrame (one row per trial) and the best trial's checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import pandas as pd
+from ray.tune import ResultGrid
+
+
+@dataclass
+class TrialSummary:
+    number: int
+    trial_id: str
+    outcome: str  # completed | early_stopped | failed
+    epochs: int
+    best: dict  # the reported row with the best metric
+    params: dict
+    checkpoint_dir: str | None
+
+
+def summarise(results: ResultGrid, metric: str, mode: str, epochs: int, sampled_keys: list[str]) -> list[TrialSummary]:
+    from orchestrator.trial import trial_number
+
+    summaries = []
+    for result in results:
+        frame = result.metrics_dataframe
+        trial_id = str((result.metrics or {}).get("trial_id") or _id_from_path(result.path))
+        number = trial_number(result.path or "", trial_id)
+        if frame is None or frame.empty or metric not in frame:
+            summaries.append(TrialSummary(number, trial_id, "failed", 0, {}, {}, None))
+            continue
+        pick = frame[metric].idxmax() if mode == "max" else frame[metric].idxmin()
+        best = frame.loc[pick].to_dict()
+        done = int(frame["training_iteration"].max())
+        outcome = "failed" if result.error else ("completed" if done >= epochs else "early_stopped")
+        params = {k: result.config.get(k) for k in sampled_keys if k in result.config}
+        summaries.append(
+            TrialSummary(number, trial_id, outcome, done, best, params, _checkpoint_dir(result, best, metric, mode))
+        )
+    return summaries
+
+
+def _id_from_path(path: str | None) -> str:
+    """``.../run_trial_0ea0d466_4_...`` -> ``0ea0d466``."""
+    parts = (path or "").rstrip("/").rsplit("/", 1)[-1].split("_")
+    return parts[2] if len(parts) > 2 else "?"
+
+
+def _checkpoint_dir(result, best_row: dict, metric: str, mode: str) -> str | None:
+    """In-process trials report checkpoints to Tune; worker-group trials report Train's checkpoint_path."""
+    candidates = [(m.get(metric), ckpt.path) for ckpt, m in (result.best_checkpoints or []) if m.get(metric) is not None]
+    if candidates:
+        _, path = (max if mode == "max" else min)(candidates, key=lambda c: c[0])
+        return path
+    path = best_row.get("checkpoint_path")
+    return path if isinstance(path, str) and path else None
+
+
+def to_frame(summaries: list[TrialSummary], metric: str, mode: str) -> pd.DataFrame:
+    rows = []
+    for s in summaries:
+        row = {
+            "trial": s.number,
+            "outcome": s.outcome,
+            "epochs": s.epochs,
+            metric: s.best.get(metric),
+            "val/acc5": s.best.get("val/acc5"),
+            "train/loss": s.best.get("train/loss"),
+            "best_epoch": s.best.get("training_iteration"),
+        }
+        row.update(s.params)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame = frame.sort_values(metric, ascending=(mode == "min"), na_position="last").reset_index(drop=True)
+        frame.index = frame.index + 1
+        frame.index.name = "rank"
+    return frame
+
+
+def best_summary(summaries: list[TrialSummary], metric: str, mode: str) -> TrialSummary | None:
+    ok = [s for s in summaries if s.best.get(metric) is not None and s.checkpoint_dir]
+    if not ok:
+        return None
+    return (max if mode == "max" else min)(ok, key=lambda s: s.best[metric])

@@ -1,0 +1,71 @@
+"""Model zoo: every model maps images to ``ModelOutput(features, embedding, logits)``.
+
+Importing this package registers all models; build one with
+``build_model(name, num_classes, in_channels)``. Plain PyTorch only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from orchestrator.models import cnn, resnet, tiny, torchvision_adapter  # noqa: F401  (registers)
+from orchestrator.models.base import ModelOutput, build_model, model_names, register_model
+
+__all__ = ["ModelOutput", "build_model", "describe_model", "model_names", "register_model"]
+
+
+def count_macs(model: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass of ``x`` through ``model``'s
+    Conv2d and Linear layers (the usual convention: BN, activations, pooling and
+    additions are not counted). Counted with forward hooks, so it follows the
+    real shapes, strides, groups and any input size."""
+    total = 0
+
+    def conv_hook(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        kernel = module.kernel_size[0] * module.kernel_size[1] * (module.in_channels // module.groups)
+        total += output.numel() * kernel
+
+    def linear_hook(module: nn.Linear, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        total += output.numel() * module.in_features
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            handles.append(module.register_forward_hook(conv_hook))
+        elif isinstance(module, nn.Linear):
+            handles.append(module.register_forward_hook(linear_hook))
+    try:
+        model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def describe_model(model: nn.Module, in_channels: int, image_size: int) -> dict[str, int]:
+    """Size of ``model`` for one ``in_channels x image_size x image_size`` image.
+
+    Returns ``params`` (all parameters), ``macs`` (conv + linear multiply-
+    accumulates per image), ``flops`` (= 2 x macs, i.e. multiplies and adds
+    counted separately) and ``embedding_dim``. The model's train/eval mode is
+    restored; no gradients are taken.
+    """
+    was_training = model.training
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    x = torch.zeros(1, in_channels, image_size, image_size, device=device)
+    model.eval()
+    try:
+        with torch.no_grad():
+            macs = count_macs(model, x)
+    finally:
+        model.train(was_training)
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "macs": macs,
+        "flops": 2 * macs,
+        "embedding_dim": int(model.embedding_dim),
+    }

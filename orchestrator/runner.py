@@ -1,0 +1,331 @@
+"""Runs a planned sweep end to end: Ray, teacher, Tune, MLflow parent run, final evaluation.
+
+Every run this opens is closed on success (FINISHED), error (FAILED) and
+Ctrl-C (KILLED); trials that ASHA stopped are closed FINISHED with tag
+``orchestrator.outcome=early_stopped``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import mlflow
+import ray
+import torch
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from orchestrator import cluster, tracking
+from orchestrator.config import Config, dump_yaml, flatten, to_dict
+from orchestrator.data import DataBundle
+from orchestrator.engine import compute_teacher_outputs, evaluate_model
+from orchestrator.leaderboard import best_summary, summarise, to_frame
+from orchestrator.search import sampled_keys, space_path
+from orchestrator.sweep import Plan
+from orchestrator.teachers import (
+    TeacherCheckpointError,
+    atomic_torch_save,
+    default_cache_dir,
+    baseline_metrics,
+    ensure_teacher,
+    load_model_checkpoint,
+    load_teacher,
+)
+from orchestrator.train_loop import STUDENT_FILE
+from orchestrator.trial import TrialContext, in_process, run_trial
+
+STATE_FILE = "orchestrator-sweep.json"
+
+
+@ray.remote(num_cpus=1)
+def train_baseline(cfg: Config) -> dict:
+    """The student trained alone, beside the sweep (cached across sweeps)."""
+    torch.set_num_threads(1)
+    return baseline_metrics(cfg)
+
+
+def _number(trial) -> str:
+    head = str(getattr(trial, "experiment_tag", "")).split("_", 1)[0]
+    return head if head.isdigit() else trial.trial_id
+
+
+class ProgressPrinter(tune.Callback):
+    """One line per reported epoch, and one per finished/stopped/failed trial."""
+
+    def __init__(self, metric: str, mode: str, epochs: int, total: int):
+        self.metric, self.mode, self.epochs, self.total = metric, mode, epochs, total
+        self.best: tuple[float, str] | None = None
+        self.done = 0
+        self.start = time.perf_counter()
+
+    def _clock(self) -> str:
+        s = int(time.perf_counter() - self.start)
+        return f"{s // 60:3d}m{s % 60:02d}s"
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        if value is None:
+            return
+        better = self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0])
+        if better:
+            self.best = (value, _number(trial))
+        running = sum(t.status == "RUNNING" for t in trials)
+        print(
+            f"{self._clock()}  trial {_number(trial):>3}  epoch {result.get('epoch', '?')}/{self.epochs}  "
+            f"{self.metric} {value:.4f}  train/loss {result.get('train/loss', float('nan')):.4f}  "
+            f"{result.get('throughput/train_img_s', 0):6.0f} img/s  | best {self.best[0]:.4f} "
+            f"(trial {self.best[1]})  | {running} running, {self.done}/{self.total} done",
+            flush=True,
+        )
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.done += 1
+        epochs = trial.last_result.get("epoch", 0) if trial.last_result else 0
+        how = "completed" if epochs >= self.epochs else f"stopped early by ASHA after {epochs} epoch(s)"
+        print(f"{self._clock()}  trial {_number(trial):>3}  {how}", flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.done += 1
+        print(f"{self._clock()}  trial {_number(trial):>3}  FAILED (see its MLflow run's orchestrator.error tag)", flush=True)
+
+
+class SweepRunner:
+    def __init__(self, plan: Plan, data: DataBundle, resume: str | None = None):
+        self.plan, self.cfg, self.data, self.resume = plan, plan.cfg, data, resume
+        self.storage = Path(self.cfg.sweep.storage_path or "runs").resolve()
+
+    # ------------------------------------------------------------------ main
+
+    def run(self) -> int:
+        cfg, start = self.cfg, time.perf_counter()
+        uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
+        try:
+            client = tracking.check_connection(uri)
+            exp_dir, state = self._experiment_dir()
+        except (tracking.TrackingError, FileNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        mlflow.set_tracking_uri(uri)
+        started_ray = cluster.connect(cluster.resolve_address(cfg.ray.address), self._local_cpus())
+        parent_id, status = None, "FAILED"
+        try:
+            cluster.check_fits(
+                {"CPU": self.plan.trial_cpu, "GPU": self.plan.trial_gpu},
+                cfg.train.cpus_per_worker, cfg.train.use_gpu, cfg.train.num_workers,
+            )
+            teacher = ensure_teacher(cfg, uri)
+            experiment_id = tracking.ensure_experiment(client, cfg.tracking.experiment or cfg.name, uri)
+            parent_id = state.get("parent_run_id") or tracking.start_run(
+                client, experiment_id, exp_dir.name, "sweep",
+                params=flatten(to_dict(cfg)), tags={"search_space": self.plan.space.name, "storage": str(exp_dir)},
+            )
+            if state.get("parent_run_id"):
+                client.update_run(parent_id, status="RUNNING")
+            _write_json(exp_dir / STATE_FILE, {"parent_run_id": parent_id, "experiment_id": experiment_id})
+            tracking.log_text(client, parent_id, dump_yaml(cfg), "config.yaml")
+            tracking.log_file(client, parent_id, space_path(cfg.sweep.search_space))
+            outputs = self._teacher_outputs(teacher)
+            baseline = train_baseline.remote(cfg) if cfg.sweep.baseline else None
+            ctx = TrialContext(
+                base=to_dict(cfg), teachers=[teacher], teacher_outputs=outputs, storage_path=str(exp_dir),
+                tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent_id,
+            )
+            print(f"sweep '{exp_dir.name}': {cfg.sweep.num_samples} trials, MLflow experiment "
+                  f"'{cfg.tracking.experiment or cfg.name}' (parent run {parent_id})", flush=True)
+            results = self._tune(ctx, exp_dir)
+            self._finish(client, parent_id, teacher, baseline, results, exp_dir, uri, start)
+            status = "FINISHED"
+            return 0
+        except KeyboardInterrupt:
+            status = "KILLED"
+            print(f"\ninterrupted; finished trials are kept. Resume with: python -m orchestrator.sweep --resume "
+                  f"{exp_dir}", file=sys.stderr)
+            return 130
+        except (cluster.ClusterError, TeacherCheckpointError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            if parent_id is not None:
+                outcome = {"FINISHED": "early_stopped", "KILLED": "interrupted"}.get(status, "failed")
+                tracking.close_open_children(
+                    client, client.get_run(parent_id).info.experiment_id, parent_id,
+                    "FINISHED" if status == "FINISHED" else status, outcome,
+                )
+                tracking.end_run(client, parent_id, status)
+            if started_ray:
+                ray.shutdown()
+
+    # ------------------------------------------------------------------ steps
+
+    def _local_cpus(self) -> int | None:
+        if self.cfg.ray.num_cpus:
+            return self.cfg.ray.num_cpus
+        import os
+
+        # One more logical CPU than cores so the baseline task runs beside the trials.
+        return max(os.cpu_count() or 1, int(self.plan.trial_cpu)) + (1 if self.cfg.sweep.baseline else 0)
+
+    def _experiment_dir(self) -> tuple[Path, dict]:
+        """A fresh ``<storage>/<name>-<time>`` folder, or the one being resumed (with its saved state)."""
+        latest = self.storage / f"{self.cfg.name}.latest"
+        if self.resume:
+            path = Path(latest.read_text().strip()) if self.resume == "latest" and latest.is_file() else Path(self.resume)
+            if self.resume == "latest" and not latest.is_file():
+                raise FileNotFoundError(f"no earlier sweep named '{self.cfg.name}' under {self.storage} to resume")
+            state_file = path / STATE_FILE
+            if not state_file.is_file():
+                raise FileNotFoundError(f"{path} is not a sweep folder of this tool (no {STATE_FILE}); nothing to resume")
+            return path.resolve(), json.loads(state_file.read_text())
+        path = self.storage / f"{self.cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        path.mkdir(parents=True, exist_ok=False)
+        latest.write_text(str(path))
+        return path, {}
+
+    def _teacher_outputs(self, teacher: str) -> list[str]:
+        """Precompute teacher outputs on the un-augmented train split once (cached across sweeps)."""
+        cfg = self.cfg
+        if cfg.data.augment or not cfg.teacher.cache_outputs or cfg.distill.method == "ce" and not self._space_uses_teacher():
+            return []
+        key = f"{Path(teacher).stem}-{_data_key(cfg)}"
+        path = default_cache_dir() / "teacher-outputs" / f"{key}.pt"
+        if not path.is_file():
+            t0 = time.perf_counter()
+            model = load_teacher(teacher, self.data.num_classes, self.data.in_channels, self.data.image_size)
+            torch.set_num_threads(max(1, torch.get_num_threads()))
+            out = compute_teacher_outputs(model, self.data.train_eval, cfg.data.eval_batch_size)
+            atomic_torch_save({"logits": out.logits, "embedding": out.embedding}, path)
+            print(f"teacher outputs for {len(self.data.train_eval)} training images computed once "
+                  f"({time.perf_counter() - t0:.1f} s) -> {path}", flush=True)
+        return [str(path)]
+
+    def _space_uses_teacher(self) -> bool:
+        methods = {self.plan.space.fixed.get("distill.method", self.cfg.distill.method)}
+        for p in self.plan.space.params:
+            if p.key == "distill.method":
+                methods |= set(p.choices or [])
+        return bool(methods - {"ce"})
+
+    def _tune(self, ctx: TrialContext, exp_dir: Path) -> tune.ResultGrid:
+        cfg, plan = self.cfg, self.plan
+        resources = {"cpu": plan.trial_cpu if in_process(cfg) else 1}
+        if in_process(cfg) and plan.trial_gpu:
+            resources["gpu"] = plan.trial_gpu
+        trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
+        if self.resume and tune.Tuner.can_restore(str(exp_dir)):
+            tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+            return tuner.fit()
+        reserved = 1.0 if cfg.sweep.baseline else 0.0
+        concurrency = cfg.sweep.max_concurrent or cluster.max_concurrency(
+            {"CPU": plan.trial_cpu, "GPU": plan.trial_gpu}, reserved
+        )
+        print(f"running up to {concurrency} trial(s) at once ({plan.mode_text})", flush=True)
+        searcher = OptunaSearch(
+            space=plan.space.define_by_run(cfg), metric=cfg.sweep.metric, mode=cfg.sweep.mode, seed=cfg.seed
+        )
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=cfg.train.epochs + 1,  # must exceed the number of reports (NOTES-ray pitfall 4)
+            grace_period=cfg.sweep.asha.grace_period,
+            reduction_factor=cfg.sweep.asha.reduction_factor,
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, scheduler=scheduler, metric=cfg.sweep.metric, mode=cfg.sweep.mode,
+                num_samples=cfg.sweep.num_samples, max_concurrent_trials=concurrency,
+                reuse_actors=in_process(cfg),
+            ),
+            run_config=tune.RunConfig(
+                name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=0,
+                callbacks=[ProgressPrinter(cfg.sweep.metric, cfg.sweep.mode, cfg.train.epochs, cfg.sweep.num_samples)],
+                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            ),
+        )
+        return tuner.fit()
+
+    def _finish(self, client, parent_id, teacher, baseline, results, exp_dir: Path, uri: str, start: float) -> None:
+        cfg, data = self.cfg, self.data
+        metric, mode = cfg.sweep.metric, cfg.sweep.mode
+        summaries = summarise(results, metric, mode, cfg.train.epochs, sampled_keys(self.plan.space))
+        frame = to_frame(summaries, metric, mode)
+        csv = exp_dir / "leaderboard.csv"
+        frame.to_csv(csv)
+        tracking.log_file(client, parent_id, csv)
+        best = best_summary(summaries, metric, mode)
+        print("\n== Leaderboard (by %s; test set not used) ==" % metric)
+        print(frame.to_string(float_format=lambda v: f"{v:.4g}") if not frame.empty else "(no trial reported)")
+        if best is None:
+            raise RuntimeError("no trial finished an epoch; see the MLflow child runs' orchestrator.error tags")
+
+        student = load_model_checkpoint(Path(best.checkpoint_dir) / STUDENT_FILE, data.num_classes, data.in_channels)
+        test = evaluate_model(student, data.test, cfg.data.eval_batch_size)
+        teacher_model = load_teacher(teacher, data.num_classes, data.in_channels, data.image_size)
+        teacher_test = evaluate_model(teacher_model, data.test, cfg.data.eval_batch_size)
+        alone = ray.get(baseline) if baseline is not None else None
+        summary = {
+            "best_trial": best.number, "best_trial_id": best.trial_id, f"best_{metric}": best.best[metric],
+            "best_params": best.params, "test/acc1": test["acc1"], "teacher/test_acc1": teacher_test["acc1"],
+            "student_alone/test_acc1": alone["test/acc1"] if alone else None,
+        }
+        tracking.log_metrics(
+            client, parent_id,
+            {"test/acc1": test["acc1"], "test/acc5": test["acc5"], f"best/{metric}": best.best[metric],
+             "teacher/test_acc1": teacher_test["acc1"], **({"student_alone/test_acc1": alone["test/acc1"]} if alone else {})},
+            step=0,
+        )
+        best_run = [r for r in tracking.child_runs(client, client.get_run(parent_id).info.experiment_id, parent_id)
+                    if r.data.tags.get("trial_id") == best.trial_id]
+        if best_run:
+            tracking.log_metrics(client, best_run[0].info.run_id, {"test/acc1": test["acc1"]}, step=cfg.train.epochs)
+            tracking.set_tags(client, best_run[0].info.run_id, {"orchestrator.best": "true"})
+        (exp_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        tracking.log_file(client, parent_id, exp_dir / "summary.json")
+        shutil.copy(Path(best.checkpoint_dir) / STUDENT_FILE, exp_dir / "best_student.pt")
+        tracking.log_file(client, parent_id, exp_dir / "best_student.pt")
+        version = tracking.log_model(parent_id, student, "best_student", cfg.tracking.registered_model)
+        self._print_summary(best, test, teacher_test, alone, version, parent_id, exp_dir, uri, start)
+
+    def _print_summary(self, best, test, teacher_test, alone, version, parent_id, exp_dir, uri, start) -> None:
+        cfg, metric = self.cfg, self.cfg.sweep.metric
+        params = "  ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
+        print(f"\nBest trial: {best.number} ({best.trial_id})  {metric} {best.best[metric]:.4f} at epoch "
+              f"{int(best.best.get('training_iteration', 0))}")
+        print(f"  config: {params}")
+        n_test = len(self.data.test)
+        print(f"\nTest accuracy ({n_test} {self.data.name} test images, evaluated once):")
+        print(f"  teacher        {cfg.model.teacher:<20} {100 * teacher_test['acc1']:6.2f}%")
+        if alone:
+            print(f"  student alone  {cfg.model.student:<20} {100 * alone['test/acc1']:6.2f}%  "
+                  f"({cfg.train.epochs} epochs, lr {cfg.train.lr}, CE only)")
+        gain = f"  ({100 * (test['acc1'] - alone['test/acc1']):+.2f} points)" if alone else ""
+        print(f"  best distilled {cfg.model.student:<20} {100 * test['acc1']:6.2f}%{gain}")
+        print(f"\nMLflow: experiment '{cfg.tracking.experiment or cfg.name}', parent run {parent_id}")
+        if version:
+            print(f"  registered model: {cfg.tracking.registered_model} version {version}")
+        print(f"  browse: {tracking.ui_command(uri)}")
+        print(f"Results: {exp_dir}  (leaderboard.csv, summary.json, best_student.pt)")
+        s = int(time.perf_counter() - start)
+        print(f"Sweep time: {s // 60}m{s % 60:02d}s")
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _data_key(cfg: Config) -> str:
+    import hashlib
+
+    d = cfg.data
+    payload = json.dumps([d.dataset, d.root, d.val_fraction, d.train_subset, cfg.seed], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:10]
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2))

@@ -1,0 +1,207 @@
+"""Search spaces: ``search_spaces/*.yaml`` -> a validated Optuna define-by-run function.
+
+A space file::
+
+    description: CRD+KD ...
+    fixed:                       # constants merged into every trial's config
+      distill.method: crd_kd
+    params:
+      train.lr: {type: float, low: 0.01, high: 0.2, log: true}
+      distill.crd.nce_k: {type: categorical, choices: [256, 1024, 4096]}
+      distill.crd.nce_t: {type: float, low: 0.03, high: 0.3, log: true,
+                          when: {distill.method: [crd, crd_kd]}}   # conditional
+
+Parameters are sampled in file order; ``when`` names keys sampled earlier (or
+fixed, or in the base config) and the values for which the parameter exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.config import Config, ConfigError, apply_overrides, flatten, to_dict
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+TYPES = ("float", "int", "categorical")
+
+
+@dataclass
+class Param:
+    key: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list | None = None
+    when: dict[str, list] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        if self.type == "categorical":
+            text = f"one of {self.choices}"
+        else:
+            text = f"{self.type} in [{self.low}, {self.high}]" + (" log" if self.log else "")
+            if self.step:
+                text += f" step {self.step}"
+        if self.when:
+            text += "  only when " + ", ".join(f"{k} in {v}" for k, v in self.when.items())
+        return text
+
+
+@dataclass
+class SearchSpace:
+    name: str
+    params: list[Param]
+    fixed: dict[str, Any]
+    description: str = ""
+
+    def define_by_run(self, base: Config) -> DefineByRun:
+        """The Optuna define-by-run function: samples ``params``; returns ``fixed`` as constants."""
+        return DefineByRun(self.params, self.fixed, flatten(to_dict(base)))
+
+    def table(self) -> str:
+        width = max([len(p.key) for p in self.params] + [len(k) for k in self.fixed] + [5])
+        lines = [f"search space '{self.name}'" + (f": {self.description}" if self.description else "")]
+        lines += [f"  {k:<{width}}  = {v!r}  (fixed)" for k, v in self.fixed.items()]
+        lines += [f"  {p.key:<{width}}  ~ {p.describe()}" for p in self.params]
+        return "\n".join(lines)
+
+
+@dataclass
+class DefineByRun:
+    """Picklable (Tune checkpoints the searcher) define-by-run space for ``OptunaSearch``."""
+
+    params: list[Param]
+    fixed: dict[str, Any]
+    base: dict[str, Any]
+
+    def __call__(self, trial) -> dict[str, Any]:
+        chosen = {**self.base, **self.fixed}
+        for p in self.params:
+            if not _condition_holds(p, chosen):
+                continue
+            if p.type == "float":
+                chosen[p.key] = trial.suggest_float(p.key, p.low, p.high, log=p.log, step=p.step)
+            elif p.type == "int":
+                chosen[p.key] = trial.suggest_int(p.key, int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+            else:
+                chosen[p.key] = trial.suggest_categorical(p.key, p.choices)
+        return dict(self.fixed)
+
+
+def _condition_holds(p: Param, chosen: dict[str, Any]) -> bool:
+    return all(chosen.get(key) in values for key, values in p.when.items())
+
+
+def space_path(name_or_path: str) -> Path:
+    """``crd_kd`` -> search_spaces/crd_kd.yaml; a path is taken as it is."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    return SPACES_DIR / f"{name_or_path}.yaml"
+
+
+def available_spaces() -> list[str]:
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
+def load_space(name_or_path: str, base: Config, num_train_samples: int | None = None) -> SearchSpace:
+    """Read and validate a space against ``base``; every problem is a ConfigError naming the key."""
+    path = space_path(name_or_path)
+    if not path.is_file():
+        raise ConfigError("sweep.search_space", name_or_path, f"a file in search_spaces/ ({available_spaces()}) or a YAML path")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict) or not isinstance(raw.get("params", {}), dict):
+        raise ConfigError("sweep.search_space", str(path), "a YAML mapping with a 'params' mapping")
+    unknown = set(raw) - {"description", "fixed", "params"}
+    if unknown:
+        raise ConfigError(f"{path.name}:{sorted(unknown)[0]}", raw[sorted(unknown)[0]], "description, fixed, params")
+    fixed = dict(raw.get("fixed") or {})
+    params = [_parse_param(key, spec, path.name) for key, spec in (raw.get("params") or {}).items()]
+    space = SearchSpace(path.stem, params, fixed, str(raw.get("description", "")).strip())
+    _validate(space, base, num_train_samples, path.name)
+    return space
+
+
+def _parse_param(key: str, spec: Any, where: str) -> Param:
+    label = f"{where}:{key}"
+    if not isinstance(spec, dict):
+        raise ConfigError(label, spec, "a mapping like {type: float, low: 0.1, high: 1.0}")
+    unknown = set(spec) - {"type", "low", "high", "log", "step", "choices", "when"}
+    if unknown:
+        raise ConfigError(f"{label}.{sorted(unknown)[0]}", spec[sorted(unknown)[0]], "type, low, high, log, step, choices, when")
+    kind = spec.get("type")
+    if kind not in TYPES:
+        raise ConfigError(f"{label}.type", kind, f"one of {list(TYPES)}")
+    when = spec.get("when") or {}
+    if not isinstance(when, dict) or not all(isinstance(v, list) for v in when.values()):
+        raise ConfigError(f"{label}.when", when, "a mapping of key -> list of values")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{label}.choices", choices, "a non-empty list")
+        return Param(key, kind, choices=choices, when=when)
+    low, high = spec.get("low"), spec.get("high")
+    for name, value in (("low", low), ("high", high)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{label}.{name}", value, "a number")
+    if low > high:
+        raise ConfigError(f"{label}.low", low, f"a value <= high ({high})")
+    log = bool(spec.get("log", False))
+    if log and low <= 0:
+        raise ConfigError(f"{label}.low", low, "a value > 0 for a log-scale parameter")
+    return Param(key, kind, low=float(low) if kind == "float" else int(low), high=float(high) if kind == "float" else int(high), log=log, step=spec.get("step"), when=when)
+
+
+def _validate(space: SearchSpace, base: Config, num_train_samples: int | None, where: str) -> None:
+    known = flatten(to_dict(base))
+    for key in list(space.fixed) + [p.key for p in space.params]:
+        if key not in known:
+            raise ConfigError(f"{where}:{key}", key, "a config key such as distill.kd.temperature (see --print-config)")
+    for p in space.params:
+        for cond in p.when:
+            if cond not in known:
+                raise ConfigError(f"{where}:{p.key}.when", cond, "a config key")
+    # Every extreme value must make a valid config (catches e.g. a negative weight).
+    extremes: list[dict[str, Any]] = [dict(space.fixed)]
+    for p in space.params:
+        values = p.choices if p.type == "categorical" else [p.low, p.high]
+        extremes += [{**space.fixed, p.key: v} for v in values]
+    for values in extremes:
+        try:
+            apply_overrides(base, values)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}:{exc.key}", exc.given, exc.allowed) from exc
+    if num_train_samples is not None:
+        k_values = [known["distill.crd.nce_k"], space.fixed.get("distill.crd.nce_k", known["distill.crd.nce_k"])]
+        for p in space.params:
+            if p.key == "distill.crd.nce_k":
+                k_values = p.choices if p.type == "categorical" else [p.high]
+        uses_crd = _may_use_crd(space, base)
+        worst = max(int(k) for k in k_values)
+        if uses_crd and worst >= num_train_samples:
+            raise ConfigError(
+                f"{where}:distill.crd.nce_k",
+                worst,
+                f"fewer negatives than training samples ({num_train_samples})",
+            )
+
+
+def _may_use_crd(space: SearchSpace, base: Config) -> bool:
+    methods = {space.fixed.get("distill.method", base.distill.method)}
+    for p in space.params:
+        if p.key == "distill.method":
+            methods = set(p.choices or [])
+    return bool(methods & {"crd", "crd_kd"})
+
+
+def sampled_keys(space: SearchSpace) -> list[str]:
+    return [p.key for p in space.params]
+
+
+def is_log(space: SearchSpace, key: str) -> bool:
+    return any(p.key == key and p.log for p in space.params)

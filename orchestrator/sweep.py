@@ -1,0 +1,144 @@
+"""``python -m orchestrator.sweep``: Ray Tune + Optuna (TPE) + ASHA over Ray Train distillation trials.
+
+Flow: config -> data -> search space (validated) -> teacher (given, or trained
+once and cached) -> teacher outputs precomputed once (no augmentation) ->
+Tune (one TorchTrainer run per trial; MLflow child runs) -> leaderboard ->
+best student tested, logged and registered -> comparison with the teacher
+and the student trained alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+from orchestrator.config import Config, ConfigError, dump_yaml, load_config
+from orchestrator.search import SearchSpace, available_spaces, load_space
+
+EXAMPLE = (
+    "example:\n"
+    "  python -m orchestrator.sweep --num-samples 12 sweep.search_space=kd "
+    "distill.kd.temperature=4 train.epochs=6\n"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator.sweep",
+        description="Distillation hyperparameter sweep: Ray Tune + Optuna + ASHA, every trial a Ray Train run, "
+        "everything logged to MLflow. Any config key can be overridden as key.sub=value "
+        "(see --print-config for all keys and defaults).",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = parser.add_argument_group("what to run")
+    what.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. train.epochs=6")
+    what.add_argument("--config", help="YAML config file (defaults are built in)")
+    what.add_argument("--name", help="sweep name = MLflow experiment (default: fmnist-crd-kd)")
+    what.add_argument("--seed", type=int, help="seeds data split, Optuna and every trial (default: 0)")
+    what.add_argument("--num-samples", type=int, help="number of trials (default: 8)")
+    what.add_argument("--max-concurrent", type=int, help="trials at once (default: what the cluster fits)")
+    modes = parser.add_argument_group("modes")
+    modes.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    modes.add_argument("--dry-run", action="store_true", help="validate, show the space and resources, start nothing")
+    modes.add_argument(
+        "--resume", nargs="?", const="latest", metavar="PATH",
+        help="resume an interrupted sweep (default: the latest one of this name)",
+    )
+    where = parser.add_argument_group("where")
+    where.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    where.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    where.add_argument("--storage-path", help="where Ray writes trial results and checkpoints (default: ./runs)")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    overrides = list(args.overrides)
+    flags = {
+        "name": args.name, "seed": args.seed, "sweep.num_samples": args.num_samples,
+        "sweep.max_concurrent": args.max_concurrent, "sweep.storage_path": args.storage_path,
+        "tracking.uri": args.tracking_uri, "ray.address": args.address,
+    }
+    overrides += [f"{k}={v}" for k, v in flags.items() if v is not None]
+    if args.resume:
+        overrides.append("sweep.resume=true")
+    return load_config(args.config, overrides)
+
+
+@dataclass
+class Plan:
+    """What a sweep will do, computed before anything starts."""
+
+    cfg: Config
+    space: SearchSpace
+    num_train: int
+    trial_cpu: float
+    trial_gpu: float
+    mode_text: str
+
+    def describe(self) -> str:
+        c = self.cfg
+        return "\n".join(
+            [
+                self.space.table(),
+                "",
+                f"trials: {c.sweep.num_samples} (Optuna TPE, seed {c.seed}; ASHA on {c.sweep.metric} ({c.sweep.mode}), "
+                f"grace {c.sweep.asha.grace_period} epoch(s), reduction x{c.sweep.asha.reduction_factor})",
+                f"each trial: {c.train.epochs} epochs of {self.num_train} training images, student {c.model.student}, "
+                f"teacher {c.teacher.checkpoint or c.model.teacher + ' (trained once, cached)'}",
+                f"each trial needs: {self.trial_cpu:g} CPU, {self.trial_gpu:g} GPU ({self.mode_text})",
+            ]
+        )
+
+
+def make_plan(cfg: Config, num_train: int) -> Plan:
+    from orchestrator.trial import in_process, trial_resources
+
+    space = load_space(cfg.sweep.search_space, cfg, num_train)
+    res = trial_resources(cfg)
+    tr = cfg.train
+    if in_process(cfg):
+        mode = "Ray Train in-process: one worker inside the trial process"
+    else:
+        mode = f"Ray Train worker group: {tr.num_workers} DDP worker(s) x {tr.cpus_per_worker} CPU" + (
+            ", 1 GPU each (NCCL)" if tr.use_gpu else " (gloo)"
+        )
+    return Plan(cfg, space, num_train, res["CPU"], res["GPU"], mode)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_intermixed_args(argv)
+    try:
+        cfg = resolve_config(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(dump_yaml(cfg), end="")
+        return 0
+
+    from orchestrator.data import DatasetNotFoundError, build_data
+
+    try:
+        data = build_data(cfg.data, cfg.seed)
+        plan = make_plan(cfg, len(data.train))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except DatasetNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(plan.describe())
+        print(f"\nsearch spaces shipped: {', '.join(available_spaces())}")
+        print("dry run: nothing was started")
+        return 0
+
+    from orchestrator.runner import SweepRunner
+
+    return SweepRunner(plan, data, resume=args.resume).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""MLflow: where runs go, the sweep parent run, trial child runs, artifacts, registry.
+
+Layout (DESIGN.md): experiment = sweep name; tag ``orchestrator.kind`` is
+``sweep`` (parent), ``trial`` (nested child, plus ``trial_id``), ``teacher``,
+``pipeline`` or ``stage``. Metrics are logged per epoch with ``step=epoch``.
+Children are created and closed through ``MlflowClient`` with an explicit run
+id, so any process (a Tune trial, a Ray Train worker) can write to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+KIND = "orchestrator.kind"
+OUTCOME = "orchestrator.outcome"
+PARENT = "mlflow.parentRunId"
+MAX_PARAM_LEN = 6000
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking server cannot be reached or an experiment/run does not exist."""
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db`` (absolute)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    if "://" not in uri:  # a bare folder or file path
+        return f"sqlite:///{Path(uri).resolve() / 'mlflow.db'}" if Path(uri).is_dir() else uri
+    return uri
+
+
+def is_local(uri: str) -> bool:
+    return urlparse(uri).scheme in ("sqlite", "file", "")
+
+
+def ui_command(uri: str) -> str:
+    """The command a user runs to browse the runs of ``uri``."""
+    if is_local(uri):
+        return f"mlflow ui --backend-store-uri {uri}"
+    return f"open {uri} in a browser"
+
+
+@contextlib.contextmanager
+def _fail_fast_http() -> Iterator[None]:
+    """No long retry loop while probing a server (MLflow retries for minutes by default)."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def check_connection(uri: str) -> MlflowClient:
+    """A client for ``uri``; raise TrackingError with one clear message if it cannot be reached."""
+    client = MlflowClient(tracking_uri=uri)
+    with _fail_fast_http():
+        try:
+            client.search_experiments(max_results=1)
+        except Exception as exc:  # noqa: BLE001 - every failure means the same to the user
+            raise TrackingError(
+                f"cannot reach the MLflow tracking store at {uri} ({type(exc).__name__}: {str(exc)[:200]}); "
+                "start the server or pass another --tracking-uri"
+            ) from exc
+    return client
+
+
+def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
+    """Id of experiment ``name``, created (with an absolute artifact root for local stores) if missing."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    location = None
+    if is_local(uri):
+        location = (Path.cwd() / "mlruns").resolve().as_uri()
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri[len("sqlite:///"):]).parent / "mlruns").resolve().as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def start_run(
+    client: MlflowClient,
+    experiment_id: str,
+    run_name: str,
+    kind: str,
+    *,
+    parent_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    params: dict | None = None,
+) -> str:
+    """Create a RUNNING run with the kind tag (nested under ``parent_id`` if given); returns its id."""
+    all_tags = {KIND: kind, **(tags or {})}
+    if parent_id:
+        all_tags[PARENT] = parent_id
+    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+    if params:
+        log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
+    items = [Param(str(k), str(v)[:MAX_PARAM_LEN]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int) -> None:
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
+    client.log_batch(run_id, metrics=items)
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def end_run(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None:
+    """Close a run unless it is already closed (FINISHED, FAILED or KILLED)."""
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, status)
+
+
+def child_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> list:
+    return client.search_runs([experiment_id], filter_string=f"tags.`{PARENT}` = '{parent_id}'", max_results=10000)
+
+
+def close_open_children(client: MlflowClient, experiment_id: str, parent_id: str, status: str, outcome: str) -> int:
+    """End every child of ``parent_id`` still RUNNING (trials Tune stopped or killed); returns how many."""
+    closed = 0
+    for run in child_runs(client, experiment_id, parent_id):
+        if run.info.status == RunStatus.to_string(RunStatus.RUNNING):
+            if OUTCOME not in run.data.tags:
+                set_tags(client, run.info.run_id, {OUTCOME: outcome})
+            client.set_terminated(run.info.run_id, status)
+            closed += 1
+    return closed
+
+
+def log_text(client: MlflowClient, run_id: str, text: str, filename: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / filename
+        path.write_text(text)
+        client.log_artifact(run_id, str(path))
+
+
+def log_file(client: MlflowClient, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    client.log_artifact(run_id, str(path), artifact_path)
+
+
+def pip_requirements() -> list[str]:
+    """Explicit requirements for logged models (skips MLflow's slow inference of them)."""
+    import torch
+    import torchvision
+
+    return [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
+
+
+def log_model(run_id: str, model, name: str, registered_model: str | None = None) -> str | None:
+    """Log ``model`` with ``mlflow.pytorch`` under run ``run_id``; register it if a name is given.
+
+    Returns the registered version number (as a string) or None.
+    """
+    import logging
+
+    import mlflow
+    import mlflow.pytorch
+
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # the pickle-format notice on every call
+    model = model.cpu().eval()
+    active = mlflow.active_run()
+    ctx = contextlib.nullcontext() if active and active.info.run_id == run_id else mlflow.start_run(run_id=run_id)
+    with ctx:
+        info = mlflow.pytorch.log_model(
+            model,
+            name=name,
+            pip_requirements=pip_requirements(),
+            serialization_format="pickle",  # the whole module: loads back as a ModelOutput model
+            registered_model_name=registered_model,
+        )
+    version = getattr(info, "registered_model_version", None)
+    return None if version is None else str(version)

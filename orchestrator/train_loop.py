@@ -1,0 +1,92 @@
+"""What every Ray Train worker runs: build, (resume), train epochs, evaluate, checkpoint, report.
+
+Rank 0 logs each epoch to the trial's MLflow run *before* reporting (Tune may
+stop the trial at a report) and attaches the checkpoint; every rank reports
+(``ray.train.report`` is a barrier). In Train's in-process mode
+(``ScalingConfig(num_workers=0)``) the loop runs inside the Tune trial
+process and reports to Tune directly.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import ray.train
+import ray.tune
+import torch
+
+from orchestrator.config import from_dict
+from orchestrator.data import build_data
+from orchestrator.engine import CachedTeacherOutputs, Trainer
+from orchestrator.teachers import atomic_torch_save, load_teacher, save_model_checkpoint
+
+STATE_FILE = "state.pt"  # full trainer state (resume)
+STUDENT_FILE = "student.pt"  # the student alone, teacher-checkpoint format (reuse, registry)
+
+
+def load_teacher_outputs(path: str) -> CachedTeacherOutputs:
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    return CachedTeacherOutputs(logits=blob["logits"], embedding=blob["embedding"])
+
+
+def _report(metrics: dict, checkpoint: ray.train.Checkpoint | None, in_process: bool) -> None:
+    if in_process:
+        ray.tune.report(metrics, checkpoint=checkpoint)
+    else:
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _latest_checkpoint(in_process: bool) -> ray.train.Checkpoint | None:
+    return ray.tune.get_checkpoint() if in_process else ray.train.get_checkpoint()
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """``config``: cfg (resolved Config as dict), teachers (paths/URIs), teacher_outputs (paths),
+    in_process (bool), tracking_uri and mlflow_run_id (rank 0 logs there)."""
+    cfg = from_dict(config["cfg"])
+    in_process = bool(config.get("in_process"))
+    if in_process:  # inside the Tune trial; ray.train's context is not available there
+        rank, world_size = 0, 1
+    else:
+        context = ray.train.get_context()
+        rank, world_size = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(cfg.train.torch_threads or cfg.train.cpus_per_worker)
+    device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
+
+    data = build_data(cfg.data, cfg.seed)
+    outputs = [load_teacher_outputs(p) for p in config.get("teacher_outputs") or []]
+    teachers = []
+    if not outputs and cfg.distill.method != "ce":
+        teachers = [load_teacher(t, data.num_classes, data.in_channels, data.image_size) for t in config["teachers"]]
+    trainer = Trainer(
+        cfg, data, teachers, device=device, rank=rank, world_size=world_size, teacher_outputs=outputs or None
+    )
+
+    checkpoint = _latest_checkpoint(in_process)
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            trainer.load_state_dict(torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True))
+
+    client = None
+    if rank == 0 and config.get("mlflow_run_id"):
+        from mlflow.tracking import MlflowClient
+
+        from orchestrator.tracking import log_metrics
+
+        client = MlflowClient(tracking_uri=config["tracking_uri"])
+
+    while trainer.epoch < cfg.train.epochs:
+        metrics = trainer.train_one_epoch()
+        metrics.update({f"val/{k}": v for k, v in trainer.evaluate("val").items()})
+        metrics["epoch"] = trainer.epoch
+        if client is not None:
+            log_metrics(client, config["mlflow_run_id"], metrics, step=trainer.epoch)
+        with tempfile.TemporaryDirectory() as folder:
+            ckpt = None
+            if rank == 0:
+                atomic_torch_save(trainer.state_dict(), Path(folder) / STATE_FILE)
+                numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+                save_model_checkpoint(Path(folder) / STUDENT_FILE, trainer.student, cfg.model.student, data, numbers)
+                ckpt = ray.train.Checkpoint.from_directory(folder)
+            _report(metrics, ckpt, in_process)
