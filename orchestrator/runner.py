@@ -157,6 +157,8 @@ class SweepRunner:
                     client, client.get_run(parent_id).info.experiment_id, parent_id,
                     "FINISHED" if status == "FINISHED" else status, outcome,
                 )
+                if status == "FINISHED":
+                    self._report(client, parent_id, exp_dir)
                 tracking.end_run(client, parent_id, status)
             if started_ray:
                 ray.shutdown()
@@ -290,6 +292,16 @@ class SweepRunner:
         tracking.log_file(client, parent_id, exp_dir / "best_student.pt")
         version = tracking.log_model(parent_id, student, "best_student", cfg.tracking.registered_model)
         self._print_summary(best, test, teacher_test, alone, version, parent_id, exp_dir, uri, start)
+
+    def _report(self, client, parent_id: str, exp_dir: Path) -> None:
+        """The compare report (tables, plots) of this sweep, logged under the parent's ``report/``."""
+        from orchestrator.report import write_report
+
+        try:
+            report = write_report(client, [parent_id], exp_dir / "report", log_to=parent_id)
+            print(f"Report: {report.html}  (plots: {len(report.plots)})")
+        except Exception as exc:  # noqa: BLE001 - a report must not fail a finished sweep
+            print(f"warning: report not written ({exc})", file=sys.stderr)
 
     def _print_summary(self, best, test, teacher_test, alone, version, parent_id, exp_dir, uri, start) -> None:
         cfg, metric = self.cfg, self.cfg.sweep.metric

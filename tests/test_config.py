@@ -1,0 +1,59 @@
+"""Configuration: YAML + dotted overrides, typed, validated with messages that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.config import Config, ConfigError, apply_overrides, dump_yaml, flatten, load_config, to_dict
+
+
+def test_defaults_validate_and_round_trip_through_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_yaml(load_config()))
+    assert to_dict(load_config(path)) == to_dict(Config())
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["train.epochs=7", "distill.kd.temperature=2", "data.train_subset=null", "data.augment=true"])
+    assert cfg.train.epochs == 7 and isinstance(cfg.distill.kd.temperature, float)
+    assert cfg.data.train_subset is None and cfg.data.augment is True
+
+
+def test_yaml_file_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: mine\ntrain:\n  epochs: 3\n  lr: 0.1\n")
+    cfg = load_config(path, ["train.lr=0.2"])
+    assert (cfg.name, cfg.train.epochs, cfg.train.lr) == ("mine", 3, 0.2)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("distill.method=fitnet2", "distill.method"),
+        ("train.epochs=0", "train.epochs"),
+        ("train.epochs=three", "train.epochs"),
+        ("distill.crd.momentum=1.5", "distill.crd.momentum"),
+        ("data.val_fraction=1.0", "data.val_fraction"),
+        ("train.lrr=0.1", "train.lrr"),
+        ("data.dataset=mnist", "data.dataset"),
+        ("sweep.asha.grace_period=9", "sweep.asha.grace_period"),
+    ],
+)
+def test_bad_values_name_their_key(override, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert info.value.key == key
+    assert key in str(info.value) and "allowed" in str(info.value)
+
+
+def test_apply_overrides_validates_and_copies():
+    base = load_config()
+    new = apply_overrides(base, {"distill.kd.temperature": 2.5})
+    assert new.distill.kd.temperature == 2.5 and base.distill.kd.temperature == 4.0
+    with pytest.raises(ConfigError, match="distill.alpha"):
+        apply_overrides(base, {"distill.alpha": -1})
+
+
+def test_flatten_gives_dotted_keys():
+    flat = flatten(to_dict(load_config()))
+    assert flat["distill.crd.nce_k"] == 4096 and "sweep.asha.grace_period" in flat

@@ -1,0 +1,185 @@
+"""The main job end to end on tiny data: real Ray Tune, Ray Train, Optuna and MLflow."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator.sweep import main
+
+SPACE = str(Path(__file__).parent / "data" / "tiny_space.yaml")
+TINY = [
+    "data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student", "data.batch_size=64",
+    "teacher.epochs=4", "teacher.lr=0.1", "train.epochs=2", f"sweep.search_space={SPACE}",
+]
+
+
+def tiny_args(tmp_path: Path, *extra: str, samples: int = 4) -> list[str]:
+    return [
+        "--name", "tiny", "--num-samples", str(samples), "--storage-path", str(tmp_path / "runs"),
+        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *TINY, *extra,
+    ]
+
+
+def runs_by_kind(uri: str, experiment: str = "tiny") -> dict[str, list]:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    kinds: dict[str, list] = {}
+    for run in client.search_runs([exp.experiment_id]):
+        kinds.setdefault(run.data.tags.get("orchestrator.kind"), []).append(run)
+    return kinds
+
+
+def assert_sweep_logged(uri: str, trials: int) -> None:
+    client = MlflowClient(uri)
+    kinds = runs_by_kind(uri)
+    (parent,) = kinds["sweep"]
+    assert parent.info.status == "FINISHED"
+    children = kinds["trial"]
+    assert len(children) == trials
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.status == "FINISHED", (child.info.run_name, child.data.tags.get("orchestrator.error"))
+        history = client.get_metric_history(child.info.run_id, "val/acc1")
+        assert history and [m.step for m in history] == list(range(1, len(history) + 1))
+        assert "distill.kd.temperature" in child.data.params
+    assert "test/acc1" in parent.data.metrics and "student_alone/test_acc1" in parent.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"config.yaml", "leaderboard.csv", "tiny_space.yaml", "summary.json"} <= artifacts
+    versions = client.search_model_versions("name='distill-student'")
+    assert versions and versions[0].run_id == parent.info.run_id
+    for exp in client.search_experiments():
+        running = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
+        assert not running, [r.info.run_name for r in running]
+
+
+@pytest.mark.slow
+def test_tiny_sweep_end_to_end(ray_session, isolated_cache, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(tiny_args(tmp_path, "sweep.max_concurrent=2")) == 0
+    out = capsys.readouterr().out
+    assert "Leaderboard" in out and "mlflow ui --backend-store-uri" in out and "student alone" in out
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert_sweep_logged(uri, trials=4)
+    teachers = runs_by_kind(uri, "distill-teachers")["teacher"]
+    assert len(teachers) == 1 and teachers[0].info.status == "FINISHED"
+
+    # A second sweep reuses the cached teacher (no new teacher run).
+    assert main(tiny_args(tmp_path, "--name", "tiny2", samples=1)) == 0
+    assert "reusing cached" in capsys.readouterr().out
+    assert len(runs_by_kind(uri, "distill-teachers")["teacher"]) == 1
+
+
+@pytest.mark.slow
+def test_trial_with_two_ddp_workers(ray_session, isolated_cache, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = tiny_args(tmp_path, "train.num_workers=2", "train.in_process=false", "sweep.baseline=false", samples=1)
+    assert main(args) == 0
+    (child,) = runs_by_kind(f"sqlite:///{tmp_path / 'mlflow.db'}")["trial"]
+    assert child.info.status == "FINISHED"
+    assert child.data.params["train.num_workers"] == "2"
+    assert len(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(child.info.run_id, "val/acc1")) == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# 127.0.0.2 is loopback, but Ray does not rewrite it to the machine's LAN address as it does 127.0.0.1.
+HOST = "127.0.0.2"
+
+
+@pytest.mark.slow
+def test_tiny_sweep_on_a_two_node_ray_cluster(isolated_cache, tmp_path):
+    """`ray start --head` plus a second `ray start --address` node on loopback, used through --address."""
+    port = _free_port()
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_AIR_NEW_OUTPUT": "0"}
+    quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    head = [
+        ray_bin, "start", "--head", "--node-ip-address", HOST, "--port", str(port), "--num-cpus", "2",
+        "--include-dashboard", "true", "--dashboard-host", HOST, "--dashboard-port", str(_free_port()),
+        "--temp-dir", f"/tmp/distill-ray-cluster-{port}", "--block",
+    ]
+    worker = [ray_bin, "start", "--address", f"{HOST}:{port}", "--node-ip-address", HOST, "--num-cpus", "2", "--block"]
+    nodes = [subprocess.Popen(head, **quiet)]
+    try:
+        _wait_for_nodes(port, 1, env)
+        nodes.append(subprocess.Popen(worker, **quiet))
+        _wait_for_nodes(port, 2, env)
+        args = tiny_args(tmp_path, "--address", f"{HOST}:{port}", "sweep.max_concurrent=2")
+        done = subprocess.run([sys.executable, "-m", "orchestrator.sweep", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "Leaderboard" in done.stdout
+        assert_sweep_logged(f"sqlite:///{tmp_path / 'mlflow.db'}", trials=4)
+    finally:
+        for node in reversed(nodes):  # `ray start --block` stops its node's processes on SIGTERM
+            node.terminate()
+        for node in nodes:
+            try:
+                node.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                node.kill()
+
+
+def _wait_for_nodes(port: int, count: int, env: dict, timeout: float = 120) -> None:
+    code = (
+        f"import ray; ray.init(address='{HOST}:{port}', logging_level='ERROR'); "
+        "print(sum(n['Alive'] for n in ray.nodes()))"
+    )
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.strip()
+        if out.splitlines() and out.splitlines()[-1] == str(count):
+            return
+        time.sleep(2)
+    raise TimeoutError(f"Ray cluster on port {port} did not reach {count} node(s)")
+
+
+def test_bad_config_exits_2_naming_the_key(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["distill.method=fitnet9"]) == 2
+    assert "distill.method" in capsys.readouterr().err
+    assert main(["--num-samples", "0"]) == 2
+    assert "sweep.num_samples" in capsys.readouterr().err
+    bad_space = tmp_path / "bad.yaml"
+    bad_space.write_text("params:\n  train.lr: {type: float, low: 0.5, high: 0.1}\n")
+    assert main([*TINY, f"sweep.search_space={bad_space}"]) == 2
+    assert "train.lr.low" in capsys.readouterr().err
+    assert main([*TINY, "sweep.search_space=crd"]) == 2  # K up to 16384 > 1,294 digits images
+    assert "nce_k" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_missing_dataset_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--dry-run", "data.dataset=cifar10", f"data.root={tmp_path / 'nothing'}"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "cifar" in err.lower()
+
+
+def test_dry_run_starts_nothing(tmp_path, monkeypatch, capsys):
+    import ray
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--dry-run", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "distill.crd.nce_k" in out and "each trial needs: 1 CPU" in out and "nothing was started" in out
+    assert not ray.is_initialized()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_print_config_shows_resolved_values(capsys):
+    assert main(["--print-config", "--seed", "7", "train.epochs=3"]) == 0
+    out = capsys.readouterr().out
+    assert "seed: 7" in out and "epochs: 3" in out
