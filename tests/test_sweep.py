@@ -183,3 +183,34 @@ def test_print_config_shows_resolved_values(capsys):
     assert main(["--print-config", "--seed", "7", "train.epochs=3"]) == 0
     out = capsys.readouterr().out
     assert "seed: 7" in out and "epochs: 3" in out
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_no_run_running_and_resume_finishes(isolated_cache, tmp_path):
+    """SIGINT mid-sweep: exit 130, runs closed KILLED; --resume then finishes the same sweep."""
+    import signal
+
+    env = {**os.environ, "DISTILL_RAY_TMPDIR": f"/tmp/distill-ray-sigint-{os.getpid()}"}
+    args = [sys.executable, "-m", "orchestrator.sweep", *tiny_args(tmp_path, "sweep.max_concurrent=1", "train.epochs=3")]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    for line in proc.stdout:  # interrupt once the first epoch of a trial has been reported
+        if " epoch 1/3 " in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    assert "--resume" in err
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    for exp in client.search_experiments():
+        assert not client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
+    (parent,) = runs_by_kind(uri)["sweep"]
+    assert parent.info.status == "KILLED"
+
+    done = subprocess.run([*args, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (parent,) = runs_by_kind(uri)["sweep"]
+    assert parent.info.status == "FINISHED" and "test/acc1" in parent.data.metrics
+    for exp in client.search_experiments():
+        assert not client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
