@@ -68,7 +68,7 @@ class CRDConfig:
     nce_t: float = 0.07
     momentum: float = 0.5
     z_mode: str = "fixed"  # "fixed" (first batch, as the reference) or "ema"
-    negatives_mode: str = "exact"  # "exact": K per anchor; "shared": one K-set per batch
+    negatives_mode: str = "shared"  # "shared": one K-set per batch (one matmul); "exact": K per anchor (reference)
 
 
 @dataclass
@@ -85,7 +85,7 @@ class DistillConfig:
 class TrainConfig:
     epochs: int = 5
     optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.05
+    lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
     scheduler: str = "cosine"  # cosine | step | none

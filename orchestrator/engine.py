@@ -36,11 +36,39 @@ class NonFiniteLossError(RuntimeError):
 class CachedTeacherOutputs:
     """Teacher outputs precomputed on the un-augmented train split, indexed by sample index.
 
-    logits: (N, num_classes); embedding: (N, D).
+    logits: (N, num_classes); embedding: (N, D); source_indices: (N,) which source images the
+    rows belong to (checked against the train split, so a cache never meets another split).
     """
 
     logits: Tensor
     embedding: Tensor
+    source_indices: Tensor | None = None
+
+    def save(self, path) -> None:
+        from orchestrator.teachers import atomic_torch_save
+
+        atomic_torch_save(
+            {"logits": self.logits, "embedding": self.embedding, "source_indices": self.source_indices}, path
+        )
+
+    @classmethod
+    def load(cls, path) -> CachedTeacherOutputs:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        return cls(blob["logits"], blob["embedding"], blob.get("source_indices"))
+
+    def check_matches(self, dataset) -> None:
+        """Raise ValueError unless the rows line up with ``dataset``'s samples."""
+        if self.logits.shape[0] != len(dataset):
+            raise ValueError(
+                f"teacher output cache holds {self.logits.shape[0]} samples but the train split has "
+                f"{len(dataset)}; recompute it for this data configuration"
+            )
+        mine, theirs = self.source_indices, getattr(dataset, "source_indices", None)
+        if mine is not None and theirs is not None and not torch.equal(mine, torch.as_tensor(theirs)):
+            raise ValueError(
+                "teacher output cache was computed on a different train split (another seed, subset or "
+                "val_fraction); recompute it for this data configuration"
+            )
 
 
 
@@ -88,11 +116,7 @@ class Trainer:
         self.teachers = [freeze(t.to(self.device)) for t in teachers]
         self.teacher_outputs = list(teacher_outputs or [])
         for cache in self.teacher_outputs:
-            if cache.logits.shape[0] != len(data.train):
-                raise ValueError(
-                    f"teacher output cache holds {cache.logits.shape[0]} samples but the train split has "
-                    f"{len(data.train)}; recompute it for this data configuration"
-                )
+            cache.check_matches(data.train)
         self.student = build_model(cfg.model.student, data.num_classes, data.in_channels).to(self.device)
         teacher_dims = [t.embedding_dim for t in self.teachers] or [c.embedding.shape[1] for c in self.teacher_outputs]
         self.distiller = build_distiller(
@@ -280,4 +304,5 @@ def compute_teacher_outputs(teacher: nn.Module, dataset, batch_size: int = 512, 
             embedding = torch.empty(n, out.embedding.shape[1])
         logits[indices] = out.logits.float().cpu()
         embedding[indices] = out.embedding.float().cpu()
-    return CachedTeacherOutputs(logits=logits, embedding=embedding)
+    source = getattr(dataset, "source_indices", None)
+    return CachedTeacherOutputs(logits, embedding, None if source is None else torch.as_tensor(source).clone())

@@ -8,6 +8,7 @@ Ctrl-C (KILLED); trials that ASHA stopped are closed FINISHED with tag
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -22,7 +23,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator import cluster, tracking
-from orchestrator.config import Config, dump_yaml, flatten, to_dict
+from orchestrator.config import Config, apply_overrides, dump_yaml, flatten, to_dict
 from orchestrator.data import DataBundle
 from orchestrator.engine import compute_teacher_outputs, evaluate_model
 from orchestrator.leaderboard import best_summary, summarise, to_frame
@@ -30,7 +31,6 @@ from orchestrator.search import sampled_keys, space_path
 from orchestrator.sweep import Plan
 from orchestrator.teachers import (
     TeacherCheckpointError,
-    atomic_torch_save,
     default_cache_dir,
     baseline_metrics,
     ensure_teacher,
@@ -43,11 +43,8 @@ from orchestrator.trial import TrialContext, in_process, run_trial
 STATE_FILE = "orchestrator-sweep.json"
 
 
-@ray.remote(num_cpus=1)
-def train_baseline(cfg: Config) -> dict:
-    """The student trained alone, beside the sweep (cached across sweeps)."""
-    torch.set_num_threads(1)
-    return baseline_metrics(cfg)
+class SweepError(RuntimeError):
+    """The sweep ran but produced nothing usable (e.g. every trial failed)."""
 
 
 def _number(trial) -> str:
@@ -96,9 +93,23 @@ class ProgressPrinter(tune.Callback):
 
 
 class SweepRunner:
-    def __init__(self, plan: Plan, data: DataBundle, resume: str | None = None):
+    """``teachers``: distil from these (paths/URIs; several = an ensemble) instead of ``ensure_teacher``;
+    ``teacher_outputs``: their precomputed output files (None: computed here when possible);
+    ``parent_tags``: extra tags of the sweep's parent run (e.g. ``mlflow.parentRunId`` of a pipeline stage)."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        data: DataBundle,
+        resume: str | None = None,
+        *,
+        teachers: list[str] | None = None,
+        teacher_outputs: list[str] | None = None,
+        parent_tags: dict[str, str] | None = None,
+    ):
         self.plan, self.cfg, self.data, self.resume = plan, plan.cfg, data, resume
         self.storage = Path(self.cfg.sweep.storage_path or "runs").resolve()
+        self.teachers, self.given_outputs, self.parent_tags = teachers, teacher_outputs, dict(parent_tags or {})
 
     # ------------------------------------------------------------------ main
 
@@ -119,27 +130,30 @@ class SweepRunner:
                 {"CPU": self.plan.trial_cpu, "GPU": self.plan.trial_gpu},
                 cfg.train.cpus_per_worker, cfg.train.use_gpu, cfg.train.num_workers,
             )
-            teacher = ensure_teacher(cfg, uri)
+            teachers = list(self.teachers) if self.teachers else [ensure_teacher(cfg, uri)]
             experiment_id = tracking.ensure_experiment(client, cfg.tracking.experiment or cfg.name, uri)
             parent_id = state.get("parent_run_id") or tracking.start_run(
                 client, experiment_id, exp_dir.name, "sweep",
-                params=flatten(to_dict(cfg)), tags={"search_space": self.plan.space.name, "storage": str(exp_dir)},
+                params=flatten(to_dict(cfg)),
+                tags={"search_space": self.plan.space.name, "storage": str(exp_dir), **self.parent_tags},
             )
             if state.get("parent_run_id"):
                 client.update_run(parent_id, status="RUNNING")
             _write_json(exp_dir / STATE_FILE, {"parent_run_id": parent_id, "experiment_id": experiment_id})
             tracking.log_text(client, parent_id, dump_yaml(cfg), "config.yaml")
             tracking.log_file(client, parent_id, space_path(cfg.sweep.search_space))
-            outputs = self._teacher_outputs(teacher)
-            baseline = train_baseline.remote(cfg) if cfg.sweep.baseline else None
+            if self.given_outputs is not None:
+                outputs = list(self.given_outputs)
+            else:
+                outputs = [path for teacher in teachers for path in self._teacher_outputs(teacher)]
             ctx = TrialContext(
-                base=to_dict(cfg), teachers=[teacher], teacher_outputs=outputs, storage_path=str(exp_dir),
+                base=to_dict(cfg), teachers=teachers, teacher_outputs=outputs, storage_path=str(exp_dir),
                 tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent_id,
             )
             print(f"sweep '{exp_dir.name}': {cfg.sweep.num_samples} trials, MLflow experiment "
                   f"'{cfg.tracking.experiment or cfg.name}' (parent run {parent_id})", flush=True)
             results = self._tune(ctx, exp_dir)
-            self._finish(client, parent_id, teacher, baseline, results, exp_dir, uri, start)
+            self._finish(client, parent_id, teachers, results, exp_dir, uri, start)
             status = "FINISHED"
             return 0
         except KeyboardInterrupt:
@@ -150,6 +164,9 @@ class SweepRunner:
         except (cluster.ClusterError, TeacherCheckpointError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except SweepError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         finally:
             if parent_id is not None:
                 outcome = {"FINISHED": "early_stopped", "KILLED": "interrupted"}.get(status, "failed")
@@ -168,10 +185,7 @@ class SweepRunner:
     def _local_cpus(self) -> int | None:
         if self.cfg.ray.num_cpus:
             return self.cfg.ray.num_cpus
-        import os
-
-        # One more logical CPU than cores so the baseline task runs beside the trials.
-        return max(os.cpu_count() or 1, int(self.plan.trial_cpu)) + (1 if self.cfg.sweep.baseline else 0)
+        return max(os.cpu_count() or 1, int(self.plan.trial_cpu))
 
     def _experiment_dir(self) -> tuple[Path, dict]:
         """A fresh ``<storage>/<name>-<time>`` folder, or the one being resumed (with its saved state)."""
@@ -201,7 +215,7 @@ class SweepRunner:
             model = load_teacher(teacher, self.data.num_classes, self.data.in_channels, self.data.image_size)
             torch.set_num_threads(max(1, torch.get_num_threads()))
             out = compute_teacher_outputs(model, self.data.train_eval, cfg.data.eval_batch_size)
-            atomic_torch_save({"logits": out.logits, "embedding": out.embedding}, path)
+            out.save(path)
             print(f"teacher outputs for {len(self.data.train_eval)} training images computed once "
                   f"({time.perf_counter() - t0:.1f} s) -> {path}", flush=True)
         return [str(path)]
@@ -222,10 +236,7 @@ class SweepRunner:
         if self.resume and tune.Tuner.can_restore(str(exp_dir)):
             tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
             return tuner.fit()
-        reserved = 1.0 if cfg.sweep.baseline else 0.0
-        concurrency = cfg.sweep.max_concurrent or cluster.max_concurrency(
-            {"CPU": plan.trial_cpu, "GPU": plan.trial_gpu}, reserved
-        )
+        concurrency = cfg.sweep.max_concurrent or cluster.max_concurrency({"CPU": plan.trial_cpu, "GPU": plan.trial_gpu})
         print(f"running up to {concurrency} trial(s) at once ({plan.mode_text})", flush=True)
         searcher = OptunaSearch(
             space=plan.space.define_by_run(cfg), metric=cfg.sweep.metric, mode=cfg.sweep.mode, seed=cfg.seed
@@ -251,7 +262,7 @@ class SweepRunner:
         )
         return tuner.fit()
 
-    def _finish(self, client, parent_id, teacher, baseline, results, exp_dir: Path, uri: str, start: float) -> None:
+    def _finish(self, client, parent_id, teachers, results, exp_dir: Path, uri: str, start: float) -> None:
         cfg, data = self.cfg, self.data
         metric, mode = cfg.sweep.metric, cfg.sweep.mode
         summaries = summarise(results, metric, mode, cfg.train.epochs, sampled_keys(self.plan.space))
@@ -263,13 +274,19 @@ class SweepRunner:
         print("\n== Leaderboard (by %s; test set not used) ==" % metric)
         print(frame.to_string(float_format=lambda v: f"{v:.4g}") if not frame.empty else "(no trial reported)")
         if best is None:
-            raise RuntimeError("no trial finished an epoch; see the MLflow child runs' orchestrator.error tags")
+            raise SweepError(
+                "no trial finished an epoch; each failed trial's reason is in its MLflow run's orchestrator.error tag"
+            )
 
         student = load_model_checkpoint(Path(best.checkpoint_dir) / STUDENT_FILE, data.num_classes, data.in_channels)
         test = evaluate_model(student, data.test, cfg.data.eval_batch_size)
-        teacher_model = load_teacher(teacher, data.num_classes, data.in_channels, data.image_size)
-        teacher_test = evaluate_model(teacher_model, data.test, cfg.data.eval_batch_size)
-        alone = ray.get(baseline) if baseline is not None else None
+        teacher_tests = [
+            evaluate_model(load_teacher(t, data.num_classes, data.in_channels, data.image_size), data.test,
+                           cfg.data.eval_batch_size)
+            for t in teachers
+        ]
+        teacher_test = max(teacher_tests, key=lambda m: m["acc1"])  # several teachers: the best single one
+        alone = self._baseline(best) if cfg.sweep.baseline else None
         summary = {
             "best_trial": best.number, "best_trial_id": best.trial_id, f"best_{metric}": best.best[metric],
             "best_params": best.params, "test/acc1": test["acc1"], "teacher/test_acc1": teacher_test["acc1"],
@@ -293,6 +310,19 @@ class SweepRunner:
         version = tracking.log_model(parent_id, student, "best_student", cfg.tracking.registered_model)
         self._print_summary(best, test, teacher_test, alone, version, parent_id, exp_dir, uri, start)
 
+    def _baseline(self, best) -> dict:
+        """The same student trained alone (CE) for the same epochs with the best trial's optimiser
+        settings, so the comparison measures distillation, not tuning (cached across sweeps)."""
+        optimiser = {k: v for k, v in best.params.items() if k.startswith("train.")}
+        print(f"\nstudent alone: {self.cfg.model.student}, {self.cfg.train.epochs} epochs, CE only, "
+              f"with the best trial's {optimiser or 'train settings'}", flush=True)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.cfg.train.torch_threads or self.cfg.train.cpus_per_worker)  # as in a trial
+        try:
+            return baseline_metrics(apply_overrides(self.cfg, optimiser))
+        finally:
+            torch.set_num_threads(threads)
+
     def _report(self, client, parent_id: str, exp_dir: Path) -> None:
         """The compare report (tables, plots) of this sweep, logged under the parent's ``report/``."""
         from orchestrator.report import write_report
@@ -311,10 +341,11 @@ class SweepRunner:
         print(f"  config: {params}")
         n_test = len(self.data.test)
         print(f"\nTest accuracy ({n_test} {self.data.name} test images, evaluated once):")
-        print(f"  teacher        {cfg.model.teacher:<20} {100 * teacher_test['acc1']:6.2f}%")
+        label = cfg.model.teacher if not self.teachers or len(self.teachers) == 1 else f"best of {len(self.teachers)} teachers"
+        print(f"  teacher        {label:<20} {100 * teacher_test['acc1']:6.2f}%")
         if alone:
             print(f"  student alone  {cfg.model.student:<20} {100 * alone['test/acc1']:6.2f}%  "
-                  f"({cfg.train.epochs} epochs, lr {cfg.train.lr}, CE only)")
+                  f"(same epochs and optimiser settings, CE only)")
         gain = f"  ({100 * (test['acc1'] - alone['test/acc1']):+.2f} points)" if alone else ""
         print(f"  best distilled {cfg.model.student:<20} {100 * test['acc1']:6.2f}%{gain}")
         print(f"\nMLflow: experiment '{cfg.tracking.experiment or cfg.name}', parent run {parent_id}")

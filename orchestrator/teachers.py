@@ -118,8 +118,9 @@ def _check_outputs(model: nn.Module, source: str, num_classes: int, in_channels:
 def training_key(cfg: Config, arch: str, epochs: int, lr: float) -> str:
     """A short hash of everything that changes a model trained alone with CE."""
     d = cfg.data
+    shapes = [list(t.shape) for t in build_model(arch, 10, 1).state_dict().values()]  # the architecture's shape
     payload = {
-        "arch": arch, "epochs": epochs, "lr": lr, "seed": cfg.seed, "dataset": d.dataset, "root": d.root,
+        "arch": arch, "shapes": shapes, "epochs": epochs, "lr": lr, "seed": cfg.seed, "dataset": d.dataset, "root": d.root,
         "val_fraction": d.val_fraction, "train_subset": d.train_subset, "batch_size": d.batch_size,
         "augment": d.augment, "optimizer": cfg.train.optimizer, "weight_decay": cfg.train.weight_decay,
         "scheduler": cfg.train.scheduler, "momentum": cfg.train.momentum,

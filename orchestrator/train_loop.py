@@ -26,8 +26,7 @@ STUDENT_FILE = "student.pt"  # the student alone, teacher-checkpoint format (reu
 
 
 def load_teacher_outputs(path: str) -> CachedTeacherOutputs:
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    return CachedTeacherOutputs(logits=blob["logits"], embedding=blob["embedding"])
+    return CachedTeacherOutputs.load(path)
 
 
 def _report(metrics: dict, checkpoint: ray.train.Checkpoint | None, in_process: bool) -> None:
@@ -43,7 +42,8 @@ def _latest_checkpoint(in_process: bool) -> ray.train.Checkpoint | None:
 
 def train_loop_per_worker(config: dict) -> None:
     """``config``: cfg (resolved Config as dict), teachers (paths/URIs), teacher_outputs (paths),
-    in_process (bool), tracking_uri and mlflow_run_id (rank 0 logs there)."""
+    in_process (bool), tracking_uri and mlflow_run_id (rank 0 logs there), data_seed (the split's
+    seed; default cfg.seed)."""
     cfg = from_dict(config["cfg"])
     in_process = bool(config.get("in_process"))
     if in_process:  # inside the Tune trial; ray.train's context is not available there
@@ -54,8 +54,10 @@ def train_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(cfg.train.torch_threads or cfg.train.cpus_per_worker)
     device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
 
-    data = build_data(cfg.data, cfg.seed)
-    outputs = [load_teacher_outputs(p) for p in config.get("teacher_outputs") or []]
+    # The split is seeded by the sweep's seed (data_seed), not the trial's: every trial is scored on the
+    # same validation images and precomputed teacher outputs stay aligned with the train indices.
+    data = build_data(cfg.data, config.get("data_seed", cfg.seed))
+    outputs = [CachedTeacherOutputs.load(p) for p in config.get("teacher_outputs") or []]
     teachers = []
     if not outputs and cfg.distill.method != "ce":
         teachers = [load_teacher(t, data.num_classes, data.in_channels, data.image_size) for t in config["teachers"]]

@@ -104,6 +104,7 @@ def run_trial(sampled: dict, ctx: TrialContext) -> None:
             "cfg": to_dict(cfg),
             "teachers": ctx.teachers,
             "teacher_outputs": ctx.teacher_outputs,
+            "data_seed": ctx.base["seed"],  # the sweep's split, not one per trial seed
             "in_process": local,
             "tracking_uri": ctx.tracking_uri,
             "mlflow_run_id": run_id,

@@ -99,3 +99,11 @@ def test_method_that_needs_a_teacher_refuses_to_run_without(digits):
     cfg, data, _ = digits
     with pytest.raises(ValueError, match="needs at least one teacher"):
         Trainer(apply_overrides(cfg, {"distill.method": "kd"}), data)
+
+
+def test_teacher_outputs_of_another_split_are_refused(digits):
+    cfg, data, teacher = digits
+    cache = compute_teacher_outputs(teacher, data.train_eval)
+    other = build_data(cfg.data, seed=cfg.seed + 1)  # same size, other images in the train split
+    with pytest.raises(ValueError, match="different train split"):
+        Trainer(apply_overrides(cfg, {"distill.method": "kd"}), other, teacher_outputs=[cache])
