@@ -71,6 +71,15 @@ def test_tiny_sweep_end_to_end(ray_session, isolated_cache, tmp_path, monkeypatc
     teachers = runs_by_kind(uri, "distill-teachers")["teacher"]
     assert len(teachers) == 1 and teachers[0].info.status == "FINISHED"
 
+    # The logged teacher loads back as a teacher from its MLflow URI.
+    import mlflow
+
+    from orchestrator.teachers import load_teacher
+
+    mlflow.set_tracking_uri(uri)
+    teacher = load_teacher(f"runs:/{teachers[0].info.run_id}/teacher", num_classes=10, in_channels=1, image_size=8)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+
     # A second sweep reuses the cached teacher (no new teacher run).
     assert main(tiny_args(tmp_path, "--name", "tiny2", samples=1)) == 0
     assert "reusing cached" in capsys.readouterr().out
@@ -214,3 +223,20 @@ def test_ctrl_c_leaves_no_run_running_and_resume_finishes(isolated_cache, tmp_pa
     assert parent.info.status == "FINISHED" and "test/acc1" in parent.data.metrics
     for exp in client.search_experiments():
         assert not client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
+
+
+def test_teacher_checkpoint_that_does_not_fit_exits_2(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from orchestrator.models import build_model
+
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "teacher3.pt"
+    model = build_model("tiny_teacher", num_classes=3, in_channels=1)
+    torch.save({"arch": "tiny_teacher", "num_classes": 3, "in_channels": 1, "dataset": "other",
+                "state_dict": model.state_dict(), "metrics": {}}, bad)
+    assert main(["--dry-run", *TINY, f"teacher.checkpoint={bad}"]) == 2
+    err = capsys.readouterr().err
+    assert "3 classes" in err and "10 classes" in err
+    assert main(["--dry-run", *TINY, f"teacher.checkpoint={tmp_path / 'missing.pt'}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
