@@ -1,0 +1,374 @@
+"""``python -m pipelines.teachers``: train (or take) the M teachers of an ensemble.
+
+Every teacher to train is one Ray Train ``TorchTrainer`` run launched from its own
+Ray task (``num_cpus=1``), so M teachers train concurrently on the cluster's
+CPUs. With one CPU worker (the default) Train runs the loop in-process inside the
+task (``ScalingConfig(num_workers=0)``, no worker group, no start-up cost);
+``train.num_workers > 1`` or ``train.use_gpu=true`` gives each teacher a DDP
+worker group instead. Each teacher is an MLflow run with tag
+``orchestrator.kind=teacher`` (params, metrics per epoch, the checkpoint file
+and an ``mlflow.pytorch`` model named ``teacher``).
+
+Finished teachers are cached under ``<cache>/teachers`` by a hash of what
+changes them (:func:`orchestrator.teachers.training_key`, the same cache as the
+sweep's default teacher), so a rerun reuses them. Teachers given as a checkpoint
+path or an MLflow model URI (``runs:/...``, ``models:/...``) are checked and used
+as they are.
+
+Examples::
+
+    python -m pipelines.teachers                                  # the 3 default Fashion-MNIST teachers
+    python -m pipelines.teachers "pipeline.teachers=[cnn_teacher:0, cnn_teacher:1]" teacher.epochs=4
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import ray
+import torch
+
+from orchestrator import tracking
+from orchestrator.config import Config, ConfigError, apply_overrides, flatten, from_dict, to_dict
+from orchestrator.teachers import (
+    TeacherCheckpointError,
+    alone_config,
+    default_cache_dir,
+    load_teacher,
+    save_model_checkpoint,
+    training_key,
+)
+from orchestrator.trial import in_process
+from pipelines.config import PipelineConfig, ResolvedTeacher, load_pipeline_config
+from pipelines.stages import cancel, cpu_share, wait_with_progress
+
+TEACHER_KEY_TAG = "orchestrator.teacher_key"
+TEACHERS_EXPERIMENT = "distill-teachers"  # where standalone teacher runs go (as the sweep's default teacher)
+
+
+# ---------------------------------------------------------------- what a teacher is
+
+
+def teacher_config(base: Config, t: ResolvedTeacher) -> Config:
+    """The config that trains teacher ``t`` alone with CE: full train split, the teacher's seed."""
+    cfg = apply_overrides(base, {"data.train_subset": None, "seed": t.seed})
+    return alone_config(cfg, t.arch, t.epochs, t.lr)
+
+
+def teacher_key(base: Config, t: ResolvedTeacher) -> str:
+    """Cache key. Equal to the sweep's default-teacher key when the teacher's seed is the data seed."""
+    key = training_key(apply_overrides(base, {"data.train_subset": None, "seed": t.seed}), t.arch, t.epochs, t.lr)
+    return key if t.seed == base.seed else f"{key}-d{base.seed}"
+
+
+def teacher_path(base: Config, t: ResolvedTeacher) -> Path:
+    cache = Path(base.teacher.cache_dir) if base.teacher.cache_dir else default_cache_dir() / "teachers"
+    return (cache / f"{base.data.dataset}-{t.arch}-{teacher_key(base, t)}.pt").resolve()
+
+
+def estimated_cost(base: Config, t: ResolvedTeacher) -> float:
+    """MACs per image x epochs: the longest teachers are started first."""
+    from orchestrator.models import build_model, describe_model
+
+    try:
+        size = 8 if base.data.dataset == "digits" else 28 if base.data.dataset == "fashion_mnist" else 32
+        channels = 3 if base.data.dataset in ("cifar10", "cifar100", "imagefolder") else 1
+        macs = describe_model(build_model(t.arch, 10, channels), channels, size)["macs"]
+    except Exception:  # noqa: BLE001 - ordering only
+        macs = 1
+    return float(macs) * t.epochs
+
+
+# ---------------------------------------------------------------- Ray Train loop
+
+
+def teacher_train_loop(config: dict) -> dict:
+    """What each Ray Train worker runs for one teacher: CE epochs, val every epoch, test once, checkpoint.
+
+    ``config``: cfg (the teacher's config as a dict), data_seed, path (where rank 0
+    writes the checkpoint), in_process, tracking_uri, mlflow_run_id.
+    """
+    import ray.train
+
+    from orchestrator.data import build_data
+    from orchestrator.engine import Trainer
+
+    cfg = from_dict(config["cfg"])
+    if config.get("in_process"):  # Train's in-process mode: no worker group, world of one
+        rank, world_size = 0, 1
+    else:
+        context = ray.train.get_context()
+        rank, world_size = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(cfg.train.torch_threads or cfg.train.cpus_per_worker)
+    if cfg.train.use_gpu:
+        from ray.train.torch import get_device
+
+        device = get_device()
+    else:
+        device = torch.device("cpu")
+    data = build_data(cfg.data, config["data_seed"])
+    trainer = Trainer(cfg, data, device=device, rank=rank, world_size=world_size)
+    client = None
+    if rank == 0:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=config["tracking_uri"])
+    metrics: dict = {}
+    while trainer.epoch < cfg.train.epochs:
+        metrics = trainer.train_one_epoch()
+        metrics.update({f"val/{k}": v for k, v in trainer.evaluate("val").items()})
+        metrics["epoch"] = trainer.epoch
+        if client is not None:
+            tracking.log_metrics(client, config["mlflow_run_id"], metrics, step=trainer.epoch)
+        ray.train.report(metrics)
+    if rank == 0:
+        metrics.update({f"test/{k}": v for k, v in trainer.evaluate("test").items()})
+        tracking.log_metrics(client, config["mlflow_run_id"], {k: v for k, v in metrics.items() if k.startswith("test/")},
+                             step=cfg.train.epochs)
+        save_model_checkpoint(Path(config["path"]), trainer.student, cfg.model.student, data, metrics)
+    return metrics
+
+
+@ray.remote(num_cpus=1)
+def train_teacher_task(cfg_dict: dict, data_seed: int, path: str, uri: str, run_id: str, storage: str) -> dict:
+    """One teacher = one TorchTrainer run; then its model is logged to its MLflow run (closed here)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    from ray.train import FailureConfig, RunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from orchestrator.teachers import load_model_checkpoint
+    from orchestrator.trial import scaling_for
+
+    cfg = from_dict(cfg_dict)
+    torch.set_num_threads(cfg.train.torch_threads or cfg.train.cpus_per_worker)
+    client = MlflowClient(tracking_uri=uri)
+    start = time.perf_counter()
+    try:
+        trainer = TorchTrainer(
+            teacher_train_loop,
+            train_loop_config={
+                "cfg": cfg_dict, "data_seed": data_seed, "path": path, "in_process": in_process(cfg),
+                "tracking_uri": uri, "mlflow_run_id": run_id,
+            },
+            torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
+            scaling_config=scaling_for(cfg),
+            run_config=RunConfig(
+                name=f"teacher-{Path(path).stem}", storage_path=storage,
+                failure_config=FailureConfig(max_failures=0, controller_failure_limit=0),
+            ),
+        )
+        trainer.fit()
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        model = load_model_checkpoint(path, ckpt["num_classes"], ckpt["in_channels"])
+        tracking.log_file(client, run_id, path, "checkpoint")
+        mlflow.set_tracking_uri(uri)
+        tracking.log_model(run_id, model, "teacher")
+        tracking.set_tags(client, run_id, {tracking.OUTCOME: "completed"})
+        tracking.end_run(client, run_id, "FINISHED")
+    except BaseException as exc:
+        tracking.set_tags(client, run_id, {tracking.OUTCOME: "failed", "orchestrator.error": f"{type(exc).__name__}: {exc}"[:5000]})
+        tracking.end_run(client, run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    return {"metrics": dict(ckpt["metrics"]), "time_s": time.perf_counter() - start}
+
+
+# ---------------------------------------------------------------- driver side
+
+
+def _cached_metrics(path: Path) -> dict:
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    return dict(blob.get("metrics", {}))
+
+
+def _teacher_run(client, experiment_ids: list[str], key: str, arch: str | None) -> str | None:
+    """The FINISHED teacher run that trained the cached file ``key`` (this tool's or the sweep's naming)."""
+    filters = [f"tags.`{TEACHER_KEY_TAG}` = '{key}'", f"attributes.run_name = '{arch}-{key}'"]
+    for where in filters:
+        runs = client.search_runs(experiment_ids, filter_string=f"{where} and attributes.status = 'FINISHED'",
+                                  max_results=1)
+        if runs:
+            return runs[0].info.run_id
+    return None
+
+
+def ensure_teachers(
+    pcfg: PipelineConfig,
+    uri: str,
+    client,
+    experiment_id: str,
+    parent_id: str | None = None,
+    data=None,
+) -> list[dict]:
+    """Every teacher of ``pcfg`` ready to use: given ones checked, cached ones reused, the rest trained.
+
+    Teachers to train run as concurrent Ray tasks (longest first), each a Ray Train run and
+    an MLflow ``teacher`` run (nested under ``parent_id`` if given). Returns one dict per
+    teacher: name, arch, seed, epochs, lr, source (checkpoint path or URI), key, trained,
+    run_id, model_uri, val/acc1, test/acc1 (None for given teachers: the ensemble stage
+    evaluates every teacher on the same split).
+    """
+    base = pcfg.base
+    out: list[dict] = []
+    todo: list[tuple[ResolvedTeacher, Path]] = []
+    for t in pcfg.teachers:
+        entry = {"name": t.name, "arch": t.arch, "seed": t.seed, "epochs": t.epochs, "lr": t.lr, "trained": False,
+                 "run_id": None, "model_uri": None, "val/acc1": None, "test/acc1": None}
+        if t.checkpoint:
+            if data is None:
+                from orchestrator.data import build_data
+
+                data = build_data(base.data, base.seed)
+            load_teacher(t.checkpoint, data.num_classes, data.in_channels, data.image_size)  # raises if unusable
+            entry.update(source=t.checkpoint, key=None, arch=None, epochs=None, lr=None)
+            print(f"teacher {t.name}: given ({t.checkpoint})", flush=True)
+        else:
+            path = teacher_path(base, t)
+            entry.update(source=str(path), key=teacher_key(base, t))
+            if path.is_file():
+                metrics = _cached_metrics(path)
+                entry.update({"val/acc1": metrics.get("val/acc1"), "test/acc1": metrics.get("test/acc1")})
+                print(f"teacher {t.name}: reusing cached {path.name}", flush=True)
+            else:
+                todo.append((t, path))
+        out.append(entry)
+
+    if todo:
+        results = _train(pcfg, todo, uri, client, experiment_id, parent_id)
+        for entry in out:
+            if entry["name"] in results:
+                res = results[entry["name"]]
+                entry.update(trained=True, run_id=res["run_id"],
+                             **{"val/acc1": res["metrics"].get("val/acc1"), "test/acc1": res["metrics"].get("test/acc1")})
+    shared = client.get_experiment_by_name(TEACHERS_EXPERIMENT)
+    ids = list(dict.fromkeys([experiment_id] + ([shared.experiment_id] if shared else [])))
+    for entry in out:
+        if entry["key"] and entry["run_id"] is None:
+            entry["run_id"] = _teacher_run(client, ids, entry["key"], entry["arch"])
+        if entry["run_id"]:
+            entry["model_uri"] = f"runs:/{entry['run_id']}/teacher"
+    return out
+
+
+def _train(pcfg: PipelineConfig, todo, uri, client, experiment_id, parent_id) -> dict[str, dict]:
+    base = pcfg.base
+    storage = str(pcfg.output_dir / "ray-train")
+    todo = sorted(todo, key=lambda item: -estimated_cost(base, item[0]))  # longest first: better packing
+    pending, runs, epochs = {}, {}, {}
+    share = cpu_share(len(todo))  # all teachers at once, sharing the cores if there are fewer
+    try:
+        for t, path in todo:
+            cfg = teacher_config(base, t)
+            key = teacher_key(base, t)
+            run_id = tracking.start_run(
+                client, experiment_id, t.name, "teacher", parent_id=parent_id,
+                tags={TEACHER_KEY_TAG: key, "teacher_name": t.name},
+                params={**flatten(to_dict(cfg)), "teacher.key": key, "teacher.data_seed": base.seed},
+            )
+            print(f"teacher {t.name}: training {t.arch} for {t.epochs} epoch(s), lr {t.lr}, seed {t.seed} "
+                  f"(MLflow run {run_id}; cached afterwards at {path})", flush=True)
+            task = train_teacher_task if not in_process(cfg) else train_teacher_task.options(num_cpus=share)
+            ref = task.remote(to_dict(cfg), base.seed, str(path), uri, run_id, storage)
+            pending[ref], runs[t.name], epochs[t.name] = t.name, run_id, t.epochs
+        results = wait_with_progress(pending, client, runs, epochs)
+    except BaseException as exc:
+        cancel(pending)
+        for run_id in runs.values():
+            tracking.end_run(client, run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    failed = {label: res for label, res in results.items() if isinstance(res, BaseException)}
+    if failed:
+        label, exc = next(iter(failed.items()))
+        raise RuntimeError(f"teacher {label} failed: {exc}") from exc
+    for label, res in results.items():
+        m = res["metrics"]
+        print(f"teacher {label}: val/acc1 {m.get('val/acc1', float('nan')):.4f}  test/acc1 "
+              f"{m.get('test/acc1', float('nan')):.4f}  ({res['time_s']:.0f} s)", flush=True)
+    return {label: {**res, "run_id": runs[label]} for label, res in results.items()}
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def build_parser(prog: str = "python -m pipelines.teachers", description: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description
+        or "Train the M teachers of an ensemble as concurrent Ray Train runs (MLflow runs of kind 'teacher', "
+        "cached for reuse), or check given checkpoints / MLflow model URIs. Any key can be overridden as "
+        "key.sub=value; see --print-config.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. teacher.epochs=4")
+    parser.add_argument("--config", help="YAML config file (defaults are built in)")
+    parser.add_argument("--name", help="pipeline name = MLflow experiment (default: fmnist-ensemble)")
+    parser.add_argument("--seed", type=int, help="seeds the data split and the default teacher seeds (default: 0)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    parser.add_argument("--output-dir", help="pipeline folder (default: ./runs/<name>-pipeline)")
+    return parser
+
+
+def resolve(args: argparse.Namespace) -> PipelineConfig:
+    overrides = list(args.overrides)
+    flags = {"name": args.name, "seed": args.seed, "tracking.uri": args.tracking_uri, "ray.address": args.address,
+             "pipeline.output_dir": getattr(args, "output_dir", None)}
+    overrides += [f"{k}={v}" for k, v in flags.items() if v is not None]
+    if getattr(args, "sweep", False):
+        overrides.append("pipeline.sweep=true")
+    return load_pipeline_config(args.config, overrides)
+
+
+def local_cpus(pcfg: PipelineConfig) -> int | None:
+    import os
+
+    return pcfg.base.ray.num_cpus or os.cpu_count()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_intermixed_args(argv)
+    try:
+        pcfg = resolve(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(pcfg.dump_yaml(), end="")
+        return 0
+    from orchestrator import cluster
+    from orchestrator.data import DatasetNotFoundError, build_data
+
+    uri = tracking.resolve_tracking_uri(pcfg.base.tracking.uri)
+    try:
+        data = build_data(pcfg.base.data, pcfg.base.seed)
+        client = tracking.check_connection(uri)
+    except (DatasetNotFoundError, tracking.TrackingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    started = cluster.connect(cluster.resolve_address(pcfg.base.ray.address), local_cpus(pcfg))
+    try:
+        experiment_id = tracking.ensure_experiment(client, TEACHERS_EXPERIMENT, uri)
+        teachers = ensure_teachers(pcfg, uri, client, experiment_id, data=data)
+    except TeacherCheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; finished teachers stay cached", file=sys.stderr)
+        return 130
+    finally:
+        if started:
+            ray.shutdown()
+    print("\nTeachers:")
+    for t in teachers:
+        acc = "" if t["test/acc1"] is None else f"val/acc1 {t['val/acc1']:.4f}  test/acc1 {t['test/acc1']:.4f}  "
+        print(f"  {t['name']:<26} {acc}{t['model_uri'] or t['source']}")
+    print(f"MLflow: experiment '{TEACHERS_EXPERIMENT}'; browse: {tracking.ui_command(uri)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
