@@ -6,9 +6,9 @@ on the validation split) and the student distilled from the ensemble. Columns:
 test acc1, val acc1, parameters, MACs per image, inference ms per image.
 
 Inference time: the median over ``repeats`` timed batches (after two warm-up
-batches) of ``batch`` test images, in eval mode without gradients, on the CPU
-with ``threads`` torch threads; the ensemble's time is the M teachers run one
-after the other plus the averaging.
+batches; the models interleaved round by round) of ``batch`` test images, in
+eval mode without gradients, on the CPU with ``threads`` torch threads; the
+ensemble's time is the M teachers run one after the other plus the averaging.
 """
 
 from __future__ import annotations
@@ -37,21 +37,28 @@ def accuracy(scores: Tensor, labels: Tensor) -> float:
 
 
 @torch.no_grad()
-def ms_per_image(forward: Callable[[Tensor], object], images: Tensor, repeats: int, threads: int) -> float:
-    """Median wall time of ``forward(images)`` per image, in milliseconds."""
+def ms_per_image(forwards: dict[str, Callable[[Tensor], object]], images: Tensor, repeats: int,
+                 threads: int) -> dict[str, float]:
+    """Median wall time per image (ms) of each ``forward(images)``.
+
+    Two warm-up passes each, then ``repeats`` interleaved rounds (one timed batch of every
+    model per round), so a change in the machine's load hits all models alike.
+    """
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
+    times: dict[str, list[float]] = {name: [] for name in forwards}
     try:
-        for _ in range(2):
-            forward(images)
-        times = []
+        for forward in forwards.values():
+            for _ in range(2):
+                forward(images)
         for _ in range(repeats):
-            start = time.perf_counter()
-            forward(images)
-            times.append(time.perf_counter() - start)
+            for name, forward in forwards.items():
+                start = time.perf_counter()
+                forward(images)
+                times[name].append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(saved)
-    return 1000.0 * statistics.median(times) / images.shape[0]
+    return {name: 1000.0 * statistics.median(t) / images.shape[0] for name, t in times.items()}
 
 
 def ensemble_forward(models: Sequence[nn.Module]) -> Callable[[Tensor], Tensor]:

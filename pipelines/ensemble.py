@@ -556,27 +556,24 @@ class EnsemblePipeline:
         from orchestrator.models import build_model
         from orchestrator.teachers import load_model_checkpoint, load_teacher
 
-        d, p = self.data, self.pcfg.pipeline
+        d, p, arch = self.data, self.pcfg.pipeline, self.cfg.model.student
         images = torch.stack([d.test[i][0] for i in range(min(p.inference_batch, len(d.test)))])
-        rows, teacher_models = [], []
-
-        def timing(fn) -> float:
-            return comparison.ms_per_image(fn, images, p.timing_repeats, self.threads)
-
+        rows, teacher_models, forwards = [], [], {}
         for r in ens["teachers"]:
             model = load_teacher(r["source"], d.num_classes, d.in_channels, d.image_size).eval()
             teacher_models.append(model)
+            forwards[f"teacher {r['name']}"] = model
             size = comparison.size_of(model, d.in_channels, d.image_size)
-            arch = next((t.arch for t in self.pcfg.teachers if t.name == r["name"]), None) or type(model).__name__
-            rows.append({"model": f"teacher {r['name']}", "arch": arch, "test_acc1": r["test/acc1"],
-                         "val_acc1": r["val/acc1"], "params": size["params"], "mmacs": size["macs"] / 1e6,
-                         "ms_per_image": timing(model)})
+            t_arch = next((t.arch for t in self.pcfg.teachers if t.name == r["name"]), None) or type(model).__name__
+            rows.append({"model": f"teacher {r['name']}", "arch": t_arch, "test_acc1": r["test/acc1"],
+                         "val_acc1": r["val/acc1"], "params": size["params"], "mmacs": size["macs"] / 1e6})
         teacher_rows = list(rows)
+        forwards["ensemble"] = comparison.ensemble_forward(teacher_models)
         rows.append({"model": "ensemble", "arch": f"{len(teacher_rows)} teachers, mean softmax",
                      "test_acc1": ens["ensemble"]["test/acc1"], "val_acc1": ens["ensemble"]["val/acc1"],
-                     "params": sum(r["params"] for r in teacher_rows), "mmacs": sum(r["mmacs"] for r in teacher_rows),
-                     "ms_per_image": timing(comparison.ensemble_forward(teacher_models))})
-        student_time: dict[str, float] = {}
+                     "params": sum(r["params"] for r in teacher_rows), "mmacs": sum(r["mmacs"] for r in teacher_rows)})
+        # The three students share one architecture: one measurement (same shapes, same time).
+        forwards["student"] = build_model(arch, d.num_classes, d.in_channels).eval()
         labels = {
             "student_alone": "student alone",
             "distill_best_teacher": f"student <- best teacher ({ens['best_teacher']})",
@@ -585,12 +582,12 @@ class EnsemblePipeline:
         for stage, label in labels.items():
             res = students[stage]
             model = load_model_checkpoint(res["checkpoint"], d.num_classes, d.in_channels).eval()
-            arch = self.cfg.model.student
             size = comparison.size_of(model, d.in_channels, d.image_size)
-            if arch not in student_time:  # one measurement per architecture: same weights shape, same time
-                student_time[arch] = timing(build_model(arch, d.num_classes, d.in_channels).eval())
             rows.append({"model": label, "arch": arch, "test_acc1": res["test/acc1"], "val_acc1": res.get("val/acc1"),
-                         "params": size["params"], "mmacs": size["macs"] / 1e6, "ms_per_image": student_time[arch]})
+                         "params": size["params"], "mmacs": size["macs"] / 1e6})
+        ms = comparison.ms_per_image(forwards, images, p.timing_repeats, self.threads)
+        for row in rows:
+            row["ms_per_image"] = ms[row["model"]] if row["model"] in ms else ms["student"]
         return comparison.build_table(rows)
 
     # ------------------------------------------------------------------ summary
