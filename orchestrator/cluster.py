@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 
 import ray
 
@@ -29,6 +31,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
     common = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
     if address:
         ray.init(address=address, **common)
+        handle_sigterm()
         return True
     ray.init(
         num_cpus=num_cpus or os.cpu_count(),
@@ -37,7 +40,18 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
         _temp_dir=os.environ.get("DISTILL_RAY_TMPDIR", "/tmp/distill-ray"),
         **common,
     )
+    handle_sigterm()
     return True
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def handle_sigterm() -> None:
+    """`kill` ends the driver like Ctrl-C (runs closed KILLED); set after ray.init, which installs its own."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
 
 
 def node_resources() -> list[dict[str, float]]:

@@ -10,9 +10,7 @@ and the student trained alone.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from dataclasses import dataclass
 
 from orchestrator.config import Config, ConfigError, dump_yaml, load_config
@@ -109,10 +107,6 @@ def make_plan(cfg: Config, num_train: int) -> Plan:
     return Plan(cfg, space, num_train, res["CPU"], res["GPU"], mode)
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     try:
@@ -143,8 +137,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from orchestrator.runner import SweepRunner
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends a sweep like Ctrl-C: runs closed KILLED
     return SweepRunner(plan, data, resume=args.resume).run()
 
 
