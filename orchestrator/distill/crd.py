@@ -22,7 +22,14 @@ from orchestrator.data.negatives import NegativeSampler
 from orchestrator.distill.base import Distiller, TeacherOutputs
 from orchestrator.distill.ce import check_weight
 from orchestrator.distill.kd import as_single_teacher, check_temperature, kd_loss
-from orchestrator.distill.memory import ContrastMemory, contrast_scores, dist_world, nce_loss
+from orchestrator.distill.memory import (
+    ContrastMemory,
+    contrast_dots,
+    dist_world,
+    grad_scale,
+    nce_loss_and_grad,
+    with_gradient,
+)
 from orchestrator.models.base import ModelOutput
 
 NEGATIVES_MODES = ("exact", "shared")
@@ -93,11 +100,20 @@ class CRDLoss(nn.Module):
         v_t = self.embed_t(teacher_emb.detach()).float()  # (B, d)
         idx = indices.to(mem.bank_s.device, torch.long)
         negatives = negatives.to(mem.bank_s.device, torch.long)
+        # The value of contrast_scores + nce_loss, with the gradient written out by hand
+        # (memory.nce_loss_and_grad): far fewer (B, K+1) temporaries, see docs/BENCHMARKS.md.
         with torch.autocast(device_type=v_s.device.type, enabled=False):  # exp(<v, m>/tau) needs fp32
-            out_s = contrast_scores(v_s, mem.bank_t, idx, negatives, self.tau)  # (B, K+1)
-            out_t = contrast_scores(v_t, mem.bank_s, idx, negatives, self.tau)  # (B, K+1)
+            dots_s, back_s = contrast_dots(v_s, mem.bank_t, idx, negatives)  # (B, K+1)
+            dots_t, back_t = contrast_dots(v_t, mem.bank_s, idx, negatives)  # (B, K+1)
+            out_s, out_t = dots_s.div_(self.tau).exp_(), dots_t.div_(self.tau).exp_()  # = contrast_scores
             z_s, z_t = mem.normalisers(out_s, out_t, update=self.training)
-            loss = nce_loss(out_s / z_s, self.n_data) + nce_loss(out_t / z_t, self.n_data)
+            grad_on = torch.is_grad_enabled()
+            loss_s, g_s = nce_loss_and_grad(out_s, z_s, self.n_data, self.tau, grad_on and v_s.requires_grad)
+            loss_t, g_t = nce_loss_and_grad(out_t, z_t, self.n_data, self.tau, grad_on and v_t.requires_grad)
+            scale = grad_scale(self.tau, v_s.shape[0])
+            grad_s = None if g_s is None else back_s(g_s).mul_(scale)  # before the banks are updated below
+            grad_t = None if g_t is None else back_t(g_t).mul_(scale)
+            loss = with_gradient(loss_s, v_s, grad_s) + with_gradient(loss_t, v_t, grad_t)
         if self.training:
             mem.update(idx, v_s, v_t)
         return loss

@@ -88,6 +88,120 @@ def nce_loss(probs: Tensor, n_data: int, eps: float = 1e-7) -> Tensor:
     return -(log_d1.sum() + log_d0.sum()) / batch
 
 
+# ---------------------------------------------------------------- fused training path
+#
+# ``contrast_scores`` + ``nce_loss`` above are the reference formulation; autograd
+# through them keeps ~30 (B, K+1) temporaries per direction and, in exact mode,
+# gathers a (B, K+1, d) copy of the bank (1 GiB per bank at B=128, K=16384).
+# ``CRDLoss`` trains through the functions below instead: the same scores and
+# the same loss value, the gradient written out by hand (Z is a constant, as in
+# the reference), a handful of in-place passes, and in exact mode the scores read
+# from one (B, N) matmul when that is cheaper than the gather (docs/BENCHMARKS.md).
+
+DENSE_MAX_ELEMENTS = 1 << 25  # exact mode: (B, N) score matrices up to 128 MiB (fp32) ...
+DENSE_MAX_RATIO = 64  # ... and N <= 64 (K + 1): one matmul beats the per-anchor gather
+GATHER_CHUNK_ELEMENTS = 1 << 26  # exact mode otherwise: gather (chunk, K+1, d) blocks of at most 256 MiB
+
+
+@torch.no_grad()
+def contrast_dots(anchor: Tensor, bank: Tensor, indices: Tensor, negatives: Tensor):
+    """Raw dot products <anchor, bank row> and how to send a gradient back to the anchors.
+
+    Args: as :func:`contrast_scores` (``anchor`` is used detached).
+    Returns:
+        dots: (B, K + 1), positive in column 0 (``contrast_scores`` = exp(dots / tau)).
+        back: g (B, K + 1) -> (B, d), sum_j g[b, j] * row_j: d loss / d anchor from d loss / d dots.
+            It reads the bank as it is now: call it before the bank is updated.
+    """
+    anchor, bank = anchor.detach(), bank.detach()
+    b, d = anchor.shape
+    if negatives.dim() == 1:  # shared: one (B, d) @ (d, K) matmul
+        pos_rows = torch.index_select(bank, 0, indices)  # (B, d)
+        neg_rows = torch.index_select(bank, 0, negatives)  # (K, d)
+        dots = anchor.new_empty(b, negatives.shape[0] + 1)
+        torch.mm(anchor, neg_rows.t(), out=dots[:, 1:])  # straight into the strided view, no cat
+        dots[:, 0] = (pos_rows * anchor).sum(dim=1)
+        return dots, lambda g: torch.addmm(g[:, :1] * pos_rows, g[:, 1:], neg_rows)
+    if negatives.dim() != 2:
+        raise ValueError(f"negatives must be (B, K) or (K,), got shape {tuple(negatives.shape)}")
+    idx = torch.cat([indices[:, None], negatives], dim=1)  # (B, K+1)
+    n, k1 = bank.shape[0], idx.shape[1]
+    if b * n <= DENSE_MAX_ELEMENTS and n <= DENSE_MAX_RATIO * k1:  # exact, dense: all N scores, then pick
+        dots = (anchor @ bank.t()).gather(1, idx)
+
+        def back_dense(g: Tensor) -> Tensor:
+            # scatter_add: a row drawn twice for one anchor counts twice, as in the gather
+            return torch.zeros(b, n, dtype=g.dtype, device=g.device).scatter_add_(1, idx, g) @ bank
+
+        return dots, back_dense
+    step = max(1, GATHER_CHUNK_ELEMENTS // (k1 * d))  # exact, gathered (the reference), in anchor chunks
+
+    def rows(lo: int, hi: int) -> Tensor:
+        part = idx[lo:hi]
+        return torch.index_select(bank, 0, part.reshape(-1)).view(part.shape[0], k1, d)
+
+    if b <= step:
+        weights = rows(0, b)
+        dots = torch.bmm(weights, anchor[:, :, None]).squeeze(2)
+        return dots, lambda g: torch.bmm(g[:, None, :], weights).squeeze(1)
+    chunks = range(0, b, step)
+    dots = torch.cat([torch.bmm(rows(lo, lo + step), anchor[lo : lo + step, :, None]).squeeze(2) for lo in chunks])
+    return dots, lambda g: torch.cat(
+        [torch.bmm(g[lo : lo + step, None, :], rows(lo, lo + step)).squeeze(1) for lo in chunks]
+    )
+
+
+@torch.no_grad()
+def nce_loss_and_grad(scores: Tensor, z: Tensor, n_data: int, tau: float, need_grad: bool = True, eps: float = 1e-7):
+    """``nce_loss(scores / z, n_data)`` and its gradient with respect to the dots.
+
+    Args:
+        scores: (B, K + 1) exp(dots / tau), positive in column 0; overwritten (used as workspace).
+        z: () normalising constant (a constant for the gradient, as in the reference).
+    Returns:
+        (loss (), grad (B, K + 1) or None): grad * grad_scale(tau, B) = d loss / d dots, i.e.
+        (1/B) p / (tau (p + m + eps)) for a negative and -(1/B) (m + eps) / (tau (p + m + eps))
+        for the positive, with p = scores / z and m = K / N.
+    """
+    batch, k = scores.shape[0], scores.shape[1] - 1
+    m_pn = k / float(n_data)
+    p = scores.div_(z)
+    t = p + m_pn
+    t.add_(eps)
+    loss = -(torch.log(p[:, 0] / t[:, 0]).sum() + torch.log(m_pn / t[:, 1:]).sum()) / batch
+    if not need_grad:
+        return loss, None
+    grad = p.div_(t)  # p / (p + m + eps)
+    grad[:, 0] = t[:, 0].reciprocal().mul_(-(m_pn + eps))
+    return loss, grad  # still to be multiplied by 1 / (tau * B): see grad_scale
+
+
+def grad_scale(tau: float, batch: int) -> float:
+    """The factor ``nce_loss_and_grad``'s grad still needs (applied to the small (B, d) result)."""
+    return 1.0 / (tau * batch)
+
+
+class _KnownGradient(torch.autograd.Function):
+    """``value`` (a scalar computed without autograd) whose gradient w.r.t. ``anchor`` is ``grad``."""
+
+    @staticmethod
+    def forward(ctx, anchor: Tensor, value: Tensor, grad: Tensor) -> Tensor:
+        ctx.save_for_backward(grad)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, upstream: Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad * upstream, None, None
+
+
+def with_gradient(value: Tensor, anchor: Tensor, grad: Tensor | None) -> Tensor:
+    """``value`` carrying d value / d anchor = ``grad`` into autograd (plain ``value`` if there is none)."""
+    if grad is None or not anchor.requires_grad or not torch.is_grad_enabled():
+        return value
+    return _KnownGradient.apply(anchor, value, grad.to(anchor.dtype))
+
+
 # ---------------------------------------------------------------- memory
 
 
