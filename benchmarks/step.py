@@ -1,0 +1,514 @@
+"""Images/s of one training step: student alone, KD, CRD, CRD+KD, as ratios, in one process.
+
+    python benchmarks/step.py                 # the table + a CRD step broken down (a few minutes)
+    python benchmarks/step.py --quick         # tiny sizes (seconds)
+    python benchmarks/step.py --accuracy      # exact vs shared negatives on Fashion-MNIST (val acc1)
+    python benchmarks/step.py --append        # also append the tables to docs/BENCHMARKS.md
+
+Every variant is a real :class:`orchestrator.engine.Trainer` (default teacher ``cnn_teacher``,
+student ``cnn_student_tiny``, batch 128, Fashion-MNIST shapes: N = 54,000 memory-bank rows,
+1x28x28 random images) whose ``train_one_epoch`` runs over a few prepared batches: the timed
+code is the engine's own step (forward, loss terms, backward, optimiser, loss bookkeeping).
+Variants alternate round by round; each figure is the median over rounds, and reported as a
+ratio to the student-alone (CE) step and to the KD step with the same teacher mode:
+
+- teacher ``live``: the frozen teacher runs on every batch (what ``data.augment=true`` needs);
+- teacher ``cached``: its outputs were precomputed once (what the sweep does when
+  ``data.augment=false``, the default), so a step does no teacher forward at all.
+
+``impl``: ``now`` is the code as it is; ``before`` the CRD loss as it was before the fused
+NCE path (autograd through ``contrast_scores`` + ``nce_loss``, a (B, K+1, d) gather in exact
+mode); ``reference`` is ``before`` plus negatives drawn per sample with NumPy, as the
+reference implementation's dataset does (RepDistiller, ``np.random.choice`` per item).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+# ---------------------------------------------------------------- variants
+
+
+@dataclass(frozen=True)
+class Variant:
+    method: str  # ce | kd | crd | crd_kd
+    k: int | None = None
+    mode: str | None = None  # exact | shared
+    teacher: str | None = None  # live | cached
+    impl: str = "now"  # now | before | reference
+
+    @property
+    def name(self) -> str:
+        parts = [self.method]
+        if self.k:
+            parts.append(f"K={self.k}")
+        if self.mode:
+            parts.append(self.mode)
+        if self.teacher:
+            parts.append(self.teacher)
+        if self.impl != "now":
+            parts.append(f"[{self.impl}]")
+        return " ".join(parts)
+
+
+def default_variants(ks: list[int], before: bool, kd_ks: list[int]) -> list[Variant]:
+    out = [Variant("ce")]
+    for teacher in ("live", "cached"):
+        out.append(Variant("kd", teacher=teacher))
+        for mode in ("shared", "exact"):
+            out += [Variant("crd", k, mode, teacher) for k in ks]
+            out += [Variant("crd_kd", k, mode, teacher) for k in kd_ks]
+    if before:  # the slowest (exact, before) only where it says something new
+        for teacher in ("live", "cached"):
+            out += [Variant("crd", k, "shared", teacher, "before") for k in ks]
+            exact_ks = [k for k in ks if k != min(ks)] if teacher == "live" else [k for k in ks if k == sorted(ks)[len(ks) // 2]]
+            out += [Variant("crd", k, "exact", teacher, "before") for k in exact_ks]
+        out += [Variant("crd", k, "exact", "live", "reference") for k in ks if k != min(ks)]
+    return out
+
+
+# ---------------------------------------------------------------- the CRD loss as it was
+
+
+def legacy_crd_forward(self, student_emb, teacher_emb, indices, negatives):
+    """``CRDLoss.forward`` before the fused path (commit 4a94b01): autograd through the reference
+    functions ``contrast_scores`` and ``nce_loss``, which are unchanged."""
+    import torch
+
+    from orchestrator.distill import memory
+
+    if negatives.shape[-1] >= self.n_data:
+        raise ValueError(f"nce_k ({negatives.shape[-1]}) must be smaller than N ({self.n_data})")
+    mem = self.memory
+    if self.training:
+        mem.sync_banks()
+    v_s = self.embed_s(student_emb).float()
+    v_t = self.embed_t(teacher_emb.detach()).float()
+    idx = indices.to(mem.bank_s.device, torch.long)
+    negatives = negatives.to(mem.bank_s.device, torch.long)
+    with torch.autocast(device_type=v_s.device.type, enabled=False):
+        out_s = memory.contrast_scores(v_s, mem.bank_t, idx, negatives, self.tau)
+        out_t = memory.contrast_scores(v_t, mem.bank_s, idx, negatives, self.tau)
+        z_s, z_t = mem.normalisers(out_s, out_t, update=self.training)
+        loss = memory.nce_loss(out_s / z_s, self.n_data) + memory.nce_loss(out_t / z_t, self.n_data)
+    if self.training:
+        mem.update(idx, v_s, v_t)
+    return loss
+
+
+class ReferenceNegatives:
+    """Per-sample ``np.random.choice(other-class indices, K, replace=True)``, as the reference's
+    ``CIFAR100InstanceSample.__getitem__`` (class negatives, exact mode)."""
+
+    def __init__(self, labels, k: int, seed: int = 0):
+        import numpy as np
+
+        y = labels.numpy()
+        self.k = k
+        self.pools = [np.where(y != c)[0] for c in range(int(y.max()) + 1)]
+        self.rng = np.random.default_rng(seed)
+        self.np = np
+
+    def __call__(self, distiller, indices, labels):
+        import torch
+
+        np = self.np
+        rows = [np.random.choice(self.pools[int(c)], self.k, replace=True) for c in labels.cpu().tolist()]
+        return torch.from_numpy(np.stack(rows))
+
+
+@contextlib.contextmanager
+def implementation(variant: Variant, reference: ReferenceNegatives | None) -> Iterator[None]:
+    """Swap in the CRD loss (and sampler) of ``variant.impl`` for the duration of its steps."""
+    from orchestrator.distill.crd import ContrastiveDistiller, CRDLoss
+
+    if variant.impl == "now":
+        yield
+        return
+    saved = CRDLoss.forward, ContrastiveDistiller.draw_negatives
+    CRDLoss.forward = legacy_crd_forward
+    if variant.impl == "reference" and reference is not None:
+        ContrastiveDistiller.draw_negatives = lambda self, indices, labels: reference(self, indices, labels)
+    try:
+        yield
+    finally:
+        CRDLoss.forward, ContrastiveDistiller.draw_negatives = saved
+
+
+# ---------------------------------------------------------------- building and timing
+
+
+@dataclass
+class Setup:
+    data: object
+    teacher: object
+    cache: object
+    batches: list
+    device: str
+    teacher_arch: str
+    student_arch: str
+
+
+def make_setup(n: int, batch: int, device: str, teacher: str, student: str, channels: int = 1, size: int = 28,
+               classes: int = 10, n_batches: int = 8, materialise: bool = True) -> Setup:
+    import torch
+
+    from orchestrator.engine import CachedTeacherOutputs, freeze
+    from orchestrator.models import build_model
+
+    data = common.synthetic_bundle(n, channels, size, classes, materialise=materialise)
+    torch.manual_seed(0)
+    teacher_model = freeze(build_model(teacher, classes, channels))
+    cache = CachedTeacherOutputs(logits=torch.randn(n, classes), embedding=torch.randn(n, teacher_model.embedding_dim))
+    batches = common.first_batches(data.train, batch, n_batches)
+    return Setup(data, teacher_model, cache, batches, device, teacher, student)
+
+
+def make_trainer(setup: Setup, v: Variant, batch: int, extra: list[str] = ()):
+    from orchestrator.config import load_config
+    from orchestrator.engine import Trainer
+
+    overrides = [
+        f"distill.method={v.method}", f"data.batch_size={batch}", "train.scheduler=none",
+        f"model.teacher={setup.teacher_arch}", f"model.student={setup.student_arch}", *extra,
+    ]
+    if v.k:
+        overrides += [f"distill.crd.nce_k={v.k}", f"distill.crd.negatives_mode={v.mode}"]
+    cfg = load_config(None, overrides)
+    live = v.method != "ce" and v.teacher == "live"
+    cached = v.method != "ce" and v.teacher == "cached"
+    return Trainer(
+        cfg, setup.data, [setup.teacher] if live else [], device=setup.device,
+        teacher_outputs=[setup.cache] if cached else None,
+    )
+
+
+def step_runner(trainer, setup: Setup, v: Variant, steps: int, budget_s: float,
+                reference: ReferenceNegatives | None) -> Callable[[], float]:
+    """A callable running ``steps`` engine steps (fewer for slow variants) and returning s/step."""
+    sync = common.Sync(setup.device)
+    state = {"steps": steps, "next": 0}
+
+    def run() -> float:
+        k = state["steps"]
+        start_at = state["next"]
+        chosen = [setup.batches[(start_at + i) % len(setup.batches)] for i in range(k)]
+        state["next"] = (start_at + k) % len(setup.batches)
+        trainer.train_loader = chosen  # train_one_epoch iterates it; set_epoch is a no-op on a list
+        with implementation(v, reference):
+            sync()
+            t0 = time.perf_counter()
+            trainer.train_one_epoch()
+            sync()
+            per_step = (time.perf_counter() - t0) / k
+        state["steps"] = max(1, min(steps, int(budget_s / max(per_step, 1e-9))))  # slow variants: fewer steps
+        return per_step
+
+    return run
+
+
+def measure_steps(setup: Setup, variants: list[Variant], batch: int, repeats: int, steps: int, budget_s: float,
+                  extra: list[str] = ()) -> dict[Variant, list[float]]:
+    """Interleaved s/step of each variant (medians are taken by the caller)."""
+    trainers, runners = {}, {}
+    refs: dict[int, ReferenceNegatives] = {}
+    for v in variants:
+        trainers[v] = make_trainer(setup, v, batch, extra)
+        ref = None
+        if v.impl == "reference":
+            ref = refs.setdefault(v.k, ReferenceNegatives(setup.data.train_labels, v.k))
+        runners[v.name] = step_runner(trainers[v], setup, v, steps, budget_s, ref)
+    times = common.interleave(
+        runners, repeats, warmup=1,
+        on_round=lambda r: print(f"  round {r + 1}/{repeats} done ({common.load_text()})", flush=True),
+    )
+    return {v: times[v.name] for v in variants}
+
+
+# ---------------------------------------------------------------- the step broken down
+
+
+class Clock:
+    """Accumulates seconds per phase (synchronising an accelerator around each)."""
+
+    def __init__(self, device: str):
+        self.sync = common.Sync(device)
+        self.totals: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.sync()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.sync()
+            self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - t0
+
+    def wrap(self, name: str, fn: Callable) -> Callable:
+        def timed(*args, **kwargs):
+            with self(name):
+                return fn(*args, **kwargs)
+
+        return timed
+
+
+@contextlib.contextmanager
+def instrument(clock: Clock) -> Iterator[None]:
+    """Time the pieces of the CRD loss (both implementations) by wrapping them."""
+    from orchestrator.distill import crd as crd_mod
+    from orchestrator.distill import memory as mem_mod
+
+    patched = [
+        (crd_mod.Embed, "forward", "CRD heads (2 x Linear + L2 norm)"),
+        (crd_mod.ContrastiveDistiller, "draw_negatives", "negatives: sampling"),
+        (mem_mod.ContrastMemory, "update", "memory-bank update"),
+        (mem_mod.ContrastMemory, "normalisers", "NCE: Z"),
+        (crd_mod, "nce_loss_and_grad", "NCE: loss + its gradient (fused)"),
+        (mem_mod, "contrast_scores", "scores: gather/matmul + exp"),
+        (mem_mod, "nce_loss", "NCE: loss (autograd graph)"),
+    ]
+    saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in patched]
+    original_dots = crd_mod.contrast_dots
+
+    def timed_dots(*args, **kwargs):
+        with clock("scores: gather/matmul"):
+            dots, back = original_dots(*args, **kwargs)
+        return dots, clock.wrap("NCE: gradient matmul (d/d anchor)", back)
+
+    try:
+        for owner, attr, label in patched:
+            setattr(owner, attr, clock.wrap(label, getattr(owner, attr)))
+        crd_mod.contrast_dots = timed_dots
+        yield
+    finally:
+        for owner, attr, fn in saved:
+            setattr(owner, attr, fn)
+        crd_mod.contrast_dots = original_dots
+
+
+def instrumented_step(trainer, batch, clock: Clock) -> None:
+    """The body of ``Trainer.train_one_epoch`` for one batch, each phase timed."""
+    import torch
+
+    images, labels, indices = batch
+    with clock("data: batch to device"):
+        images, labels, indices = (t.to(trainer.device) for t in (images, labels, indices))
+    teacher_out = None
+    if trainer.distiller.needs_teacher:
+        with clock("teacher forward (live) / cache lookup"):
+            teacher_out = trainer._teacher_forward(images, indices)
+    with clock("student forward"):
+        student_out = trainer._student_step(images)
+    teacher_arg = None if teacher_out is None else (teacher_out[0] if len(teacher_out) == 1 else teacher_out)
+    with clock("distiller forward (all terms)"):
+        terms = trainer._distiller_step(student_out, teacher_arg, labels, indices)
+        loss = sum(terms.values())
+    with clock("backward"):
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    with clock("optimiser step"):
+        trainer.optimizer.step()
+    with clock("loss bookkeeping (.item(), isfinite)"):
+        bool(torch.isfinite(loss))
+        loss.item()
+        for value in terms.values():
+            value.item()
+
+
+SUB_PHASES = (
+    "CRD heads (2 x Linear + L2 norm)",
+    "negatives: sampling",
+    "scores: gather/matmul",
+    "scores: gather/matmul + exp",
+    "NCE: Z",
+    "NCE: loss + its gradient (fused)",
+    "NCE: gradient matmul (d/d anchor)",
+    "NCE: loss (autograd graph)",
+    "memory-bank update",
+)
+TOP_PHASES = (
+    "data: batch from the loader",
+    "data: batch to device",
+    "teacher forward (live) / cache lookup",
+    "student forward",
+    "distiller forward (all terms)",
+    "backward",
+    "optimiser step",
+    "loss bookkeeping (.item(), isfinite)",
+)
+
+
+def breakdown(setup: Setup, variants: list[Variant], batch: int, repeats: int, extra: list[str] = ()) -> common.Table:
+    """Median ms per phase of one step, variants interleaved."""
+    import torch
+
+    from orchestrator.data.loaders import collate
+
+    trainers = {v: make_trainer(setup, v, batch, extra) for v in variants}
+    per_round: dict[Variant, list[dict[str, float]]] = {v: [] for v in variants}
+    perm = torch.randperm(len(setup.data.train))
+    for r in range(repeats + 1):  # round 0 is warm-up
+        order = variants if r % 2 == 0 else variants[::-1]
+        for v in order:
+            clock = Clock(setup.device)
+            with clock("data: batch from the loader"):  # what the DataLoader does for one batch
+                start = (r * batch) % max(1, len(perm) - batch)
+                collate(setup.data.train.__getitems__(perm[start : start + batch].tolist()))
+            b = setup.batches[r % len(setup.batches)]
+            with implementation(v, None), instrument(clock), clock("total"):
+                instrumented_step(trainers[v], b, clock)
+            if r:
+                per_round[v].append(dict(clock.totals))
+    table = common.Table(
+        f"One step broken down: median ms per phase (batch {batch}, {common.load_text()})",
+        ["phase", *[v.name for v in variants]],
+    )
+
+    def med(v: Variant, phase: str) -> float:
+        return common.median([t.get(phase, 0.0) for t in per_round[v]])
+
+    for phase in TOP_PHASES:
+        table.add(phase, *[common.fmt_ms(med(v, phase)) for v in variants])
+        if phase == "distiller forward (all terms)":
+            for sub in SUB_PHASES:
+                if any(med(v, sub) > 0 for v in variants):
+                    table.add(f"  of which {sub}", *[common.fmt_ms(med(v, sub)) if med(v, sub) else "-" for v in variants])
+            others = [med(v, phase) - sum(med(v, s) for s in SUB_PHASES) for v in variants]
+            table.add("  of which other (CE/KD terms, exp, glue)", *[common.fmt_ms(max(o, 0.0)) for o in others])
+    table.add("total (instrumented step)", *[common.fmt_ms(med(v, "total")) for v in variants])
+    table.notes.append(
+        "`now`: the NCE gradient is computed in the distiller forward (fused), so `backward` holds only the "
+        "student and the heads; `before`: the NCE graph is differentiated by autograd inside `backward`."
+    )
+    return table
+
+
+# ---------------------------------------------------------------- accuracy: exact vs shared
+
+
+def accuracy(args) -> common.Table:
+    """Train cnn_student_tiny with crd_kd, exact and shared negatives, same seed, same teacher."""
+    from orchestrator.config import load_config
+    from orchestrator.data import build_data
+    from orchestrator.engine import Trainer, compute_teacher_outputs
+    from orchestrator.teachers import train_alone
+
+    base = [
+        "data.dataset=fashion_mnist", f"data.train_subset={args.acc_subset}", "distill.method=crd_kd",
+        f"distill.crd.nce_k={args.acc_k}", f"train.epochs={args.acc_epochs}",
+    ]
+    cfg = load_config(None, base)
+    data = build_data(cfg.data, cfg.seed)
+    print(f"teacher: training {cfg.model.teacher} on {len(data.train)} images for {args.acc_teacher_epochs} epoch(s)")
+    teacher, tmetrics = train_alone(cfg, data, cfg.model.teacher, args.acc_teacher_epochs, cfg.teacher.lr, label="teacher")
+    outputs = compute_teacher_outputs(teacher, data.train_eval, cfg.data.eval_batch_size)
+    table = common.Table(
+        f"Exact vs shared negatives: crd_kd, {cfg.model.teacher} -> {cfg.model.student}, Fashion-MNIST "
+        f"{len(data.train)} train / {len(data.val)} val images, K={args.acc_k}, {args.acc_epochs} epochs, "
+        f"seed {cfg.seed} (teacher val acc1 {tmetrics['val/acc1']:.4f})",
+        ["negatives_mode", *[f"val acc1 ep{e + 1}" for e in range(args.acc_epochs)], "s/epoch (median)", "final train/loss_crd"],
+    )
+    for mode in ("exact", "shared"):
+        trainer = Trainer(load_config(None, [*base, f"distill.crd.negatives_mode={mode}"]), data, teacher_outputs=[outputs])
+        accs, secs, last = [], [], {}
+        for epoch in range(args.acc_epochs):
+            last = trainer.train_one_epoch()
+            secs.append(last["time/epoch_s"])
+            accs.append(trainer.evaluate("val")["acc1"])
+            print(f"  [{mode}] epoch {epoch + 1}: val acc1 {accs[-1]:.4f} ({secs[-1]:.1f} s)", flush=True)
+        table.add(mode, *[f"{a:.4f}" for a in accs], f"{common.median(secs):.1f}", f"{last.get('train/loss_crd', 0):.4f}")
+    table.notes.append(f"{common.load_text()}; torch threads {args.threads}")
+    return table
+
+
+# ---------------------------------------------------------------- main
+
+
+def build_parser():
+    p = common.base_parser(__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--n", type=int, default=54_000, help="training-set size N (memory-bank rows)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--ks", type=int, nargs="+", default=[1024, 4096, 16384], help="CRD negatives K")
+    p.add_argument("--kd-ks", type=int, nargs="*", default=[4096, 16384], help="K of the CRD+KD rows")
+    p.add_argument("--steps", type=int, default=3, help="steps per variant per round (slow variants: fewer)")
+    p.add_argument("--budget", type=float, default=1.0, help="seconds per variant per round, roughly")
+    p.add_argument("--no-before", action="store_true", help="skip the 'before' and 'reference' CRD variants")
+    p.add_argument("--no-breakdown", action="store_true", help="skip the per-phase table")
+    p.add_argument("--teacher", default="cnn_teacher")
+    p.add_argument("--student", default="cnn_student_tiny")
+    p.add_argument("--accuracy", action="store_true", help="only the exact-vs-shared accuracy run (Fashion-MNIST)")
+    p.add_argument("--acc-subset", type=int, default=20_000)
+    p.add_argument("--acc-epochs", type=int, default=3)
+    p.add_argument("--acc-teacher-epochs", type=int, default=2)
+    p.add_argument("--acc-k", type=int, default=4096)
+    return p
+
+
+def step_table(times: dict[Variant, list[float]], batch: int, title: str) -> common.Table:
+    med = {v: common.median(t) for v, t in times.items()}
+    ce = next((m for v, m in med.items() if v.method == "ce"), float("nan"))
+    kd = {v.teacher: m for v, m in med.items() if v.method == "kd" and v.impl == "now"}
+    table = common.Table(title, ["variant", "ms/step", "img/s", "x student alone (CE)", "x KD (same teacher)", "noise"])
+    for v, m in med.items():
+        ref = kd.get(v.teacher, float("nan")) if v.teacher else float("nan")
+        table.add(v.name, common.fmt_ms(m), f"{batch / m:.0f}", common.fmt_ratio(m / ce),
+                  common.fmt_ratio(m / ref) if v.method != "ce" else "-", f"±{100 * common.spread(times[v]):.0f}%")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    common.set_threads(args.threads)
+    if args.quick:
+        args.n, args.batch_size, args.ks, args.kd_ks = 2000, 32, [64, 256], [256]
+        args.steps, args.budget = 1, 0.2
+        args.acc_subset, args.acc_epochs, args.acc_teacher_epochs, args.acc_k = 2000, 1, 1, 256
+    repeats = args.repeats or (2 if args.quick else 5)
+    tables: list[common.Table] = []
+    if args.accuracy:
+        table = accuracy(args)
+        table.print()
+        common.report([table], append=args.append, title="step.py --accuracy: exact vs shared negatives")
+        return 0
+
+    print(f"setting up: N={args.n}, batch {args.batch_size}, {args.teacher} -> {args.student}, "
+          f"device {args.device}, torch threads {args.threads}", flush=True)
+    setup = make_setup(args.n, args.batch_size, args.device, args.teacher, args.student)
+    variants = default_variants(args.ks, not args.no_before, args.kd_ks)
+    print(f"{len(variants)} variants x {repeats} rounds (interleaved)", flush=True)
+    load_before = common.load_average()
+    times = measure_steps(setup, variants, args.batch_size, repeats, args.steps, args.budget)
+    table = step_table(
+        times, args.batch_size,
+        f"Training step, {args.teacher} -> {args.student}, batch {args.batch_size}, N={args.n}, "
+        f"{args.threads} torch thread(s), {args.device}: median of {repeats} interleaved rounds "
+        f"(load average before {load_before[0]:.2f}, after {common.load_average()[0]:.2f})",
+    )
+    tables.append(table)
+    table.print()
+
+    if not args.no_breakdown:
+        k = max(args.ks)
+        chosen = [Variant("kd", teacher="live"), Variant("crd", k, "shared", "live"), Variant("crd", k, "exact", "live")]
+        if not args.no_before:
+            chosen.append(Variant("crd", k, "shared", "live", "before"))
+        bd = breakdown(setup, chosen, args.batch_size, max(3, repeats))
+        tables.append(bd)
+        bd.print()
+    common.report(tables, append=args.append, title="step.py: one training step", device=args.device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The benchmark scripts run (tiny sizes) and print their tables, so they do not rot.
+
+Also: the "before" CRD loss the step benchmark compares against gives the same values
+and gradients as the fused path the project trains with (the speed-up changed no result).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import common  # noqa: E402
+import memory as memory_bench  # noqa: E402
+import scaling  # noqa: E402
+import step  # noqa: E402
+import sweep_overhead  # noqa: E402
+
+
+@pytest.fixture
+def doc(tmp_path, monkeypatch):
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text("# Benchmarks\n\nhand-written part\n")
+    monkeypatch.setattr(common, "DOC", path)
+    return path
+
+
+def test_table_and_append(doc, capsys):
+    table = common.Table("T", ["a", "bb"])
+    table.add("x", "1.00x")
+    table.notes.append("a note")
+    text = table.markdown()
+    assert "| x | 1.00x |" in text and "- a note" in text
+    common.report([table], append=False, title="nothing")
+    assert "Run log" not in doc.read_text()
+    common.report([table], append=True, title="run one")
+    common.report([table], append=True, title="run two")
+    body = doc.read_text()
+    assert body.startswith("# Benchmarks\n\nhand-written part")
+    assert body.count(common.RUN_LOG_HEADING) == 1
+    assert "### run one" in body and "### run two" in body and "load average" in body and "- command: `python" in body
+
+
+def test_interleave_alternates_and_repeats():
+    calls = []
+    times = common.interleave({"a": lambda: calls.append("a") or 1.0, "b": lambda: calls.append("b") or 2.0}, 3)
+    assert times == {"a": [1.0] * 3, "b": [2.0] * 3}
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then a b / b a / a b
+
+
+@pytest.mark.parametrize("mode, path", [("shared", None), ("exact", "dense"), ("exact", "gather"), ("exact", "chunked")])
+def test_before_and_now_crd_agree(mode, path, monkeypatch):
+    """The fused NCE path (now) and autograd through contrast_scores + nce_loss (before)."""
+    from orchestrator.data.negatives import NegativeSampler
+    from orchestrator.distill import memory
+    from orchestrator.distill.crd import CRDLoss
+
+    torch.manual_seed(0)
+    n, k, b = 300, 40, 16
+    if path in ("gather", "chunked"):
+        monkeypatch.setattr(memory, "DENSE_MAX_ELEMENTS", 0)
+    if path == "chunked":
+        monkeypatch.setattr(memory, "GATHER_CHUNK_ELEMENTS", 5 * (k + 1) * 16)  # chunks of 5 anchors
+    now, before = CRDLoss(12, 20, n, feat_dim=16, seed=1), CRDLoss(12, 20, n, feat_dim=16, seed=1)
+    before.load_state_dict(now.state_dict())
+    labels = torch.randint(0, 5, (n,))
+    sampler = NegativeSampler(labels, k, "class", 0)
+    for _ in range(3):
+        s, t, idx = torch.randn(b, 12), torch.randn(b, 20), torch.randperm(n)[:b]
+        neg = sampler.sample_shared() if mode == "shared" else sampler.sample(idx, labels[idx])
+        s_now, s_before = s.clone().requires_grad_(), s.clone().requires_grad_()
+        loss_now = now(s_now, t, idx, neg)
+        loss_before = step.legacy_crd_forward(before, s_before, t, idx, neg)
+        torch.testing.assert_close(loss_now, loss_before)
+        loss_now.backward()
+        loss_before.backward()
+        torch.testing.assert_close(s_now.grad, s_before.grad)
+        for p, q in zip(now.parameters(), before.parameters()):
+            torch.testing.assert_close(p.grad, q.grad)
+            p.grad = q.grad = None
+    for (name, x), (_, y) in zip(now.state_dict().items(), before.state_dict().items()):
+        torch.testing.assert_close(x, y, msg=name)
+
+
+def test_step_quick(doc, capsys):
+    assert step.main(["--quick", "--repeats", "1", "--ks", "64", "--kd-ks", "--no-breakdown", "--append"]) == 0
+    out = capsys.readouterr().out
+    assert "x student alone (CE)" in out and "crd K=64 shared cached" in out and "[before]" in out
+    assert "Training step" in doc.read_text()
+
+
+def test_memory_child_measures_a_step():
+    spec = {"method": "crd", "n": 500, "k": 64, "mode": "exact", "batch": 16, "steps": 1, "threads": 1,
+            "teacher": "tiny_teacher", "student": "tiny_student"}
+    res = memory_bench.child(spec)
+    assert res["bank"] == 2 * 500 * 128 * 4 and res["step_peak"] >= 0 and res["s_per_step"] > 0
+
+
+def test_cifar_pair_quick_on_cpu(capsys):
+    assert scaling.main(["--quick", "--no-ray", "--cifar-pair"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet32x4 -> resnet8x4" in out and "crd K=256 exact live" in out
+
+
+@pytest.mark.slow
+def test_step_quick_full(capsys):
+    assert step.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "[reference]" in out and "One step broken down" in out
+
+
+@pytest.mark.slow
+def test_memory_quick(capsys):
+    assert memory_bench.main(["--quick", "--ks", "128", "--ns", "2000"]) == 0
+    out = capsys.readouterr().out
+    assert "Peak memory" in out and "CRD exact [before]" in out and "error" not in out
+
+
+@pytest.mark.slow
+def test_sweep_overhead_quick(ray_session, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    assert sweep_overhead.main(["--quick", "--no-pieces"]) == 0
+    out = capsys.readouterr().out
+    assert "fixed cost per trial" in out and "in-process" in out
+
+
+@pytest.mark.slow
+def test_scaling_quick(ray_session, capsys):
+    assert scaling.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "1 and 2 Ray Train workers" in out
