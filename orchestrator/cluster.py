@@ -31,7 +31,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
     common = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
     if address:
         ray.init(address=address, **common)
-        handle_sigterm()
+        handle_signals()
         return True
     ray.init(
         num_cpus=num_cpus or os.cpu_count(),
@@ -40,7 +40,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
         _temp_dir=os.environ.get("DISTILL_RAY_TMPDIR", "/tmp/distill-ray"),
         **common,
     )
-    handle_sigterm()
+    handle_signals()
     return True
 
 
@@ -48,9 +48,13 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def handle_sigterm() -> None:
-    """`kill` ends the driver like Ctrl-C (runs closed KILLED); set after ray.init, which installs its own."""
+def handle_signals() -> None:
+    """Ctrl-C and `kill` end the driver with KeyboardInterrupt (runs closed KILLED).
+
+    Set after ray.init, which installs handlers of its own.
+    """
     if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _interrupt)
         signal.signal(signal.SIGTERM, _interrupt)
 
 

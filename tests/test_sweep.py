@@ -181,10 +181,11 @@ def test_dry_run_starts_nothing(tmp_path, monkeypatch, capsys):
     import ray
 
     monkeypatch.chdir(tmp_path)
+    ray_was_up = ray.is_initialized()  # another test's session Ray may be up; a dry run must not start one
     assert main(["--dry-run", *TINY]) == 0
     out = capsys.readouterr().out
     assert "distill.crd.nce_k" in out and "each trial needs: 1 CPU" in out and "nothing was started" in out
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == ray_was_up
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
 
 
