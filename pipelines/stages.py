@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -195,7 +196,8 @@ def cpu_share(num_tasks: int) -> float:
     import ray
 
     total = float(ray.cluster_resources().get("CPU", 1.0))
-    return round(max(0.05, min(1.0, total / max(num_tasks, 1))), 2)
+    share = math.floor(100 * total / max(num_tasks, 1)) / 100  # round down: 3 x 0.67 > 2 would leave one waiting
+    return max(0.05, min(1.0, share))
 
 
 def cancel(pending: Iterable) -> None:

@@ -87,6 +87,18 @@ def test_stage_hash_is_stable_and_order_free():
     assert stage_hash({"a": 1}) != stage_hash({"a": 2})
 
 
+@pytest.mark.parametrize("cpus, tasks", [(2, 3), (2, 2), (4, 3), (3, 7), (16, 3)])
+def test_cpu_share_lets_every_task_start_at_once(monkeypatch, cpus, tasks):
+    import ray
+
+    from pipelines.stages import cpu_share
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": float(cpus)})
+    share = cpu_share(tasks)
+    assert 0 < share <= 1.0 and share * tasks <= cpus  # never rounds up past the cluster (3 x 0.67 > 2)
+    assert share == 1.0 or share * tasks > cpus - 0.05 * tasks
+
+
 def test_ensemble_prediction_is_the_mean_of_softmax():
     a = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     b = torch.tensor([[0.0, 3.0], [0.0, 2.0]])
