@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,7 +244,19 @@ def from_dict(tree: dict) -> Config:
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults <- YAML file <- ``key.sub=value`` overrides, validated."""
-    tree = to_dict(Config())
+    tree = layer_tree(to_dict(Config()), path, overrides)
+    cfg = _from_dict(Config, tree)
+    validate(cfg)
+    return cfg
+
+
+def layer_tree(
+    tree: dict,
+    path: str | os.PathLike | None,
+    overrides: list[str] | None,
+    set_value: Callable[[dict, str, str], None] | None = None,
+) -> dict:
+    """``tree`` (defaults) <- YAML file at ``path`` <- ``key.sub=value`` overrides (raw strings)."""
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -256,10 +269,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         if "=" not in item:
             raise ConfigError(item, item, "overrides of the form key.sub=value")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), raw)
-    cfg = _from_dict(Config, tree)
-    validate(cfg)
-    return cfg
+        (set_value or _set_dotted)(tree, key.strip(), raw)
+    return tree
 
 
 def _merge(base: dict, new: dict) -> None:

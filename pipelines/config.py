@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.config import Config, ConfigError, from_dict, to_dict
+from orchestrator.config import Config, ConfigError, from_dict, layer_tree, to_dict
 from orchestrator.models import model_names
 
 # Pipeline defaults on top of the orchestrator's (KD is the cheap, strong default for
@@ -134,20 +134,7 @@ def default_tree() -> dict:
 
 def load_pipeline_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
     """Pipeline defaults <- YAML file <- ``key.sub=value`` overrides, validated (ConfigError names the key)."""
-    tree = default_tree()
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError("--config", str(path), "an existing YAML file")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError("--config", str(path), "a YAML mapping at top level")
-        _merge(tree, loaded)
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(item, item, "overrides of the form key.sub=value")
-        key, raw = item.split("=", 1)
-        _set(tree, key.strip(), raw, parse=True)
+    tree = layer_tree(default_tree(), path, overrides, lambda t, key, raw: _set(t, key, raw, parse=True))
     return from_tree(tree)
 
 
@@ -317,11 +304,3 @@ def _list_item(items: list, part: str, key: str, value: Any) -> dict:
     if not isinstance(item, dict):
         raise ConfigError(key, item, "a mapping")
     return item
-
-
-def _merge(base: dict, new: dict) -> None:
-    for key, value in new.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
