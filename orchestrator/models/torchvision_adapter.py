@@ -3,7 +3,7 @@
 ``tv_<name>`` builds ``torchvision.models.get_model(name, weights=None,
 num_classes=...)`` (random init, never a download) and wraps it:
 
-- ``in_channels``: the first 3-channel convolution is replaced by one with
+- ``in_channels``: the first convolution is replaced by one with
   ``in_channels`` inputs (same kernel, stride, padding, groups, bias);
 - ``embedding``: the input of the final ``nn.Linear`` classifier (taken before
   a dropout that directly precedes it; the dropout is still applied to the
