@@ -18,7 +18,7 @@ ratio to the student-alone (CE) step and to the KD step with the same teacher mo
 
 ``impl``: ``now`` is the code as it is; ``before`` the CRD loss as it was before the fused
 NCE path (autograd through ``contrast_scores`` + ``nce_loss``, a (B, K+1, d) gather in exact
-mode); ``reference`` is ``before`` plus negatives drawn per sample with NumPy, as the
+mode), with negatives drawn on the host (on a GPU they are now drawn on the device); ``reference`` is ``before`` plus negatives drawn per sample with NumPy, as the
 reference implementation's dataset does (RepDistiller, ``np.random.choice`` per item).
 """
 
@@ -138,6 +138,8 @@ def implementation(variant: Variant, reference: ReferenceNegatives | None) -> It
     CRDLoss.forward = legacy_crd_forward
     if variant.impl == "reference" and reference is not None:
         ContrastiveDistiller.draw_negatives = lambda self, indices, labels: reference(self, indices, labels)
+    else:  # drawn on the host, as before the sampler drew on the bank's device
+        ContrastiveDistiller.draw_negatives = lambda self, indices, labels: saved[1](self, indices.cpu(), labels)
     try:
         yield
     finally:

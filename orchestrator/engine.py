@@ -201,7 +201,7 @@ class Trainer:
             terms = self._distiller_step(student_out, teacher_arg, labels, indices)
             loss = sum(terms.values())
             if not torch.isfinite(loss):
-                values = {k: float(v) for k, v in terms.items()}
+                values = {k: float(v.detach()) for k, v in terms.items()}
                 raise NonFiniteLossError(
                     f"training loss is {float(loss)} at epoch {self.epoch + 1}, step {step} (terms: {values}); "
                     f"lower train.lr (now {self.cfg.train.lr}) or the loss weights, or raise distill.crd.nce_t"

@@ -10,6 +10,12 @@ from ``(seed, stream, draw counter)``. The state is therefore just the counter
 (plus the generator state, for inspection), so a resumed run draws exactly the
 same negatives. ``stream`` separates data-parallel ranks: the CRD distiller
 sets it to the rank, so ranks sharing one seed still draw different negatives.
+
+Draws happen on the device asked for (the memory bank's): on a GPU, drawing
+B x K class negatives on the host took longer than the whole training step
+(77 ms for 128 x 16384 on one CPU thread, against a 10 ms step on an H100).
+A device's generator gives its own stream, so a GPU run draws other (equally
+distributed, equally reproducible) negatives than a CPU run with the same seed.
 """
 
 from __future__ import annotations
@@ -67,48 +73,65 @@ class NegativeSampler:
         self.counter = 0
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(self.seed)
+        self._on_device: dict[torch.device, tuple[torch.Generator, dict[str, Tensor]]] = {}
         if mode == "class":
-            self._order = torch.argsort(labels, stable=True)  # samples grouped by class
-            self._counts = torch.bincount(labels)  # (C,)
-            self._starts = torch.cumsum(self._counts, 0) - self._counts  # (C,) first slot of class c
+            counts = torch.bincount(labels)  # (C,)
+            self._class_tables = {
+                "order": torch.argsort(labels, stable=True),  # (N,) samples grouped by class
+                "counts": counts,
+                "starts": torch.cumsum(counts, 0) - counts,  # (C,) first slot of class c
+            }
+        else:
+            self._class_tables = {}
+        self._on_device[torch.device("cpu")] = (self.generator, self._class_tables)
 
-    def _next_generator(self) -> torch.Generator:
-        self.generator.manual_seed(_derive_seed(self.seed, self.stream, self.counter))
+    def _next_draw(self, device: torch.device | str) -> tuple[torch.Generator, dict[str, Tensor]]:
+        """The generator of ``device``, re-seeded for this draw, and the class tables on that device."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device not in self._on_device:
+            tables = {name: t.to(device) for name, t in self._class_tables.items()}
+            self._on_device[device] = (torch.Generator(device=device), tables)
+        gen, tables = self._on_device[device]
+        gen.manual_seed(_derive_seed(self.seed, self.stream, self.counter))
         self.counter += 1
-        return self.generator
+        return gen, tables
 
-    def sample(self, indices: Tensor, labels: Tensor) -> Tensor:
+    def sample(self, indices: Tensor, labels: Tensor, device: torch.device | str = "cpu") -> Tensor:
         """Negatives per anchor.
 
         Args:
             indices: (B,) dataset indices of the anchors (for shape; the positive).
             labels: (B,) anchor labels (used in class mode).
+            device: where to draw them (and return them).
         Returns:
-            (B, K) int64 CPU tensor of dataset indices.
+            (B, K) int64 tensor of dataset indices on ``device``.
         """
         b = int(indices.shape[0])
-        gen = self._next_generator()
+        gen, tables = self._next_draw(device)
         if self.mode == "uniform":
-            return torch.randint(0, self.n, (b, self.k), generator=gen)
-        y = labels.detach().to("cpu", torch.long).reshape(-1)
+            return torch.randint(0, self.n, (b, self.k), generator=gen, device=gen.device)
+        counts = tables["counts"]
+        y = labels.detach().to(counts.device, torch.long).reshape(-1)
         if y.numel() != b:
             raise ValueError(f"labels has {y.numel()} entries, indices {b}")
-        if b and int(y.max()) >= self._counts.numel():
+        if b and int(y.max()) >= counts.numel():
             raise ValueError(f"label {int(y.max())} does not occur in the training labels")
-        same = self._counts[y]  # (B,)
+        same = counts[y]  # (B,)
         other = self.n - same  # (B,) how many candidates each anchor has
         if b and int(other.min()) == 0:
             raise ValueError("class negatives need at least two classes in the training labels")
         # uniform slot among the N - n_c other-class samples, then skip class c's block
-        u = torch.rand((b, self.k), generator=gen, dtype=torch.float64)
+        u = torch.rand((b, self.k), generator=gen, dtype=torch.float64, device=gen.device)
         slot = (u * other[:, None]).long().minimum(other[:, None] - 1)
-        slot = slot + (slot >= self._starts[y][:, None]).long() * same[:, None]
-        return self._order[slot]
+        slot = slot + (slot >= tables["starts"][y][:, None]).long() * same[:, None]
+        return tables["order"][slot]
 
-    def sample_shared(self) -> Tensor:
-        """One set of K distinct negatives for a whole batch: (K,) int64 CPU tensor (uniform)."""
-        gen = self._next_generator()
-        return torch.randperm(self.n, generator=gen)[: self.k]
+    def sample_shared(self, device: torch.device | str = "cpu") -> Tensor:
+        """One set of K distinct negatives for a whole batch: (K,) int64 tensor on ``device`` (uniform)."""
+        gen, _ = self._next_draw(device)
+        return torch.randperm(self.n, generator=gen, device=gen.device)[: self.k]
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -24,6 +24,7 @@ from orchestrator.distill.ce import check_weight
 from orchestrator.distill.kd import as_single_teacher, check_temperature, kd_loss
 from orchestrator.distill.memory import (
     ContrastMemory,
+    Workspace,
     contrast_dots,
     dist_world,
     grad_scale,
@@ -80,6 +81,7 @@ class CRDLoss(nn.Module):
         self.embed_s = Embed(student_dim, feat_dim)
         self.embed_t = Embed(teacher_dim, feat_dim)
         self.memory = ContrastMemory(n_data, feat_dim, momentum, z_mode, z_momentum, seed)
+        self._work = (Workspace(), Workspace())  # scratch of the two directions, not state
 
     def forward(self, student_emb: Tensor, teacher_emb: Tensor, indices: Tensor, negatives: Tensor) -> Tensor:
         """
@@ -102,14 +104,15 @@ class CRDLoss(nn.Module):
         negatives = negatives.to(mem.bank_s.device, torch.long)
         # The value of contrast_scores + nce_loss, with the gradient written out by hand
         # (memory.nce_loss_and_grad): far fewer (B, K+1) temporaries, see docs/BENCHMARKS.md.
+        work_s, work_t = self._work
         with torch.autocast(device_type=v_s.device.type, enabled=False):  # exp(<v, m>/tau) needs fp32
-            dots_s, back_s = contrast_dots(v_s, mem.bank_t, idx, negatives)  # (B, K+1)
-            dots_t, back_t = contrast_dots(v_t, mem.bank_s, idx, negatives)  # (B, K+1)
+            dots_s, back_s = contrast_dots(v_s, mem.bank_t, idx, negatives, work_s)  # (B, K+1)
+            dots_t, back_t = contrast_dots(v_t, mem.bank_s, idx, negatives, work_t)  # (B, K+1)
             out_s, out_t = dots_s.div_(self.tau).exp_(), dots_t.div_(self.tau).exp_()  # = contrast_scores
             z_s, z_t = mem.normalisers(out_s, out_t, update=self.training)
             grad_on = torch.is_grad_enabled()
-            loss_s, g_s = nce_loss_and_grad(out_s, z_s, self.n_data, self.tau, grad_on and v_s.requires_grad)
-            loss_t, g_t = nce_loss_and_grad(out_t, z_t, self.n_data, self.tau, grad_on and v_t.requires_grad)
+            loss_s, g_s = nce_loss_and_grad(out_s, z_s, self.n_data, grad_on and v_s.requires_grad, work=work_s)
+            loss_t, g_t = nce_loss_and_grad(out_t, z_t, self.n_data, grad_on and v_t.requires_grad, work=work_t)
             scale = grad_scale(self.tau, v_s.shape[0])
             grad_s = None if g_s is None else back_s(g_s).mul_(scale)  # before the banks are updated below
             grad_t = None if g_t is None else back_t(g_t).mul_(scale)
@@ -136,11 +139,12 @@ class ContrastiveDistiller(Distiller):
         self.n_data = self.sampler.n
 
     def draw_negatives(self, indices: Tensor, labels: Tensor) -> Tensor:
-        """(B, K) negatives ("exact") or (K,) ("shared"); each rank draws its own stream."""
+        """(B, K) negatives ("exact") or (K,) ("shared") on the device of ``indices``; one stream per rank."""
         self.sampler.stream = dist_world()[0]
+        device = indices.device
         if self.negatives_mode == "shared":
-            return self.sampler.sample_shared()
-        return self.sampler.sample(indices, labels)
+            return self.sampler.sample_shared(device)
+        return self.sampler.sample(indices, labels, device)
 
     def get_extra_state(self) -> Any:
         return {"sampler": self.sampler.state_dict()}

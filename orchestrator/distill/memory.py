@@ -103,25 +103,61 @@ DENSE_MAX_RATIO = 64  # ... and N <= 64 (K + 1): one matmul beats the per-anchor
 GATHER_CHUNK_ELEMENTS = 1 << 26  # exact mode otherwise: gather (chunk, K+1, d) blocks of at most 256 MiB
 
 
+class Workspace:
+    """Scratch tensors kept from one step to the next, by name.
+
+    A fresh (B, K+1) fp32 matrix costs page faults on every step on a CPU (~4 ms for
+    the 8 MiB of B = 128, K = 16384 on the 2-core machine of docs/BENCHMARKS.md, as
+    long as the exp over it); a reused one costs nothing. Only for tensors that no
+    autograd graph keeps: each use overwrites the last.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, Tensor] = {}
+
+    def like(self, name: str, tensor: Tensor) -> Tensor:
+        """A buffer with ``tensor``'s size, strides, dtype and device (``tensor`` dense)."""
+        buf = self._buffers.get(name)
+        if buf is None or (buf.size(), buf.stride(), buf.dtype, buf.device) != (
+            tensor.size(), tensor.stride(), tensor.dtype, tensor.device
+        ):
+            buf = torch.empty_strided(tensor.size(), tensor.stride(), dtype=tensor.dtype, device=tensor.device)
+            self._buffers[name] = buf
+        return buf
+
+    def get(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A contiguous buffer of ``shape`` with ``like``'s dtype and device."""
+        buf = self._buffers.get(name)
+        if buf is None or (tuple(buf.shape), buf.dtype, buf.device) != (tuple(shape), like.dtype, like.device):
+            buf = like.new_empty(shape)
+            self._buffers[name] = buf
+        return buf
+
+
 @torch.no_grad()
-def contrast_dots(anchor: Tensor, bank: Tensor, indices: Tensor, negatives: Tensor):
+def contrast_dots(anchor: Tensor, bank: Tensor, indices: Tensor, negatives: Tensor, work: Workspace | None = None):
     """Raw dot products <anchor, bank row> and how to send a gradient back to the anchors.
 
-    Args: as :func:`contrast_scores` (``anchor`` is used detached).
+    Args: as :func:`contrast_scores` (``anchor`` is used detached); ``work``: where the
+        (B, K+1) result and the gathered rows live (fresh tensors without it).
     Returns:
         dots: (B, K + 1), positive in column 0 (``contrast_scores`` = exp(dots / tau)).
+            With shared negatives it is the transpose of a (K+1, B) matrix: the product
+            bank rows x anchors is 1.4x faster on CPU than anchors x bank rows^T.
         back: g (B, K + 1) -> (B, d), sum_j g[b, j] * row_j: d loss / d anchor from d loss / d dots.
             It reads the bank as it is now: call it before the bank is updated.
     """
     anchor, bank = anchor.detach(), bank.detach()
+    work = work or Workspace()
     b, d = anchor.shape
-    if negatives.dim() == 1:  # shared: one (B, d) @ (d, K) matmul
+    if negatives.dim() == 1:  # shared: one (K, d) @ (d, B) matmul
+        k = negatives.shape[0]
         pos_rows = torch.index_select(bank, 0, indices)  # (B, d)
-        neg_rows = torch.index_select(bank, 0, negatives)  # (K, d)
-        dots = anchor.new_empty(b, negatives.shape[0] + 1)
-        torch.mm(anchor, neg_rows.t(), out=dots[:, 1:])  # straight into the strided view, no cat
-        dots[:, 0] = (pos_rows * anchor).sum(dim=1)
-        return dots, lambda g: torch.addmm(g[:, :1] * pos_rows, g[:, 1:], neg_rows)
+        neg_rows = torch.index_select(bank, 0, negatives, out=work.get("rows", (k, d), bank))  # (K, d)
+        dots_t = work.get("dots", (k + 1, b), anchor)
+        torch.mm(neg_rows, anchor.t(), out=dots_t[1:])
+        torch.sum(pos_rows * anchor, dim=1, out=dots_t[0])
+        return dots_t.t(), lambda g: torch.addmm(g[:, :1] * pos_rows, g[:, 1:], neg_rows)
     if negatives.dim() != 2:
         raise ValueError(f"negatives must be (B, K) or (K,), got shape {tuple(negatives.shape)}")
     idx = torch.cat([indices[:, None], negatives], dim=1)  # (B, K+1)
@@ -152,28 +188,35 @@ def contrast_dots(anchor: Tensor, bank: Tensor, indices: Tensor, negatives: Tens
 
 
 @torch.no_grad()
-def nce_loss_and_grad(scores: Tensor, z: Tensor, n_data: int, tau: float, need_grad: bool = True, eps: float = 1e-7):
+def nce_loss_and_grad(
+    scores: Tensor, z: Tensor, n_data: int, need_grad: bool = True, eps: float = 1e-7, work: Workspace | None = None
+):
     """``nce_loss(scores / z, n_data)`` and its gradient with respect to the dots.
 
     Args:
         scores: (B, K + 1) exp(dots / tau), positive in column 0; overwritten (used as workspace).
         z: () normalising constant (a constant for the gradient, as in the reference).
+        work: keeps the one (B, K+1) temporary from step to step.
     Returns:
         (loss (), grad (B, K + 1) or None): grad * grad_scale(tau, B) = d loss / d dots, i.e.
         (1/B) p / (tau (p + m + eps)) for a negative and -(1/B) (m + eps) / (tau (p + m + eps))
         for the positive, with p = scores / z and m = K / N.
+
+    With w = scores / (m z) = p / m: p / (p + m + eps) = w / u and m / (p + m + eps) = 1 / u,
+    u = w + 1 + eps / m. The (B, K+1) matrix is passed over 5 times (scale, u, grad, log, sum),
+    and every summed log(u) is small and positive (no cancellation in the fp32 sum).
     """
     batch, k = scores.shape[0], scores.shape[1] - 1
     m_pn = k / float(n_data)
-    p = scores.div_(z)
-    t = p + m_pn
-    t.add_(eps)
-    loss = -(torch.log(p[:, 0] / t[:, 0]).sum() + torch.log(m_pn / t[:, 1:]).sum()) / batch
-    if not need_grad:
-        return loss, None
-    grad = p.div_(t)  # p / (p + m + eps)
-    grad[:, 0] = t[:, 0].reciprocal().mul_(-(m_pn + eps))
-    return loss, grad  # still to be multiplied by 1 / (tau * B): see grad_scale
+    w = scores.mul_(1.0 / (z * m_pn))  # p / m
+    u = torch.add(w, 1.0 + eps / m_pn, out=(work or Workspace()).like("u", w))  # (p + m + eps) / m
+    log_pos = torch.log(w[:, 0] / u[:, 0]).sum()
+    grad = None
+    if need_grad:
+        grad = w.div_(u)  # p / (p + m + eps)
+        grad[:, 0] = u[:, 0].reciprocal().mul_(-(1.0 + eps / m_pn))
+    loss = (u[:, 1:].log_().sum() - log_pos) / batch
+    return loss, grad  # grad still to be multiplied by 1 / (tau * B): see grad_scale
 
 
 def grad_scale(tau: float, batch: int) -> float:
