@@ -203,7 +203,7 @@ class Trainer:
             if not torch.isfinite(loss):
                 values = {k: float(v.detach()) for k, v in terms.items()}
                 raise NonFiniteLossError(
-                    f"training loss is {float(loss)} at epoch {self.epoch + 1}, step {step} (terms: {values}); "
+                    f"training loss is {float(loss.detach())} at epoch {self.epoch + 1}, step {step} (terms: {values}); "
                     f"lower train.lr (now {self.cfg.train.lr}) or the loss weights, or raise distill.crd.nce_t"
                 )
             self.optimizer.zero_grad(set_to_none=True)
@@ -254,7 +254,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
-        torch.set_rng_state(state["rng"]["torch"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())  # also from a checkpoint loaded onto a GPU
         np.random.set_state(_numpy_state_from_tensors(state["rng"]["numpy"]))
         random.setstate(state["rng"]["python"])
 
@@ -266,7 +266,7 @@ def _numpy_state_to_tensors(state: tuple) -> dict:
 
 
 def _numpy_state_from_tensors(state: dict) -> tuple:
-    keys = state["keys"].numpy().astype(np.uint32)
+    keys = state["keys"].cpu().numpy().astype(np.uint32)
     return (state["name"], keys, state["pos"], state["gauss"][0], state["gauss"][1])
 
 

@@ -150,4 +150,4 @@ class NegativeSampler:
             )
         self.seed = int(state["seed"])
         self.counter = int(state["counter"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # a checkpoint loaded with map_location="cuda"
