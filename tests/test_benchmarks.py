@@ -16,6 +16,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import common  # noqa: E402
+import kernels  # noqa: E402
 import memory as memory_bench  # noqa: E402
 import scaling  # noqa: E402
 import step  # noqa: E402
@@ -99,6 +100,14 @@ def test_memory_child_measures_a_step():
             "teacher": "tiny_teacher", "student": "tiny_student"}
     res = memory_bench.child(spec)
     assert res["bank"] == 2 * 500 * 128 * 4 and res["step_peak"] >= 0 and res["s_per_step"] > 0
+
+
+def test_kernels_quick_times_every_kernel_and_the_floor(capsys):
+    assert kernels.main(["--quick", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "kernel" not in line]
+    assert len(rows) == len(kernels.kernels(4, 8, 4, 20, "cpu")) + 1  # every kernel and the floor
+    assert all(float(row.split("|")[2]) > 0 for row in rows)
 
 
 def test_cifar_pair_quick_on_cpu(capsys):
