@@ -151,14 +151,14 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _coerce(key: str, value: Any, tp: Any) -> Any:
+def coerce(key: str, value: Any, tp: Any) -> Any:
     """Convert ``value`` (from YAML or a CLI string) to type ``tp`` or raise ConfigError."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", ())):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
             return None
-        return _coerce(key, value, args[0])
+        return coerce(key, value, args[0])
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(key, value, f"a mapping of {sorted(_field_types(tp))}")
@@ -195,7 +195,7 @@ def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     if unknown:
         key = prefix + unknown[0]
         raise ConfigError(key, data[unknown[0]], f"known keys here are {sorted(types)}")
-    kwargs = {name: _coerce(prefix + name, data[name], types[name]) for name in data}
+    kwargs = {name: coerce(prefix + name, data[name], types[name]) for name in data}
     return cls(**kwargs)
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.config import Config, ConfigError, from_dict, layer_tree, to_dict
+from orchestrator.config import Config, ConfigError, coerce, from_dict, layer_tree, to_dict
 from orchestrator.models import model_names
 
 # Pipeline defaults on top of the orchestrator's (KD is the cheap, strong default for
@@ -159,12 +159,12 @@ def _parse_section(raw: Any) -> PipelineSection:
     if "teachers" in raw:
         out.teachers = _parse_teachers(raw["teachers"])
     if "sweep" in raw:
-        out.sweep = _typed("pipeline.sweep", raw["sweep"], bool)
+        out.sweep = coerce("pipeline.sweep", raw["sweep"], bool)
     if "output_dir" in raw:
         out.output_dir = None if raw["output_dir"] in (None, "", "null") else str(raw["output_dir"])
     for key in ("inference_batch", "timing_repeats"):
         if key in raw:
-            setattr(out, key, _typed(f"pipeline.{key}", raw[key], int))
+            setattr(out, key, coerce(f"pipeline.{key}", raw[key], int))
     return out
 
 
@@ -193,47 +193,18 @@ def _parse_teachers(raw: Any) -> list[TeacherSpec]:
         if unknown:
             raise ConfigError(f"{key}.{unknown[0]}", item[unknown[0]], f"known keys here are {sorted(allowed)}")
         checkpoint = item.get("checkpoint")
-        checkpoint = None if checkpoint in (None, "", "null") else _typed(f"{key}.checkpoint", checkpoint, str)
+        checkpoint = None if checkpoint in (None, "", "null") else coerce(f"{key}.checkpoint", checkpoint, str)
         arch = item.get("arch", None if checkpoint else "cnn_teacher")
         specs.append(
             TeacherSpec(
-                arch=None if arch in (None, "null") else _typed(f"{key}.arch", arch, str),
-                seed=_optional(f"{key}.seed", item.get("seed"), int),
-                epochs=_optional(f"{key}.epochs", item.get("epochs"), int),
-                lr=_optional(f"{key}.lr", item.get("lr"), float),
+                arch=None if arch in (None, "null") else coerce(f"{key}.arch", arch, str),
+                seed=coerce(f"{key}.seed", item.get("seed"), int | None),
+                epochs=coerce(f"{key}.epochs", item.get("epochs"), int | None),
+                lr=coerce(f"{key}.lr", item.get("lr"), float | None),
                 checkpoint=checkpoint,
             )
         )
     return specs
-
-
-def _optional(key: str, value: Any, tp: type) -> Any:
-    if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
-        return None
-    return _typed(key, value, tp)
-
-
-def _typed(key: str, value: Any, tp: type) -> Any:
-    if isinstance(value, str) and tp is not str:
-        try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise ConfigError(key, value, f"a {tp.__name__}") from exc
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(key, value, "true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(key, value, "an integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(key, value, "a number")
-        return float(value)
-    if not isinstance(value, str):
-        raise ConfigError(key, value, "a string")
-    return value
 
 
 def _allowed_models(known: list[str]) -> str:

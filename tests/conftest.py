@@ -28,3 +28,23 @@ def isolated_cache(tmp_path, monkeypatch):
     """Teacher/baseline/output caches under tmp_path so tests never reuse a user's cache."""
     monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """(config, data, teacher): digits with tiny models and a tiny_teacher trained for 6 epochs (>80% test)."""
+    from orchestrator.config import load_config
+    from orchestrator.data import build_data
+    from orchestrator.teachers import train_alone
+
+    cfg = load_config(
+        None,
+        [
+            "data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student",
+            "data.batch_size=64", "distill.crd.nce_k=256", "train.lr=0.1", "train.epochs=6",
+        ],
+    )
+    data = build_data(cfg.data, cfg.seed)
+    teacher, metrics = train_alone(cfg, data, "tiny_teacher", 6, 0.1, label="teacher")
+    assert metrics["test/acc1"] > 0.8, metrics
+    return cfg, data, teacher

@@ -5,25 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from orchestrator.config import apply_overrides, load_config
+from orchestrator.config import apply_overrides
 from orchestrator.data import build_data
 from orchestrator.engine import NonFiniteLossError, Trainer, compute_teacher_outputs
-from orchestrator.teachers import train_alone
-
-
-@pytest.fixture(scope="module")
-def digits():
-    cfg = load_config(
-        None,
-        [
-            "data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student",
-            "data.batch_size=64", "distill.crd.nce_k=256", "train.lr=0.1", "train.epochs=6",
-        ],
-    )
-    data = build_data(cfg.data, cfg.seed)
-    teacher, metrics = train_alone(cfg, data, "tiny_teacher", 6, 0.1, label="teacher")
-    assert metrics["test/acc1"] > 0.8, metrics
-    return cfg, data, teacher
 
 
 @pytest.mark.parametrize("method", ["ce", "kd", "crd", "crd_kd"])

@@ -12,13 +12,11 @@ import io
 import pytest
 import torch
 
-from orchestrator.config import apply_overrides, load_config
-from orchestrator.data import build_data
+from orchestrator.config import apply_overrides
 from orchestrator.data.negatives import NegativeSampler
 from orchestrator.distill import CRDKDDistiller, KDDistiller
-from orchestrator.engine import Trainer, compute_teacher_outputs, evaluate_model
+from orchestrator.engine import Trainer, compute_teacher_outputs
 from orchestrator.models.base import ModelOutput
-from orchestrator.teachers import train_alone
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -116,21 +114,6 @@ def test_negatives_drawn_on_the_gpu_are_valid_and_reproducible():
     # the host stream is the CPU's, untouched by device draws
     host = NegativeSampler(labels, 500, "class", seed=3).sample(idx, labels[idx])
     assert host.device.type == "cpu" and not torch.equal(host, neg.cpu())
-
-
-@pytest.fixture(scope="module")
-def digits():
-    cfg = load_config(
-        None,
-        [
-            "data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student",
-            "data.batch_size=64", "distill.crd.nce_k=256", "train.lr=0.1", "train.epochs=6",
-        ],
-    )
-    data = build_data(cfg.data, cfg.seed)
-    teacher, metrics = train_alone(cfg, data, "tiny_teacher", 6, 0.1, label="teacher")
-    assert metrics["test/acc1"] > 0.8, metrics
-    return cfg, data, teacher
 
 
 def _close_students(a: Trainer, b: Trainer) -> None:
