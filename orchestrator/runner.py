@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 import mlflow
+import optuna
 import ray
 import torch
 from ray import tune
@@ -23,7 +24,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator import cluster, tracking
-from orchestrator.config import Config, apply_overrides, dump_yaml, flatten, to_dict
+from orchestrator.config import Config, apply_overrides, dump_yaml, flatten, to_dict, tpe_startup_trials
 from orchestrator.data import DataBundle
 from orchestrator.engine import compute_teacher_outputs, evaluate_model
 from orchestrator.leaderboard import best_summary, summarise, to_frame
@@ -238,8 +239,9 @@ class SweepRunner:
             return tuner.fit()
         concurrency = cfg.sweep.max_concurrent or cluster.max_concurrency({"CPU": plan.trial_cpu, "GPU": plan.trial_gpu})
         print(f"running up to {concurrency} trial(s) at once ({plan.mode_text})", flush=True)
+        sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=tpe_startup_trials(cfg.sweep))
         searcher = OptunaSearch(
-            space=plan.space.define_by_run(cfg), metric=cfg.sweep.metric, mode=cfg.sweep.mode, seed=cfg.seed
+            space=plan.space.define_by_run(cfg), metric=cfg.sweep.metric, mode=cfg.sweep.mode, sampler=sampler
         )
         scheduler = ASHAScheduler(
             time_attr="training_iteration",

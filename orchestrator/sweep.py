@@ -13,7 +13,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from orchestrator.config import Config, ConfigError, dump_yaml, load_config
+from orchestrator.config import Config, ConfigError, dump_yaml, load_config, tpe_startup_trials
 from orchestrator.search import SearchSpace, available_spaces, load_space
 
 EXAMPLE = (
@@ -83,7 +83,8 @@ class Plan:
             [
                 self.space.table(),
                 "",
-                f"trials: {c.sweep.num_samples} (Optuna TPE, seed {c.seed}; ASHA on {c.sweep.metric} ({c.sweep.mode}), "
+                f"trials: {c.sweep.num_samples} (Optuna TPE, seed {c.seed}, the first {tpe_startup_trials(c.sweep)} "
+                f"drawn at random; ASHA on {c.sweep.metric} ({c.sweep.mode}), "
                 f"grace {c.sweep.asha.grace_period} epoch(s), reduction x{c.sweep.asha.reduction_factor})",
                 f"each trial: {c.train.epochs} epochs of {self.num_train} training images, student {c.model.student}, "
                 f"teacher {c.teacher.checkpoint or c.model.teacher + ' (trained once, cached)'}",

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config import Config, ConfigError, apply_overrides, dump_yaml, flatten, load_config, to_dict
+from orchestrator.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    dump_yaml,
+    flatten,
+    load_config,
+    to_dict,
+    tpe_startup_trials,
+)
 
 
 def test_defaults_validate_and_round_trip_through_yaml(tmp_path):
@@ -37,6 +46,7 @@ def test_yaml_file_then_overrides(tmp_path):
         ("train.lrr=0.1", "train.lrr"),
         ("data.dataset=mnist", "data.dataset"),
         ("sweep.asha.grace_period=9", "sweep.asha.grace_period"),
+        ("sweep.tpe_startup_trials=0", "sweep.tpe_startup_trials"),
     ],
 )
 def test_bad_values_name_their_key(override, key):
@@ -52,6 +62,12 @@ def test_apply_overrides_validates_and_copies():
     assert new.distill.kd.temperature == 2.5 and base.distill.kd.temperature == 4.0
     with pytest.raises(ConfigError, match="distill.alpha"):
         apply_overrides(base, {"distill.alpha": -1})
+
+
+@pytest.mark.parametrize("num_samples, given, expected", [(8, None, 4), (40, None, 10), (3, None, 2), (8, 6, 6)])
+def test_tpe_models_after_a_random_start_shorter_than_the_sweep(num_samples, given, expected):
+    cfg = load_config(None, [f"sweep.num_samples={num_samples}", f"sweep.tpe_startup_trials={given or 'null'}"])
+    assert tpe_startup_trials(cfg.sweep) == expected
 
 
 def test_flatten_gives_dotted_keys():
