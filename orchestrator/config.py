@@ -108,7 +108,7 @@ class SweepConfig:
     search_space: str = "crd_kd"  # a name in search_spaces/ or a YAML path
     num_samples: int = 8
     max_concurrent: int | None = None  # None -> derived from the cluster's CPUs / GPUs
-    tpe_startup_trials: int | None = None  # random trials before TPE models; None -> half the trials, 2 to 10
+    tpe_startup_trials: int | None = None  # finished trials before TPE models them; None -> half, 2 to 10
     metric: str = "val/acc1"
     mode: str = "max"
     asha: AshaConfig = field(default_factory=AshaConfig)
@@ -295,8 +295,8 @@ def _check(ok: bool, key: str, given: Any, allowed: str) -> None:
 
 
 def tpe_startup_trials(sweep: SweepConfig) -> int:
-    """Trials Optuna's TPE draws at random before it models the results (Optuna's own default,
-    10, would leave a default sweep of 8 trials entirely random)."""
+    """Finished trials Optuna's TPE waits for before it models them, drawing at random until then
+    (Optuna's own default, 10, would leave a default sweep of 8 trials entirely random)."""
     if sweep.tpe_startup_trials is not None:
         return sweep.tpe_startup_trials
     return max(2, min(10, sweep.num_samples // 2))

@@ -83,8 +83,8 @@ class Plan:
             [
                 self.space.table(),
                 "",
-                f"trials: {c.sweep.num_samples} (Optuna TPE, seed {c.seed}, the first {tpe_startup_trials(c.sweep)} "
-                f"drawn at random; ASHA on {c.sweep.metric} ({c.sweep.mode}), "
+                f"trials: {c.sweep.num_samples} (Optuna TPE, seed {c.seed}, random until {tpe_startup_trials(c.sweep)} "
+                f"have finished; ASHA on {c.sweep.metric} ({c.sweep.mode}), "
                 f"grace {c.sweep.asha.grace_period} epoch(s), reduction x{c.sweep.asha.reduction_factor})",
                 f"each trial: {c.train.epochs} epochs of {self.num_train} training images, student {c.model.student}, "
                 f"teacher {c.teacher.checkpoint or c.model.teacher + ' (trained once, cached)'}",

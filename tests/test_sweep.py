@@ -185,7 +185,7 @@ def test_dry_run_starts_nothing(tmp_path, monkeypatch, capsys):
     assert main(["--dry-run", *TINY]) == 0
     out = capsys.readouterr().out
     assert "distill.crd.nce_k" in out and "each trial needs: 1 CPU" in out and "nothing was started" in out
-    assert "the first 4 drawn at random" in out  # TPE models the other 4 of the 8 default trials
+    assert "random until 4 have finished" in out  # then TPE proposes the rest of the 8 default trials
     assert ray.is_initialized() == ray_was_up
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
 
