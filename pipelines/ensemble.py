@@ -58,7 +58,7 @@ from pipelines.stages import (
     wait_with_progress,
 )
 from pipelines.teachers import build_parser as teachers_parser
-from pipelines.teachers import ensure_teachers, local_cpus, resolve
+from pipelines.teachers import ensure_teachers, local_cpus, parse_cli
 
 STAGES = ("teachers", "ensemble_eval", "distill_ensemble", "distill_best_teacher", "student_alone", "compare")
 URI_MARK = ":/"
@@ -668,15 +668,10 @@ def dry_run(pcfg: PipelineConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_intermixed_args(argv)
-    try:
-        pcfg = resolve(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(pcfg.dump_yaml(), end="")
-        return 0
+    parsed = parse_cli(build_parser(), argv)
+    if isinstance(parsed, int):  # a config error (2) or --print-config (0)
+        return parsed
+    args, pcfg = parsed
     from orchestrator.data import DatasetNotFoundError, build_data
 
     try:

@@ -323,14 +323,10 @@ def resolve(args: argparse.Namespace) -> PipelineConfig:
     return load_pipeline_config(args.config, overrides)
 
 
-def local_cpus(pcfg: PipelineConfig) -> int | None:
-    import os
-
-    return pcfg.base.ray.num_cpus or os.cpu_count()
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_intermixed_args(argv)
+def parse_cli(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, PipelineConfig] | int:
+    """(args, resolved config), or the exit code when there is nothing more to do: 2 after
+    printing a config error, 0 after ``--print-config``."""
+    args = parser.parse_intermixed_args(argv)
     try:
         pcfg = resolve(args)
     except ConfigError as exc:
@@ -339,6 +335,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(pcfg.dump_yaml(), end="")
         return 0
+    return args, pcfg
+
+
+def local_cpus(pcfg: PipelineConfig) -> int | None:
+    import os
+
+    return pcfg.base.ray.num_cpus or os.cpu_count()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parsed = parse_cli(build_parser(), argv)
+    if isinstance(parsed, int):  # a config error (2) or --print-config (0)
+        return parsed
+    args, pcfg = parsed
     from orchestrator import cluster
     from orchestrator.data import DatasetNotFoundError, build_data
 
