@@ -104,9 +104,18 @@ class AshaConfig:
 
 
 @dataclass
+class ConfirmConfig:
+    top_k: int = 3  # re-train the k best configs (+ the best paper default) on fresh seeds; 0 = off (unconfirmed)
+    seeds: int = 3  # how many fresh seeds (never used by the search); >= 2 for an interval
+    level: float = 0.95  # confidence level of the paired t-intervals
+
+
+@dataclass
 class SweepConfig:
     search_space: str = "crd_kd"  # a name in search_spaces/ or a YAML path
     num_samples: int = 8
+    seeds: list[int] | None = None  # training seeds every trial shares (common random numbers); None -> [seed]
+    paper_defaults: bool = True  # evaluate each method's paper defaults first (Optuna points_to_evaluate)
     max_concurrent: int | None = None  # None -> derived from the cluster's CPUs / GPUs
     tpe_startup_trials: int | None = None  # finished trials before TPE models them; None -> half, 2 to 10
     metric: str = "val/acc1"
@@ -114,7 +123,8 @@ class SweepConfig:
     asha: AshaConfig = field(default_factory=AshaConfig)
     storage_path: str | None = None  # None -> ./runs (made absolute)
     resume: bool = False
-    baseline: bool = True  # also train the student alone (cached) for the comparison
+    baseline: bool = True  # also train the student alone on the same seeds (paired comparison)
+    confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
 
 
 @dataclass
@@ -169,6 +179,13 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
             value = yaml.safe_load(value)
         except yaml.YAMLError as exc:
             raise ConfigError(key, value, f"a {tp.__name__}") from exc
+    if origin is list:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(key, value, "a list such as [0, 1, 2]")
+        (item,) = typing.get_args(tp)
+        return [coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -302,6 +319,17 @@ def tpe_startup_trials(sweep: SweepConfig) -> int:
     return max(2, min(10, sweep.num_samples // 2))
 
 
+def search_seeds(cfg: Config) -> list[int]:
+    """The training seeds every trial of the sweep shares (common random numbers)."""
+    return list(cfg.sweep.seeds) if cfg.sweep.seeds is not None else [cfg.seed]
+
+
+def confirm_seeds(cfg: Config) -> list[int]:
+    """``sweep.confirm.seeds`` fresh seeds, never used by the search: the next integers after its seeds."""
+    start = max(search_seeds(cfg)) + 1
+    return list(range(start, start + cfg.sweep.confirm.seeds))
+
+
 def _positive(key: str, value: float | int | None, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
@@ -349,6 +377,12 @@ def validate(cfg: Config) -> None:
     _positive("sweep.num_samples", sw.num_samples)
     _positive("sweep.max_concurrent", sw.max_concurrent, allow_none=True)
     _positive("sweep.tpe_startup_trials", sw.tpe_startup_trials, allow_none=True)
+    _check(sw.seeds is None or (bool(sw.seeds) and len(set(sw.seeds)) == len(sw.seeds) and min(sw.seeds) >= 0),
+           "sweep.seeds", sw.seeds, "null or a non-empty list of distinct integers >= 0, e.g. [0] or [0, 1]")
+    _check(sw.confirm.top_k >= 0, "sweep.confirm.top_k", sw.confirm.top_k, "an integer >= 0 (0 = no confirmation)")
+    _check(sw.confirm.seeds >= 2 or sw.confirm.top_k == 0, "sweep.confirm.seeds", sw.confirm.seeds,
+           "an integer >= 2 (an interval needs two seeds); or set sweep.confirm.top_k=0")
+    _check(0.5 <= sw.confirm.level < 1.0, "sweep.confirm.level", sw.confirm.level, "a confidence level in [0.5, 1)")
     _check(sw.mode in ("max", "min"), "sweep.mode", sw.mode, "'max' or 'min'")
     _positive("sweep.asha.grace_period", sw.asha.grace_period)
     _check(sw.asha.reduction_factor >= 2, "sweep.asha.reduction_factor", sw.asha.reduction_factor, "an integer >= 2")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
 import pandas as pd
 from ray.tune import ResultGrid
+
+from orchestrator.search import PaperPoint, matching_point
 
 
 @dataclass
@@ -56,11 +60,14 @@ def _checkpoint_dir(result, best_row: dict, metric: str, mode: str) -> str | Non
     return path if isinstance(path, str) and path else None
 
 
-def to_frame(summaries: list[TrialSummary], metric: str, mode: str) -> pd.DataFrame:
+def to_frame(summaries: list[TrialSummary], metric: str, mode: str, points: Sequence[PaperPoint] = ()) -> pd.DataFrame:
+    """One row per trial, best first; ``points``: the paper-default points (marked in column ``paper_default``)."""
     rows = []
     for s in summaries:
+        point = matching_point(s.params, points) if s.params else None
         row = {
             "trial": s.number,
+            "paper_default": point.method if point else "",
             "outcome": s.outcome,
             "epochs": s.epochs,
             metric: s.best.get(metric),

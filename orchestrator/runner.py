@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -23,23 +25,23 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from orchestrator import cluster, tracking
-from orchestrator.config import Config, apply_overrides, dump_yaml, flatten, to_dict, tpe_startup_trials
+from orchestrator import cluster, confirm, tracking
+from orchestrator.config import Config, confirm_seeds, dump_yaml, flatten, search_seeds, to_dict, tpe_startup_trials
 from orchestrator.data import DataBundle
 from orchestrator.engine import compute_teacher_outputs, evaluate_model
 from orchestrator.leaderboard import best_summary, summarise, to_frame
-from orchestrator.search import sampled_keys, space_path
+from orchestrator.search import paper_points, sampled_keys, space_path
+from orchestrator.stats import mean_sd
 from orchestrator.sweep import Plan
 from orchestrator.teachers import (
     TeacherCheckpointError,
     default_cache_dir,
-    baseline_metrics,
     ensure_teacher,
     load_model_checkpoint,
     load_teacher,
 )
-from orchestrator.train_loop import STUDENT_FILE
-from orchestrator.trial import TrialContext, in_process, run_trial
+from orchestrator.train_loop import STUDENT_FILE, student_file
+from orchestrator.trial import TrialContext, in_process, run_job, run_trial
 
 STATE_FILE = "orchestrator-sweep.json"
 
@@ -111,6 +113,7 @@ class SweepRunner:
         self.plan, self.cfg, self.data, self.resume = plan, plan.cfg, data, resume
         self.storage = Path(self.cfg.sweep.storage_path or "runs").resolve()
         self.teachers, self.given_outputs, self.parent_tags = teachers, teacher_outputs, dict(parent_tags or {})
+        self.points = paper_points(plan.space, self.cfg) if self.cfg.sweep.paper_defaults else []
 
     # ------------------------------------------------------------------ main
 
@@ -154,7 +157,7 @@ class SweepRunner:
             print(f"sweep '{exp_dir.name}': {cfg.sweep.num_samples} trials, MLflow experiment "
                   f"'{cfg.tracking.experiment or cfg.name}' (parent run {parent_id})", flush=True)
             results = self._tune(ctx, exp_dir)
-            self._finish(client, parent_id, teachers, results, exp_dir, uri, start)
+            self._finish(client, parent_id, teachers, results, ctx, exp_dir, state, uri, start)
             status = "FINISHED"
             return 0
         except KeyboardInterrupt:
@@ -240,8 +243,12 @@ class SweepRunner:
         concurrency = cfg.sweep.max_concurrent or cluster.max_concurrency({"CPU": plan.trial_cpu, "GPU": plan.trial_gpu})
         print(f"running up to {concurrency} trial(s) at once ({plan.mode_text})", flush=True)
         sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=tpe_startup_trials(cfg.sweep))
+        points = [p.params for p in self.points]
+        if points:
+            print("first trials: the paper defaults\n" + "\n".join(f"  {p.describe()}" for p in self.points), flush=True)
         searcher = OptunaSearch(
-            space=plan.space.define_by_run(cfg), metric=cfg.sweep.metric, mode=cfg.sweep.mode, sampler=sampler
+            space=plan.space.define_by_run(cfg), metric=cfg.sweep.metric, mode=cfg.sweep.mode, sampler=sampler,
+            points_to_evaluate=points or None,
         )
         scheduler = ASHAScheduler(
             time_attr="training_iteration",
@@ -264,66 +271,143 @@ class SweepRunner:
         )
         return tuner.fit()
 
-    def _finish(self, client, parent_id, teachers, results, exp_dir: Path, uri: str, start: float) -> None:
+    def _finish(self, client, parent_id, teachers, results, ctx: TrialContext, exp_dir: Path, state: dict,
+                uri: str, start: float) -> None:
         cfg, data = self.cfg, self.data
         metric, mode = cfg.sweep.metric, cfg.sweep.mode
         summaries = summarise(results, metric, mode, cfg.train.epochs, sampled_keys(self.plan.space))
-        frame = to_frame(summaries, metric, mode)
+        frame = to_frame(summaries, metric, mode, self.points)
         csv = exp_dir / "leaderboard.csv"
         frame.to_csv(csv)
         tracking.log_file(client, parent_id, csv)
         best = best_summary(summaries, metric, mode)
-        print("\n== Leaderboard (by %s; test set not used) ==" % metric)
+        print("\n== Leaderboard (by %s on the search seeds %s; test set not used) ==" % (metric, search_seeds(cfg)))
         print(frame.to_string(float_format=lambda v: f"{v:.4g}") if not frame.empty else "(no trial reported)")
         if best is None:
             raise SweepError(
                 "no trial finished an epoch; each failed trial's reason is in its MLflow run's orchestrator.error tag"
             )
+        teacher_test = max(
+            (evaluate_model(load_teacher(t, data.num_classes, data.in_channels, data.image_size), data.test,
+                            cfg.data.eval_batch_size) for t in teachers),
+            key=lambda m: m["acc1"],
+        )["acc1"]  # several teachers: the best single one
+        verdict = self._confirm(client, parent_id, summaries, ctx, exp_dir, state)
+        chosen = verdict.chosen
+        seed = max(chosen.checkpoints, key=lambda s: chosen.val[s])  # the chosen config's best seed on validation
+        student_path = Path(chosen.checkpoints[seed]) / (
+            STUDENT_FILE if verdict.confirmed else student_file(seed, search_seeds(cfg)))
+        student = load_model_checkpoint(student_path, data.num_classes, data.in_channels)
 
-        student = load_model_checkpoint(Path(best.checkpoint_dir) / STUDENT_FILE, data.num_classes, data.in_channels)
-        test = evaluate_model(student, data.test, cfg.data.eval_batch_size)
-        teacher_tests = [
-            evaluate_model(load_teacher(t, data.num_classes, data.in_channels, data.image_size), data.test,
-                           cfg.data.eval_batch_size)
-            for t in teachers
-        ]
-        teacher_test = max(teacher_tests, key=lambda m: m["acc1"])  # several teachers: the best single one
-        alone = self._baseline(best) if cfg.sweep.baseline else None
+        test_mean, test_sd = mean_sd(list(chosen.test.values()))
+        alone_mean = mean_sd(list(chosen.alone.test.values()))[0] if chosen.alone and chosen.alone.test else None
         summary = {
-            "best_trial": best.number, "best_trial_id": best.trial_id, f"best_{metric}": best.best[metric],
-            "best_params": best.params, "test/acc1": test["acc1"], "teacher/test_acc1": teacher_test["acc1"],
-            "student_alone/test_acc1": alone["test/acc1"] if alone else None,
+            "best_trial": chosen.trial, f"best_{metric}": chosen.search_value, "best_params": chosen.params,
+            "registered_seed": seed, "test/acc1": chosen.test[seed], "test/acc1_mean": test_mean, "test/acc1_sd": test_sd,
+            "teacher/test_acc1": teacher_test, "student_alone/test_acc1": alone_mean, **verdict.as_dict(),
         }
-        tracking.log_metrics(
-            client, parent_id,
-            {"test/acc1": test["acc1"], "test/acc5": test["acc5"], f"best/{metric}": best.best[metric],
-             "teacher/test_acc1": teacher_test["acc1"], **({"student_alone/test_acc1": alone["test/acc1"]} if alone else {})},
-            step=0,
-        )
+        tracking.log_metrics(client, parent_id, _numbers(summary, verdict), step=0)
         best_run = [r for r in tracking.child_runs(client, client.get_run(parent_id).info.experiment_id, parent_id)
-                    if r.data.tags.get("trial_id") == best.trial_id]
+                    if r.data.tags.get("trial_number") == str(chosen.trial)]
         if best_run:
-            tracking.log_metrics(client, best_run[0].info.run_id, {"test/acc1": test["acc1"]}, step=cfg.train.epochs)
             tracking.set_tags(client, best_run[0].info.run_id, {"orchestrator.best": "true"})
         (exp_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         tracking.log_file(client, parent_id, exp_dir / "summary.json")
-        shutil.copy(Path(best.checkpoint_dir) / STUDENT_FILE, exp_dir / "best_student.pt")
+        tracking.log_file(client, parent_id, confirm.plot(verdict, exp_dir / "confirm.png"))
+        shutil.copy(student_path, exp_dir / "best_student.pt")
         tracking.log_file(client, parent_id, exp_dir / "best_student.pt")
         version = tracking.log_model(parent_id, student, "best_student", cfg.tracking.registered_model)
-        self._print_summary(best, test, teacher_test, alone, version, parent_id, exp_dir, uri, start)
+        if version:
+            tracking.tag_model_version(client, cfg.tracking.registered_model, version, _version_tags(summary, verdict))
+        label = cfg.model.teacher if not self.teachers or len(self.teachers) == 1 else f"best of {len(self.teachers)} teachers"
+        print("\n" + confirm.table(verdict, label, teacher_test))
+        print("\n" + confirm.conclusion(verdict))
+        self._print_summary(chosen, seed, version, parent_id, exp_dir, uri, start)
 
-    def _baseline(self, best) -> dict:
-        """The same student trained alone (CE) for the same epochs with the best trial's optimiser
-        settings, so the comparison measures distillation, not tuning (cached across sweeps)."""
-        optimiser = {k: v for k, v in best.params.items() if k.startswith("train.")}
-        print(f"\nstudent alone: {self.cfg.model.student}, {self.cfg.train.epochs} epochs, CE only, "
-              f"with the best trial's {optimiser or 'train settings'}", flush=True)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(self.cfg.train.torch_threads or self.cfg.train.cpus_per_worker)  # as in a trial
+    def _confirm(self, client, parent_id, summaries, ctx: TrialContext, exp_dir: Path, state: dict) -> confirm.Verdict:
+        """Re-train the best configs (+ best paper default + student alone) on fresh seeds; or, with
+        ``sweep.confirm.top_k=0``, test the best trial's students and train the student alone on the search seeds."""
+        cfg = self.cfg
+        metric, mode, top_k = cfg.sweep.metric, cfg.sweep.mode, cfg.sweep.confirm.top_k
+        confirmed = top_k > 0
+        seeds = confirm_seeds(cfg) if confirmed else search_seeds(cfg)
+        cands = confirm.candidates(summaries, self.points if confirmed else [], max(top_k, 1), metric, mode,
+                                   cfg.sweep.baseline)
+        if not confirmed:  # the best trial as it was: its students, one per search seed
+            best = cands[0]
+            row = next(s for s in summaries if s.number == best.trial)
+            for s in seeds:
+                best.val[s] = row.best.get(f"seed{s}/{metric}", row.best[metric])
+                path = Path(row.checkpoint_dir) / student_file(s, seeds)
+                model = load_model_checkpoint(path, self.data.num_classes, self.data.in_channels)
+                best.test[s] = evaluate_model(model, self.data.test, cfg.data.eval_batch_size)["acc1"]
+                best.checkpoints[s] = row.checkpoint_dir
+        stage = "confirm" if confirmed else "baseline"
+        to_train = [c for c in cands if confirmed or c.role == "alone"]
+        self._train_stage(client, parent_id, stage, to_train, seeds, ctx, exp_dir, state)
         try:
-            return baseline_metrics(apply_overrides(self.cfg, optimiser))
+            verdict = confirm.decide(cands, seeds, cfg.sweep.confirm.level, confirmed)
+            if cfg.sweep.baseline and verdict.chosen.alone is None:  # candidates differ in optimiser settings
+                cands.append(confirm.alone_for([verdict.chosen]))
+                self._train_stage(client, parent_id, f"{stage}-alone", cands[-1:], seeds, ctx, exp_dir, state)
+                verdict = confirm.decide(cands, seeds, cfg.sweep.confirm.level, confirmed)
+        except ValueError as exc:
+            raise SweepError(f"{exc}; see the {stage} stage's MLflow runs") from exc
+        if f"{stage}_run_id" in state:
+            tracking.log_metrics(client, state[f"{stage}_run_id"], _numbers({}, verdict), step=0)
+        return verdict
+
+    def _train_stage(self, client, parent_id, stage: str, cands: list[confirm.Candidate], seeds: list[int],
+                     ctx: TrialContext, exp_dir: Path, state: dict) -> None:
+        """Train ``cands`` x ``seeds`` as the nested MLflow stage run ``stage`` (its id kept for --resume)."""
+        if not cands:
+            return
+        print(f"\n== {stage}: {len(cands)} config(s) x seeds {seeds} ==\n" +
+              "\n".join(f"  {c.label}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in c.overrides.items()) for c in cands),
+              flush=True)
+        stage_id = state.get(f"{stage}_run_id") or tracking.start_run(
+            client, client.get_run(parent_id).info.experiment_id, stage, "stage", parent_id=parent_id,
+            tags={"stage": stage, "seeds": json.dumps(seeds)},
+        )
+        state[f"{stage}_run_id"] = stage_id
+        _write_json(exp_dir / STATE_FILE, state)
+        status = "FAILED"
+        try:
+            results = self._run_jobs(confirm.jobs(cands, seeds), replace(ctx, parent_run_id=stage_id), exp_dir / stage)
+            failed = confirm.collect(results, cands)
+            if failed:
+                print(f"warning: {len(failed)} {stage} run(s) failed: {', '.join(failed)}", file=sys.stderr)
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
         finally:
-            torch.set_num_threads(threads)
+            tracking.close_open_children(client, client.get_run(stage_id).info.experiment_id, stage_id,
+                                         "FINISHED" if status == "FINISHED" else status, "interrupted")
+            tracking.end_run(client, stage_id, status)
+
+    def _run_jobs(self, jobs: list[dict], ctx: TrialContext, folder: Path) -> tune.ResultGrid:
+        """The jobs as one Tune grid of Ray Train runs, as many at once as the cluster fits."""
+        cfg, plan = self.cfg, self.plan
+        resources = {"cpu": plan.trial_cpu if in_process(cfg) else 1}
+        if in_process(cfg) and plan.trial_gpu:
+            resources["gpu"] = plan.trial_gpu
+        trainable = tune.with_resources(tune.with_parameters(run_job, ctx=ctx), resources)
+        if self.resume and tune.Tuner.can_restore(str(folder)):
+            return tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True,
+                                      resume_errored=True).fit()
+        concurrency = cfg.sweep.max_concurrent or cluster.max_concurrency({"CPU": plan.trial_cpu, "GPU": plan.trial_gpu})
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"job": tune.grid_search(jobs)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=in_process(cfg)),
+            run_config=tune.RunConfig(
+                name=folder.name, storage_path=str(folder.parent), verbose=0,
+                callbacks=[confirm.JobPrinter(len(jobs))],
+                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            ),
+        )
+        return tuner.fit()
 
     def _report(self, client, parent_id: str, exp_dir: Path) -> None:
         """The compare report (tables, plots) of this sweep, logged under the parent's ``report/``."""
@@ -335,32 +419,51 @@ class SweepRunner:
         except Exception as exc:  # noqa: BLE001 - a report must not fail a finished sweep
             print(f"warning: report not written ({exc})", file=sys.stderr)
 
-    def _print_summary(self, best, test, teacher_test, alone, version, parent_id, exp_dir, uri, start) -> None:
-        cfg, metric = self.cfg, self.cfg.sweep.metric
-        params = "  ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
-        print(f"\nBest trial: {best.number} ({best.trial_id})  {metric} {best.best[metric]:.4f} at epoch "
-              f"{int(best.best.get('training_iteration', 0))}")
-        print(f"  config: {params}")
-        n_test = len(self.data.test)
-        print(f"\nTest accuracy ({n_test} {self.data.name} test images, evaluated once):")
-        label = cfg.model.teacher if not self.teachers or len(self.teachers) == 1 else f"best of {len(self.teachers)} teachers"
-        print(f"  teacher        {label:<20} {100 * teacher_test['acc1']:6.2f}%")
-        if alone:
-            print(f"  student alone  {cfg.model.student:<20} {100 * alone['test/acc1']:6.2f}%  "
-                  f"(same epochs and optimiser settings, CE only)")
-        gain = f"  ({100 * (test['acc1'] - alone['test/acc1']):+.2f} points)" if alone else ""
-        print(f"  best distilled {cfg.model.student:<20} {100 * test['acc1']:6.2f}%{gain}")
+    def _print_summary(self, chosen: confirm.Candidate, seed: int, version, parent_id, exp_dir, uri, start) -> None:
+        cfg = self.cfg
+        params = "  ".join(f"{k}={_fmt(v)}" for k, v in chosen.params.items())
+        print(f"\nChosen config: {chosen.label}\n  {params}")
         print(f"\nMLflow: experiment '{cfg.tracking.experiment or cfg.name}', parent run {parent_id}")
         if version:
-            print(f"  registered model: {cfg.tracking.registered_model} version {version}")
+            print(f"  registered model: {cfg.tracking.registered_model} version {version} "
+                  f"(the chosen config's student of seed {seed}, its best on validation)")
         print(f"  browse: {tracking.ui_command(uri)}")
-        print(f"Results: {exp_dir}  (leaderboard.csv, summary.json, best_student.pt)")
+        print(f"Results: {exp_dir}  (leaderboard.csv, summary.json, confirm.png, best_student.pt)")
         s = int(time.perf_counter() - start)
         print(f"Sweep time: {s // 60}m{s % 60:02d}s")
 
 
 def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _numbers(summary: dict, verdict: confirm.Verdict) -> dict[str, float]:
+    """The headline numbers as MLflow metrics (means, sds, gains and interval bounds)."""
+    out = {k: v for k, v in summary.items() if k.startswith(("test/", "teacher/", "student_alone/"))
+           and isinstance(v, (int, float))}
+    for c in verdict.cands:
+        name = "chosen" if c is verdict.chosen else re.sub(r"[^0-9A-Za-z_.-]+", "_", c.label).strip("_")
+        if c.test:
+            out[f"confirm/{name}/test_acc1_mean"], out[f"confirm/{name}/test_acc1_sd"] = mean_sd(list(c.test.values()))
+    for key, gain in (("gain_vs_alone", verdict.vs_alone), ("gain_vs_paper_default", verdict.vs_paper)):
+        if gain is not None:
+            out[f"confirm/{key}"] = gain.mean
+            if gain.low is not None:
+                out[f"confirm/{key}_low"], out[f"confirm/{key}_high"] = gain.low, gain.high
+    return out
+
+
+def _version_tags(summary: dict, verdict: confirm.Verdict) -> dict[str, str]:
+    """Tags of the registered model version: the chosen config's mean, sd, gains and intervals."""
+    tags = {"confirmed": str(verdict.confirmed).lower(), "config": verdict.chosen.label,
+            "seeds": json.dumps(verdict.seeds), "test_acc1_mean": f"{summary['test/acc1_mean']:.6f}",
+            "test_acc1_sd": f"{summary['test/acc1_sd']:.6f}", "registered_seed": str(summary["registered_seed"])}
+    for key, gain in (("gain_vs_alone", verdict.vs_alone), ("gain_vs_paper_default", verdict.vs_paper)):
+        if gain is not None:
+            tags[key] = f"{gain.mean:.6f}"
+            tags[f"{key}_interval"] = "n/a" if gain.low is None else f"[{gain.low:.6f}, {gain.high:.6f}]"
+            tags[f"{key}_significant"] = str(gain.significant).lower()
+    return tags
 
 
 def _data_key(cfg: Config) -> str:

@@ -199,6 +199,75 @@ def _may_use_crd(space: SearchSpace, base: Config) -> bool:
     return bool(methods & {"crd", "crd_kd"})
 
 
+@dataclass
+class PaperPoint:
+    """A method's paper defaults as a point of the space (``params``: sampled keys -> values)."""
+
+    method: str
+    params: dict[str, Any]
+    deviations: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # key -> (paper value, value used)
+
+    @property
+    def label(self) -> str:
+        return f"paper default {self.method}"
+
+    def describe(self) -> str:
+        text = f"{self.label}: " + ", ".join(f"{k}={v}" for k, v in self.params.items())
+        if self.deviations:
+            text += "  (not the paper's: " + ", ".join(
+                f"{k}={used} instead of {paper}" for k, (paper, used) in self.deviations.items()) + ")"
+        return text
+
+
+def paper_points(space: SearchSpace, base: Config) -> list[PaperPoint]:
+    """One point per method the space can choose: its paper values for the keys the space samples
+    (snapped into their ranges or to the nearest choice), the base config's values for the rest."""
+    from orchestrator.distill import paper_defaults
+
+    known = {**flatten(to_dict(base)), **space.fixed}
+    method_param = next((p for p in space.params if p.key == "distill.method"), None)
+    methods = list(method_param.choices) if method_param else [known["distill.method"]]
+    points = []
+    for method in methods:
+        paper = paper_defaults(method)
+        chosen = {**known, "distill.method": method, **paper}
+        params: dict[str, Any] = {}
+        for p in space.params:
+            if _condition_holds(p, chosen):
+                params[p.key] = _snap(p, chosen[p.key])
+        used = {**known, "distill.method": method, **params}
+        deviations = {k: (v, used[k]) for k, v in paper.items() if not _same(used[k], v)}
+        points.append(PaperPoint(method, params, deviations))
+    return points
+
+
+def _snap(p: Param, value: Any) -> Any:
+    """``value`` moved inside ``p``'s range (or to its nearest choice)."""
+    if p.type == "categorical":
+        if value in p.choices:
+            return value
+        numeric = [c for c in p.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+        if numeric and isinstance(value, (int, float)):
+            return min(numeric, key=lambda c: abs(c - value))
+        return p.choices[0]
+    clipped = min(max(value, p.low), p.high)
+    return int(round(clipped)) if p.type == "int" else float(clipped)
+
+
+def matching_point(params: dict[str, Any], points: list[PaperPoint]) -> PaperPoint | None:
+    """The paper point whose values ``params`` (a trial's sampled values) carries, if any."""
+    for point in points:
+        if all(_same(params.get(k), v) for k, v in point.params.items()):
+            return point
+    return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
+    return a == b
+
+
 def sampled_keys(space: SearchSpace) -> list[str]:
     return [p.key for p in space.params]
 

@@ -2,9 +2,11 @@
 
 Flow: config -> data -> search space (validated) -> teacher (given, or trained
 once and cached) -> teacher outputs precomputed once (no augmentation) ->
-Tune (one TorchTrainer run per trial; MLflow child runs) -> leaderboard ->
-best student tested, logged and registered -> comparison with the teacher
-and the student trained alone.
+Tune (paper defaults first, then TPE; every trial trains with the same seeds;
+one TorchTrainer run per trial; MLflow child runs) -> leaderboard ->
+confirmation (top-k configs, the best paper default and the student alone
+re-trained on fresh seeds) -> chosen config by mean validation accuracy, its
+test mean ± sd and paired gains with intervals -> its student registered.
 """
 
 from __future__ import annotations
@@ -13,8 +15,16 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from orchestrator.config import Config, ConfigError, dump_yaml, load_config, tpe_startup_trials
-from orchestrator.search import SearchSpace, available_spaces, load_space
+from orchestrator.config import (
+    Config,
+    ConfigError,
+    confirm_seeds,
+    dump_yaml,
+    load_config,
+    search_seeds,
+    tpe_startup_trials,
+)
+from orchestrator.search import SearchSpace, available_spaces, load_space, paper_points
 
 EXAMPLE = (
     "example:\n"
@@ -89,8 +99,26 @@ class Plan:
                 f"each trial: {c.train.epochs} epochs of {self.num_train} training images, student {c.model.student}, "
                 f"teacher {c.teacher.checkpoint or c.model.teacher + ' (trained once, cached)'}",
                 f"each trial needs: {self.trial_cpu:g} CPU, {self.trial_gpu:g} GPU ({self.mode_text})",
+                f"every trial trains with seeds {search_seeds(c)} (common random numbers: trials differ only by config)",
+                *self._points(),
+                self._confirmation(),
             ]
         )
+
+    def _points(self) -> list[str]:
+        if not self.cfg.sweep.paper_defaults:
+            return ["paper defaults: not evaluated (sweep.paper_defaults=false)"]
+        return ["first trials, the paper defaults:"] + [f"  {p.describe()}" for p in paper_points(self.space, self.cfg)]
+
+    def _confirmation(self) -> str:
+        c = self.cfg.sweep
+        alone = " and the student alone" if c.baseline else ""
+        if c.confirm.top_k == 0:
+            return (f"confirmation: off (sweep.confirm.top_k=0); the result will be UNCONFIRMED"
+                    f"{', the student alone trained on the search seeds' if c.baseline else ''}")
+        return (f"confirmation: the top {c.confirm.top_k} configs, the best paper default{alone} re-trained on "
+                f"fresh seeds {confirm_seeds(self.cfg)}; chosen by mean {c.metric}; test mean ± sd, "
+                f"paired gains with {100 * c.confirm.level:g}% intervals")
 
 
 def make_plan(cfg: Config, num_train: int) -> Plan:

@@ -132,6 +132,11 @@ def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
+def tag_model_version(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+
+
 def end_run(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None:
     """Close a run unless it is already closed (FINISHED, FAILED or KILLED)."""
     if client.get_run(run_id).info.status == "RUNNING":

@@ -10,6 +10,7 @@ process and reports to Tune directly.
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import ray.train
@@ -41,10 +42,16 @@ def _latest_checkpoint(in_process: bool) -> ray.train.Checkpoint | None:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """``config``: cfg (resolved Config as dict), teachers (paths/URIs), teacher_outputs (paths),
-    in_process (bool), tracking_uri and mlflow_run_id (rank 0 logs there), data_seed (the split's
-    seed; default cfg.seed)."""
+    """``config``: cfg (resolved Config as dict), seeds (training seeds; default [cfg.seed]), teachers
+    (paths/URIs), teacher_outputs (paths), in_process (bool), tracking_uri and mlflow_run_id (rank 0
+    logs there), data_seed (the split's seed; default cfg.seed), evaluate_test (add ``test/*`` at the
+    last epoch; only the confirmation stage sets it).
+
+    With several seeds one student is trained per seed, epoch by epoch; the metrics reported (and
+    seen by Tune/ASHA) are their means, and each seed's are logged as ``seed<s>/<metric>``.
+    """
     cfg = from_dict(config["cfg"])
+    seeds = [int(s) for s in config.get("seeds") or [cfg.seed]]
     in_process = bool(config.get("in_process"))
     if in_process:  # inside the Tune trial; ray.train's context is not available there
         rank, world_size = 0, 1
@@ -54,21 +61,25 @@ def train_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(cfg.train.torch_threads or cfg.train.cpus_per_worker)
     device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
 
-    # The split is seeded by the sweep's seed (data_seed), not the trial's: every trial is scored on the
-    # same validation images and precomputed teacher outputs stay aligned with the train indices.
+    # The split is seeded by the sweep's seed (data_seed), not the training seed: every trial is scored on
+    # the same validation images and precomputed teacher outputs stay aligned with the train indices.
     data = build_data(cfg.data, config.get("data_seed", cfg.seed))
     outputs = [CachedTeacherOutputs.load(p) for p in config.get("teacher_outputs") or []]
     teachers = []
     if not outputs and cfg.distill.method != "ce":
         teachers = [load_teacher(t, data.num_classes, data.in_channels, data.image_size) for t in config["teachers"]]
-    trainer = Trainer(
-        cfg, data, teachers, device=device, rank=rank, world_size=world_size, teacher_outputs=outputs or None
-    )
+    trainers = [
+        Trainer(replace(cfg, seed=seed), data, teachers, device=device, rank=rank, world_size=world_size,
+                teacher_outputs=outputs or None)
+        for seed in seeds
+    ]
 
     checkpoint = _latest_checkpoint(in_process)
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            trainer.load_state_dict(torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True))
+            state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+        for trainer, trainer_state in zip(trainers, state["trainers"], strict=True):
+            trainer.load_state_dict(trainer_state)
 
     client = None
     if rank == 0 and config.get("mlflow_run_id"):
@@ -78,17 +89,41 @@ def train_loop_per_worker(config: dict) -> None:
 
         client = MlflowClient(tracking_uri=config["tracking_uri"])
 
-    while trainer.epoch < cfg.train.epochs:
-        metrics = trainer.train_one_epoch()
-        metrics.update({f"val/{k}": v for k, v in trainer.evaluate("val").items()})
-        metrics["epoch"] = trainer.epoch
+    while trainers[0].epoch < cfg.train.epochs:
+        per_seed = [_epoch(trainer, config.get("evaluate_test", False)) for trainer in trainers]
+        metrics = _mean_over_seeds(per_seed)
+        if len(seeds) > 1:
+            metrics.update({f"seed{s}/{k}": v for s, m in zip(seeds, per_seed) for k, v in m.items()
+                            if k.startswith(("val/", "test/", "train/loss"))})
+        metrics["epoch"] = trainers[0].epoch
         if client is not None:
-            log_metrics(client, config["mlflow_run_id"], metrics, step=trainer.epoch)
+            log_metrics(client, config["mlflow_run_id"], metrics, step=trainers[0].epoch)
         with tempfile.TemporaryDirectory() as folder:
             ckpt = None
             if rank == 0:
-                atomic_torch_save(trainer.state_dict(), Path(folder) / STATE_FILE)
-                numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-                save_model_checkpoint(Path(folder) / STUDENT_FILE, trainer.student, cfg.model.student, data, numbers)
+                atomic_torch_save({"seeds": seeds, "trainers": [t.state_dict() for t in trainers]},
+                                  Path(folder) / STATE_FILE)
+                for seed, trainer, m in zip(seeds, trainers, per_seed):
+                    numbers = {k: v for k, v in m.items() if isinstance(v, (int, float))}
+                    save_model_checkpoint(Path(folder) / student_file(seed, seeds), trainer.student,
+                                          cfg.model.student, data, numbers)
                 ckpt = ray.train.Checkpoint.from_directory(folder)
             _report(metrics, ckpt, in_process)
+
+
+def student_file(seed: int, seeds: list[int]) -> str:
+    """The checkpoint file of the student trained with ``seed`` (the first seed's is STUDENT_FILE)."""
+    return STUDENT_FILE if seed == seeds[0] else f"student-seed{seed}.pt"
+
+
+def _epoch(trainer: Trainer, evaluate_test: bool) -> dict:
+    metrics = trainer.train_one_epoch()
+    metrics.update({f"val/{k}": v for k, v in trainer.evaluate("val").items()})
+    if evaluate_test and trainer.epoch == trainer.cfg.train.epochs:
+        metrics.update({f"test/{k}": v for k, v in trainer.evaluate("test").items()})
+    return metrics
+
+
+def _mean_over_seeds(per_seed: list[dict]) -> dict:
+    """The mean of every numeric metric over the seeds' dicts (all have the same keys)."""
+    return {k: sum(m[k] for m in per_seed) / len(per_seed) for k in per_seed[0] if isinstance(per_seed[0][k], (int, float))}

@@ -1,8 +1,10 @@
 """One Tune trial = one Ray Train ``TorchTrainer`` run of :func:`train_loop_per_worker`.
 
 The Tune function trainable resolves the trial's config (sweep config +
-sampled values, seed = sweep seed + trial number), opens the trial's nested
-MLflow run, launches the TorchTrainer and closes the run (FINISHED or FAILED).
+sampled values; every trial trains with the sweep's seeds, ``sweep.seeds``:
+common random numbers), opens the trial's nested MLflow run, launches the
+TorchTrainer and closes the run (FINISHED or FAILED). Confirmation jobs
+(:func:`run_job`) go through the same launcher with one seed each.
 Metrics flow worker -> ``ray.train.report`` -> ``TuneReportCallback`` -> Tune
 (ASHA, Optuna). Trials Tune stops early are closed by the sweep driver.
 """
@@ -17,7 +19,7 @@ from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from orchestrator.config import Config, apply_overrides, flatten, from_dict, to_dict
+from orchestrator.config import Config, apply_overrides, flatten, from_dict, search_seeds, to_dict
 from orchestrator.train_loop import train_loop_per_worker
 
 
@@ -41,8 +43,9 @@ def trial_number(trial_dir: str, trial_id: str) -> int:
     return int(head) if head.isdigit() else 0
 
 
-def trial_config(base: Config, sampled: dict, number: int) -> Config:
-    return apply_overrides(base, {**sampled, "seed": base.seed + number})
+def trial_config(base: Config, sampled: dict) -> Config:
+    """The sweep's config with the trial's sampled values (its seeds are the sweep's: common random numbers)."""
+    return apply_overrides(base, sampled)
 
 
 def in_process(cfg: Config) -> bool:
@@ -69,50 +72,72 @@ def trial_resources(cfg: Config) -> dict[str, float]:
 
 
 def run_trial(sampled: dict, ctx: TrialContext) -> None:
-    """The Tune function trainable."""
-    from mlflow.tracking import MlflowClient
-
-    from orchestrator.tracking import OUTCOME, child_runs, log_params, set_tags, start_run
-
+    """The Tune function trainable of a search trial: the sweep's seeds, the sampled values."""
     tune_ctx = ray.tune.get_context()
     trial_id = tune_ctx.get_trial_id()
     number = trial_number(tune_ctx.get_trial_dir(), trial_id)
-    cfg = trial_config(from_dict(ctx.base), sampled, number)
+    cfg = trial_config(from_dict(ctx.base), sampled)
+    run_id = _open_run(ctx, trial_id, f"trial-{number:03d}", "trial",
+                       {"trial_id": trial_id, "trial_number": str(number)},
+                       {**flatten(to_dict(cfg)), **{f"sampled.{k}": v for k, v in sampled.items()}})
+    launch(cfg, ctx, run_id, search_seeds(from_dict(ctx.base)), name=f"{cfg.name}-{trial_id}")
+
+
+def run_job(config: dict, ctx: TrialContext) -> None:
+    """The Tune function trainable of a confirmation job ``config["job"]``: one config, one seed,
+    trained to the end and tested (see :mod:`orchestrator.confirm`)."""
+    job = config["job"]
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg = apply_overrides(from_dict(ctx.base), job["overrides"])
+    run_id = _open_run(ctx, trial_id, f"{job['label']} seed {job['seed']}", "confirm",
+                       {"trial_id": trial_id, "job": job["key"], "config_label": job["label"], "seed": str(job["seed"])},
+                       {**flatten(to_dict(cfg)), "seed": job["seed"]})
+    launch(cfg, ctx, run_id, [job["seed"]], name=f"{cfg.name}-confirm-{trial_id}", evaluate_test=True)
+
+
+def _open_run(ctx: TrialContext, trial_id: str, name: str, kind: str, tags: dict, params: dict) -> str:
+    """The MLflow child run of this Tune trial under ``ctx.parent_run_id`` (a resumed trial continues its own)."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.tracking import child_runs, log_params, start_run
 
     client = MlflowClient(tracking_uri=ctx.tracking_uri)
-    existing = [
-        r for r in child_runs(client, ctx.experiment_id, ctx.parent_run_id) if r.data.tags.get("trial_id") == trial_id
-    ]
-    if existing:  # a resumed trial continues its run
-        run_id = existing[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
-    else:
-        run_id = start_run(
-            client,
-            ctx.experiment_id,
-            f"trial-{number:03d}",
-            "trial",
-            parent_id=ctx.parent_run_id,
-            tags={"trial_id": trial_id, "trial_number": str(number)},
-        )
-        log_params(client, run_id, {**flatten(to_dict(cfg)), **{f"sampled.{k}": v for k, v in sampled.items()}})
+    for run in child_runs(client, ctx.experiment_id, ctx.parent_run_id):
+        if run.data.tags.get("trial_id") == trial_id:
+            client.update_run(run.info.run_id, status="RUNNING")
+            return run.info.run_id
+    run_id = start_run(client, ctx.experiment_id, name, kind, parent_id=ctx.parent_run_id, tags=tags)
+    log_params(client, run_id, params)
+    return run_id
 
+
+def launch(cfg: Config, ctx: TrialContext, run_id: str, seeds: list[int], *, name: str,
+           evaluate_test: bool = False) -> None:
+    """Run :func:`train_loop_per_worker` as a TorchTrainer for ``cfg`` and ``seeds``; close the MLflow
+    run FINISHED (tag outcome completed/early_stopped) or FAILED (tag orchestrator.error)."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.tracking import OUTCOME, set_tags
+
+    client = MlflowClient(tracking_uri=ctx.tracking_uri)
     local = in_process(cfg)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "cfg": to_dict(cfg),
+            "seeds": seeds,
             "teachers": ctx.teachers,
             "teacher_outputs": ctx.teacher_outputs,
-            "data_seed": ctx.base["seed"],  # the sweep's split, not one per trial seed
+            "data_seed": ctx.base["seed"],  # the sweep's split, whatever the training seeds
             "in_process": local,
             "tracking_uri": ctx.tracking_uri,
             "mlflow_run_id": run_id,
+            "evaluate_test": evaluate_test,
         },
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         scaling_config=scaling_for(cfg),
         run_config=RunConfig(
-            name=f"{cfg.name}-{trial_id}",
+            name=name,
             storage_path=os.path.join(ctx.storage_path, "train"),
             callbacks=[] if local else [TuneReportCallback()],
             failure_config=FailureConfig(max_failures=0, controller_failure_limit=0),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -18,6 +20,7 @@ SPACE = str(Path(__file__).parent / "data" / "tiny_space.yaml")
 TINY = [
     "data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student", "data.batch_size=64",
     "teacher.epochs=4", "teacher.lr=0.1", "train.epochs=2", f"sweep.search_space={SPACE}",
+    "sweep.confirm.top_k=1", "sweep.confirm.seeds=2",
 ]
 
 
@@ -51,10 +54,12 @@ def assert_sweep_logged(uri: str, trials: int) -> None:
         assert history and [m.step for m in history] == list(range(1, len(history) + 1))
         assert "distill.kd.temperature" in child.data.params
     assert "test/acc1" in parent.data.metrics and "student_alone/test_acc1" in parent.data.metrics
+    assert {"confirm/gain_vs_alone", "confirm/gain_vs_alone_low", "test/acc1_mean"} <= set(parent.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"config.yaml", "leaderboard.csv", "tiny_space.yaml", "summary.json"} <= artifacts
+    assert {"config.yaml", "leaderboard.csv", "tiny_space.yaml", "summary.json", "confirm.png"} <= artifacts
     versions = client.search_model_versions("name='distill-student'")
     assert versions and versions[0].run_id == parent.info.run_id
+    assert {"test_acc1_mean", "test_acc1_sd", "gain_vs_alone", "gain_vs_alone_interval"} <= set(versions[0].tags)
     for exp in client.search_experiments():
         running = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
         assert not running, [r.info.run_name for r in running]
@@ -70,6 +75,24 @@ def test_tiny_sweep_end_to_end(ray_session, isolated_cache, tmp_path, monkeypatc
     assert_sweep_logged(uri, trials=4)
     teachers = runs_by_kind(uri, "distill-teachers")["teacher"]
     assert len(teachers) == 1 and teachers[0].info.status == "FINISHED"
+
+    # The paper defaults are the first trials, marked on the leaderboard.
+    exp_dir = next((tmp_path / "runs").glob("tiny-*"))
+    board = pd.read_csv(exp_dir / "leaderboard.csv").set_index("trial")
+    assert board.loc[1, "paper_default"] == "kd" and board.loc[2, "paper_default"] == "crd_kd"
+    assert board.loc[1, "distill.kd.temperature"] == 4.0 and board.loc[2, "distill.crd.nce_t"] == 0.07
+    # Confirmation: one FINISHED run per (config, seed) under the confirm stage, fresh seeds only.
+    summary = json.loads((exp_dir / "summary.json").read_text())
+    kinds = runs_by_kind(uri)
+    stages = {r.data.tags["stage"]: r for r in kinds["stage"]}
+    assert {"confirm"} <= set(stages) and all(r.info.status == "FINISHED" for r in stages.values())
+    jobs = [r for r in kinds["confirm"] if r.data.tags["mlflow.parentRunId"] in {s.info.run_id for s in stages.values()}]
+    labels = {c["label"] for c in summary["candidates"]}
+    assert len(jobs) == 2 * len(labels) and {r.data.tags["config_label"] for r in jobs} == labels
+    assert {r.data.tags["seed"] for r in jobs} == {"1", "2"} and all("test/acc1" in r.data.metrics for r in jobs)
+    assert summary["confirmed"] is True and summary["chosen"] in labels and "student alone" in labels
+    assert summary["best_params"] == next(c["params"] for c in summary["candidates"] if c["label"] == summary["chosen"])
+    assert "Result: re-trained on fresh seeds [1, 2]" in out
 
     # The logged teacher loads back as a teacher from its MLflow URI.
     import mlflow

@@ -16,6 +16,8 @@ from orchestrator.config import DistillConfig
 from orchestrator.distill.base import Distiller, TeacherOutputs
 from orchestrator.distill.ce import CEDistiller
 from orchestrator.distill.crd import ContrastiveDistiller, CRDDistiller, CRDLoss, Embed
+from orchestrator.distill.crd import PAPER_DEFAULTS as CRD_DEFAULTS
+from orchestrator.distill.crd_kd import PAPER_DEFAULTS as CRD_KD_DEFAULTS
 from orchestrator.distill.crd_kd import CRDKDDistiller
 from orchestrator.distill.ensemble import (
     EnsembleCRDDistiller,
@@ -23,6 +25,7 @@ from orchestrator.distill.ensemble import (
     EnsembleKDDistiller,
     ensemble_kd_loss,
 )
+from orchestrator.distill.kd import PAPER_DEFAULTS as KD_DEFAULTS
 from orchestrator.distill.kd import KDDistiller, kd_loss
 from orchestrator.distill.memory import ContrastMemory, contrast_scores, nce_loss
 
@@ -46,6 +49,7 @@ __all__ = [
     "contrast_scores",
     "build_distiller",
     "method_names",
+    "paper_defaults",
 ]
 
 
@@ -105,8 +109,18 @@ _METHODS: dict[str, tuple[_Builder, bool]] = {  # name -> (builder, needs a teac
 }
 
 
+_PAPER_DEFAULTS: dict[str, dict[str, Any]] = {"ce": {}, "kd": KD_DEFAULTS, "crd": CRD_DEFAULTS, "crd_kd": CRD_KD_DEFAULTS}
+
+
 def method_names() -> list[str]:
     return sorted(_METHODS)
+
+
+def paper_defaults(method: str) -> dict[str, Any]:
+    """The paper's values of ``method``'s knobs, as dotted config keys (empty for ``ce``)."""
+    if method not in _PAPER_DEFAULTS:
+        raise ValueError(f"unknown distillation method '{method}'; known methods: {', '.join(method_names())}")
+    return dict(_PAPER_DEFAULTS[method])
 
 
 def build_distiller(

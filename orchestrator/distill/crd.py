@@ -35,6 +35,12 @@ from orchestrator.models.base import ModelOutput
 
 NEGATIVES_MODES = ("exact", "shared")
 
+# The paper's settings (CRD: -a 0 -b 0.8; see kd.PAPER_DEFAULTS for the source), as config keys.
+PAPER_DEFAULTS = {
+    "distill.gamma": 1.0, "distill.beta": 0.8, "distill.crd.nce_t": 0.07, "distill.crd.nce_k": 16384,
+    "distill.crd.feat_dim": 128, "distill.crd.momentum": 0.5,
+}
+
 
 class Embed(nn.Module):
     """Linear(in_dim, out_dim) then L2 normalisation: (B, in_dim) -> (B, out_dim) unit rows."""

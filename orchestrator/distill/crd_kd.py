@@ -7,8 +7,12 @@ from typing import Any
 from torch import Tensor
 
 from orchestrator.distill.ce import check_weight
+from orchestrator.distill.crd import PAPER_DEFAULTS as CRD_PAPER_DEFAULTS
 from orchestrator.distill.crd import CRDDistiller
 from orchestrator.distill.kd import check_temperature
+
+# The paper's settings (CRD+KD: -a 1 -b 0.8; see kd.PAPER_DEFAULTS for the source), as config keys.
+PAPER_DEFAULTS = {**CRD_PAPER_DEFAULTS, "distill.alpha": 1.0, "distill.kd.temperature": 4.0}
 
 
 class CRDKDDistiller(CRDDistiller):

@@ -11,6 +11,11 @@ from orchestrator.distill.base import Distiller, TeacherOutputs
 from orchestrator.distill.ce import check_weight
 from orchestrator.models.base import ModelOutput
 
+# The paper's settings (RepDistiller scripts/run_cifar_distill.sh, KD: -r 0.1 -a 0.9 -b 0, at commit
+# b84f547c5db6a35318d4671d7d5c4de74c822403; train_student.py defaults), as config keys:
+# the first points a sweep evaluates (sweep.paper_defaults).
+PAPER_DEFAULTS = {"distill.gamma": 0.1, "distill.alpha": 0.9, "distill.kd.temperature": 4.0}
+
 
 def check_temperature(value: float, name: str = "temperature") -> float:
     value = float(value)

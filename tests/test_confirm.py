@@ -1,0 +1,124 @@
+"""Noise-aware selection: paired intervals, paper-default points, candidates, common random numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator.config import load_config
+from orchestrator.confirm import Candidate, alone_for, candidates, decide
+from orchestrator.leaderboard import TrialSummary
+from orchestrator.search import load_space, matching_point, paper_points
+from orchestrator.stats import mean_sd, paired_gain
+from orchestrator.sweep import main
+from test_sweep import runs_by_kind, tiny_args
+
+ONE_CONFIG = str(Path(__file__).parent / "data" / "one_config_space.yaml")
+
+
+def test_paired_interval_matches_hand_computation():
+    # d = (0.02, 0.03, 0.01): mean 0.02, sd 0.01, t_{0.975, 2} = 4.302653, half = 4.302653 * 0.01 / sqrt(3) = 0.024841
+    gain = paired_gain({1: 0.90, 2: 0.92, 3: 0.91}, {1: 0.88, 2: 0.89, 3: 0.90})
+    assert gain.mean == pytest.approx(0.02)
+    assert gain.low == pytest.approx(0.02 - 0.0248414, abs=1e-6) and gain.high == pytest.approx(0.02 + 0.0248414, abs=1e-6)
+    assert not gain.significant and "not significant" in gain.text()
+    # d = (0.05, 0.06, 0.04, 0.05): mean 0.05, sd 0.0081650, t_{0.975, 3} = 3.182446, half = 0.0129917
+    gain = paired_gain({1: 0.95, 2: 0.96, 3: 0.94, 4: 0.95, 9: 0.5}, {1: 0.90, 2: 0.90, 3: 0.90, 4: 0.90})
+    assert gain.n == 4 and gain.low == pytest.approx(0.0370083, abs=1e-6) and gain.high == pytest.approx(0.0629917, abs=1e-6)
+    assert gain.significant and gain.text() == "+5.00 [+3.70, +6.30] significant"
+    assert paired_gain({1: 0.9}, {1: 0.8}).low is None  # one pair: no interval
+    assert mean_sd([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    with pytest.raises(ValueError, match="no common seeds"):
+        paired_gain({1: 0.9}, {2: 0.8})
+
+
+def test_paper_points_use_the_paper_values_inside_the_space():
+    cfg = load_config(None, [])
+    points = {p.method: p for p in paper_points(load_space("crd_kd", cfg), cfg)}
+    assert set(points) == {"kd", "crd_kd"}
+    kd = points["kd"].params
+    assert (kd["distill.method"], kd["distill.gamma"], kd["distill.alpha"], kd["distill.kd.temperature"]) == ("kd", 0.1, 0.9, 4.0)
+    assert "distill.crd.nce_k" not in kd  # conditional on crd_kd
+    crd_kd = points["crd_kd"]
+    assert crd_kd.params["distill.crd.nce_k"] == 4096  # the paper's 16384 is outside the space: nearest choice
+    assert crd_kd.deviations == {"distill.crd.nce_k": (16384, 4096)}
+    assert matching_point({**kd, "extra": 1}, list(points.values())) is points["kd"]
+    assert matching_point({**kd, "distill.alpha": 0.91}, list(points.values())) is None
+
+
+def _summary(number, value, params, outcome="completed"):
+    return TrialSummary(number, f"id{number}", outcome, 5, {"val/acc1": value}, params, f"/ckpt/{number}")
+
+
+def test_candidates_are_top_k_plus_best_paper_default_plus_alone():
+    cfg = load_config(None, [])
+    points = paper_points(load_space("crd_kd", cfg), cfg)
+    kd_paper = dict(points[0].params)
+    tuned = {**kd_paper, "distill.alpha": 1.5}
+    summaries = [
+        _summary(1, 0.80, kd_paper),
+        _summary(2, 0.91, {**tuned, "distill.alpha": 1.2}),
+        _summary(3, 0.95, {**tuned, "distill.alpha": 0.3}, outcome="early_stopped"),  # completed trials rank first
+        _summary(4, 0.90, tuned),
+        _summary(5, 0.90, tuned),  # the same config twice is measured once
+    ]
+    cands = candidates(summaries, points, top_k=2, metric="val/acc1", mode="max", baseline=True)
+    assert [c.label for c in cands] == ["trial 2", "trial 4", "trial 1 (paper default kd)", "student alone"]
+    assert [c.role for c in cands] == ["tuned", "tuned", "paper", "alone"]
+    assert cands[-1].overrides == {"train.lr": 0.1, "train.weight_decay": 0.0005, "distill.method": "ce", "distill.gamma": 1.0}
+    assert all(c.alone is cands[-1] for c in cands[:-1])
+    # Different optimiser settings: the student alone waits for the choice (alone_for the chosen config).
+    summaries[1] = _summary(2, 0.91, {**tuned, "distill.alpha": 1.2, "train.lr": 0.05})
+    cands = candidates(summaries, points, top_k=2, metric="val/acc1", mode="max", baseline=True)
+    assert [c.role for c in cands] == ["tuned", "tuned", "paper"] and all(c.alone is None for c in cands)
+
+
+def test_decide_picks_the_best_mean_validation_accuracy():
+    a = Candidate("trial 2", {"train.lr": 0.1}, "tuned", 2, val={1: 0.90, 2: 0.90, 3: 0.90}, test={1: 0.88, 2: 0.89, 3: 0.90})
+    b = Candidate("trial 7", {"train.lr": 0.1}, "tuned", 7, val={1: 0.95, 2: 0.85, 3: 0.86}, test={1: 0.99, 2: 0.99, 3: 0.99})
+    paper = Candidate("trial 1 (paper default kd)", {"train.lr": 0.1}, "paper", 1,
+                      val={1: 0.89, 2: 0.89, 3: 0.89}, test={1: 0.87, 2: 0.87, 3: 0.88})
+    alone = alone_for([a, b, paper])
+    alone.val, alone.test = {1: 0.8, 2: 0.8, 3: 0.8}, {1: 0.86, 2: 0.86, 3: 0.86}
+    verdict = decide([a, b, paper, alone], [1, 2, 3], 0.95, confirmed=True)
+    assert verdict.chosen is a  # by mean validation (0.900 > 0.887), never by test
+    assert verdict.vs_alone.mean == pytest.approx(0.03) and verdict.vs_paper.mean == pytest.approx(0.01666667)
+    assert verdict.paper is paper
+
+
+def _histories(uri: str, key: str = "val/acc1") -> list[list[float]]:
+    client = MlflowClient(uri)
+    return [[m.value for m in sorted(client.get_metric_history(r.info.run_id, key), key=lambda m: m.step)]
+            for r in runs_by_kind(uri)["trial"]]
+
+
+@pytest.mark.slow
+def test_common_random_numbers_make_identical_configs_identical_and_top_k_0_is_unconfirmed(
+        ray_session, isolated_cache, tmp_path, monkeypatch, capsys):
+    """Two trials of one config (the first the paper-default point) report identical metrics; with
+    sweep.confirm.top_k=0 the student alone is trained on the search seeds and the result says UNCONFIRMED."""
+    monkeypatch.chdir(tmp_path)
+    args = tiny_args(tmp_path, f"sweep.search_space={ONE_CONFIG}", "sweep.confirm.top_k=0", "sweep.seeds=[3,4]",
+                     "sweep.asha.grace_period=2", samples=2)
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "UNCONFIRMED" in out and "Selected and measured on the same seeds" in out
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first, second = _histories(uri)
+    assert len(first) == 2 and first == second  # same seeds, same config: identical, epoch by epoch
+    for seed in (3, 4):  # each seed's history is logged too
+        a, b = _histories(uri, f"seed{seed}/val/acc1")
+        assert a == b and len(a) == 2
+    assert first[-1] == pytest.approx((_histories(uri, "seed3/val/acc1")[0][-1] + _histories(uri, "seed4/val/acc1")[0][-1]) / 2)
+    kinds = runs_by_kind(uri)
+    (stage,) = [r for r in kinds["stage"] if r.data.tags["stage"] == "baseline"]
+    alone = [r for r in kinds["confirm"] if r.data.tags["mlflow.parentRunId"] == stage.info.run_id]
+    assert sorted(r.data.tags["seed"] for r in alone) == ["3", "4"]  # the search seeds, paired with the trial's
+    summary = json.loads(next((tmp_path / "runs").glob("tiny-*/summary.json")).read_text())
+    assert summary["confirmed"] is False and summary["seeds"] == [3, 4]
+    assert math.isfinite(summary["gain_vs_alone"]["mean"]) and summary["gain_vs_alone"]["n"] == 2
+    assert "confirm" not in {r.data.tags.get("stage") for r in kinds["stage"]}
