@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 
 METHODS = ("ce", "kd", "crd", "crd_kd")
+EXPORT_FORMATS = ("onnx", "torchscript")
+NORMALIZE = ("auto", "data", "pretrained")
 DATASETS = ("fashion_mnist", "digits", "cifar10", "cifar100", "imagefolder")
 
 
@@ -50,7 +52,8 @@ class ModelConfig:
 
 @dataclass
 class TeacherConfig:
-    checkpoint: str | None = None  # path, runs:/ or models:/ URI; None -> train once and cache
+    checkpoint: str | None = None  # this tool's checkpoint, a state_dict (+ model.teacher), TorchScript, runs:/ or models:/ URI
+    normalize: str = "auto"  # auto | data | pretrained | "m1,m2,m3/s1,s2,s3": the teacher's own input normalisation
     epochs: int = 5  # cnn_teacher: 92.65% test at 5 epochs, 91.98% with a 4-epoch schedule
     lr: float = 0.05
     cache_dir: str | None = None  # None -> ~/.cache/distill-orchestrator/teachers
@@ -125,6 +128,11 @@ class TrackingConfig:
 
 
 @dataclass
+class ExportConfig:
+    formats: list[str] = field(default_factory=lambda: ["onnx"])  # the chosen student is exported to these
+
+
+@dataclass
 class RayConfig:
     address: str | None = None  # None -> $RAY_ADDRESS or a local Ray
     num_cpus: int | None = None  # for a local Ray; None -> enough for the concurrency
@@ -141,6 +149,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
 
@@ -164,6 +173,12 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(key, value, f"a mapping of {sorted(_field_types(tp))}")
         return _from_dict(tp, value, prefix=key + ".")
+    if origin is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise ConfigError(key, value, "a list, e.g. [a, b]")
+        return [coerce(key, v, typing.get_args(tp)[0]) for v in value]
     if isinstance(value, str) and tp is not str:
         try:
             value = yaml.safe_load(value)
@@ -302,6 +317,17 @@ def tpe_startup_trials(sweep: SweepConfig) -> int:
     return max(2, min(10, sweep.num_samples // 2))
 
 
+def normalize_stats(value: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``teacher.normalize`` as explicit (mean, std), None for the named modes; ValueError if malformed."""
+    if value in NORMALIZE:
+        return None
+    mean, sep, std = value.partition("/")
+    stats = tuple(float(v) for v in mean.split(",")), tuple(float(v) for v in std.split(","))
+    if not sep or len(stats[0]) != len(stats[1]) or min(stats[1]) <= 0:
+        raise ValueError(value)
+    return stats
+
+
 def _positive(key: str, value: float | int | None, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
@@ -321,6 +347,14 @@ def validate(cfg: Config) -> None:
     _check(d.loader_workers >= 0, "data.loader_workers", d.loader_workers, "an integer >= 0")
     _positive("teacher.epochs", t.epochs)
     _positive("teacher.lr", t.lr)
+    try:
+        normalize_stats(t.normalize)
+    except ValueError:
+        raise ConfigError(
+            "teacher.normalize", t.normalize, f"one of {list(NORMALIZE)} or 'mean/std' per channel, e.g. 0.5,0.5,0.5/0.2,0.2,0.2"
+        ) from None
+    for fmt in cfg.export.formats:
+        _check(fmt in EXPORT_FORMATS, "export.formats", cfg.export.formats, f"a list of {list(EXPORT_FORMATS)} (may be empty)")
     _check(ds.method in METHODS, "distill.method", ds.method, f"one of {list(METHODS)}")
     for key in ("gamma", "alpha", "beta"):
         value = getattr(ds, key)

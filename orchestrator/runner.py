@@ -209,7 +209,10 @@ class SweepRunner:
         cfg = self.cfg
         if cfg.data.augment or not cfg.teacher.cache_outputs or cfg.distill.method == "ce" and not self._space_uses_teacher():
             return []
-        key = f"{Path(teacher).stem}-{_data_key(cfg)}"
+        import hashlib
+
+        source = hashlib.sha256(teacher.encode()).hexdigest()[:8]  # runs:/<a>/teacher and runs:/<b>/teacher differ
+        key = f"{Path(teacher).stem}-{source}-{_data_key(cfg)}"
         path = default_cache_dir() / "teacher-outputs" / f"{key}.pt"
         if not path.is_file():
             t0 = time.perf_counter()

@@ -120,13 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from orchestrator.data import DatasetNotFoundError, build_data
-    from orchestrator.teachers import TeacherCheckpointError, load_teacher
+    from orchestrator.teachers import TeacherCheckpointError, resolve_teacher
 
     try:
         data = build_data(cfg.data, cfg.seed)
         plan = make_plan(cfg, len(data.train))
         if cfg.teacher.checkpoint:  # a teacher that does not fit is an error before anything starts
-            load_teacher(cfg.teacher.checkpoint, data.num_classes, data.in_channels, data.image_size)
+            resolve_teacher(cfg, data)
     except (ConfigError, DatasetNotFoundError, TeacherCheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
