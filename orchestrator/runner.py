@@ -27,6 +27,7 @@ from orchestrator import cluster, tracking
 from orchestrator.config import Config, apply_overrides, dump_yaml, flatten, to_dict, tpe_startup_trials
 from orchestrator.data import DataBundle
 from orchestrator.engine import compute_teacher_outputs, evaluate_model
+from orchestrator.export import example_batch, export_student
 from orchestrator.leaderboard import best_summary, summarise, to_frame
 from orchestrator.search import sampled_keys, space_path
 from orchestrator.sweep import Plan
@@ -312,7 +313,9 @@ class SweepRunner:
         tracking.log_file(client, parent_id, exp_dir / "summary.json")
         shutil.copy(Path(best.checkpoint_dir) / STUDENT_FILE, exp_dir / "best_student.pt")
         tracking.log_file(client, parent_id, exp_dir / "best_student.pt")
-        version = tracking.log_model(parent_id, student, "best_student", cfg.tracking.registered_model)
+        version = tracking.log_model(parent_id, student, "best_student", cfg.tracking.registered_model,
+                                     example=example_batch(data))
+        export_student(student, data, cfg.export.formats, exp_dir / "export", client, cfg.tracking.registered_model, version)
         self._print_summary(best, test, teacher_test, alone, version, parent_id, exp_dir, uri, start)
 
     def _baseline(self, best) -> dict:
