@@ -103,6 +103,7 @@ def distill_task(cfg_dict: dict, teachers: list[str], outputs: list[str], checkp
 
     from orchestrator.data import build_data
     from orchestrator.engine import Trainer
+    from orchestrator.export import example_batch, export_student
     from orchestrator.teachers import load_teacher, save_model_checkpoint
     from orchestrator.train_loop import load_teacher_outputs
 
@@ -130,7 +131,10 @@ def distill_task(cfg_dict: dict, teachers: list[str], outputs: list[str], checkp
     save_model_checkpoint(Path(checkpoint), trainer.student, cfg.model.student, data, numbers(metrics))
     tracking.log_file(client, run_id, checkpoint, "checkpoint")
     mlflow.set_tracking_uri(uri)
-    version = tracking.log_model(run_id, trainer.student, "student", register)
+    version = tracking.log_model(run_id, trainer.student, "student", register,
+                                 example=example_batch(data) if register else None)  # registered: ONNX
+    if register:
+        export_student(trainer.student, data, cfg.export.formats, Path(checkpoint).parent / "export", client, register, version)
     return {
         "val/acc1": metrics["val/acc1"], "test/acc1": test["test/acc1"], "test/acc5": test["test/acc5"],
         "checkpoint": checkpoint, "time_s": time.perf_counter() - start,

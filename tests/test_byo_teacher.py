@@ -1,0 +1,120 @@
+"""Bring your own teacher: torchvision/timm state_dicts, TorchScript files and mlflow.pytorch URIs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from mlflow.tracking import MlflowClient
+
+from orchestrator.models import build_model
+from orchestrator.models.weights import load_weights, pretrained_stats
+from orchestrator.models.wrapped import Renormalize
+from orchestrator.sweep import main
+from test_sweep import TINY, runs_by_kind, tiny_args
+
+
+def test_torchvision_state_dict_loads_exactly_and_adapts_to_one_channel():
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(load_weights("tv_resnet18", net.state_dict(), 10, 3).eval()(x).logits, net(x))
+        gray = load_weights("tv_resnet18", net.state_dict(), 10, 1).eval()
+        # RGB filters summed: a grey image gives what the RGB model gives on three equal channels
+        g = torch.randn(2, 1, 8, 8)
+        assert torch.allclose(gray(g).logits, net(g.expand(-1, 3, -1, -1)), atol=1e-5)
+
+
+def test_timm_models_follow_the_contract_on_8x8_digits():
+    import timm
+
+    model = build_model("timm:resnet18", num_classes=10, in_channels=1)
+    out = model(torch.randn(2, 1, 8, 8))
+    assert out.logits.shape == (2, 10) and out.embedding.shape == (2, model.embedding_dim) and out.features
+    net = timm.create_model("resnet18", pretrained=False, num_classes=10).eval()
+    loaded = load_weights("timm:resnet18", net.state_dict(), 10, 3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x).logits, net(x), atol=1e-5)
+    assert pretrained_stats("timm:resnet18")[0] == (0.485, 0.456, 0.406)
+    with pytest.raises(ValueError, match="unknown timm model"):
+        build_model("timm:no_such_net", 10, 1)
+
+
+def test_renormalize_feeds_the_model_its_own_normalisation():
+    seen = []
+
+    class Probe(torch.nn.Module):
+        embedding_dim = 1
+
+        def forward(self, x):
+            seen.append(x)
+            return x
+
+    raw = torch.rand(2, 1, 4, 4)
+    wrapped = Renormalize(Probe(), (0.3,), (0.4,), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), channels=1)
+    wrapped((raw - 0.3) / 0.4)
+    mean, std = sum((0.485, 0.456, 0.406)) / 3, sum((0.229, 0.224, 0.225)) / 3
+    assert torch.allclose(seen[0], (raw - mean) / std, atol=1e-6)
+
+
+def test_state_dict_of_another_architecture_exits_2_listing_keys(tmp_path, monkeypatch, capsys, isolated_cache):
+    monkeypatch.chdir(tmp_path)
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / "tv.pt")
+    assert main(["--dry-run", *TINY, f"teacher.checkpoint={tmp_path / 'tv.pt'}", "model.teacher=tiny_teacher"]) == 2
+    err = capsys.readouterr().err
+    assert "missing keys" in err and "unexpected keys (122): conv1.weight" in err and "model.teacher=" in err
+    assert err.count("\n") == 1  # one message
+    assert not (tmp_path / "runs").exists()
+
+
+def _tv_state_dict(path):
+    torch.save({"state_dict": torchvision.models.resnet18(num_classes=10).state_dict()}, path)
+    return ["model.teacher=tv_resnet18", "teacher.normalize=pretrained"]
+
+
+def _timm_state_dict(path):
+    import timm
+
+    net = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    torch.save({"model": net.state_dict(), "mean": [0.5], "std": [0.25]}, path)  # declares its own mean/std
+    return ["model.teacher=timm:resnet18"]
+
+
+def _torchscript(path):
+    from orchestrator.export import LogitsOnly
+
+    teacher = LogitsOnly(build_model("tiny_teacher", 10, 1)).eval()  # a classifier returning logits only
+    torch.jit.save(torch.jit.trace(teacher, torch.zeros(2, 1, 8, 8)), str(path))
+    return []
+
+
+def _mlflow_uri(path):
+    import mlflow
+
+    with mlflow.start_run(experiment_id=mlflow.create_experiment("users-teachers")) as run:
+        mlflow.pytorch.log_model(torchvision.models.resnet18(num_classes=10), name="teacher",
+                                 pip_requirements=["torch"], serialization_format="pickle")
+    return [f"teacher.checkpoint=runs:/{run.info.run_id}/teacher", "model.teacher=tv_resnet18"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("make", [_tv_state_dict, _timm_state_dict, _torchscript, _mlflow_uri],
+                         ids=["torchvision-state-dict", "timm-state-dict", "torchscript", "mlflow-uri"])
+def test_one_trial_sweep_with_a_users_teacher(make, ray_session, isolated_cache, tmp_path, monkeypatch, capsys):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    path = tmp_path / "teacher.pt"
+    extra = [f"teacher.checkpoint={path}", *make(path)]
+    args = tiny_args(tmp_path, *extra, "sweep.baseline=false", "train.epochs=1", "export.formats=[onnx]", samples=1)
+    assert main(args) == 0, capsys.readouterr().err
+    assert "export onnx:" in capsys.readouterr().out
+    (parent,) = runs_by_kind(uri)["sweep"]
+    assert parent.info.status == "FINISHED" and "teacher/test_acc1" in parent.data.metrics
+    (version,) = MlflowClient(uri).search_model_versions("name='distill-student'")
+    assert float(version.tags["export.onnx.latency_ms_b1"]) > 0
+    assert float(version.tags["export.onnx.max_abs_diff"]) <= float(version.tags["export.onnx.tolerance"])
