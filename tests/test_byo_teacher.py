@@ -59,12 +59,27 @@ def test_renormalize_feeds_the_model_its_own_normalisation():
     assert torch.allclose(seen[0], (raw - mean) / std, atol=1e-6)
 
 
-def test_state_dict_of_another_architecture_exits_2_listing_keys(tmp_path, monkeypatch, capsys, isolated_cache):
+def _timm_with_a_stray_key():
+    import timm
+
+    state = timm.create_model("resnet18", pretrained=False, num_classes=10).state_dict()
+    del state["fc.bias"]
+    return {**state, "head.weight": torch.zeros(1)}, "timm:resnet18", ["missing keys (1): fc.bias", "unexpected keys (1): head.weight"]
+
+
+def _torchvision_as_tiny_teacher():
+    state = torchvision.models.resnet18(num_classes=10).state_dict()
+    return state, "tiny_teacher", ["missing keys (14)", "unexpected keys (122): conv1.weight"]
+
+
+@pytest.mark.parametrize("make", [_torchvision_as_tiny_teacher, _timm_with_a_stray_key], ids=["tv-as-tiny", "timm-keys"])
+def test_state_dict_that_does_not_fit_exits_2_listing_keys(make, tmp_path, monkeypatch, capsys, isolated_cache):
     monkeypatch.chdir(tmp_path)
-    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / "tv.pt")
-    assert main(["--dry-run", *TINY, f"teacher.checkpoint={tmp_path / 'tv.pt'}", "model.teacher=tiny_teacher"]) == 2
+    state, arch, expected = make()
+    torch.save(state, tmp_path / "teacher.pt")
+    assert main(["--dry-run", *TINY, f"teacher.checkpoint={tmp_path / 'teacher.pt'}", f"model.teacher={arch}"]) == 2
     err = capsys.readouterr().err
-    assert "missing keys" in err and "unexpected keys (122): conv1.weight" in err and "model.teacher=" in err
+    assert all(e in err for e in expected) and "model.teacher=" in err, err
     assert err.count("\n") == 1  # one message
     assert not (tmp_path / "runs").exists()
 
@@ -93,10 +108,11 @@ def _torchscript(path):
 def _mlflow_uri(path):
     import mlflow
 
+    net = torchvision.models.resnet18(num_classes=10)
+    net.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)  # a grey-image classifier returning logits
     with mlflow.start_run(experiment_id=mlflow.create_experiment("users-teachers")) as run:
-        mlflow.pytorch.log_model(torchvision.models.resnet18(num_classes=10), name="teacher",
-                                 pip_requirements=["torch"], serialization_format="pickle")
-    return [f"teacher.checkpoint=runs:/{run.info.run_id}/teacher", "model.teacher=tv_resnet18"]
+        mlflow.pytorch.log_model(net, name="teacher", pip_requirements=["torch"], serialization_format="pickle")
+    return [f"teacher.checkpoint=runs:/{run.info.run_id}/teacher"]
 
 
 @pytest.mark.slow
