@@ -48,11 +48,13 @@ class DataConfig:
 class ModelConfig:
     teacher: str = "cnn_teacher"
     student: str = "cnn_student_tiny"
+    student_weights: str | None = None  # tv_/timm: student only: start from these published weights (e.g. DEFAULT, pretrained)
 
 
 @dataclass
 class TeacherConfig:
     checkpoint: str | None = None  # this tool's checkpoint, a state_dict (+ model.teacher), TorchScript, runs:/ or models:/ URI
+    weights: str | None = None  # tv_/timm: teacher only, without checkpoint: train it from these published weights
     normalize: str = "auto"  # auto | data | pretrained | "m1,m2,m3/s1,s2,s3": the teacher's own input normalisation
     epochs: int = 5  # cnn_teacher: 92.65% test at 5 epochs, 91.98% with a 4-epoch schedule
     lr: float = 0.05
@@ -334,6 +336,23 @@ def _positive(key: str, value: float | int | None, allow_none: bool = False) -> 
     _check(value is not None and value > 0, key, value, "a number > 0")
 
 
+def _check_weights(cfg: Config) -> None:
+    """``teacher.weights`` / ``model.student_weights``: published weights of that model (checked offline)."""
+    if cfg.teacher.weights and cfg.teacher.checkpoint:
+        raise ConfigError("teacher.weights", cfg.teacher.weights, "null when teacher.checkpoint is given (it holds the weights)")
+    if cfg.teacher.weights and cfg.teacher.normalize not in ("auto", "data"):
+        raise ConfigError("teacher.normalize", cfg.teacher.normalize, "auto or data with teacher.weights: the teacher is "
+                          "trained from them on the data's normalisation (normalize applies to a teacher.checkpoint)")
+    for key, arch, weights in (("teacher.weights", cfg.model.teacher, cfg.teacher.weights),
+                               ("model.student_weights", cfg.model.student, cfg.model.student_weights)):
+        if weights:
+            from orchestrator.models.pretrained import weights_problem  # torch only when weights are asked for
+
+            problem = weights_problem(arch, weights)
+            if problem:
+                raise ConfigError(key, weights, problem)
+
+
 def validate(cfg: Config) -> None:
     """Check every value that has a constraint; raise ConfigError on the first bad one."""
     d, t, ds, tr, sw = cfg.data, cfg.teacher, cfg.distill, cfg.train, cfg.sweep
@@ -353,6 +372,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             "teacher.normalize", t.normalize, f"one of {list(NORMALIZE)} or 'mean/std' per channel, e.g. 0.5,0.5,0.5/0.2,0.2,0.2"
         ) from None
+    _check_weights(cfg)
     for fmt in cfg.export.formats:
         _check(fmt in EXPORT_FORMATS, "export.formats", cfg.export.formats, f"a list of {list(EXPORT_FORMATS)} (may be empty)")
     _check(ds.method in METHODS, "distill.method", ds.method, f"one of {list(METHODS)}")

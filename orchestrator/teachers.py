@@ -34,7 +34,8 @@ from orchestrator.config import Config, apply_overrides, normalize_stats
 from orchestrator.data import DataBundle
 from orchestrator.engine import Trainer, freeze
 from orchestrator.models import ModelOutput, build_model
-from orchestrator.models.weights import load_weights, pretrained_stats
+from orchestrator.models.pretrained import pretrained_stats
+from orchestrator.models.weights import load_weights
 from orchestrator.models.wrapped import OutputAdapter, Renormalize
 
 URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "s3://", "gs://", "file://")
@@ -171,7 +172,9 @@ def _teacher_stats(normalize: str, arch: str, ckpt: dict) -> tuple | None:
     return None
 
 
-def import_teacher(source: str, arch: str, data: DataBundle, normalize: str = "auto") -> str:
+def import_teacher(
+    source: str, arch: str | None, data: DataBundle, normalize: str = "auto", arch_key: str = "model.teacher"
+) -> str:
     """``source`` as a checkpoint :func:`load_teacher` reads: a plain state_dict of ``arch`` is loaded
     (strict; mismatched keys are one error listing the first few), wrapped with its own normalisation
     and saved in this tool's format under ``<cache>/teachers/imported`` (keyed by content); anything
@@ -186,6 +189,9 @@ def import_teacher(source: str, arch: str, data: DataBundle, normalize: str = "a
     state_dict = plain_state_dict(obj)
     if state_dict is None:
         return source
+    if arch is None:
+        raise TeacherCheckpointError(f"teacher checkpoint '{source}' is a plain state_dict; set {arch_key}=<the "
+                                     "architecture it was saved from>")
     stats = _teacher_stats(normalize, arch, obj)
     digest = hashlib.sha256(Path(source).read_bytes())
     digest.update(json.dumps([arch, normalize, data.num_classes, data.in_channels, data.mean, data.std]).encode())
@@ -196,7 +202,7 @@ def import_teacher(source: str, arch: str, data: DataBundle, normalize: str = "a
         model = load_weights(arch, state_dict, data.num_classes, data.in_channels)
     except ValueError as exc:
         raise TeacherCheckpointError(
-            f"teacher checkpoint '{source}' (a plain state_dict): {exc}. Set model.teacher=<the architecture it was "
+            f"teacher checkpoint '{source}' (a plain state_dict): {exc}. Set {arch_key}=<the architecture it was "
             "saved from>: a registry name, tv_<torchvision name> or timm:<timm name>"
         ) from exc
     ckpt = {"arch": arch, "num_classes": data.num_classes, "in_channels": data.in_channels, "dataset": data.name,
@@ -228,24 +234,25 @@ def _check_outputs(model: nn.Module, source: str, num_classes: int, in_channels:
         raise TeacherCheckpointError(f"teacher '{source}' predicts {logits.shape[1]} classes; the data has {num_classes}")
 
 
-def training_key(cfg: Config, arch: str, epochs: int, lr: float) -> str:
-    """A short hash of everything that changes a model trained alone with CE."""
+def training_key(cfg: Config, arch: str, epochs: int, lr: float, weights: str | None = None) -> str:
+    """A short hash of everything that changes a model trained alone with CE (from ``weights``, if named)."""
     d = cfg.data
     shapes = [list(t.shape) for t in build_model(arch, 10, 1).state_dict().values()]  # the architecture's shape
     payload = {
         "arch": arch, "shapes": shapes, "epochs": epochs, "lr": lr, "seed": cfg.seed, "dataset": d.dataset, "root": d.root,
         "val_fraction": d.val_fraction, "train_subset": d.train_subset, "batch_size": d.batch_size,
         "augment": d.augment, "optimizer": cfg.train.optimizer, "weight_decay": cfg.train.weight_decay,
-        "scheduler": cfg.train.scheduler, "momentum": cfg.train.momentum,
+        "scheduler": cfg.train.scheduler, "momentum": cfg.train.momentum, **({"weights": weights} if weights else {}),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def alone_config(cfg: Config, arch: str, epochs: int, lr: float) -> Config:
-    """``cfg`` turned into "train ``arch`` alone with CE"."""
+def alone_config(cfg: Config, arch: str, epochs: int, lr: float, *, weights: str | None = None) -> Config:
+    """``cfg`` turned into "train ``arch`` alone with CE", starting from pretrained ``weights`` if named."""
     return apply_overrides(
         cfg,
-        {"model.student": arch, "distill.method": "ce", "distill.gamma": 1.0, "train.epochs": epochs, "train.lr": lr},
+        {"model.student": arch, "model.student_weights": weights, "distill.method": "ce", "distill.gamma": 1.0,
+         "train.epochs": epochs, "train.lr": lr},
     )
 
 
@@ -256,11 +263,12 @@ def train_alone(
     epochs: int,
     lr: float,
     *,
+    weights: str | None = None,
     label: str,
     on_epoch: Callable[[int, dict], None] | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train ``arch`` with CE only; print one progress line per epoch; returns (model, final metrics)."""
-    trainer = Trainer(alone_config(cfg, arch, epochs, lr), data)
+    trainer = Trainer(alone_config(cfg, arch, epochs, lr, weights=weights), data)
     metrics: dict = {}
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
@@ -293,7 +301,7 @@ def ensure_teacher(cfg: Config, tracking_uri: str) -> str:
         return resolve_teacher(cfg, build_data(cfg.data, cfg.seed))
     teacher_cfg = apply_overrides(cfg, {"data.train_subset": None})
     arch, epochs, lr = cfg.model.teacher, cfg.teacher.epochs, cfg.teacher.lr
-    key = training_key(teacher_cfg, arch, epochs, lr)
+    key = training_key(teacher_cfg, arch, epochs, lr, cfg.teacher.weights)
     cache = Path(cfg.teacher.cache_dir) if cfg.teacher.cache_dir else default_cache_dir() / "teachers"
     path = cache / f"{cfg.data.dataset}-{arch}-{key}.pt"
     if path.is_file():
@@ -320,7 +328,7 @@ def _train_logged(cfg: Config, data: DataBundle, arch: str, epochs: int, lr: flo
     status = "FAILED"
     try:
         model, metrics = train_alone(
-            cfg, data, arch, epochs, lr, label=f"teacher {arch}",
+            cfg, data, arch, epochs, lr, weights=cfg.teacher.weights, label=f"teacher {arch}",
             on_epoch=lambda epoch, m: tracking.log_metrics(client, run_id, m, step=epoch),
         )
         tracking.log_metrics(client, run_id, {k: v for k, v in metrics.items() if k.startswith("test/")}, step=epochs)
@@ -338,12 +346,12 @@ def baseline_metrics(cfg: Config) -> dict:
     """Test/val metrics of the student trained alone (CE) for ``train.epochs`` at ``train.lr``; cached."""
     from orchestrator.data import build_data
 
-    arch, epochs, lr = cfg.model.student, cfg.train.epochs, cfg.train.lr
-    path = default_cache_dir() / "baselines" / f"{cfg.data.dataset}-{arch}-{training_key(cfg, arch, epochs, lr)}.json"
+    arch, epochs, lr, weights = cfg.model.student, cfg.train.epochs, cfg.train.lr, cfg.model.student_weights
+    path = default_cache_dir() / "baselines" / f"{cfg.data.dataset}-{arch}-{training_key(cfg, arch, epochs, lr, weights)}.json"
     if path.is_file():
         return json.loads(path.read_text())
     data = build_data(cfg.data, cfg.seed)
-    _, metrics = train_alone(cfg, data, arch, epochs, lr, label=f"student alone {arch}")
+    _, metrics = train_alone(cfg, data, arch, epochs, lr, weights=weights, label=f"student alone {arch}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -8,7 +8,8 @@ import torchvision
 from mlflow.tracking import MlflowClient
 
 from orchestrator.models import build_model
-from orchestrator.models.weights import load_weights, pretrained_stats
+from orchestrator.models.pretrained import pretrained_stats
+from orchestrator.models.weights import load_weights
 from orchestrator.models.wrapped import Renormalize
 from orchestrator.sweep import main
 from test_sweep import TINY, runs_by_kind, tiny_args
@@ -134,3 +135,90 @@ def test_one_trial_sweep_with_a_users_teacher(make, ray_session, isolated_cache,
     (version,) = MlflowClient(uri).search_model_versions("name='distill-student'")
     assert float(version.tags["export.onnx.latency_ms_b1"]) > 0
     assert float(version.tags["export.onnx.max_abs_diff"]) <= float(version.tags["export.onnx.tolerance"])
+
+
+@pytest.mark.parametrize("extra, key, allowed", [
+    (["model.teacher=tv_resnet18", "teacher.weights=IMAGENET1K_V9"], "teacher.weights", "IMAGENET1K_V1"),
+    (["teacher.weights=DEFAULT"], "teacher.weights", "'tiny_teacher' is not a tv_<name> or timm:<name> model"),
+    (["model.teacher=tv_resnet18", "teacher.weights=DEFAULT", "teacher.checkpoint=t.pt"], "teacher.weights",
+     "null when teacher.checkpoint is given"),
+    (["model.student=timm:resnet18", "model.student_weights=no_such_tag"], "model.student_weights", "a1_in1k"),
+], ids=["unknown-tv-name", "registry-model", "with-checkpoint", "unknown-timm-tag"])
+def test_weights_that_cannot_apply_exit_2_naming_the_key(extra, key, allowed, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--dry-run", *TINY, *extra]) == 2
+    err = capsys.readouterr().err
+    assert f"config key '{key}'" in err and allowed in err, err
+
+
+def _offline_torchvision(monkeypatch, tmp_path):
+    from urllib.error import URLError
+
+    def no_network(url, *args, **kwargs):
+        calls.append(url)
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    calls: list[str] = []
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return ["model.teacher=tv_resnet18", "teacher.weights=DEFAULT"], tmp_path / "hub" / "checkpoints", calls
+
+
+def _offline_timm(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return ["model.student=timm:resnet18", "model.student_weights=pretrained"], tmp_path / "hub", None
+
+
+@pytest.mark.parametrize("offline", [_offline_torchvision, _offline_timm], ids=["torchvision", "timm"])
+def test_weights_not_cached_offline_exit_2_with_one_message(offline, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    extra, cache, calls = offline(monkeypatch, tmp_path)
+    assert main(["--dry-run", *TINY, *extra]) == 2
+    err = capsys.readouterr().err
+    assert "could not be downloaded" in err and str(cache) in err, err
+    assert "teacher.checkpoint=" in err and "TORCH_HOME" in err and "HF_HOME" in err, err
+    assert err.count("\n") == 1  # one message
+    assert calls is None or calls  # torchvision really tried its download
+
+
+def test_cached_torchvision_weights_load_with_a_fresh_head_and_their_stats(tmp_path, monkeypatch):
+    from orchestrator.models.pretrained import build_with_weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    published = torchvision.models.resnet18().state_dict()  # stands in for the file in the cache
+    cached = tmp_path / "hub" / "checkpoints" / weights.url.rsplit("/", 1)[1]
+    cached.parent.mkdir(parents=True)
+    torch.save(published, cached)
+    model = build_with_weights("tv_resnet18", 10, 1, "DEFAULT")
+    assert torch.equal(model.state_dict()["body.layer4.1.conv2.weight"], published["layer4.1.conv2.weight"])
+    assert torch.allclose(model.state_dict()["body.conv1.weight"], published["conv1.weight"].sum(1, keepdim=True))
+    assert model.fc.out_features == 10
+    assert pretrained_stats("tv_resnet18", "IMAGENET1K_V1") == (tuple(weights.transforms().mean), tuple(weights.transforms().std))
+
+
+def test_pipeline_imports_a_given_plain_state_dict_like_the_sweep(tmp_path, isolated_cache):
+    from mlflow.tracking import MlflowClient as Client
+
+    from orchestrator.data import build_data
+    from orchestrator.teachers import TeacherCheckpointError, load_model_checkpoint
+    from pipelines.config import load_pipeline_config
+    from pipelines.teachers import ensure_teachers
+
+    state = build_model("tiny_teacher", 10, 1).state_dict()
+    torch.save({"model": state}, tmp_path / "users.pt")
+    given = f"checkpoint: {tmp_path / 'users.pt'}"
+    client = Client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    pcfg = load_pipeline_config(None, ["data.dataset=digits", f"pipeline.teachers=[{{{given}, arch: tiny_teacher}}]"])
+    data = build_data(pcfg.base.data, pcfg.base.seed)
+    (entry,) = ensure_teachers(pcfg, "", client, "0", data=data)
+    assert entry["source"] != str(tmp_path / "users.pt")  # imported into this tool's format
+    model = load_model_checkpoint(entry["source"], data.num_classes, data.in_channels)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    with pytest.raises(TeacherCheckpointError, match=r"pipeline.teachers.0.arch="):
+        ensure_teachers(load_pipeline_config(None, ["data.dataset=digits", f"pipeline.teachers=[{{{given}}}]"]), "",
+                        client, "0", data=data)

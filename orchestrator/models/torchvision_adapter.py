@@ -107,6 +107,13 @@ def replace_first_conv(net: nn.Module, in_channels: int, keep_weights: bool = Fa
     _set_module(net, path, new)
 
 
+def replace_classifier(net: nn.Module, num_classes: int) -> None:
+    """Give the final ``nn.Linear`` of ``net`` ``num_classes`` outputs (freshly initialised) if it has other."""
+    path, linear = [(p, m) for p, m in net.named_modules() if isinstance(m, nn.Linear)][-1]
+    if linear.out_features != num_classes:
+        _set_module(net, path, nn.Linear(linear.in_features, num_classes, bias=linear.bias is not None))
+
+
 def _split_head(net: nn.Module) -> tuple[str, nn.Linear, nn.Module]:
     """Cut the final Linear (and a Dropout right before it) out of ``net``.
 

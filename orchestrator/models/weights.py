@@ -1,5 +1,5 @@
 """Users' own weights: a plain ``state_dict`` loaded into a registry, ``tv_<name>`` or ``timm:<name>``
-model, and the input normalisation of a torchvision/timm architecture's pretrained weights.
+model.
 
 A torchvision or timm ``state_dict`` has the framework's own key names
 (``conv1.weight``, ``fc.weight``); it is loaded into the bare framework model,
@@ -74,19 +74,3 @@ def load_weights(arch: str, state_dict: dict[str, Tensor], num_classes: int, in_
     _load(net, state_dict, arch)
     return torchvision_adapter.TorchvisionAdapter(name, num_classes, in_channels, net=net)
 
-
-def pretrained_stats(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) the pretrained weights of a ``tv_``/``timm:`` architecture expect (no download)."""
-    if arch.startswith(timm_adapter.PREFIX):
-        cfg = timm_adapter.create(arch[len(timm_adapter.PREFIX):], 10, 3).pretrained_cfg
-        return tuple(cfg["mean"]), tuple(cfg["std"])
-    if arch.startswith(torchvision_adapter.PREFIX):
-        import torchvision
-
-        try:
-            weights = torchvision.models.get_model_weights(arch[len(torchvision_adapter.PREFIX):]).DEFAULT
-        except ValueError as exc:
-            raise ValueError(f"torchvision has no pretrained weights for '{arch}'") from exc
-        transform = weights.transforms()
-        return tuple(transform.mean), tuple(transform.std)
-    raise ValueError(f"'{arch}' has no pretrained configuration (only tv_<name> and timm:<name> do)")
