@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 
 METHODS = ("ce", "kd", "crd", "crd_kd")
+EXPORT_FORMATS = ("onnx", "torchscript")
+NORMALIZE = ("auto", "data", "pretrained")
 DATASETS = ("fashion_mnist", "digits", "cifar10", "cifar100", "imagefolder")
 
 
@@ -46,11 +48,14 @@ class DataConfig:
 class ModelConfig:
     teacher: str = "cnn_teacher"
     student: str = "cnn_student_tiny"
+    student_weights: str | None = None  # tv_/timm: student only: start from these published weights (e.g. DEFAULT, pretrained)
 
 
 @dataclass
 class TeacherConfig:
-    checkpoint: str | None = None  # path, runs:/ or models:/ URI; None -> train once and cache
+    checkpoint: str | None = None  # this tool's checkpoint, a state_dict (+ model.teacher), TorchScript, runs:/ or models:/ URI
+    weights: str | None = None  # tv_/timm: teacher only, without checkpoint: train it from these published weights
+    normalize: str = "auto"  # auto | data | pretrained | "m1,m2,m3/s1,s2,s3": the teacher's own input normalisation
     epochs: int = 5  # cnn_teacher: 92.65% test at 5 epochs, 91.98% with a 4-epoch schedule
     lr: float = 0.05
     cache_dir: str | None = None  # None -> ~/.cache/distill-orchestrator/teachers
@@ -135,6 +140,11 @@ class TrackingConfig:
 
 
 @dataclass
+class ExportConfig:
+    formats: list[str] = field(default_factory=lambda: ["onnx"])  # the chosen student is exported to these
+
+
+@dataclass
 class RayConfig:
     address: str | None = None  # None -> $RAY_ADDRESS or a local Ray
     num_cpus: int | None = None  # for a local Ray; None -> enough for the concurrency
@@ -151,6 +161,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
 
@@ -174,6 +185,12 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(key, value, f"a mapping of {sorted(_field_types(tp))}")
         return _from_dict(tp, value, prefix=key + ".")
+    if origin is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise ConfigError(key, value, "a list, e.g. [a, b]")
+        return [coerce(key, v, typing.get_args(tp)[0]) for v in value]
     if isinstance(value, str) and tp is not str:
         try:
             value = yaml.safe_load(value)
@@ -330,10 +347,38 @@ def confirm_seeds(cfg: Config) -> list[int]:
     return list(range(start, start + cfg.sweep.confirm.seeds))
 
 
+def normalize_stats(value: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``teacher.normalize`` as explicit (mean, std), None for the named modes; ValueError if malformed."""
+    if value in NORMALIZE:
+        return None
+    mean, sep, std = value.partition("/")
+    stats = tuple(float(v) for v in mean.split(",")), tuple(float(v) for v in std.split(","))
+    if not sep or len(stats[0]) != len(stats[1]) or min(stats[1]) <= 0:
+        raise ValueError(value)
+    return stats
+
+
 def _positive(key: str, value: float | int | None, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     _check(value is not None and value > 0, key, value, "a number > 0")
+
+
+def _check_weights(cfg: Config) -> None:
+    """``teacher.weights`` / ``model.student_weights``: published weights of that model (checked offline)."""
+    if cfg.teacher.weights and cfg.teacher.checkpoint:
+        raise ConfigError("teacher.weights", cfg.teacher.weights, "null when teacher.checkpoint is given (it holds the weights)")
+    if cfg.teacher.weights and cfg.teacher.normalize not in ("auto", "data"):
+        raise ConfigError("teacher.normalize", cfg.teacher.normalize, "auto or data with teacher.weights: the teacher is "
+                          "trained from them on the data's normalisation (normalize applies to a teacher.checkpoint)")
+    for key, arch, weights in (("teacher.weights", cfg.model.teacher, cfg.teacher.weights),
+                               ("model.student_weights", cfg.model.student, cfg.model.student_weights)):
+        if weights:
+            from orchestrator.models.pretrained import weights_problem  # torch only when weights are asked for
+
+            problem = weights_problem(arch, weights)
+            if problem:
+                raise ConfigError(key, weights, problem)
 
 
 def validate(cfg: Config) -> None:
@@ -349,6 +394,15 @@ def validate(cfg: Config) -> None:
     _check(d.loader_workers >= 0, "data.loader_workers", d.loader_workers, "an integer >= 0")
     _positive("teacher.epochs", t.epochs)
     _positive("teacher.lr", t.lr)
+    try:
+        normalize_stats(t.normalize)
+    except ValueError:
+        raise ConfigError(
+            "teacher.normalize", t.normalize, f"one of {list(NORMALIZE)} or 'mean/std' per channel, e.g. 0.5,0.5,0.5/0.2,0.2,0.2"
+        ) from None
+    _check_weights(cfg)
+    for fmt in cfg.export.formats:
+        _check(fmt in EXPORT_FORMATS, "export.formats", cfg.export.formats, f"a list of {list(EXPORT_FORMATS)} (may be empty)")
     _check(ds.method in METHODS, "distill.method", ds.method, f"one of {list(METHODS)}")
     for key in ("gamma", "alpha", "beta"):
         value = getattr(ds, key)

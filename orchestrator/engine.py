@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from orchestrator.config import Config
 from orchestrator.data import DataBundle, make_loader, set_epoch
 from orchestrator.distill import build_distiller
-from orchestrator.models import ModelOutput, build_model
+from orchestrator.models import ModelOutput
+from orchestrator.models.pretrained import build_with_weights
 
 
 class NonFiniteLossError(RuntimeError):
@@ -117,7 +118,9 @@ class Trainer:
         self.teacher_outputs = list(teacher_outputs or [])
         for cache in self.teacher_outputs:
             cache.check_matches(data.train)
-        self.student = build_model(cfg.model.student, data.num_classes, data.in_channels).to(self.device)
+        self.student = build_with_weights(
+            cfg.model.student, data.num_classes, data.in_channels, cfg.model.student_weights
+        ).to(self.device)
         teacher_dims = [t.embedding_dim for t in self.teachers] or [c.embedding.shape[1] for c in self.teacher_outputs]
         self.distiller = build_distiller(
             cfg.distill,

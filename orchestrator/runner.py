@@ -29,6 +29,7 @@ from orchestrator import cluster, confirm, tracking
 from orchestrator.config import Config, confirm_seeds, dump_yaml, flatten, search_seeds, to_dict, tpe_startup_trials
 from orchestrator.data import DataBundle
 from orchestrator.engine import compute_teacher_outputs, evaluate_model
+from orchestrator.export import example_batch, export_student
 from orchestrator.leaderboard import best_summary, summarise, to_frame
 from orchestrator.search import paper_points, sampled_keys, space_path
 from orchestrator.stats import mean_sd
@@ -212,7 +213,10 @@ class SweepRunner:
         cfg = self.cfg
         if cfg.data.augment or not cfg.teacher.cache_outputs or cfg.distill.method == "ce" and not self._space_uses_teacher():
             return []
-        key = f"{Path(teacher).stem}-{_data_key(cfg)}"
+        import hashlib
+
+        source = hashlib.sha256(teacher.encode()).hexdigest()[:8]  # runs:/<a>/teacher and runs:/<b>/teacher differ
+        key = f"{Path(teacher).stem}-{source}-{_data_key(cfg)}"
         path = default_cache_dir() / "teacher-outputs" / f"{key}.pt"
         if not path.is_file():
             t0 = time.perf_counter()
@@ -316,9 +320,11 @@ class SweepRunner:
         tracking.log_file(client, parent_id, confirm.plot(verdict, exp_dir / "confirm.png"))
         shutil.copy(student_path, exp_dir / "best_student.pt")
         tracking.log_file(client, parent_id, exp_dir / "best_student.pt")
-        version = tracking.log_model(parent_id, student, "best_student", cfg.tracking.registered_model)
+        version = tracking.log_model(parent_id, student, "best_student", cfg.tracking.registered_model,
+                                     example=example_batch(data))
         if version:
             tracking.tag_model_version(client, cfg.tracking.registered_model, version, _version_tags(summary, verdict))
+        export_student(student, data, cfg.export.formats, exp_dir / "export", client, cfg.tracking.registered_model, version)
         label = cfg.model.teacher if not self.teachers or len(self.teachers) == 1 else f"best of {len(self.teachers)} teachers"
         print("\n" + confirm.table(verdict, label, teacher_test))
         print("\n" + confirm.conclusion(verdict))

@@ -136,6 +136,16 @@ def make_plan(cfg: Config, num_train: int) -> Plan:
     return Plan(cfg, space, num_train, res["CPU"], res["GPU"], mode)
 
 
+def check_weights_available(cfg: Config, data) -> None:
+    """Load the published weights the config names once (downloading them if not cached), so that
+    unavailable weights are an error before anything starts (WeightsUnavailableError)."""
+    from orchestrator.models.pretrained import build_with_weights
+
+    for arch, weights in ((cfg.model.teacher, cfg.teacher.weights), (cfg.model.student, cfg.model.student_weights)):
+        if weights:
+            build_with_weights(arch, data.num_classes, data.in_channels, weights)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     try:
@@ -148,14 +158,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from orchestrator.data import DatasetNotFoundError, build_data
-    from orchestrator.teachers import TeacherCheckpointError, load_teacher
+    from orchestrator.models.pretrained import WeightsUnavailableError
+    from orchestrator.teachers import TeacherCheckpointError, resolve_teacher
 
     try:
         data = build_data(cfg.data, cfg.seed)
         plan = make_plan(cfg, len(data.train))
         if cfg.teacher.checkpoint:  # a teacher that does not fit is an error before anything starts
-            load_teacher(cfg.teacher.checkpoint, data.num_classes, data.in_channels, data.image_size)
-    except (ConfigError, DatasetNotFoundError, TeacherCheckpointError) as exc:
+            resolve_teacher(cfg, data)
+        check_weights_available(cfg, data)
+    except (ConfigError, DatasetNotFoundError, TeacherCheckpointError, WeightsUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:

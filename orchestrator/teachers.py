@@ -1,7 +1,20 @@
 """Teacher checkpoints (file path or MLflow model URI), training a model once, caching.
 
-A checkpoint file is a dict ``{"arch", "num_classes", "in_channels", "dataset",
-"state_dict", "metrics"}`` written atomically and read with ``weights_only=True``.
+This tool's checkpoint file is a dict ``{"arch", "num_classes", "in_channels",
+"dataset", "state_dict", "metrics"}`` (plus ``"normalize"`` for an imported
+teacher with its own input normalisation) written atomically and read with
+``weights_only=True``. ``teacher.checkpoint`` also accepts what users have:
+
+- a plain ``state_dict`` (or a dict holding one under ``state_dict``, ``model``,
+  ``model_state_dict`` or ``net``) of ``model.teacher`` (a registry name,
+  ``tv_<name>`` or ``timm:<name>``): imported once into this tool's format
+  (:func:`import_teacher`, cached by content);
+- a TorchScript file, loaded with ``torch.jit.load``: it is code, so give only
+  files you trust;
+- an MLflow model URI (``runs:/``, ``models:/``) of an ``mlflow.pytorch`` model.
+
+Modules that return logits only get them as their embedding too (see
+:mod:`orchestrator.models.wrapped`).
 """
 
 from __future__ import annotations
@@ -17,12 +30,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from orchestrator.config import Config, apply_overrides
+from orchestrator.config import Config, apply_overrides, normalize_stats
 from orchestrator.data import DataBundle
 from orchestrator.engine import Trainer, freeze
-from orchestrator.models import build_model
+from orchestrator.models import ModelOutput, build_model
+from orchestrator.models.pretrained import pretrained_stats
+from orchestrator.models.weights import load_weights
+from orchestrator.models.wrapped import OutputAdapter, Renormalize
 
 URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "s3://", "gs://", "file://")
+STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "net")  # where a dict may hold a state_dict
 
 
 class TeacherCheckpointError(ValueError):
@@ -61,33 +78,61 @@ def save_model_checkpoint(path: Path, model: nn.Module, arch: str, data: DataBun
     )
 
 
-def load_model_checkpoint(path: str | Path, num_classes: int, in_channels: int) -> nn.Module:
-    """Rebuild a model from a checkpoint file and check it fits ``num_classes``/``in_channels``."""
-    path = Path(path)
+def is_torchscript(path: str | Path) -> bool:
+    """A TorchScript archive (a zip with a ``code/`` folder), as written by ``torch.jit.save``."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
+
+
+def _read(path: Path) -> object:
     if not path.is_file():
         raise TeacherCheckpointError(f"teacher checkpoint '{path}' does not exist; give teacher.checkpoint=<file or MLflow URI>")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
-        raise TeacherCheckpointError(f"teacher checkpoint '{path}' cannot be read ({exc}); is it a checkpoint written by this tool?") from exc
+        raise TeacherCheckpointError(
+            f"teacher checkpoint '{path}' cannot be read with torch.load(weights_only=True) ({exc}); give this tool's "
+            "checkpoint, a state_dict, a TorchScript file or an MLflow model URI"
+        ) from exc
+
+
+def plain_state_dict(obj: object) -> dict[str, torch.Tensor] | None:
+    """The state_dict in ``obj`` (itself, or under a common key; DDP's ``module.`` prefix dropped), or None."""
+    if isinstance(obj, dict) and not ("arch" in obj and "state_dict" in obj):
+        inner = next((obj[k] for k in STATE_DICT_KEYS if isinstance(obj.get(k), dict)), obj)
+        if inner and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in inner.items()):
+            return {k.removeprefix("module."): v for k, v in inner.items()}
+    return None
+
+
+def load_model_checkpoint(path: str | Path, num_classes: int, in_channels: int) -> nn.Module:
+    """Rebuild a model from this tool's checkpoint file and check it fits ``num_classes``/``in_channels``."""
+    path = Path(path)
+    ckpt = _read(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt:
-        raise TeacherCheckpointError(f"teacher checkpoint '{path}' lacks 'arch'/'state_dict'; write it with this tool's teacher training")
+        hint = "import it with model.teacher=<its architecture>" if plain_state_dict(ckpt) else "write it with this tool"
+        raise TeacherCheckpointError(f"teacher checkpoint '{path}' lacks 'arch'/'state_dict'; {hint}")
     if ckpt["num_classes"] != num_classes or ckpt["in_channels"] != in_channels:
         raise TeacherCheckpointError(
             f"teacher checkpoint '{path}' was trained for {ckpt['num_classes']} classes and {ckpt['in_channels']} "
             f"input channels (dataset {ckpt.get('dataset')}); this run's data has {num_classes} classes and "
             f"{in_channels} channels. Use a teacher trained on this dataset, or drop teacher.checkpoint to train one."
         )
-    model = build_model(ckpt["arch"], num_classes, in_channels)
     try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        raise TeacherCheckpointError(f"teacher checkpoint '{path}' does not fit architecture '{ckpt['arch']}': {exc}") from exc
-    return model
+        model = load_weights(ckpt["arch"], ckpt["state_dict"], num_classes, in_channels)
+    except ValueError as exc:
+        raise TeacherCheckpointError(f"teacher checkpoint '{path}': {exc}") from exc
+    norm = ckpt.get("normalize")
+    return Renormalize(model, **norm, channels=in_channels) if norm else model
 
 
 def load_teacher(source: str, num_classes: int, in_channels: int, image_size: int = 28) -> nn.Module:
-    """A frozen teacher from a checkpoint path or an MLflow model URI (``runs:/...``, ``models:/...``)."""
+    """A frozen teacher from this tool's checkpoint, a TorchScript file or an MLflow model URI."""
+    probe = torch.zeros(1, in_channels, image_size, image_size)
     if source.startswith(URI_SCHEMES):
         import mlflow.pytorch  # only needed for URIs
 
@@ -95,10 +140,84 @@ def load_teacher(source: str, num_classes: int, in_channels: int, image_size: in
             model = mlflow.pytorch.load_model(source, map_location="cpu")
         except Exception as exc:  # noqa: BLE001
             raise TeacherCheckpointError(f"cannot load teacher from MLflow URI '{source}': {exc}") from exc
-        _check_outputs(model, source, num_classes, in_channels, image_size)
+    elif Path(source).is_file() and is_torchscript(source):
+        model = torch.jit.load(source, map_location="cpu")  # code the user trusts (see the module doc)
     else:
-        model = load_model_checkpoint(source, num_classes, in_channels)
-    return freeze(model)
+        return freeze(load_model_checkpoint(source, num_classes, in_channels))
+    try:
+        with torch.no_grad():
+            wrapped = model if isinstance(model.eval()(probe), ModelOutput) else OutputAdapter(model, probe)
+    except Exception as exc:  # noqa: BLE001
+        raise TeacherCheckpointError(
+            f"teacher '{source}' does not accept {in_channels}x{image_size}x{image_size} images, or returns neither "
+            f"logits (B, K) nor (features, embedding, logits): {exc}"
+        ) from exc
+    _check_outputs(wrapped, source, num_classes, in_channels, image_size)
+    return freeze(wrapped)
+
+
+def _teacher_stats(normalize: str, arch: str, ckpt: dict) -> tuple | None:
+    """The teacher's own (mean, std): explicit, its architecture's pretrained config, declared in the
+    checkpoint dict (``mean``/``std``, with ``auto``), or None (the data's normalisation)."""
+    explicit = normalize_stats(normalize)
+    if explicit:
+        return explicit
+    if normalize == "pretrained":
+        try:
+            return pretrained_stats(arch)
+        except ValueError as exc:
+            raise TeacherCheckpointError(f"teacher.normalize=pretrained: {exc}") from exc
+    if normalize == "auto" and "mean" in ckpt and "std" in ckpt:
+        return tuple(ckpt["mean"]), tuple(ckpt["std"])
+    return None
+
+
+def import_teacher(
+    source: str, arch: str | None, data: DataBundle, normalize: str = "auto", arch_key: str = "model.teacher"
+) -> str:
+    """``source`` as a checkpoint :func:`load_teacher` reads: a plain state_dict of ``arch`` is loaded
+    (strict; mismatched keys are one error listing the first few), wrapped with its own normalisation
+    and saved in this tool's format under ``<cache>/teachers/imported`` (keyed by content); anything
+    else is returned as it is."""
+    if source.startswith(URI_SCHEMES) or not Path(source).is_file() or is_torchscript(source):
+        if normalize not in ("auto", "data"):
+            raise TeacherCheckpointError(
+                f"teacher.normalize={normalize} applies to state_dict teachers; '{source}' must normalise its inputs itself"
+            )
+        return source
+    obj = _read(Path(source))
+    state_dict = plain_state_dict(obj)
+    if state_dict is None:
+        return source
+    if arch is None:
+        raise TeacherCheckpointError(f"teacher checkpoint '{source}' is a plain state_dict; set {arch_key}=<the "
+                                     "architecture it was saved from>")
+    stats = _teacher_stats(normalize, arch, obj)
+    digest = hashlib.sha256(Path(source).read_bytes())
+    digest.update(json.dumps([arch, normalize, data.num_classes, data.in_channels, data.mean, data.std]).encode())
+    path = default_cache_dir() / "teachers" / "imported" / f"{Path(source).stem}-{digest.hexdigest()[:12]}.pt"
+    if path.is_file():
+        return str(path)
+    try:
+        model = load_weights(arch, state_dict, data.num_classes, data.in_channels)
+    except ValueError as exc:
+        raise TeacherCheckpointError(
+            f"teacher checkpoint '{source}' (a plain state_dict): {exc}. Set {arch_key}=<the architecture it was "
+            "saved from>: a registry name, tv_<torchvision name> or timm:<timm name>"
+        ) from exc
+    ckpt = {"arch": arch, "num_classes": data.num_classes, "in_channels": data.in_channels, "dataset": data.name,
+            "state_dict": model.state_dict(), "metrics": {}, "source": str(source)}
+    if stats:
+        ckpt["normalize"] = {"data_mean": data.mean, "data_std": data.std, "mean": stats[0], "std": stats[1]}
+    atomic_torch_save(ckpt, path)
+    return str(path)
+
+
+def resolve_teacher(cfg: Config, data: DataBundle) -> str:
+    """``teacher.checkpoint`` imported if needed and checked against the data; the source to distil from."""
+    source = import_teacher(cfg.teacher.checkpoint, cfg.model.teacher, data, cfg.teacher.normalize)
+    load_teacher(source, data.num_classes, data.in_channels, data.image_size)
+    return source
 
 
 def _check_outputs(model: nn.Module, source: str, num_classes: int, in_channels: int, image_size: int) -> None:
@@ -115,24 +234,25 @@ def _check_outputs(model: nn.Module, source: str, num_classes: int, in_channels:
         raise TeacherCheckpointError(f"teacher '{source}' predicts {logits.shape[1]} classes; the data has {num_classes}")
 
 
-def training_key(cfg: Config, arch: str, epochs: int, lr: float) -> str:
-    """A short hash of everything that changes a model trained alone with CE."""
+def training_key(cfg: Config, arch: str, epochs: int, lr: float, weights: str | None = None) -> str:
+    """A short hash of everything that changes a model trained alone with CE (from ``weights``, if named)."""
     d = cfg.data
     shapes = [list(t.shape) for t in build_model(arch, 10, 1).state_dict().values()]  # the architecture's shape
     payload = {
         "arch": arch, "shapes": shapes, "epochs": epochs, "lr": lr, "seed": cfg.seed, "dataset": d.dataset, "root": d.root,
         "val_fraction": d.val_fraction, "train_subset": d.train_subset, "batch_size": d.batch_size,
         "augment": d.augment, "optimizer": cfg.train.optimizer, "weight_decay": cfg.train.weight_decay,
-        "scheduler": cfg.train.scheduler, "momentum": cfg.train.momentum,
+        "scheduler": cfg.train.scheduler, "momentum": cfg.train.momentum, **({"weights": weights} if weights else {}),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def alone_config(cfg: Config, arch: str, epochs: int, lr: float) -> Config:
-    """``cfg`` turned into "train ``arch`` alone with CE"."""
+def alone_config(cfg: Config, arch: str, epochs: int, lr: float, *, weights: str | None = None) -> Config:
+    """``cfg`` turned into "train ``arch`` alone with CE", starting from pretrained ``weights`` if named."""
     return apply_overrides(
         cfg,
-        {"model.student": arch, "distill.method": "ce", "distill.gamma": 1.0, "train.epochs": epochs, "train.lr": lr},
+        {"model.student": arch, "model.student_weights": weights, "distill.method": "ce", "distill.gamma": 1.0,
+         "train.epochs": epochs, "train.lr": lr},
     )
 
 
@@ -143,11 +263,12 @@ def train_alone(
     epochs: int,
     lr: float,
     *,
+    weights: str | None = None,
     label: str,
     on_epoch: Callable[[int, dict], None] | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train ``arch`` with CE only; print one progress line per epoch; returns (model, final metrics)."""
-    trainer = Trainer(alone_config(cfg, arch, epochs, lr), data)
+    trainer = Trainer(alone_config(cfg, arch, epochs, lr, weights=weights), data)
     metrics: dict = {}
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
@@ -177,12 +298,10 @@ def ensure_teacher(cfg: Config, tracking_uri: str) -> str:
     from orchestrator.data import build_data
 
     if cfg.teacher.checkpoint:
-        data = build_data(cfg.data, cfg.seed)
-        load_teacher(cfg.teacher.checkpoint, data.num_classes, data.in_channels, data.image_size)
-        return cfg.teacher.checkpoint
+        return resolve_teacher(cfg, build_data(cfg.data, cfg.seed))
     teacher_cfg = apply_overrides(cfg, {"data.train_subset": None})
     arch, epochs, lr = cfg.model.teacher, cfg.teacher.epochs, cfg.teacher.lr
-    key = training_key(teacher_cfg, arch, epochs, lr)
+    key = training_key(teacher_cfg, arch, epochs, lr, cfg.teacher.weights)
     cache = Path(cfg.teacher.cache_dir) if cfg.teacher.cache_dir else default_cache_dir() / "teachers"
     path = cache / f"{cfg.data.dataset}-{arch}-{key}.pt"
     if path.is_file():
@@ -209,7 +328,7 @@ def _train_logged(cfg: Config, data: DataBundle, arch: str, epochs: int, lr: flo
     status = "FAILED"
     try:
         model, metrics = train_alone(
-            cfg, data, arch, epochs, lr, label=f"teacher {arch}",
+            cfg, data, arch, epochs, lr, weights=cfg.teacher.weights, label=f"teacher {arch}",
             on_epoch=lambda epoch, m: tracking.log_metrics(client, run_id, m, step=epoch),
         )
         tracking.log_metrics(client, run_id, {k: v for k, v in metrics.items() if k.startswith("test/")}, step=epochs)
@@ -227,12 +346,12 @@ def baseline_metrics(cfg: Config) -> dict:
     """Test/val metrics of the student trained alone (CE) for ``train.epochs`` at ``train.lr``; cached."""
     from orchestrator.data import build_data
 
-    arch, epochs, lr = cfg.model.student, cfg.train.epochs, cfg.train.lr
-    path = default_cache_dir() / "baselines" / f"{cfg.data.dataset}-{arch}-{training_key(cfg, arch, epochs, lr)}.json"
+    arch, epochs, lr, weights = cfg.model.student, cfg.train.epochs, cfg.train.lr, cfg.model.student_weights
+    path = default_cache_dir() / "baselines" / f"{cfg.data.dataset}-{arch}-{training_key(cfg, arch, epochs, lr, weights)}.json"
     if path.is_file():
         return json.loads(path.read_text())
     data = build_data(cfg.data, cfg.seed)
-    _, metrics = train_alone(cfg, data, arch, epochs, lr, label=f"student alone {arch}")
+    _, metrics = train_alone(cfg, data, arch, epochs, lr, weights=weights, label=f"student alone {arch}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -178,27 +178,53 @@ def pip_requirements() -> list[str]:
     return [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
 
 
-def log_model(run_id: str, model, name: str, registered_model: str | None = None) -> str | None:
-    """Log ``model`` with ``mlflow.pytorch`` under run ``run_id``; register it if a name is given.
+def log_model(run_id: str, model, name: str, registered_model: str | None = None, *, example=None) -> str | None:
+    """Log ``model`` under run ``run_id``; register it if a name is given.
 
-    Returns the registered version number (as a string) or None.
+    Without ``example``: ``mlflow.pytorch`` (the whole module, pickled: loads back with
+    ``mlflow.pytorch.load_model`` as a ModelOutput model, e.g. a teacher; needs this package).
+    With ``example`` (B, C, H, W) images: ONNX through ``mlflow.onnx``, images -> logits, with that
+    input example and its signature: loads with ``mlflow.pyfunc.load_model`` and predicts with only
+    mlflow and onnxruntime installed. Returns the registered version number (as a string) or None.
     """
     import logging
 
     import mlflow
-    import mlflow.pytorch
 
-    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # the pickle-format notice on every call
     model = model.cpu().eval()
     active = mlflow.active_run()
     ctx = contextlib.nullcontext() if active and active.info.run_id == run_id else mlflow.start_run(run_id=run_id)
     with ctx:
-        info = mlflow.pytorch.log_model(
-            model,
-            name=name,
-            pip_requirements=pip_requirements(),
-            serialization_format="pickle",  # the whole module: loads back as a ModelOutput model
-            registered_model_name=registered_model,
-        )
+        if example is None:
+            import mlflow.pytorch
+
+            logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # the pickle-format notice on every call
+            info = mlflow.pytorch.log_model(
+                model,
+                name=name,
+                pip_requirements=pip_requirements(),
+                serialization_format="pickle",  # the whole module: loads back as a ModelOutput model
+                registered_model_name=registered_model,
+            )
+        else:
+            info = _log_onnx(model, name, registered_model, example)
     version = getattr(info, "registered_model_version", None)
     return None if version is None else str(version)
+
+
+def _log_onnx(model, name: str, registered_model: str | None, example):
+    import mlflow.onnx
+    import onnx
+    import onnxruntime
+
+    from orchestrator.export import to_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_model = onnx.load(str(to_onnx(model, example, Path(tmp) / "model.onnx")))
+    return mlflow.onnx.log_model(
+        onnx_model,
+        name=name,
+        input_example=example[:2].numpy(),
+        pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
+        registered_model_name=registered_model,
+    )

@@ -67,6 +67,10 @@ def train_loop_per_worker(config: dict) -> None:
     outputs = [CachedTeacherOutputs.load(p) for p in config.get("teacher_outputs") or []]
     teachers = []
     if not outputs and cfg.distill.method != "ce":
+        if config.get("tracking_uri"):  # runs:/ and models:/ teachers resolve against the sweep's store
+            import mlflow
+
+            mlflow.set_tracking_uri(config["tracking_uri"])
         teachers = [load_teacher(t, data.num_classes, data.in_channels, data.image_size) for t in config["teachers"]]
     trainers = [
         Trainer(replace(cfg, seed=seed), data, teachers, device=device, rank=rank, world_size=world_size,

@@ -11,6 +11,7 @@ One YAML file (or none) and ``key.sub=value`` overrides, like the sweep::
         - {arch: cnn_teacher, seed: 1}
         - {arch: cnn_teacher_wide, seed: 2, epochs: 4}
         - {checkpoint: runs:/<run id>/teacher}   # or a checkpoint file
+        - {checkpoint: resnet18.pt, arch: tv_resnet18}   # a plain state_dict of that model
       sweep: false                 # true: search sweep.search_space (default search_spaces/ensemble.yaml)
 
 Overrides reach list items by position (``pipeline.teachers.2.epochs=3``) or
@@ -53,7 +54,8 @@ SHORT_TEACHER = re.compile(r"^(?P<arch>[A-Za-z_][\w]*)(?::(?P<seed>\d+))?$")
 
 @dataclass
 class TeacherSpec:
-    """One ensemble member: trained here (arch/seed/epochs/lr) or given (checkpoint path or MLflow URI)."""
+    """One ensemble member: trained here (arch/seed/epochs/lr) or given (checkpoint path or MLflow URI;
+    ``arch``: the model a plain state_dict checkpoint was saved from)."""
 
     arch: str | None = "cnn_teacher"
     seed: int | None = None  # None -> the pipeline seed + the teacher's position
@@ -88,6 +90,7 @@ class ResolvedTeacher:
     epochs: int
     lr: float
     checkpoint: str | None
+    state_dict_arch: str | None = None  # a given checkpoint that is a plain state_dict is imported as this model
 
 
 @dataclass
@@ -107,7 +110,8 @@ class PipelineConfig:
                 name = f"t{i}-" + ("mlflow" if is_uri else Path(spec.checkpoint).stem)
             else:
                 name = f"t{i}-{spec.arch}-s{seed}"
-            out.append(ResolvedTeacher(i, name, spec.arch if not spec.checkpoint else None, seed, epochs, lr, spec.checkpoint))
+            arch, given_arch = (None, spec.arch) if spec.checkpoint else (spec.arch, None)
+            out.append(ResolvedTeacher(i, name, arch, seed, epochs, lr, spec.checkpoint, given_arch))
         return out
 
     @property
@@ -217,6 +221,9 @@ def validate(cfg: PipelineConfig) -> None:
     base, section = cfg.base, cfg.pipeline
     if base.model.student not in known:
         raise ConfigError("model.student", base.model.student, _allowed_models(known))
+    if base.teacher.weights:
+        raise ConfigError("teacher.weights", base.teacher.weights, "null: the pipeline trains its teachers from scratch "
+                          "(give pretrained or fine-tuned teachers as pipeline.teachers.<i>.checkpoint)")
     for i, spec in enumerate(section.teachers):
         key = f"pipeline.teachers.{i}"
         if spec.checkpoint:

@@ -103,6 +103,7 @@ def distill_task(cfg_dict: dict, teachers: list[str], outputs: list[str], checkp
 
     from orchestrator.data import build_data
     from orchestrator.engine import Trainer
+    from orchestrator.export import example_batch, export_student
     from orchestrator.teachers import load_teacher, save_model_checkpoint
     from orchestrator.train_loop import load_teacher_outputs
 
@@ -130,7 +131,10 @@ def distill_task(cfg_dict: dict, teachers: list[str], outputs: list[str], checkp
     save_model_checkpoint(Path(checkpoint), trainer.student, cfg.model.student, data, numbers(metrics))
     tracking.log_file(client, run_id, checkpoint, "checkpoint")
     mlflow.set_tracking_uri(uri)
-    version = tracking.log_model(run_id, trainer.student, "student", register)
+    version = tracking.log_model(run_id, trainer.student, "student", register,
+                                 example=example_batch(data) if register else None)  # registered: ONNX
+    if register:
+        export_student(trainer.student, data, cfg.export.formats, Path(checkpoint).parent / "export", client, register, version)
     return {
         "val/acc1": metrics["val/acc1"], "test/acc1": test["test/acc1"], "test/acc5": test["test/acc5"],
         "checkpoint": checkpoint, "time_s": time.perf_counter() - start,
@@ -280,7 +284,8 @@ class EnsemblePipeline:
 
         base = self.cfg
         payload = [
-            {"name": t.name, "checkpoint": t.checkpoint} if t.checkpoint
+            {"name": t.name, "checkpoint": t.checkpoint, "arch": t.state_dict_arch, "normalize": base.teacher.normalize}
+            if t.checkpoint
             else {"name": t.name, "arch": t.arch, "key": teacher_key(base, t)}
             for t in self.pcfg.teachers
         ]
@@ -412,7 +417,7 @@ class EnsemblePipeline:
             distill_cfg = apply_overrides(cfg, tuned)
         else:
             distill_cfg = cfg
-        alone_cfg = alone_config(cfg, cfg.model.student, cfg.train.epochs, cfg.train.lr)
+        alone_cfg = alone_config(cfg, cfg.model.student, cfg.train.epochs, cfg.train.lr, weights=cfg.model.student_weights)
         plan = {
             "distill_ensemble": (distill_cfg, all_sources, all_outputs, {"ensemble": ens["hash"]}),
             "distill_best_teacher": (distill_cfg, [best["source"]], [best["outputs"]] if best["outputs"] else [],
@@ -673,14 +678,17 @@ def main(argv: list[str] | None = None) -> int:
         return parsed
     args, pcfg = parsed
     from orchestrator.data import DatasetNotFoundError, build_data
+    from orchestrator.models.pretrained import WeightsUnavailableError
+    from orchestrator.sweep import check_weights_available
 
     try:
         data = build_data(pcfg.base.data, pcfg.base.seed)
+        check_weights_available(pcfg.base, data)
         if pcfg.pipeline.sweep:
             from orchestrator.search import load_space
 
             load_space(pcfg.base.sweep.search_space, pcfg.base, len(data.train))  # bad space: exit 2 now
-    except (ConfigError, DatasetNotFoundError) as exc:
+    except (ConfigError, DatasetNotFoundError, WeightsUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:

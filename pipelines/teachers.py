@@ -13,7 +13,8 @@ Finished teachers are cached under ``<cache>/teachers`` by a hash of what
 changes them (:func:`orchestrator.teachers.training_key`, the same cache as the
 sweep's default teacher), so a rerun reuses them. Teachers given as a checkpoint
 path or an MLflow model URI (``runs:/...``, ``models:/...``) are checked and used
-as they are.
+as they are; a plain state_dict is imported as its ``arch`` the way the sweep imports
+``teacher.checkpoint`` (:func:`orchestrator.teachers.import_teacher`).
 
 Examples::
 
@@ -37,6 +38,7 @@ from orchestrator.teachers import (
     TeacherCheckpointError,
     alone_config,
     default_cache_dir,
+    import_teacher,
     load_teacher,
     save_model_checkpoint,
     training_key,
@@ -222,8 +224,10 @@ def ensure_teachers(
                 from orchestrator.data import build_data
 
                 data = build_data(base.data, base.seed)
-            load_teacher(t.checkpoint, data.num_classes, data.in_channels, data.image_size)  # raises if unusable
-            entry.update(source=t.checkpoint, key=None, arch=None, epochs=None, lr=None)
+            source = import_teacher(t.checkpoint, t.state_dict_arch, data, base.teacher.normalize,
+                                    arch_key=f"pipeline.teachers.{t.index}.arch")
+            load_teacher(source, data.num_classes, data.in_channels, data.image_size)  # raises if unusable
+            entry.update(source=source, key=None, arch=None, epochs=None, lr=None)
             print(f"teacher {t.name}: given ({t.checkpoint})", flush=True)
         else:
             path = teacher_path(base, t)

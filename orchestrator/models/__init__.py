@@ -1,7 +1,7 @@
 """Model zoo: every model maps images to ``ModelOutput(features, embedding, logits)``.
 
 Importing this package registers all models; build one with
-``build_model(name, num_classes, in_channels)``. Plain PyTorch only.
+``build_model(name, num_classes, in_channels)``; ``timm:<name>`` builds any timm model. Plain PyTorch only.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from orchestrator.models import cnn, resnet, tiny, torchvision_adapter  # noqa: F401  (registers)
+from orchestrator.models import cnn, resnet, timm_adapter, tiny, torchvision_adapter  # noqa: F401  (registers)
 from orchestrator.models.base import ModelOutput, build_model, model_names, register_model
 
 __all__ = ["ModelOutput", "build_model", "describe_model", "model_names", "register_model"]

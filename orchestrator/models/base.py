@@ -27,6 +27,8 @@ class ModelOutput(NamedTuple):
 
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
+# "<prefix><name>" -> factory(name, num_classes, in_channels): open-ended families such as ``timm:``
+_FAMILIES: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
@@ -41,12 +43,23 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
     return decorate
 
 
+def register_family(prefix: str, factory: Callable[..., nn.Module]) -> None:
+    """Names ``<prefix><name>`` build ``factory(name, num_classes=..., in_channels=...)`` (e.g. ``timm:``)."""
+    if prefix in _FAMILIES:
+        raise ValueError(f"model family '{prefix}' is registered twice")
+    _FAMILIES[prefix] = factory
+
+
 def model_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
 def build_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
-    """Build a registered model; an unknown name lists the known ones."""
+    """Build a registered model (or one of a family, ``timm:<name>``); an unknown name lists the known ones."""
+    for prefix, factory in _FAMILIES.items():
+        if name.startswith(prefix):
+            return factory(name[len(prefix):], num_classes=num_classes, in_channels=in_channels)
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model '{name}'; known models: {', '.join(model_names())}")
+        families = "".join(f", {p}<name>" for p in _FAMILIES)
+        raise ValueError(f"unknown model '{name}'; known models: {', '.join(model_names())}{families}")
     return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels)

@@ -61,7 +61,7 @@ def _excluded(name: str) -> str | None:
     return None
 
 
-def _construct(name: str, num_classes: int) -> nn.Module:
+def construct(name: str, num_classes: int) -> nn.Module:
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **_EXTRA_KWARGS.get(name, {}))
 
 
@@ -71,25 +71,47 @@ def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
     setattr(parent, attr, module)
 
 
-def _replace_first_conv(net: nn.Module, in_channels: int) -> None:
+def first_conv(net: nn.Module) -> tuple[str, nn.Conv2d]:
+    """Path and module of the first ``nn.Conv2d`` of ``net``."""
     for path, module in net.named_modules():
         if isinstance(module, nn.Conv2d):
-            if module.in_channels == in_channels:
-                return
-            new = nn.Conv2d(
-                in_channels,
-                module.out_channels,
-                module.kernel_size,
-                module.stride,
-                module.padding,
-                module.dilation,
-                module.groups,
-                module.bias is not None,
-                module.padding_mode,
-            )
-            _set_module(net, path, new)
-            return
+            return path, module
     raise ValueError("no Conv2d found to adapt to in_channels")
+
+
+def replace_first_conv(net: nn.Module, in_channels: int, keep_weights: bool = False) -> None:
+    """Give the first convolution ``in_channels`` inputs (same kernel, stride, padding, groups, bias).
+    ``keep_weights``: carry trained weights over (RGB filters summed for one channel, as timm's
+    ``adapt_input_conv``); otherwise the new layer is freshly initialised."""
+    path, module = first_conv(net)
+    if module.in_channels == in_channels:
+        return
+    new = nn.Conv2d(
+        in_channels,
+        module.out_channels,
+        module.kernel_size,
+        module.stride,
+        module.padding,
+        module.dilation,
+        module.groups,
+        module.bias is not None,
+        module.padding_mode,
+    )
+    if keep_weights:
+        from timm.models import adapt_input_conv
+
+        with torch.no_grad():
+            new.weight.copy_(adapt_input_conv(in_channels, module.weight, base_chans=module.in_channels))
+            if module.bias is not None:
+                new.bias.copy_(module.bias)
+    _set_module(net, path, new)
+
+
+def replace_classifier(net: nn.Module, num_classes: int) -> None:
+    """Give the final ``nn.Linear`` of ``net`` ``num_classes`` outputs (freshly initialised) if it has other."""
+    path, linear = [(p, m) for p, m in net.named_modules() if isinstance(m, nn.Linear)][-1]
+    if linear.out_features != num_classes:
+        _set_module(net, path, nn.Linear(linear.in_features, num_classes, bias=linear.bias is not None))
 
 
 def _split_head(net: nn.Module) -> tuple[str, nn.Linear, nn.Module]:
@@ -158,11 +180,13 @@ def _stage_nodes(name: str, net: nn.Module, in_channels: int) -> tuple[str, ...]
 class TorchvisionAdapter(nn.Module):
     """A torchvision classifier returning ``ModelOutput``; see the module docstring."""
 
-    def __init__(self, name: str, num_classes: int, in_channels: int) -> None:
+    def __init__(self, name: str, num_classes: int, in_channels: int, net: nn.Module | None = None) -> None:
+        """``net``: an already built (e.g. trained) ``torchvision.models`` classifier of ``name``."""
         super().__init__()
-        net = _construct(name, num_classes)
-        if in_channels != 3:
-            _replace_first_conv(net, in_channels)
+        trained = net is not None
+        if net is None:
+            net = construct(name, num_classes)
+        replace_first_conv(net, in_channels, keep_weights=trained)
         head_path, linear, dropout = _split_head(net)
         nodes = _stage_nodes(name, net, in_channels)
         return_nodes = {node: f"f{i}" for i, node in enumerate(nodes)}
