@@ -104,7 +104,7 @@ class TrainConfig:
 
 @dataclass
 class AshaConfig:
-    grace_period: int = 1
+    grace_period: int | None = None  # None -> min(2, train.epochs): epoch 1 ranks configs by their start (docs/RESULTS.md)
     reduction_factor: int = 2
 
 
@@ -336,6 +336,12 @@ def tpe_startup_trials(sweep: SweepConfig) -> int:
     return max(2, min(10, sweep.num_samples // 2))
 
 
+def asha_grace(cfg: Config) -> int:
+    """Epochs before ASHA may stop a trial: ``sweep.asha.grace_period``, else 2 (at most train.epochs)."""
+    grace = cfg.sweep.asha.grace_period
+    return grace if grace is not None else min(2, cfg.train.epochs)
+
+
 def search_seeds(cfg: Config) -> list[int]:
     """The training seeds every trial of the sweep shares (common random numbers)."""
     return list(cfg.sweep.seeds) if cfg.sweep.seeds is not None else [cfg.seed]
@@ -438,10 +444,10 @@ def validate(cfg: Config) -> None:
            "an integer >= 2 (an interval needs two seeds); or set sweep.confirm.top_k=0")
     _check(0.5 <= sw.confirm.level < 1.0, "sweep.confirm.level", sw.confirm.level, "a confidence level in [0.5, 1)")
     _check(sw.mode in ("max", "min"), "sweep.mode", sw.mode, "'max' or 'min'")
-    _positive("sweep.asha.grace_period", sw.asha.grace_period)
+    _positive("sweep.asha.grace_period", sw.asha.grace_period, allow_none=True)
     _check(sw.asha.reduction_factor >= 2, "sweep.asha.reduction_factor", sw.asha.reduction_factor, "an integer >= 2")
     _check(
-        sw.asha.grace_period <= tr.epochs,
+        sw.asha.grace_period is None or sw.asha.grace_period <= tr.epochs,
         "sweep.asha.grace_period",
         sw.asha.grace_period,
         f"at most train.epochs ({tr.epochs})",

@@ -63,7 +63,7 @@ def candidates(summaries: Sequence[TrialSummary], points: Sequence[PaperPoint], 
     rank = sorted(scored, key=lambda s: (s.outcome != "completed", -s.best[metric] if mode == "max" else s.best[metric]))
     chosen: list[Candidate] = []
     for s in rank:
-        if len([c for c in chosen if c.role != "paper"]) >= top_k:
+        if len(chosen) >= top_k:
             break
         if all(c.params != s.params for c in chosen):
             chosen.append(_from_trial(s, points, metric))

@@ -26,7 +26,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator import cluster, confirm, tracking
-from orchestrator.config import Config, confirm_seeds, dump_yaml, flatten, search_seeds, to_dict, tpe_startup_trials
+from orchestrator.config import Config, asha_grace, confirm_seeds, dump_yaml, flatten, search_seeds, to_dict, tpe_startup_trials
 from orchestrator.data import DataBundle
 from orchestrator.engine import compute_teacher_outputs, evaluate_model
 from orchestrator.export import example_batch, export_student
@@ -257,7 +257,7 @@ class SweepRunner:
         scheduler = ASHAScheduler(
             time_attr="training_iteration",
             max_t=cfg.train.epochs + 1,  # must exceed the number of reports (NOTES-ray pitfall 4)
-            grace_period=cfg.sweep.asha.grace_period,
+            grace_period=asha_grace(cfg),
             reduction_factor=cfg.sweep.asha.reduction_factor,
         )
         tuner = tune.Tuner(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from orchestrator.config import (
     Config,
     ConfigError,
+    asha_grace,
     confirm_seeds,
     dump_yaml,
     load_config,
@@ -95,7 +96,7 @@ class Plan:
                 "",
                 f"trials: {c.sweep.num_samples} (Optuna TPE, seed {c.seed}, random until {tpe_startup_trials(c.sweep)} "
                 f"have finished; ASHA on {c.sweep.metric} ({c.sweep.mode}), "
-                f"grace {c.sweep.asha.grace_period} epoch(s), reduction x{c.sweep.asha.reduction_factor})",
+                f"grace {asha_grace(c)} epoch(s), reduction x{c.sweep.asha.reduction_factor})",
                 f"each trial: {c.train.epochs} epochs of {self.num_train} training images, student {c.model.student}, "
                 f"teacher {c.teacher.checkpoint or c.model.teacher + ' (trained once, cached)'}",
                 f"each trial needs: {self.trial_cpu:g} CPU, {self.trial_gpu:g} GPU ({self.mode_text})",
