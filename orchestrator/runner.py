@@ -24,15 +24,15 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator import cluster, tracking
-from orchestrator.config import Config, apply_overrides, dump_yaml, flatten, to_dict, tpe_startup_trials
+from orchestrator.config import apply_overrides, dump_yaml, flatten, to_dict, tpe_startup_trials
 from orchestrator.data import DataBundle
-from orchestrator.engine import compute_teacher_outputs, evaluate_model
+from orchestrator.engine import evaluate_model
 from orchestrator.leaderboard import best_summary, summarise, to_frame
+from orchestrator.output_cache import teacher_outputs_file
 from orchestrator.search import sampled_keys, space_path
 from orchestrator.sweep import Plan
 from orchestrator.teachers import (
     TeacherCheckpointError,
-    default_cache_dir,
     baseline_metrics,
     ensure_teacher,
     load_model_checkpoint,
@@ -205,21 +205,11 @@ class SweepRunner:
         return path, {}
 
     def _teacher_outputs(self, teacher: str) -> list[str]:
-        """Precompute teacher outputs on the un-augmented train split once (cached across sweeps)."""
+        """Precompute teacher outputs on the un-augmented train split once (cached by content across sweeps)."""
         cfg = self.cfg
         if cfg.data.augment or not cfg.teacher.cache_outputs or cfg.distill.method == "ce" and not self._space_uses_teacher():
             return []
-        key = f"{Path(teacher).stem}-{_data_key(cfg)}"
-        path = default_cache_dir() / "teacher-outputs" / f"{key}.pt"
-        if not path.is_file():
-            t0 = time.perf_counter()
-            model = load_teacher(teacher, self.data.num_classes, self.data.in_channels, self.data.image_size)
-            torch.set_num_threads(max(1, torch.get_num_threads()))
-            out = compute_teacher_outputs(model, self.data.train_eval, cfg.data.eval_batch_size)
-            out.save(path)
-            print(f"teacher outputs for {len(self.data.train_eval)} training images computed once "
-                  f"({time.perf_counter() - t0:.1f} s) -> {path}", flush=True)
-        return [str(path)]
+        return [str(teacher_outputs_file(teacher, cfg, self.data))]
 
     def _space_uses_teacher(self) -> bool:
         methods = {self.plan.space.fixed.get("distill.method", self.cfg.distill.method)}
@@ -361,14 +351,6 @@ class SweepRunner:
 
 def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _data_key(cfg: Config) -> str:
-    import hashlib
-
-    d = cfg.data
-    payload = json.dumps([d.dataset, d.root, d.val_fraction, d.train_subset, cfg.seed], sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
 
 def _write_json(path: Path, payload: dict) -> None:
