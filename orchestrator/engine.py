@@ -26,6 +26,7 @@ from orchestrator.config import Config
 from orchestrator.data import DataBundle, make_loader, set_epoch
 from orchestrator.distill import build_distiller
 from orchestrator.models import ModelOutput, build_model
+from orchestrator.safe_load import load_tensors
 
 
 class NonFiniteLossError(RuntimeError):
@@ -53,7 +54,7 @@ class CachedTeacherOutputs:
 
     @classmethod
     def load(cls, path) -> CachedTeacherOutputs:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = load_tensors(path, "teacher-output cache")
         return cls(blob["logits"], blob["embedding"], blob.get("source_indices"))
 
     def check_matches(self, dataset) -> None:

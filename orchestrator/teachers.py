@@ -21,6 +21,7 @@ from orchestrator.config import Config, apply_overrides
 from orchestrator.data import DataBundle
 from orchestrator.engine import Trainer, freeze
 from orchestrator.models import build_model
+from orchestrator.safe_load import UnsafeFileError, load_tensors
 
 URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "s3://", "gs://", "file://")
 
@@ -67,7 +68,9 @@ def load_model_checkpoint(path: str | Path, num_classes: int, in_channels: int) 
     if not path.is_file():
         raise TeacherCheckpointError(f"teacher checkpoint '{path}' does not exist; give teacher.checkpoint=<file or MLflow URI>")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_tensors(path, "teacher checkpoint")
+    except UnsafeFileError as exc:
+        raise TeacherCheckpointError(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
         raise TeacherCheckpointError(f"teacher checkpoint '{path}' cannot be read ({exc}); is it a checkpoint written by this tool?") from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt:

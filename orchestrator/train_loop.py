@@ -19,6 +19,7 @@ import torch
 from orchestrator.config import from_dict
 from orchestrator.data import build_data
 from orchestrator.engine import CachedTeacherOutputs, Trainer
+from orchestrator.safe_load import load_tensors
 from orchestrator.teachers import atomic_torch_save, load_teacher, save_model_checkpoint
 
 STATE_FILE = "state.pt"  # full trainer state (resume)
@@ -68,7 +69,7 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint = _latest_checkpoint(in_process)
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            trainer.load_state_dict(torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True))
+            trainer.load_state_dict(load_tensors(Path(folder) / STATE_FILE, "trial checkpoint"))
 
     client = None
     if rank == 0 and config.get("mlflow_run_id"):
