@@ -29,6 +29,26 @@ class ConfigError(ValueError):
         super().__init__(f"config key '{key}': got {given!r}; allowed: {allowed}")
 
 
+class YamlSyntaxError(ConfigError):
+    """A YAML file does not parse; the message is ``file:line: what is wrong``."""
+
+    def __init__(self, path: Path, line: int | None, problem: str):
+        self.key, self.given, self.allowed = str(path), line, problem
+        ValueError.__init__(self, f"{path}:{line}: {problem}" if line else f"{path}: {problem}")
+
+
+def read_yaml(path: Path) -> Any:
+    """``yaml.safe_load`` of a file; a syntax error becomes :class:`YamlSyntaxError`."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" ({exc.context}, line {exc.context_mark.line + 1})" if exc.context and exc.context_mark else ""
+        raise YamlSyntaxError(path, mark.line + 1 if mark else None, f"{exc.problem}{where}") from exc
+    except yaml.YAMLError as exc:
+        raise YamlSyntaxError(path, None, str(exc)) from exc
+
+
 @dataclass
 class DataConfig:
     dataset: str = "fashion_mnist"
@@ -262,7 +282,7 @@ def layer_tree(
         path = Path(path)
         if not path.is_file():
             raise ConfigError("--config", str(path), "an existing YAML file")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = read_yaml(path) or {}
         if not isinstance(loaded, dict):
             raise ConfigError("--config", str(path), "a YAML mapping at top level")
         _merge(tree, loaded)
@@ -322,6 +342,11 @@ def validate(cfg: Config) -> None:
     _positive("teacher.epochs", t.epochs)
     _positive("teacher.lr", t.lr)
     _check(ds.method in METHODS, "distill.method", ds.method, f"one of {list(METHODS)}")
+    from orchestrator.models import model_names  # the registry (plain PyTorch)
+
+    for key in ("teacher", "student"):
+        name = getattr(cfg.model, key)
+        _check(name in model_names(), f"model.{key}", name, f"a known model: {', '.join(model_names())}")
     for key in ("gamma", "alpha", "beta"):
         value = getattr(ds, key)
         _check(value >= 0, f"distill.{key}", value, "a weight >= 0")
