@@ -115,6 +115,7 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: int = 1
     torch_threads: int | None = None  # None -> cpus_per_worker
+    max_failures: int = 2  # restarts of a trial's workers from its last checkpoint (Train or Tune); -1 = unlimited
 
 
 @dataclass
@@ -371,6 +372,7 @@ def validate(cfg: Config) -> None:
     _positive("train.num_workers", tr.num_workers)
     _positive("train.cpus_per_worker", tr.cpus_per_worker)
     _positive("train.torch_threads", tr.torch_threads, allow_none=True)
+    _check(tr.max_failures >= -1, "train.max_failures", tr.max_failures, "an integer >= 0, or -1 for unlimited")
     _positive("sweep.num_samples", sw.num_samples)
     _positive("sweep.max_concurrent", sw.max_concurrent, allow_none=True)
     _positive("sweep.tpe_startup_trials", sw.tpe_startup_trials, allow_none=True)

@@ -249,7 +249,9 @@ class SweepRunner:
             run_config=tune.RunConfig(
                 name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=0,
                 callbacks=[ProgressPrinter(cfg.sweep.metric, cfg.sweep.mode, cfg.train.epochs, cfg.sweep.num_samples)],
-                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                # In-process trials are restarted by Tune, worker groups by Train (trial.py): same budget.
+                failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures if in_process(cfg) else 0,
+                                                  fail_fast=False),
             ),
         )
         return tuner.fit()

@@ -2,13 +2,17 @@
 
 Rank 0 logs each epoch to the trial's MLflow run *before* reporting (Tune may
 stop the trial at a report) and attaches the checkpoint; every rank reports
-(``ray.train.report`` is a barrier). In Train's in-process mode
+(``ray.train.report`` is a barrier). A restarted worker group (``train.max_failures``)
+resumes from the last checkpoint and does not log again the epochs the trial's
+MLflow run already holds (one history, no duplicate steps). In Train's in-process mode
 (``ScalingConfig(num_workers=0)``) the loop runs inside the Tune trial
 process and reports to Tune directly.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import tempfile
 from pathlib import Path
 
@@ -39,6 +43,18 @@ def _report(metrics: dict, checkpoint: ray.train.Checkpoint | None, in_process: 
 
 def _latest_checkpoint(in_process: bool) -> ray.train.Checkpoint | None:
     return ray.tune.get_checkpoint() if in_process else ray.train.get_checkpoint()
+
+
+def _test_kill(epoch: int) -> None:
+    """Test hook: ``DISTILL_TEST_KILL_AT_EPOCH=N`` SIGKILLs this worker after logging epoch N, before its
+    checkpoint, once per ``DISTILL_TEST_KILL_MARKER`` file (created when it fires)."""
+    if os.environ.get("DISTILL_TEST_KILL_AT_EPOCH") != str(epoch):
+        return
+    try:
+        os.close(os.open(os.environ["DISTILL_TEST_KILL_MARKER"], os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -78,13 +94,15 @@ def train_loop_per_worker(config: dict) -> None:
         from orchestrator.tracking import log_metrics
 
         client = MlflowClient(tracking_uri=config["tracking_uri"])
+        logged = max((int(m.step) for m in client.get_metric_history(config["mlflow_run_id"], "epoch")), default=0)
 
     while trainer.epoch < cfg.train.epochs:
         metrics = trainer.train_one_epoch()
         metrics.update({f"val/{k}": v for k, v in trainer.evaluate("val").items()})
         metrics["epoch"] = trainer.epoch
-        if client is not None:
+        if client is not None and trainer.epoch > logged:
             log_metrics(client, config["mlflow_run_id"], metrics, step=trainer.epoch)
+        _test_kill(trainer.epoch)
         with tempfile.TemporaryDirectory() as folder:
             ckpt = None
             if rank == 0:

@@ -115,7 +115,7 @@ def run_trial(sampled: dict, ctx: TrialContext) -> None:
             name=f"{cfg.name}-{trial_id}",
             storage_path=os.path.join(ctx.storage_path, "train"),
             callbacks=[] if local else [TuneReportCallback()],
-            failure_config=FailureConfig(max_failures=0, controller_failure_limit=0),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures, controller_failure_limit=0),
         ),
     )
     try:
