@@ -116,6 +116,7 @@ class TrainConfig:
     cpus_per_worker: int = 1
     torch_threads: int | None = None  # None -> cpus_per_worker
     max_failures: int = 2  # restarts of a trial's workers from its last checkpoint (Train or Tune); -1 = unlimited
+    keep_checkpoints: int = 1  # best checkpoints kept per trial (by sweep.metric); Ray also keeps the latest
 
 
 @dataclass
@@ -372,6 +373,7 @@ def validate(cfg: Config) -> None:
     _positive("train.num_workers", tr.num_workers)
     _positive("train.cpus_per_worker", tr.cpus_per_worker)
     _positive("train.torch_threads", tr.torch_threads, allow_none=True)
+    _positive("train.keep_checkpoints", tr.keep_checkpoints)
     _check(tr.max_failures >= -1, "train.max_failures", tr.max_failures, "an integer >= 0, or -1 for unlimited")
     _positive("sweep.num_samples", sw.num_samples)
     _positive("sweep.max_concurrent", sw.max_concurrent, allow_none=True)

@@ -39,7 +39,7 @@ from orchestrator.teachers import (
     load_teacher,
 )
 from orchestrator.train_loop import STUDENT_FILE
-from orchestrator.trial import TrialContext, in_process, run_trial
+from orchestrator.trial import TrialContext, checkpoint_config, in_process, run_trial
 
 STATE_FILE = "orchestrator-sweep.json"
 
@@ -252,6 +252,7 @@ class SweepRunner:
                 # In-process trials are restarted by Tune, worker groups by Train (trial.py): same budget.
                 failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures if in_process(cfg) else 0,
                                                   fail_fast=False),
+                checkpoint_config=checkpoint_config(cfg, tune.CheckpointConfig),
             ),
         )
         return tuner.fit()

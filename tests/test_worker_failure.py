@@ -1,5 +1,5 @@
 """A Ray Train worker killed mid-trial (SIGKILL) is restarted from its last checkpoint (train.max_failures);
-the trial finishes in the same MLflow run, epochs 1..E logged once each."""
+the trial finishes in the same MLflow run, epochs 1..E logged once each; old checkpoints are deleted."""
 
 from __future__ import annotations
 
@@ -43,3 +43,10 @@ def test_killed_train_worker_restarts_and_history_stays_contiguous(isolated_cach
                  for key in ("epoch", "val/acc1", "train/loss")}
         expected = [1, 2, 3] if run.info.run_name == "trial-001" else steps["epoch"]
         assert all(s == expected == list(range(1, len(s) + 1)) for s in steps.values()), steps
+
+    # Retention (train.keep_checkpoints=1): the best and the latest checkpoint per Train run, not one per epoch.
+    train_runs = list((tmp_path / "runs").glob("kill-*/train/*"))
+    assert len(train_runs) == 2
+    for run_dir in train_runs:
+        kept = [p for p in run_dir.glob("checkpoint_*") if p.is_dir()]
+        assert 1 <= len(kept) <= 2, sorted(p.name for p in run_dir.iterdir())
