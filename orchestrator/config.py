@@ -31,6 +31,26 @@ class ConfigError(ValueError):
         super().__init__(f"config key '{key}': got {given!r}; allowed: {allowed}")
 
 
+class YamlSyntaxError(ConfigError):
+    """A YAML file does not parse; the message is ``file:line: what is wrong``."""
+
+    def __init__(self, path: Path, line: int | None, problem: str):
+        self.key, self.given, self.allowed = str(path), line, problem
+        ValueError.__init__(self, f"{path}:{line}: {problem}" if line else f"{path}: {problem}")
+
+
+def read_yaml(path: Path) -> Any:
+    """``yaml.safe_load`` of a file; a syntax error becomes :class:`YamlSyntaxError`."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" ({exc.context}, line {exc.context_mark.line + 1})" if exc.context and exc.context_mark else ""
+        raise YamlSyntaxError(path, mark.line + 1 if mark else None, f"{exc.problem}{where}") from exc
+    except yaml.YAMLError as exc:
+        raise YamlSyntaxError(path, None, str(exc)) from exc
+
+
 @dataclass
 class DataConfig:
     dataset: str = "fashion_mnist"
@@ -100,6 +120,8 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: int = 1
     torch_threads: int | None = None  # None -> cpus_per_worker
+    max_failures: int = 2  # restarts of a trial's workers from its last checkpoint (Train or Tune); -1 = unlimited
+    keep_checkpoints: int = 1  # best checkpoints kept per trial (by sweep.metric); Ray also keeps the latest
 
 
 @dataclass
@@ -296,7 +318,7 @@ def layer_tree(
         path = Path(path)
         if not path.is_file():
             raise ConfigError("--config", str(path), "an existing YAML file")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = read_yaml(path) or {}
         if not isinstance(loaded, dict):
             raise ConfigError("--config", str(path), "a YAML mapping at top level")
         _merge(tree, loaded)
@@ -410,6 +432,11 @@ def validate(cfg: Config) -> None:
     for fmt in cfg.export.formats:
         _check(fmt in EXPORT_FORMATS, "export.formats", cfg.export.formats, f"a list of {list(EXPORT_FORMATS)} (may be empty)")
     _check(ds.method in METHODS, "distill.method", ds.method, f"one of {list(METHODS)}")
+    from orchestrator.models import model_names  # the registry (plain PyTorch)
+
+    for key in ("teacher", "student"):
+        name = getattr(cfg.model, key)
+        _check(name in model_names(), f"model.{key}", name, f"a known model: {', '.join(model_names())}")
     for key in ("gamma", "alpha", "beta"):
         value = getattr(ds, key)
         _check(value >= 0, f"distill.{key}", value, "a weight >= 0")
@@ -434,6 +461,8 @@ def validate(cfg: Config) -> None:
     _positive("train.num_workers", tr.num_workers)
     _positive("train.cpus_per_worker", tr.cpus_per_worker)
     _positive("train.torch_threads", tr.torch_threads, allow_none=True)
+    _positive("train.keep_checkpoints", tr.keep_checkpoints)
+    _check(tr.max_failures >= -1, "train.max_failures", tr.max_failures, "an integer >= 0, or -1 for unlimited")
     _positive("sweep.num_samples", sw.num_samples)
     _positive("sweep.max_concurrent", sw.max_concurrent, allow_none=True)
     _positive("sweep.tpe_startup_trials", sw.tpe_startup_trials, allow_none=True)

@@ -27,6 +27,7 @@ from orchestrator.data import DataBundle, make_loader, set_epoch
 from orchestrator.distill import build_distiller
 from orchestrator.models import ModelOutput
 from orchestrator.models.pretrained import build_with_weights
+from orchestrator.safe_load import load_tensors
 
 
 class NonFiniteLossError(RuntimeError):
@@ -54,7 +55,7 @@ class CachedTeacherOutputs:
 
     @classmethod
     def load(cls, path) -> CachedTeacherOutputs:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = load_tensors(path, "teacher-output cache")
         return cls(blob["logits"], blob["embedding"], blob.get("source_indices"))
 
     def check_matches(self, dataset) -> None:

@@ -33,7 +33,9 @@ def summarise(results: ResultGrid, metric: str, mode: str, epochs: int, sampled_
         if frame is None or frame.empty or metric not in frame:
             summaries.append(TrialSummary(number, trial_id, "failed", 0, {}, {}, None))
             continue
-        pick = frame[metric].idxmax() if mode == "max" else frame[metric].idxmin()
+        # On ties the latest row: the checkpoint Ray keeps (it ranks later checkpoints above equal earlier ones).
+        latest_first = frame[metric][::-1]
+        pick = latest_first.idxmax() if mode == "max" else latest_first.idxmin()
         best = frame.loc[pick].to_dict()
         done = int(frame["training_iteration"].max())
         outcome = "failed" if result.error else ("completed" if done >= epochs else "early_stopped")

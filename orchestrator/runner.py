@@ -20,29 +20,28 @@ from pathlib import Path
 import mlflow
 import optuna
 import ray
-import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator import cluster, confirm, tracking
-from orchestrator.config import Config, asha_grace, confirm_seeds, dump_yaml, flatten, search_seeds, to_dict, tpe_startup_trials
+from orchestrator.config import asha_grace, confirm_seeds, dump_yaml, flatten, search_seeds, to_dict, tpe_startup_trials
 from orchestrator.data import DataBundle
-from orchestrator.engine import compute_teacher_outputs, evaluate_model
+from orchestrator.engine import evaluate_model
 from orchestrator.export import example_batch, export_student
 from orchestrator.leaderboard import best_summary, summarise, to_frame
+from orchestrator.output_cache import teacher_outputs_file
 from orchestrator.search import paper_points, sampled_keys, space_path
 from orchestrator.stats import mean_sd
 from orchestrator.sweep import Plan
 from orchestrator.teachers import (
     TeacherCheckpointError,
-    default_cache_dir,
     ensure_teacher,
     load_model_checkpoint,
     load_teacher,
 )
 from orchestrator.train_loop import STUDENT_FILE, student_file
-from orchestrator.trial import TrialContext, in_process, run_job, run_trial
+from orchestrator.trial import TrialContext, checkpoint_config, in_process, run_job, run_trial
 
 STATE_FILE = "orchestrator-sweep.json"
 
@@ -209,24 +208,11 @@ class SweepRunner:
         return path, {}
 
     def _teacher_outputs(self, teacher: str) -> list[str]:
-        """Precompute teacher outputs on the un-augmented train split once (cached across sweeps)."""
+        """Precompute teacher outputs on the un-augmented train split once (cached by content across sweeps)."""
         cfg = self.cfg
         if cfg.data.augment or not cfg.teacher.cache_outputs or cfg.distill.method == "ce" and not self._space_uses_teacher():
             return []
-        import hashlib
-
-        source = hashlib.sha256(teacher.encode()).hexdigest()[:8]  # runs:/<a>/teacher and runs:/<b>/teacher differ
-        key = f"{Path(teacher).stem}-{source}-{_data_key(cfg)}"
-        path = default_cache_dir() / "teacher-outputs" / f"{key}.pt"
-        if not path.is_file():
-            t0 = time.perf_counter()
-            model = load_teacher(teacher, self.data.num_classes, self.data.in_channels, self.data.image_size)
-            torch.set_num_threads(max(1, torch.get_num_threads()))
-            out = compute_teacher_outputs(model, self.data.train_eval, cfg.data.eval_batch_size)
-            out.save(path)
-            print(f"teacher outputs for {len(self.data.train_eval)} training images computed once "
-                  f"({time.perf_counter() - t0:.1f} s) -> {path}", flush=True)
-        return [str(path)]
+        return [str(teacher_outputs_file(teacher, cfg, self.data))]
 
     def _space_uses_teacher(self) -> bool:
         methods = {self.plan.space.fixed.get("distill.method", self.cfg.distill.method)}
@@ -267,11 +253,8 @@ class SweepRunner:
                 num_samples=cfg.sweep.num_samples, max_concurrent_trials=concurrency,
                 reuse_actors=in_process(cfg),
             ),
-            run_config=tune.RunConfig(
-                name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=0,
-                callbacks=[ProgressPrinter(cfg.sweep.metric, cfg.sweep.mode, cfg.train.epochs, cfg.sweep.num_samples)],
-                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-            ),
+            run_config=self._run_config(
+                exp_dir, ProgressPrinter(cfg.sweep.metric, cfg.sweep.mode, cfg.train.epochs, cfg.sweep.num_samples)),
         )
         return tuner.fit()
 
@@ -392,6 +375,18 @@ class SweepRunner:
                                          "FINISHED" if status == "FINISHED" else status, "interrupted")
             tracking.end_run(client, stage_id, status)
 
+    def _run_config(self, folder: Path, printer: tune.Callback) -> tune.RunConfig:
+        """Tune's run config for the trials or a stage: storage ``folder``, one progress printer, the
+        failure budget and checkpoint retention of ``train.*``."""
+        cfg = self.cfg
+        return tune.RunConfig(
+            name=folder.name, storage_path=str(folder.parent), verbose=0, callbacks=[printer],
+            # In-process trials are restarted by Tune, worker groups by Train (trial.py): same budget.
+            failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures if in_process(cfg) else 0,
+                                              fail_fast=False),
+            checkpoint_config=checkpoint_config(cfg, tune.CheckpointConfig),
+        )
+
     def _run_jobs(self, jobs: list[dict], ctx: TrialContext, folder: Path) -> tune.ResultGrid:
         """The jobs as one Tune grid of Ray Train runs, as many at once as the cluster fits."""
         cfg, plan = self.cfg, self.plan
@@ -407,11 +402,7 @@ class SweepRunner:
             trainable,
             param_space={"job": tune.grid_search(jobs)},
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=in_process(cfg)),
-            run_config=tune.RunConfig(
-                name=folder.name, storage_path=str(folder.parent), verbose=0,
-                callbacks=[confirm.JobPrinter(len(jobs))],
-                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-            ),
+            run_config=self._run_config(folder, confirm.JobPrinter(len(jobs))),
         )
         return tuner.fit()
 
@@ -470,14 +461,6 @@ def _version_tags(summary: dict, verdict: confirm.Verdict) -> dict[str, str]:
             tags[f"{key}_interval"] = "n/a" if gain.low is None else f"[{gain.low:.6f}, {gain.high:.6f}]"
             tags[f"{key}_significant"] = str(gain.significant).lower()
     return tags
-
-
-def _data_key(cfg: Config) -> str:
-    import hashlib
-
-    d = cfg.data
-    payload = json.dumps([d.dataset, d.root, d.val_fraction, d.train_subset, cfg.seed], sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
 
 def _write_json(path: Path, payload: dict) -> None:

@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from orchestrator.config import Config, ConfigError, apply_overrides, flatten, to_dict
+from orchestrator.config import Config, ConfigError, apply_overrides, flatten, read_yaml, to_dict
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 TYPES = ("float", "int", "categorical")
@@ -114,7 +113,7 @@ def load_space(name_or_path: str, base: Config, num_train_samples: int | None = 
     path = space_path(name_or_path)
     if not path.is_file():
         raise ConfigError("sweep.search_space", name_or_path, f"a file in search_spaces/ ({available_spaces()}) or a YAML path")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict) or not isinstance(raw.get("params", {}), dict):
         raise ConfigError("sweep.search_space", str(path), "a YAML mapping with a 'params' mapping")
     unknown = set(raw) - {"description", "fixed", "params"}
@@ -166,6 +165,7 @@ def _validate(space: SearchSpace, base: Config, num_train_samples: int | None, w
         for cond in p.when:
             if cond not in known:
                 raise ConfigError(f"{where}:{p.key}.when", cond, "a config key")
+    _check_conditions(space, known, where)
     # Every extreme value must make a valid config (catches e.g. a negative weight).
     extremes: list[dict[str, Any]] = [dict(space.fixed)]
     for p in space.params:
@@ -189,6 +189,31 @@ def _validate(space: SearchSpace, base: Config, num_train_samples: int | None, w
                 worst,
                 f"fewer negatives than training samples ({num_train_samples})",
             )
+
+
+def _check_conditions(space: SearchSpace, known: dict[str, Any], where: str) -> None:
+    """Raise if a ``when`` can never hold, given what its keys can be when the parameter is sampled
+    (earlier categorical parameters' choices, else the fixed or base value; floats/ints are not enumerated)."""
+    possible: dict[str, list | None] = {}
+
+    def values_of(key: str) -> list | None:
+        if key in possible:
+            return possible[key]
+        return [space.fixed[key]] if key in space.fixed else [known[key]]
+
+    for p in space.params:
+        for cond, allowed in p.when.items():
+            can = values_of(cond)
+            if can is not None and not any(v in allowed for v in can):
+                raise ConfigError(
+                    f"{where}:{p.key}.when", {cond: allowed},
+                    f"values {cond} can take here ({can}); as written {p.key} is never sampled",
+                )
+        if p.type != "categorical":
+            possible[p.key] = None
+        else:  # a conditional parameter keeps its earlier value when it is not sampled
+            earlier = values_of(p.key) if p.when else []
+            possible[p.key] = None if earlier is None else list(p.choices) + earlier
 
 
 def _may_use_crd(space: SearchSpace, base: Config) -> bool:

@@ -158,13 +158,18 @@ def main(argv: list[str] | None = None) -> int:
         print(dump_yaml(cfg), end="")
         return 0
 
+    from orchestrator import cluster, preflight
     from orchestrator.data import DatasetNotFoundError, build_data
     from orchestrator.models.pretrained import WeightsUnavailableError
     from orchestrator.teachers import TeacherCheckpointError, resolve_teacher
+    from orchestrator.trial import in_process
 
+    address = cluster.resolve_address(cfg.ray.address)
     try:
         data = build_data(cfg.data, cfg.seed)
         plan = make_plan(cfg, len(data.train))
+        if address is None:
+            preflight.check_local(cfg, plan.trial_cpu, in_process(cfg))
         if cfg.teacher.checkpoint:  # a teacher that does not fit is an error before anything starts
             resolve_teacher(cfg, data)
         check_weights_available(cfg, data)
@@ -172,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
+        if address is not None:  # a real run checks after connecting (runner)
+            try:
+                preflight.check_cluster(address, {"CPU": plan.trial_cpu, "GPU": plan.trial_gpu}, cfg)
+            except cluster.ClusterError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
         print(plan.describe())
         print(f"\nsearch spaces shipped: {', '.join(available_spaces())}")
         print("dry run: nothing was started")

@@ -37,6 +37,7 @@ from orchestrator.models import ModelOutput, build_model
 from orchestrator.models.pretrained import pretrained_stats
 from orchestrator.models.weights import load_weights
 from orchestrator.models.wrapped import OutputAdapter, Renormalize
+from orchestrator.safe_load import UnsafeFileError, load_tensors
 
 URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "s3://", "gs://", "file://")
 STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "net")  # where a dict may hold a state_dict
@@ -92,7 +93,9 @@ def _read(path: Path) -> object:
     if not path.is_file():
         raise TeacherCheckpointError(f"teacher checkpoint '{path}' does not exist; give teacher.checkpoint=<file or MLflow URI>")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_tensors(path, "teacher checkpoint")
+    except UnsafeFileError as exc:
+        raise TeacherCheckpointError(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
         raise TeacherCheckpointError(
             f"teacher checkpoint '{path}' cannot be read with torch.load(weights_only=True) ({exc}); give this tool's "
@@ -252,7 +255,7 @@ def alone_config(cfg: Config, arch: str, epochs: int, lr: float, *, weights: str
     return apply_overrides(
         cfg,
         {"model.student": arch, "model.student_weights": weights, "distill.method": "ce", "distill.gamma": 1.0,
-         "train.epochs": epochs, "train.lr": lr},
+         "train.epochs": epochs, "train.lr": lr, "sweep.asha.grace_period": None},  # no ASHA here: any epochs
     )
 
 

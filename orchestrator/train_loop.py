@@ -2,13 +2,17 @@
 
 Rank 0 logs each epoch to the trial's MLflow run *before* reporting (Tune may
 stop the trial at a report) and attaches the checkpoint; every rank reports
-(``ray.train.report`` is a barrier). In Train's in-process mode
+(``ray.train.report`` is a barrier). A restarted worker group (``train.max_failures``)
+resumes from the last checkpoint and does not log again the epochs the trial's
+MLflow run already holds (one history, no duplicate steps). In Train's in-process mode
 (``ScalingConfig(num_workers=0)``) the loop runs inside the Tune trial
 process and reports to Tune directly.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +24,7 @@ import torch
 from orchestrator.config import from_dict
 from orchestrator.data import build_data
 from orchestrator.engine import CachedTeacherOutputs, Trainer
+from orchestrator.safe_load import load_tensors
 from orchestrator.teachers import atomic_torch_save, load_teacher, save_model_checkpoint
 
 STATE_FILE = "state.pt"  # full trainer state (resume)
@@ -39,6 +44,18 @@ def _report(metrics: dict, checkpoint: ray.train.Checkpoint | None, in_process: 
 
 def _latest_checkpoint(in_process: bool) -> ray.train.Checkpoint | None:
     return ray.tune.get_checkpoint() if in_process else ray.train.get_checkpoint()
+
+
+def _test_kill(epoch: int) -> None:
+    """Test hook: ``DISTILL_TEST_KILL_AT_EPOCH=N`` SIGKILLs this worker after logging epoch N, before its
+    checkpoint, once per ``DISTILL_TEST_KILL_MARKER`` file (created when it fires)."""
+    if os.environ.get("DISTILL_TEST_KILL_AT_EPOCH") != str(epoch):
+        return
+    try:
+        os.close(os.open(os.environ["DISTILL_TEST_KILL_MARKER"], os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -81,7 +98,7 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint = _latest_checkpoint(in_process)
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+            state = load_tensors(Path(folder) / STATE_FILE, "trial checkpoint")
         for trainer, trainer_state in zip(trainers, state["trainers"], strict=True):
             trainer.load_state_dict(trainer_state)
 
@@ -92,6 +109,7 @@ def train_loop_per_worker(config: dict) -> None:
         from orchestrator.tracking import log_metrics
 
         client = MlflowClient(tracking_uri=config["tracking_uri"])
+        logged = max((int(m.step) for m in client.get_metric_history(config["mlflow_run_id"], "epoch")), default=0)
 
     while trainers[0].epoch < cfg.train.epochs:
         per_seed = [_epoch(trainer, config.get("evaluate_test", False)) for trainer in trainers]
@@ -100,8 +118,9 @@ def train_loop_per_worker(config: dict) -> None:
             metrics.update({f"seed{s}/{k}": v for s, m in zip(seeds, per_seed) for k, v in m.items()
                             if k.startswith(("val/", "test/", "train/loss"))})
         metrics["epoch"] = trainers[0].epoch
-        if client is not None:
+        if client is not None and trainers[0].epoch > logged:
             log_metrics(client, config["mlflow_run_id"], metrics, step=trainers[0].epoch)
+        _test_kill(trainers[0].epoch)
         with tempfile.TemporaryDirectory() as folder:
             ckpt = None
             if rank == 0:

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 
 import ray.tune
-from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -69,6 +69,17 @@ def trial_resources(cfg: Config) -> dict[str, float]:
     if in_process(cfg):
         return {"CPU": float(tr.cpus_per_worker), "GPU": 0.0}
     return {"CPU": 1.0 + tr.num_workers * tr.cpus_per_worker, "GPU": float(tr.num_workers if tr.use_gpu else 0)}
+
+
+def checkpoint_config(cfg: Config, factory=CheckpointConfig):
+    """Keep the ``train.keep_checkpoints`` best checkpoints by the sweep's metric (the final student);
+    Ray 2.60's checkpoint managers (Train and Tune) also never delete the latest one (resume).
+    ``factory``: ``ray.train.CheckpointConfig`` or ``ray.tune.CheckpointConfig``."""
+    return factory(
+        num_to_keep=cfg.train.keep_checkpoints,
+        checkpoint_score_attribute=cfg.sweep.metric,
+        checkpoint_score_order=cfg.sweep.mode,
+    )
 
 
 def run_trial(sampled: dict, ctx: TrialContext) -> None:
@@ -140,7 +151,8 @@ def launch(cfg: Config, ctx: TrialContext, run_id: str, seeds: list[int], *, nam
             name=name,
             storage_path=os.path.join(ctx.storage_path, "train"),
             callbacks=[] if local else [TuneReportCallback()],
-            failure_config=FailureConfig(max_failures=0, controller_failure_limit=0),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures, controller_failure_limit=0),
+            checkpoint_config=checkpoint_config(cfg),
         ),
     )
     try:

@@ -148,10 +148,10 @@ def distill_task(cfg_dict: dict, teachers: list[str], outputs: list[str], checkp
 
 def outputs_path(source: str, cfg: Config) -> Path:
     """Where a teacher's train-split outputs are cached (the sweep's naming, so both share the files)."""
-    from orchestrator.runner import _data_key
+    from orchestrator.output_cache import data_key
 
     stem = Path(source).stem if URI_MARK not in source else "uri-" + hashlib.sha256(source.encode()).hexdigest()[:10]
-    return (default_cache_dir() / "teacher-outputs" / f"{stem}-{_data_key(cfg)}.pt").resolve()
+    return (default_cache_dir() / "teacher-outputs" / f"{stem}-{data_key(cfg)}.pt").resolve()
 
 
 def data_payload(cfg: Config) -> dict:

@@ -43,6 +43,7 @@ from orchestrator.teachers import (
     save_model_checkpoint,
     training_key,
 )
+from orchestrator.safe_load import load_tensors
 from orchestrator.trial import in_process
 from pipelines.config import PipelineConfig, ResolvedTeacher, load_pipeline_config
 from pipelines.stages import cancel, cpu_share, wait_with_progress
@@ -164,7 +165,7 @@ def train_teacher_task(cfg_dict: dict, data_seed: int, path: str, uri: str, run_
             ),
         )
         trainer.fit()
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_tensors(path, "teacher checkpoint")
         model = load_model_checkpoint(path, ckpt["num_classes"], ckpt["in_channels"])
         tracking.log_file(client, run_id, path, "checkpoint")
         mlflow.set_tracking_uri(uri)
@@ -182,7 +183,7 @@ def train_teacher_task(cfg_dict: dict, data_seed: int, path: str, uri: str, run_
 
 
 def _cached_metrics(path: Path) -> dict:
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = load_tensors(path, "teacher checkpoint")
     return dict(blob.get("metrics", {}))
 
 

@@ -1,0 +1,58 @@
+"""Teacher-output cache files keyed by content: the teacher's weights, the data split and the fields stored.
+
+Two teachers with the same file name (``a/teacher.pt``, ``b/teacher.pt``) or two
+``runs:/<id>/teacher`` URIs get different files; the same weights reached through
+another path share one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from orchestrator.config import Config
+from orchestrator.data import DataBundle
+from orchestrator.engine import compute_teacher_outputs
+from orchestrator.teachers import default_cache_dir, load_teacher
+
+FIELDS = ("logits", "embedding", "source_indices")  # what CachedTeacherOutputs stores
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of a model's state_dict: every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def data_key(cfg: Config) -> str:
+    """A short hash of what selects the (un-augmented) train split."""
+    d = cfg.data
+    payload = json.dumps([d.dataset, d.root, d.val_fraction, d.train_subset, cfg.seed], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:10]
+
+
+def cache_path(model: nn.Module, cfg: Config) -> Path:
+    """``<cache>/teacher-outputs/<weights>-<split>-<fields>.pt``."""
+    fields = hashlib.sha256(",".join(FIELDS).encode()).hexdigest()[:6]
+    return default_cache_dir() / "teacher-outputs" / f"{weights_digest(model)[:16]}-{data_key(cfg)}-{fields}.pt"
+
+
+def teacher_outputs_file(teacher: str, cfg: Config, data: DataBundle) -> Path:
+    """The cache file of ``teacher``'s outputs on ``data.train_eval``, computed now if missing."""
+    model = load_teacher(teacher, data.num_classes, data.in_channels, data.image_size)
+    path = cache_path(model, cfg)
+    if not path.is_file():
+        start = time.perf_counter()
+        compute_teacher_outputs(model, data.train_eval, cfg.data.eval_batch_size).save(path)
+        print(f"teacher outputs for {len(data.train_eval)} training images computed once "
+              f"({time.perf_counter() - start:.1f} s) -> {path}", flush=True)
+    return path

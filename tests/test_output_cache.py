@@ -1,0 +1,101 @@
+"""Teacher-output cache keyed by the teacher's weights, not its file name or URI."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from orchestrator.config import load_config
+from orchestrator.data import build_data
+from orchestrator.engine import CachedTeacherOutputs, compute_teacher_outputs
+from orchestrator.models import build_model
+from orchestrator.output_cache import teacher_outputs_file
+from orchestrator.teachers import save_model_checkpoint
+
+DIGITS = ["data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student"]
+
+
+@pytest.fixture(scope="module")
+def small():
+    cfg = load_config(None, DIGITS)
+    return cfg, build_data(cfg.data, cfg.seed)
+
+
+def _teacher(seed: int):
+    torch.manual_seed(seed)
+    return build_model("tiny_teacher", 10, 1).eval()
+
+
+def _expected(model, data) -> torch.Tensor:
+    return compute_teacher_outputs(model, data.train_eval, 512).logits
+
+
+def test_two_teachers_with_the_same_file_name_get_their_own_outputs(small, isolated_cache, tmp_path):
+    cfg, data = small
+    first, second = _teacher(1), _teacher(2)
+    for folder, model in (("a", first), ("b", second)):
+        save_model_checkpoint(tmp_path / folder / "teacher.pt", model, "tiny_teacher", data, {})
+    path_a = teacher_outputs_file(str(tmp_path / "a" / "teacher.pt"), cfg, data)
+    path_b = teacher_outputs_file(str(tmp_path / "b" / "teacher.pt"), cfg, data)
+    assert path_a != path_b
+    assert torch.allclose(CachedTeacherOutputs.load(path_a).logits, _expected(first, data))
+    assert torch.allclose(CachedTeacherOutputs.load(path_b).logits, _expected(second, data))
+
+    # The same weights under another name share the file; another split gets its own.
+    shutil.copy(tmp_path / "a" / "teacher.pt", tmp_path / "copy.pt")
+    assert teacher_outputs_file(str(tmp_path / "copy.pt"), cfg, data) == path_a
+    other_seed = load_config(None, [*DIGITS, "seed=1"])
+    assert teacher_outputs_file(str(tmp_path / "a" / "teacher.pt"), other_seed, data) != path_a
+
+
+def test_two_runs_uris_get_their_own_outputs(small, isolated_cache, tmp_path):
+    """Every ``runs:/<id>/teacher`` URI has the same stem ("teacher"); the cache must not care."""
+    import mlflow
+
+    from orchestrator import tracking
+
+    cfg, data = small
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = tracking.check_connection(uri)
+    experiment = tracking.ensure_experiment(client, "teachers", uri)
+    sources, models = [], [_teacher(3), _teacher(4)]
+    for model in models:
+        run_id = tracking.start_run(client, experiment, "t", "teacher")
+        tracking.log_model(run_id, model, "teacher")
+        tracking.end_run(client, run_id, "FINISHED")
+        sources.append(f"runs:/{run_id}/teacher")
+    paths = [teacher_outputs_file(s, cfg, data) for s in sources]
+    assert paths[0] != paths[1]
+    for path, model in zip(paths, models):
+        assert torch.allclose(CachedTeacherOutputs.load(path).logits, _expected(model, data))
+
+
+@pytest.mark.slow
+def test_second_sweep_with_another_teacher_of_the_same_name_uses_its_own_outputs(
+    ray_session, small, isolated_cache, tmp_path, monkeypatch, capsys
+):
+    from orchestrator.sweep import main
+
+    _, data = small
+    monkeypatch.chdir(tmp_path)
+    space = tmp_path / "space.yaml"
+    space.write_text("params:\n  train.lr: {type: float, low: 0.05, high: 0.2}\nfixed:\n  distill.method: kd\n")
+    written = []
+    for folder, seed in (("a", 5), ("b", 6)):
+        save_model_checkpoint(tmp_path / folder / "teacher.pt", _teacher(seed), "tiny_teacher", data, {})
+        args = [
+            "--name", f"cache-{folder}", "--num-samples", "1", "--storage-path", str(tmp_path / "runs"),
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *DIGITS, "train.epochs=1",
+            "sweep.baseline=false", f"sweep.search_space={space}", f"teacher.checkpoint={tmp_path / folder / 'teacher.pt'}",
+        ]
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        assert "computed once" in out  # the second sweep did not reuse the first teacher's outputs
+        written.append(out.split("computed once", 1)[1].split("-> ", 1)[1].split()[0])
+    assert written[0] != written[1]
+    assert sorted(p.name for p in (isolated_cache / "teacher-outputs").glob("*.pt")) == sorted(
+        p.rsplit("/", 1)[1] for p in written
+    )

@@ -1,0 +1,65 @@
+"""Checkpoints and caches whose pickle would run code are refused everywhere; YAML only through safe_load."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from orchestrator.engine import CachedTeacherOutputs
+from orchestrator.safe_load import UnsafeFileError
+from orchestrator.sweep import main
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student", "sweep.search_space=kd"]
+
+
+class _Payload:
+    """Unpickling this calls ``open(marker, "w")``: it would create the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.fixture
+def evil(tmp_path):
+    """(file, marker): a checkpoint-shaped dict carrying the payload; the marker must never appear."""
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "teacher.pt"
+    torch.save({"arch": "tiny_teacher", "num_classes": 10, "in_channels": 1, "dataset": "digits",
+                "state_dict": {}, "metrics": {}, "logits": torch.zeros(1), "payload": _Payload(marker)}, path)
+    return path, marker
+
+
+def test_teacher_checkpoint_with_code_is_refused_with_exit_2(evil, tmp_path, monkeypatch, capsys):
+    path, marker = evil
+    monkeypatch.chdir(tmp_path)
+    assert main(["--dry-run", *TINY, f"teacher.checkpoint={path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert not marker.exists()
+    assert err.count("\n") == 0 and "refused" in err and str(path) in err, err
+
+
+def test_teacher_output_cache_and_pipeline_files_with_code_are_refused(evil):
+    from pipelines.teachers import _cached_metrics
+
+    path, marker = evil
+    with pytest.raises(UnsafeFileError, match="teacher-output cache .* refused"):
+        CachedTeacherOutputs.load(path)
+    with pytest.raises(UnsafeFileError, match="refused"):
+        _cached_metrics(path)
+    assert not marker.exists()
+
+
+def test_every_torch_load_is_weights_only_and_yaml_is_safe_load():
+    sources = [p for folder in ("orchestrator", "pipelines", "benchmarks") for p in (ROOT / folder).rglob("*.py")]
+    for path in sources:
+        text = path.read_text()
+        if path.name != "safe_load.py":
+            assert "torch.load(" not in text, f"{path}: read checkpoints with orchestrator.safe_load.load_tensors"
+        assert not re.search(r"yaml\.(load|full_load|unsafe_load)\(", text), f"{path}: use yaml.safe_load"
