@@ -432,11 +432,12 @@ def validate(cfg: Config) -> None:
     for fmt in cfg.export.formats:
         _check(fmt in EXPORT_FORMATS, "export.formats", cfg.export.formats, f"a list of {list(EXPORT_FORMATS)} (may be empty)")
     _check(ds.method in METHODS, "distill.method", ds.method, f"one of {list(METHODS)}")
-    from orchestrator.models import model_names  # the registry (plain PyTorch)
+    from orchestrator.models.base import family_prefixes, is_known_model, model_names  # the registry (plain PyTorch)
 
     for key in ("teacher", "student"):
         name = getattr(cfg.model, key)
-        _check(name in model_names(), f"model.{key}", name, f"a known model: {', '.join(model_names())}")
+        families = "".join(f", or {p}<name>" for p in family_prefixes())
+        _check(is_known_model(name), f"model.{key}", name, f"a known model: {', '.join(model_names())}{families}")
     for key in ("gamma", "alpha", "beta"):
         value = getattr(ds, key)
         _check(value >= 0, f"distill.{key}", value, "a weight >= 0")

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from orchestrator.safe_load import UnsafeFileError, load_tensors
+
 FILES = {"onnx": "student.onnx", "torchscript": "student.torchscript.pt"}
 BATCHES = (1, 64)
 
@@ -179,10 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         client = None if Path(args.source).is_file() else tracking.check_connection(uri)
         path, name, version = resolve_source(args.source, client)
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_tensors(path, "student checkpoint")
         model = load_model_checkpoint(path, ckpt["num_classes"], ckpt["in_channels"]).eval()
         data = build_data(DataConfig(dataset=ckpt["dataset"], root=args.data_root), 0)
-    except (tracking.TrackingError, ExportError, TeacherCheckpointError, DatasetNotFoundError) as exc:
+    except (tracking.TrackingError, ExportError, TeacherCheckpointError, DatasetNotFoundError, UnsafeFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - an unknown run or version from MLflow

@@ -98,7 +98,7 @@ def _read(path: Path) -> object:
         raise TeacherCheckpointError(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
         raise TeacherCheckpointError(
-            f"teacher checkpoint '{path}' cannot be read with torch.load(weights_only=True) ({exc}); give this tool's "
+            f"teacher checkpoint '{path}' cannot be read as tensors only (weights_only) ({exc}); give this tool's "
             "checkpoint, a state_dict, a TorchScript file or an MLflow model URI"
         ) from exc
 

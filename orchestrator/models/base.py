@@ -29,6 +29,7 @@ ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
 # "<prefix><name>" -> factory(name, num_classes, in_channels): open-ended families such as ``timm:``
 _FAMILIES: dict[str, Callable[..., nn.Module]] = {}
+_FAMILY_NAMES: dict[str, Callable[[str], bool]] = {}  # prefix -> does this name exist in the family
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
@@ -43,15 +44,28 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
     return decorate
 
 
-def register_family(prefix: str, factory: Callable[..., nn.Module]) -> None:
-    """Names ``<prefix><name>`` build ``factory(name, num_classes=..., in_channels=...)`` (e.g. ``timm:``)."""
+def register_family(prefix: str, factory: Callable[..., nn.Module], exists: Callable[[str], bool]) -> None:
+    """Names ``<prefix><name>`` build ``factory(name, num_classes=..., in_channels=...)`` (e.g. ``timm:``);
+    ``exists(name)`` says whether the family has that name (checked up front, before anything is built)."""
     if prefix in _FAMILIES:
         raise ValueError(f"model family '{prefix}' is registered twice")
-    _FAMILIES[prefix] = factory
+    _FAMILIES[prefix], _FAMILY_NAMES[prefix] = factory, exists
 
 
 def model_names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def family_prefixes() -> list[str]:
+    return sorted(_FAMILIES)
+
+
+def is_known_model(name: str) -> bool:
+    """A registered name, or ``<prefix><name>`` of a family that has that name."""
+    for prefix, exists in _FAMILY_NAMES.items():
+        if name.startswith(prefix):
+            return exists(name[len(prefix):])
+    return name in _REGISTRY
 
 
 def build_model(name: str, num_classes: int, in_channels: int) -> nn.Module:

@@ -52,4 +52,4 @@ def timm_model(name: str, num_classes: int, in_channels: int) -> TimmAdapter:
     return TimmAdapter(create(name, num_classes, in_channels))
 
 
-register_family(PREFIX, timm_model)
+register_family(PREFIX, timm_model, timm.is_model)
