@@ -145,6 +145,7 @@ class SweepRunner:
                 client.update_run(parent_id, status="RUNNING")
             _write_json(exp_dir / STATE_FILE, {"parent_run_id": parent_id, "experiment_id": experiment_id})
             tracking.log_text(client, parent_id, dump_yaml(cfg), "config.yaml")
+            (exp_dir / "config.yaml").write_text(dump_yaml(cfg))  # what benchmarks/reseed.py re-trains from
             tracking.log_file(client, parent_id, space_path(cfg.sweep.search_space))
             if self.given_outputs is not None:
                 outputs = list(self.given_outputs)

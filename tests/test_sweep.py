@@ -94,6 +94,14 @@ def test_tiny_sweep_end_to_end(ray_session, isolated_cache, tmp_path, monkeypatc
     assert summary["best_params"] == next(c["params"] for c in summary["candidates"] if c["label"] == summary["chosen"])
     assert "Result: re-trained on fresh seeds [1, 2]" in out
 
+    # benchmarks/reseed.py re-trains the chosen config from the folder on unseen seeds.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import reseed
+
+    assert reseed.main([str(exp_dir), "--seeds", "1"]) == 2  # a seed the sweep used
+    assert reseed.main([str(exp_dir), "--seeds", "50", "51"]) == 0
+    assert "gain on seeds [50, 51]" in capsys.readouterr().out
+
     # The logged teacher loads back as a teacher from its MLflow URI.
     import mlflow
 
