@@ -26,6 +26,8 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
     """
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C reaches our handler
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines instead of Tune's tables
+    # With checkpoint retention (num_to_keep) Tune snapshots its state at every report and warns each time.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return False
     common = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
