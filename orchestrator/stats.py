@@ -32,7 +32,7 @@ class PairedGain:
     @property
     def significant(self) -> bool:
         """True when the interval excludes 0."""
-        return self.low is not None and (self.low > 0 or self.high < 0)
+        return bool(self.low is not None and (self.low > 0 or self.high < 0))
 
     def as_dict(self) -> dict:
         return {"mean": self.mean, "low": self.low, "high": self.high, "n": self.n, "level": self.level,
@@ -60,5 +60,5 @@ def paired_gain(a: Mapping[int, float], b: Mapping[int, float], level: float = 0
     n = len(diffs)
     if n < 2:
         return PairedGain(mean, None, None, n, level)
-    half = stats.t.ppf((1 + level) / 2, n - 1) * sd / math.sqrt(n)
+    half = float(stats.t.ppf((1 + level) / 2, n - 1)) * sd / math.sqrt(n)
     return PairedGain(mean, mean - half, mean + half, n, level)

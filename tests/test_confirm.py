@@ -25,7 +25,8 @@ def test_paired_interval_matches_hand_computation():
     gain = paired_gain({1: 0.90, 2: 0.92, 3: 0.91}, {1: 0.88, 2: 0.89, 3: 0.90})
     assert gain.mean == pytest.approx(0.02)
     assert gain.low == pytest.approx(0.02 - 0.0248414, abs=1e-6) and gain.high == pytest.approx(0.02 + 0.0248414, abs=1e-6)
-    assert not gain.significant and "not significant" in gain.text()
+    assert gain.significant is False and "not significant" in gain.text()
+    assert json.loads(json.dumps(gain.as_dict()))["significant"] is False  # summary.json keeps a JSON boolean
     # d = (0.05, 0.06, 0.04, 0.05): mean 0.05, sd 0.0081650, t_{0.975, 3} = 3.182446, half = 0.0129917
     gain = paired_gain({1: 0.95, 2: 0.96, 3: 0.94, 4: 0.95, 9: 0.5}, {1: 0.90, 2: 0.90, 3: 0.90, 4: 0.90})
     assert gain.n == 4 and gain.low == pytest.approx(0.0370083, abs=1e-6) and gain.high == pytest.approx(0.0629917, abs=1e-6)
