@@ -2,7 +2,7 @@
 
     python benchmarks/selection.py                    # the default sweep with sweep seeds 0, 1, 2 (~30 min here)
     python benchmarks/selection.py --seeds 0 1 2 3    # more sweep seeds
-    python benchmarks/selection.py --quick            # digits, tiny models, 2 trials (what the smoke test runs)
+    python benchmarks/selection.py --quick            # digits, tiny models, 2 trials (seconds per sweep)
     python benchmarks/selection.py -- train.epochs=6  # overrides after -- go to every sweep
 
 Each sweep seed runs ``python -m orchestrator.sweep --seed S`` end to end (its own data split, teacher,
@@ -27,16 +27,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-QUICK = [
+QUICK = [  # --quick
     "data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student", "data.batch_size=64",
     "teacher.epochs=4", "teacher.lr=0.1", "train.epochs=2", "sweep.num_samples=2", "sweep.confirm.top_k=1",
     "sweep.confirm.seeds=2", f"sweep.search_space={common.REPO / 'tests' / 'data' / 'tiny_space.yaml'}",
 ]
 
 
-def run_sweep(seed: int, overrides: list[str], folder: Path) -> dict:
-    """One sweep in ``folder`` (own store, caches, Ray temp dir); returns its summary.json plus wall time."""
-    env = {**os.environ, "DISTILL_CACHE_DIR": str(folder / "cache"),
+def run_sweep(seed: int, overrides: list[str], folder: Path, cache: Path | None) -> dict:
+    """One sweep in ``folder`` (own store and Ray temp dir; caches in ``cache`` or its own); returns its
+    summary.json plus wall time."""
+    env = {**os.environ, "DISTILL_CACHE_DIR": str(cache or folder / "cache"),
            "DISTILL_RAY_TMPDIR": str(folder / "ray"), "PYTHONUNBUFFERED": "1"}
     args = [sys.executable, "-m", "orchestrator.sweep", "--seed", str(seed), "--name", f"selection-{seed}",
             "--storage-path", str(folder / "runs"), "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}", *overrides]
@@ -79,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sweep seeds (--seed of each sweep)")
     parser.add_argument("--quick", action="store_true", help="digits, tiny models, 2 trials (seconds per sweep)")
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
+    parser.add_argument("--cache-dir", type=Path,
+                        help="share teachers and teacher outputs (each keyed by its seed) across runs of this script "
+                             "(default: a fresh cache per sweep, so each sweep trains its teacher)")
     parser.add_argument("overrides", nargs="*", help="config overrides for every sweep (after --)")
     args = parser.parse_args(argv)
     overrides = (QUICK if args.quick else []) + args.overrides
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(prefix=f"selection-{seed}-") as tmp:
             print(f"sweep seed {seed} ...", flush=True)
-            summary = run_sweep(seed, overrides, Path(tmp))
+            summary = run_sweep(seed, overrides, Path(tmp), args.cache_dir)
         table.add(*row(seed, summary))
         print(" | ".join(table.rows[-1]), flush=True)
     table.notes += [

@@ -1,8 +1,9 @@
-"""Runs a planned sweep end to end: Ray, teacher, Tune, MLflow parent run, final evaluation.
+"""Runs a planned sweep end to end: Ray, teacher, Tune search, confirmation stage, registration.
 
-Every run this opens is closed on success (FINISHED), error (FAILED) and
-Ctrl-C (KILLED); trials that ASHA stopped are closed FINISHED with tag
-``orchestrator.outcome=early_stopped``.
+The search's trials share their seeds; the confirmation stage (:mod:`orchestrator.confirm`) re-trains
+the best configs, the best paper default and the student alone on fresh seeds and chooses by mean
+validation accuracy. Every run this opens is closed on success (FINISHED), error (FAILED) and Ctrl-C
+(KILLED); trials that ASHA stopped are closed FINISHED with tag ``orchestrator.outcome=early_stopped``.
 """
 
 from __future__ import annotations
