@@ -225,14 +225,11 @@ class SweepRunner:
 
     def _tune(self, ctx: TrialContext, exp_dir: Path) -> tune.ResultGrid:
         cfg, plan = self.cfg, self.plan
-        resources = {"cpu": plan.trial_cpu if in_process(cfg) else 1}
-        if in_process(cfg) and plan.trial_gpu:
-            resources["gpu"] = plan.trial_gpu
-        trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
+        trainable = self._trainable(run_trial, ctx)
         if self.resume and tune.Tuner.can_restore(str(exp_dir)):
-            tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
-            return tuner.fit()
-        concurrency = cfg.sweep.max_concurrent or cluster.max_concurrency({"CPU": plan.trial_cpu, "GPU": plan.trial_gpu})
+            return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
+                                      resume_errored=True).fit()
+        concurrency = self._concurrency()
         print(f"running up to {concurrency} trial(s) at once ({plan.mode_text})", flush=True)
         sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=tpe_startup_trials(cfg.sweep))
         points = [p.params for p in self.points]
@@ -377,6 +374,18 @@ class SweepRunner:
                                          "FINISHED" if status == "FINISHED" else status, "interrupted")
             tracking.end_run(client, stage_id, status)
 
+    def _trainable(self, fn, ctx: TrialContext):
+        """``fn`` (run_trial or run_job) with the sweep's context and one trial's resources for Tune."""
+        cfg, plan = self.cfg, self.plan
+        resources = {"cpu": plan.trial_cpu if in_process(cfg) else 1}
+        if in_process(cfg) and plan.trial_gpu:
+            resources["gpu"] = plan.trial_gpu
+        return tune.with_resources(tune.with_parameters(fn, ctx=ctx), resources)
+
+    def _concurrency(self) -> int:
+        plan = self.plan
+        return self.cfg.sweep.max_concurrent or cluster.max_concurrency({"CPU": plan.trial_cpu, "GPU": plan.trial_gpu})
+
     def _run_config(self, folder: Path, printer: tune.Callback) -> tune.RunConfig:
         """Tune's run config for the trials or a stage: storage ``folder``, one progress printer, the
         failure budget and checkpoint retention of ``train.*``."""
@@ -391,15 +400,12 @@ class SweepRunner:
 
     def _run_jobs(self, jobs: list[dict], ctx: TrialContext, folder: Path) -> tune.ResultGrid:
         """The jobs as one Tune grid of Ray Train runs, as many at once as the cluster fits."""
-        cfg, plan = self.cfg, self.plan
-        resources = {"cpu": plan.trial_cpu if in_process(cfg) else 1}
-        if in_process(cfg) and plan.trial_gpu:
-            resources["gpu"] = plan.trial_gpu
-        trainable = tune.with_resources(tune.with_parameters(run_job, ctx=ctx), resources)
+        cfg = self.cfg
+        trainable = self._trainable(run_job, ctx)
         if self.resume and tune.Tuner.can_restore(str(folder)):
             return tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True,
                                       resume_errored=True).fit()
-        concurrency = cfg.sweep.max_concurrent or cluster.max_concurrency({"CPU": plan.trial_cpu, "GPU": plan.trial_gpu})
+        concurrency = self._concurrency()
         tuner = tune.Tuner(
             trainable,
             param_space={"job": tune.grid_search(jobs)},
