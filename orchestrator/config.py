@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-METHODS = ("ce", "kd", "crd", "crd_kd")
+METHODS = ("ce", "kd", "crd", "crd_kd", "dkd")
 EXPORT_FORMATS = ("onnx", "torchscript")
 NORMALIZE = ("auto", "data", "pretrained")
 DATASETS = ("fashion_mnist", "digits", "cifar10", "cifar100", "imagefolder")
@@ -88,6 +88,14 @@ class KDConfig:
 
 
 @dataclass
+class DKDConfig:  # DKD's own weights (distill.alpha/beta are the KD and CRD weights)
+    alpha: float = 1.0  # TCKD weight
+    beta: float = 8.0  # NCKD weight
+    temperature: float = 4.0
+    warmup: int = 20  # epochs over which the DKD term ramps up linearly; 0 = none
+
+
+@dataclass
 class CRDConfig:
     feat_dim: int = 128
     nce_k: int = 4096
@@ -105,6 +113,7 @@ class DistillConfig:
     beta: float = 0.8  # CRD weight
     kd: KDConfig = field(default_factory=KDConfig)
     crd: CRDConfig = field(default_factory=CRDConfig)
+    dkd: DKDConfig = field(default_factory=DKDConfig)
 
 
 @dataclass
@@ -453,6 +462,11 @@ def validate(cfg: Config) -> None:
         ds.crd.negatives_mode,
         "'exact' or 'shared'",
     )
+    for key in ("alpha", "beta"):
+        value = getattr(ds.dkd, key)
+        _check(value >= 0, f"distill.dkd.{key}", value, "a weight >= 0")
+    _positive("distill.dkd.temperature", ds.dkd.temperature)
+    _check(ds.dkd.warmup >= 0, "distill.dkd.warmup", ds.dkd.warmup, "an integer number of epochs >= 0 (0 = no warm-up)")
     _positive("train.epochs", tr.epochs)
     _check(tr.optimizer in ("sgd", "adamw"), "train.optimizer", tr.optimizer, "'sgd' or 'adamw'")
     _positive("train.lr", tr.lr)

@@ -192,6 +192,7 @@ class Trainer:
         self.student.train()
         self.distiller.train()
         set_epoch(self.train_loader, self.epoch)
+        self.distiller.set_epoch(self.epoch)
         sums: dict[str, float] = {}
         seen, start = 0, time.perf_counter()
         for step, (images, labels, indices) in enumerate(self.train_loader):

@@ -94,7 +94,7 @@ def test_build_distiller_dispatch_and_errors():
         assert d.needs_teacher == (method != "ce")
     kd = build_distiller(DistillConfig(method="kd", gamma=0.3, alpha=0.7), **kw)
     assert (kd.gamma, kd.alpha, kd.temperature) == (0.3, 0.7, 4.0)
-    with pytest.raises(ValueError, match="'fitnet'.*ce, crd, crd_kd, kd"):
+    with pytest.raises(ValueError, match="'fitnet'.*ce, crd, crd_kd, dkd, kd"):
         build_distiller(DistillConfig(method="fitnet"), **kw)
     with pytest.raises(ValueError, match="teacher"):
         build_distiller(DistillConfig(method="kd"), **{**kw, "teacher_dims": []})

@@ -18,9 +18,9 @@ def _space_file(tmp_path, body: str):
 
 
 def test_shipped_spaces_are_valid_for_fashion_mnist():
-    assert {"kd", "crd", "crd_kd"} <= set(available_spaces())
+    assert {"kd", "crd", "crd_kd", "dkd"} <= set(available_spaces())
     cfg = load_config()
-    for name in ("kd", "crd", "crd_kd"):
+    for name in ("kd", "crd", "crd_kd", "dkd"):
         space = load_space(name, cfg, num_train_samples=54_000)
         assert space.params
 

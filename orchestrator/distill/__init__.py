@@ -1,8 +1,8 @@
 """Distillation objectives (plain PyTorch) and :func:`build_distiller`.
 
-Methods (``distill.method``): ce, kd, crd, crd_kd. With one teacher the
+Methods (``distill.method``): ce, kd, crd, crd_kd, dkd. With one teacher the
 single-teacher objectives are built; with several, their ensemble versions
-(``teacher`` is then a list of ModelOutputs, one per teacher).
+(``teacher`` is then a list of ModelOutputs, one per teacher); dkd has none.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from orchestrator.distill.crd import ContrastiveDistiller, CRDDistiller, CRDLoss
 from orchestrator.distill.crd import PAPER_DEFAULTS as CRD_DEFAULTS
 from orchestrator.distill.crd_kd import PAPER_DEFAULTS as CRD_KD_DEFAULTS
 from orchestrator.distill.crd_kd import CRDKDDistiller
+from orchestrator.distill.dkd import PAPER_DEFAULTS as DKD_DEFAULTS
+from orchestrator.distill.dkd import DKDDistiller, dkd_loss
 from orchestrator.distill.ensemble import (
     EnsembleCRDDistiller,
     EnsembleCRDKDDistiller,
@@ -36,6 +38,7 @@ __all__ = [
     "KDDistiller",
     "CRDDistiller",
     "CRDKDDistiller",
+    "DKDDistiller",
     "ContrastiveDistiller",
     "EnsembleKDDistiller",
     "EnsembleCRDDistiller",
@@ -44,6 +47,7 @@ __all__ = [
     "ContrastMemory",
     "Embed",
     "kd_loss",
+    "dkd_loss",
     "ensemble_kd_loss",
     "nce_loss",
     "contrast_scores",
@@ -100,16 +104,26 @@ def _build_crd_kd(cfg, student_dim, teacher_dims, train_labels, negatives, seed,
     return EnsembleCRDKDDistiller(student_dim, teacher_dims, train_labels, teacher_weights=weights, **kw)
 
 
+def _build_dkd(cfg, student_dim, teacher_dims, train_labels, negatives, seed, weights) -> Distiller:
+    if len(teacher_dims) != 1:
+        raise ValueError(f"method 'dkd' supports one teacher (it has no ensemble version), got {len(teacher_dims)} teachers")
+    d = cfg.dkd
+    return DKDDistiller(gamma=cfg.gamma, alpha=d.alpha, beta=d.beta, temperature=d.temperature, warmup=d.warmup)
+
+
 _Builder = Callable[..., Distiller]
 _METHODS: dict[str, tuple[_Builder, bool]] = {  # name -> (builder, needs a teacher)
     "ce": (_build_ce, False),
     "kd": (_build_kd, True),
     "crd": (_build_crd, True),
     "crd_kd": (_build_crd_kd, True),
+    "dkd": (_build_dkd, True),
 }
 
 
-_PAPER_DEFAULTS: dict[str, dict[str, Any]] = {"ce": {}, "kd": KD_DEFAULTS, "crd": CRD_DEFAULTS, "crd_kd": CRD_KD_DEFAULTS}
+_PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ce": {}, "kd": KD_DEFAULTS, "crd": CRD_DEFAULTS, "crd_kd": CRD_KD_DEFAULTS, "dkd": DKD_DEFAULTS,
+}
 
 
 def method_names() -> list[str]:
@@ -137,7 +151,7 @@ def build_distiller(
     """The Distiller for ``cfg.method``.
 
     Args:
-        cfg: ``DistillConfig`` (method, gamma/alpha/beta, kd.*, crd.*).
+        cfg: ``DistillConfig`` (method, gamma/alpha/beta, kd.*, crd.*, dkd.*).
         num_classes: C (labels must lie in [0, C)).
         student_dim: student embedding size; teacher_dims: one size per teacher
             (one -> single-teacher objective, several -> ensemble objective).

@@ -30,3 +30,6 @@ class Distiller(nn.Module):
     ) -> dict[str, Tensor]:
         """student/teacher outputs for a batch, labels (B,), dataset indices (B,)."""
         raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the Trainer before each epoch (0-based) for objectives with a schedule (DKD's warm-up)."""
