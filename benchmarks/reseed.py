@@ -4,7 +4,7 @@
     python benchmarks/reseed.py runs/fmnist-crd-kd-<time> --seeds 7 8 9 10
 
 Reads the sweep folder's ``config.yaml`` (its resolved config) and ``summary.json`` (the chosen config's
-sampled values, ``best_params``), and trains, with the project's plain-PyTorch ``Trainer`` and the sweep's
+sampled values, ``best_params``, and the space's constants, ``space_fixed``), and trains, with the project's plain-PyTorch ``Trainer`` and the sweep's
 teacher (outputs computed once, as the sweep does), for each seed: the chosen config and the student alone
 with the chosen config's optimiser settings. Prints test accuracy mean ± sd, the paired gain with its 95%
 interval, and whether the new mean gain lies inside the interval the sweep printed.
@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(args.threads)
     base = load_config(args.sweep_dir / "config.yaml")
-    chosen = apply_overrides(base, summary["best_params"])
-    alone = apply_overrides(base, {**optimiser_params(summary["best_params"]), **ALONE})
+    fixed = summary.get("space_fixed", {})
+    chosen = apply_overrides(base, {**fixed, **summary["best_params"]})
+    alone = apply_overrides(base, {**fixed, **optimiser_params(summary["best_params"]), **ALONE})
     data = build_data(base.data, base.seed)  # the sweep's split
     teacher = base.teacher.checkpoint or ensure_teacher(base, resolve_tracking_uri(base.tracking.uri))
     outputs = [CachedTeacherOutputs.load(teacher_outputs_file(teacher, base, data))]

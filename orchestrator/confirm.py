@@ -90,9 +90,10 @@ def _from_trial(s: TrialSummary, points: Sequence[PaperPoint], metric: str) -> C
     return Candidate(label, dict(s.params), "paper" if point else "tuned", s.number, s.best[metric])
 
 
-def jobs(cands: Sequence[Candidate], seeds: Sequence[int]) -> list[dict]:
-    """One job per (candidate, seed): what :func:`orchestrator.trial.run_job` trains."""
-    return [{"key": f"{i}-{seed}", "label": c.label, "overrides": c.overrides, "seed": int(seed)}
+def jobs(cands: Sequence[Candidate], seeds: Sequence[int], fixed: dict[str, Any]) -> list[dict]:
+    """One job per (candidate, seed): what :func:`orchestrator.trial.run_job` trains. ``fixed``: the search
+    space's constants, which every trial had besides its sampled values."""
+    return [{"key": f"{i}-{seed}", "label": c.label, "overrides": {**fixed, **c.overrides}, "seed": int(seed)}
             for i, c in enumerate(cands) for seed in seeds]
 
 

@@ -289,6 +289,7 @@ class SweepRunner:
         alone_mean = mean_sd(list(chosen.alone.test.values()))[0] if chosen.alone and chosen.alone.test else None
         summary = {
             "best_trial": chosen.trial, f"best_{metric}": chosen.search_value, "best_params": chosen.params,
+            "space_fixed": self.plan.space.fixed,  # the space's constants: the chosen config = these + best_params
             "registered_seed": seed, "test/acc1": chosen.test[seed], "test/acc1_mean": test_mean, "test/acc1_sd": test_sd,
             "teacher/test_acc1": teacher_test, "student_alone/test_acc1": alone_mean, **verdict.as_dict(),
         }
@@ -350,7 +351,8 @@ class SweepRunner:
         """Train ``cands`` x ``seeds`` as the nested MLflow stage run ``stage`` (its id kept for --resume)."""
         if not cands:
             return
-        print(f"\n== {stage}: {len(cands)} config(s) x seeds {seeds} ==\n" +
+        fixed = "".join(f", {k}={_fmt(v)}" for k, v in self.plan.space.fixed.items())
+        print(f"\n== {stage}: {len(cands)} config(s) x seeds {seeds}{' (all with' + fixed[1:] + ')' if fixed else ''} ==\n" +
               "\n".join(f"  {c.label}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in c.overrides.items()) for c in cands),
               flush=True)
         stage_id = state.get(f"{stage}_run_id") or tracking.start_run(
@@ -361,7 +363,7 @@ class SweepRunner:
         _write_json(exp_dir / STATE_FILE, state)
         status = "FAILED"
         try:
-            results = self._run_jobs(confirm.jobs(cands, seeds), replace(ctx, parent_run_id=stage_id), exp_dir / stage)
+            results = self._run_jobs(confirm.jobs(cands, seeds, self.plan.space.fixed), replace(ctx, parent_run_id=stage_id), exp_dir / stage)
             failed = confirm.collect(results, cands)
             if failed:
                 print(f"warning: {len(failed)} {stage} run(s) failed: {', '.join(failed)}", file=sys.stderr)

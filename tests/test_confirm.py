@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config import load_config
-from orchestrator.confirm import Candidate, alone_for, candidates, decide
+from orchestrator.confirm import Candidate, alone_for, candidates, decide, jobs
 from orchestrator.leaderboard import TrialSummary
 from orchestrator.search import load_space, matching_point, paper_points
 from orchestrator.stats import mean_sd, paired_gain
@@ -95,6 +95,16 @@ def test_candidates_are_top_k_plus_best_paper_default_plus_alone(space_file):
     summaries[1] = _summary(2, 0.91, {**tuned, "distill.alpha": 1.2, "train.lr": 0.05})
     cands = candidates(summaries, points, top_k=2, metric="val/acc1", mode="max", baseline=True)
     assert [c.role for c in cands] == ["tuned", "tuned", "paper"] and all(c.alone is None for c in cands)
+
+
+def test_jobs_carry_the_space_constants_and_the_alone_stays_ce():
+    tuned = Candidate("trial 3", {"train.lr": 0.2, "distill.alpha": 1.5}, "tuned", 3)
+    alone = alone_for([tuned])
+    fixed = {"distill.method": "crd_kd", "distill.crd.nce_k": 1024}
+    out = jobs([tuned, alone], [1, 2], fixed)
+    assert [(j["label"], j["seed"]) for j in out] == [("trial 3", 1), ("trial 3", 2), ("student alone", 1), ("student alone", 2)]
+    assert out[0]["overrides"] == {**fixed, "train.lr": 0.2, "distill.alpha": 1.5}  # as the trial had it
+    assert out[2]["overrides"]["distill.method"] == "ce" and out[2]["overrides"]["train.lr"] == 0.2
 
 
 def test_decide_picks_the_best_mean_validation_accuracy():
