@@ -142,7 +142,7 @@ class AshaConfig:
 @dataclass
 class ConfirmConfig:
     top_k: int = 3  # re-train the k best configs (+ the best paper default) on fresh seeds; 0 = off (unconfirmed)
-    seeds: int = 5  # how many fresh seeds (never used by the search); >= 2 for an interval (docs/RESULTS.md: why 5)
+    seeds: int = 4  # how many fresh seeds (never used by the search); >= 2 for an interval (docs/RESULTS.md: why 4)
     level: float = 0.95  # confidence level of the paired t-intervals
 
 

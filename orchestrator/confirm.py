@@ -57,8 +57,9 @@ def optimiser_params(params: dict[str, Any]) -> dict[str, Any]:
 def candidates(summaries: Sequence[TrialSummary], points: Sequence[PaperPoint], top_k: int, metric: str,
                mode: str, baseline: bool) -> list[Candidate]:
     """The ``top_k`` best distinct configs of the search (completed trials first), the best paper-default
-    trial if it is not among them, and (``baseline``) the student alone if they all share their optimiser
-    settings (otherwise it is trained after the choice, with the chosen config's: :func:`alone_for`)."""
+    trial if it is not among them, and (``baseline``) the student alone with the optimiser settings of the
+    best-ranked one (linked to every candidate that shares them; if the chosen config does not, its own
+    student alone is trained after the choice: :func:`alone_for`)."""
     scored = [s for s in summaries if s.best.get(metric) is not None]
     rank = sorted(scored, key=lambda s: (s.outcome != "completed", -s.best[metric] if mode == "max" else s.best[metric]))
     chosen: list[Candidate] = []
@@ -70,9 +71,9 @@ def candidates(summaries: Sequence[TrialSummary], points: Sequence[PaperPoint], 
     papers = [s for s in rank if matching_point(s.params, points)]
     if papers and all(c.params != papers[0].params for c in chosen):
         chosen.append(_from_trial(papers[0], points, metric))
-    settings = {repr(sorted(optimiser_params(c.params).items())) for c in chosen}
-    if baseline and len(settings) == 1:  # one student alone serves every candidate
-        chosen.append(alone_for(chosen))
+    if baseline and chosen:  # the student alone with the best-ranked config's settings serves those sharing them
+        first = optimiser_params(chosen[0].params)
+        chosen.append(alone_for([c for c in chosen if optimiser_params(c.params) == first]))
     return chosen
 
 

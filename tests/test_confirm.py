@@ -91,10 +91,13 @@ def test_candidates_are_top_k_plus_best_paper_default_plus_alone(space_file):
     assert [c.role for c in cands] == ["tuned", "tuned", "paper", "alone"]
     assert cands[-1].overrides == {"train.lr": 0.1, "distill.method": "ce", "distill.gamma": 1.0}
     assert all(c.alone is cands[-1] for c in cands[:-1])
-    # Different optimiser settings: the student alone waits for the choice (alone_for the chosen config).
+    # Different optimiser settings: the student alone has the best-ranked config's; the others wait for the
+    # choice (alone_for the chosen config, if it is one of them).
     summaries[1] = _summary(2, 0.91, {**tuned, "distill.alpha": 1.2, "train.lr": 0.05})
     cands = candidates(summaries, points, top_k=2, metric="val/acc1", mode="max", baseline=True)
-    assert [c.role for c in cands] == ["tuned", "tuned", "paper"] and all(c.alone is None for c in cands)
+    assert [c.role for c in cands] == ["tuned", "tuned", "paper", "alone"]
+    assert cands[3].params == {"train.lr": 0.05} and cands[0].alone is cands[3]
+    assert cands[1].alone is None and cands[2].alone is None
 
 
 def test_jobs_carry_the_space_constants_and_the_alone_stays_ce():
