@@ -228,7 +228,9 @@ def plot(verdict: Verdict, path: Path) -> Path:
     ax.set_yticks(range(len(verdict.cands)), [c.label for c in verdict.cands])
     ax.invert_yaxis()
     ax.set_xlabel("test acc1 (%): seeds (dots), mean ± sd (bars)")
-    ax.set_title("confirmed" if verdict.confirmed else "unconfirmed (search seeds)")
+    seeds = ", ".join(map(str, verdict.seeds))
+    ax.set_title((f"confirmed on fresh seeds [{seeds}]" if verdict.confirmed else f"UNCONFIRMED: search seeds [{seeds}]")
+                 + "; chosen in red, student alone in grey", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
