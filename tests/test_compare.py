@@ -269,7 +269,7 @@ def test_compare_after_real_sweep_on_real_server(mlflow_server, ray_session, tmp
         "--tracking-uri", mlflow_server, "--storage-path", str(tmp_path / "runs"), "--num-samples", "4",
         "data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student", "train.epochs=2",
         "teacher.epochs=3", "distill.crd.nce_k=256", f"sweep.search_space={space}", "sweep.max_concurrent=2",
-        "data.batch_size=64",
+        "data.batch_size=64", "sweep.confirm.top_k=1", "sweep.confirm.seeds=2",
     ])
     assert rc == 0
 
@@ -280,7 +280,8 @@ def test_compare_after_real_sweep_on_real_server(mlflow_server, ray_session, tmp
     assert len(parents) == 1
     parent = parents[0]
     experiment = client.get_experiment(parent.info.experiment_id).name
-    children = tracking.child_runs(client, parent.info.experiment_id, parent.info.run_id)
+    children = [r for r in tracking.child_runs(client, parent.info.experiment_id, parent.info.run_id)
+                if r.data.tags.get(tracking.KIND) == "trial"]  # the confirm stage is a child of its own kind
     best_val = {
         r.info.run_id: max((m.value for m in client.get_metric_history(r.info.run_id, "val/acc1")), default=-1.0)
         for r in children

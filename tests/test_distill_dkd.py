@@ -141,6 +141,7 @@ def test_paper_points_of_the_dkd_space_are_the_paper_values():
         "distill.dkd.beta": 8.0,
         "distill.dkd.temperature": 4.0,
         "distill.dkd.alpha": 1.0,
+        "distill.dkd.warmup": 20,
     }
     assert paper_defaults("dkd")["distill.dkd.warmup"] == 20 == cfg.distill.dkd.warmup
 
