@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import threading
+import time
 
 import ray
 
@@ -95,3 +96,17 @@ def max_concurrency(trial: dict[str, float], reserved_cpu: float = 0.0) -> int:
     if trial.get("GPU"):
         fit = min(fit, int(res.get("GPU", 0.0) // trial["GPU"]))
     return max(1, fit)
+
+
+def wait_for_free(trial: dict[str, float], timeout_s: float = 180.0) -> bool:
+    """Wait (up to ``timeout_s``) until one trial's CPUs/GPUs are free again: the worker groups of trials Tune
+    stopped are released asynchronously, and a stage started before that times out waiting for workers.
+    Returns whether they are free."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        free = ray.available_resources()
+        if free.get("CPU", 0.0) >= trial["CPU"] and free.get("GPU", 0.0) >= trial.get("GPU", 0.0):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1.0)

@@ -363,6 +363,8 @@ class SweepRunner:
         _write_json(exp_dir / STATE_FILE, state)
         status = "FAILED"
         try:
+            if not cluster.wait_for_free({"CPU": self.plan.trial_cpu, "GPU": self.plan.trial_gpu}):
+                print("warning: the search's stopped trials still hold their resources after 3 minutes", file=sys.stderr)
             results = self._run_jobs(confirm.jobs(cands, seeds, self.plan.space.fixed), replace(ctx, parent_run_id=stage_id), exp_dir / stage)
             failed = confirm.collect(results, cands)
             if failed:

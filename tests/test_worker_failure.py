@@ -26,7 +26,7 @@ def test_killed_train_worker_restarts_and_history_stays_contiguous(isolated_cach
         "--name", "kill", "--num-samples", "2", "--storage-path", str(tmp_path / "runs"), "--tracking-uri", uri,
         "data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student", "teacher.epochs=3",
         f"sweep.search_space={SPACE}", "train.epochs=3", "sweep.max_concurrent=1",
-        "train.in_process=false", "train.num_workers=1", "sweep.baseline=false",
+        "train.in_process=false", "train.num_workers=1", "sweep.baseline=false", "sweep.confirm.top_k=0",
     ]
     done = subprocess.run([sys.executable, "-m", "orchestrator.sweep", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=900)
