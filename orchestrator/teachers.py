@@ -343,18 +343,3 @@ def _train_logged(cfg: Config, data: DataBundle, arch: str, epochs: int, lr: flo
         raise
     finally:
         tracking.end_run(client, run_id, status)
-
-
-def baseline_metrics(cfg: Config) -> dict:
-    """Test/val metrics of the student trained alone (CE) for ``train.epochs`` at ``train.lr``; cached."""
-    from orchestrator.data import build_data
-
-    arch, epochs, lr, weights = cfg.model.student, cfg.train.epochs, cfg.train.lr, cfg.model.student_weights
-    path = default_cache_dir() / "baselines" / f"{cfg.data.dataset}-{arch}-{training_key(cfg, arch, epochs, lr, weights)}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    data = build_data(cfg.data, cfg.seed)
-    _, metrics = train_alone(cfg, data, arch, epochs, lr, weights=weights, label=f"student alone {arch}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2))
-    return metrics
