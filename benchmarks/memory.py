@@ -63,7 +63,7 @@ def child(spec: dict) -> dict:
     times = [run() for _ in range(spec["steps"])]
     peak = _status_kib("VmHWM")
     bank = 0
-    for name, buf in trainer.distiller.named_buffers():
+    for name, buf in trainer.objective.named_buffers():
         if name.endswith(("bank_s", "bank_t")):
             bank += buf.numel() * buf.element_size()
     del torch

@@ -23,6 +23,7 @@ import torch
 from orchestrator.config import apply_overrides, load_config
 from orchestrator.confirm import ALONE, optimiser_params
 from orchestrator.data import build_data
+from orchestrator.distill import registry
 from orchestrator.engine import CachedTeacherOutputs, Trainer
 from orchestrator.output_cache import teacher_outputs_file
 from orchestrator.stats import mean_sd, paired_gain
@@ -33,7 +34,7 @@ from orchestrator.tracking import resolve_tracking_uri
 def train(cfg, data, outputs, seed: int) -> float:
     """Test acc1 of one student trained with ``cfg`` and ``seed`` (teacher outputs unless CE only)."""
     cfg = apply_overrides(cfg, {"seed": seed})
-    trainer = Trainer(cfg, data, teacher_outputs=None if cfg.distill.method == "ce" else outputs)
+    trainer = Trainer(cfg, data, teacher_outputs=outputs if registry.needs_teacher(cfg.distill) else None)
     for _ in range(cfg.train.epochs):
         trainer.train_one_epoch()
     return trainer.evaluate("test")["acc1"]

@@ -84,7 +84,7 @@ def legacy_crd_forward(self, student_emb, teacher_emb, indices, negatives):
     functions ``contrast_scores`` and ``nce_loss``, which are unchanged."""
     import torch
 
-    from orchestrator.distill import memory
+    from orchestrator.distill import nce
 
     if negatives.shape[-1] >= self.n_data:
         raise ValueError(f"nce_k ({negatives.shape[-1]}) must be smaller than N ({self.n_data})")
@@ -96,10 +96,10 @@ def legacy_crd_forward(self, student_emb, teacher_emb, indices, negatives):
     idx = indices.to(mem.bank_s.device, torch.long)
     negatives = negatives.to(mem.bank_s.device, torch.long)
     with torch.autocast(device_type=v_s.device.type, enabled=False):
-        out_s = memory.contrast_scores(v_s, mem.bank_t, idx, negatives, self.tau)
-        out_t = memory.contrast_scores(v_t, mem.bank_s, idx, negatives, self.tau)
+        out_s = nce.contrast_scores(v_s, mem.bank_t, idx, negatives, self.tau)
+        out_t = nce.contrast_scores(v_t, mem.bank_s, idx, negatives, self.tau)
         z_s, z_t = mem.normalisers(out_s, out_t, update=self.training)
-        loss = memory.nce_loss(out_s / z_s, self.n_data) + memory.nce_loss(out_t / z_t, self.n_data)
+        loss = nce.nce_loss(out_s / z_s, self.n_data) + nce.nce_loss(out_t / z_t, self.n_data)
     if self.training:
         mem.update(idx, v_s, v_t)
     return loss
@@ -129,21 +129,21 @@ class ReferenceNegatives:
 @contextlib.contextmanager
 def implementation(variant: Variant, reference: ReferenceNegatives | None) -> Iterator[None]:
     """Swap in the CRD loss (and sampler) of ``variant.impl`` for the duration of its steps."""
-    from orchestrator.distill.crd import ContrastiveDistiller, CRDLoss
+    from orchestrator.distill.crd import CRD, CRDLoss
 
     if variant.impl == "now":
         yield
         return
-    saved = CRDLoss.forward, ContrastiveDistiller.draw_negatives
+    saved = CRDLoss.forward, CRD.draw_negatives
     CRDLoss.forward = legacy_crd_forward
     if variant.impl == "reference" and reference is not None:
-        ContrastiveDistiller.draw_negatives = lambda self, indices, labels: reference(self, indices, labels)
+        CRD.draw_negatives = lambda self, indices, labels: reference(self, indices, labels)
     else:  # drawn on the host, as before the sampler drew on the bank's device
-        ContrastiveDistiller.draw_negatives = lambda self, indices, labels: saved[1](self, indices.cpu(), labels)
+        CRD.draw_negatives = lambda self, indices, labels: saved[1](self, indices.cpu(), labels)
     try:
         yield
     finally:
-        CRDLoss.forward, ContrastiveDistiller.draw_negatives = saved
+        CRDLoss.forward, CRD.draw_negatives = saved
 
 
 # ---------------------------------------------------------------- building and timing
@@ -177,6 +177,7 @@ def make_setup(n: int, batch: int, device: str, teacher: str, student: str, chan
 
 def make_trainer(setup: Setup, v: Variant, batch: int, extra: list[str] = ()):
     from orchestrator.config import load_config
+    from orchestrator.distill import registry
     from orchestrator.engine import Trainer
 
     overrides = [
@@ -186,8 +187,9 @@ def make_trainer(setup: Setup, v: Variant, batch: int, extra: list[str] = ()):
     if v.k:
         overrides += [f"distill.crd.nce_k={v.k}", f"distill.crd.negatives_mode={v.mode}"]
     cfg = load_config(None, overrides)
-    live = v.method != "ce" and v.teacher == "live"
-    cached = v.method != "ce" and v.teacher == "cached"
+    reads_teacher = registry.needs_teacher(cfg.distill)
+    live = reads_teacher and v.teacher == "live"
+    cached = reads_teacher and v.teacher == "cached"
     return Trainer(
         cfg, setup.data, [setup.teacher] if live else [], device=setup.device,
         teacher_outputs=[setup.cache] if cached else None,
@@ -269,15 +271,16 @@ def instrument(clock: Clock) -> Iterator[None]:
     """Time the pieces of the CRD loss (both implementations) by wrapping them."""
     from orchestrator.distill import crd as crd_mod
     from orchestrator.distill import memory as mem_mod
+    from orchestrator.distill import nce as nce_mod
 
     patched = [
         (crd_mod.Embed, "forward", "CRD heads (2 x Linear + L2 norm)"),
-        (crd_mod.ContrastiveDistiller, "draw_negatives", "negatives: sampling"),
+        (crd_mod.CRD, "draw_negatives", "negatives: sampling"),
         (mem_mod.ContrastMemory, "update", "memory-bank update"),
         (mem_mod.ContrastMemory, "normalisers", "NCE: Z"),
         (crd_mod, "nce_loss_and_grad", "NCE: loss + its gradient (fused)"),
-        (mem_mod, "contrast_scores", "scores: gather/matmul + exp"),
-        (mem_mod, "nce_loss", "NCE: loss (autograd graph)"),
+        (nce_mod, "contrast_scores", "scores: gather/matmul + exp"),
+        (nce_mod, "nce_loss", "NCE: loss (autograd graph)"),
     ]
     saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in patched]
     original_dots = crd_mod.contrast_dots
@@ -306,14 +309,14 @@ def instrumented_step(trainer, batch, clock: Clock) -> None:
     with clock("data: batch to device"):
         images, labels, indices = (t.to(trainer.device) for t in (images, labels, indices))
     teacher_out = None
-    if trainer.distiller.needs_teacher:
+    if trainer.objective.needs_teacher:
         with clock("teacher forward (live) / cache lookup"):
             teacher_out = trainer._teacher_forward(images, indices)
     with clock("student forward"):
         student_out = trainer._student_step(images)
     teacher_arg = None if teacher_out is None else (teacher_out[0] if len(teacher_out) == 1 else teacher_out)
     with clock("distiller forward (all terms)"):
-        terms = trainer._distiller_step(student_out, teacher_arg, labels, indices)
+        terms = trainer._objective_step(student_out, teacher_arg, labels, indices)
         loss = sum(terms.values())
     with clock("backward"):
         trainer.optimizer.zero_grad(set_to_none=True)

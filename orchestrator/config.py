@@ -17,7 +17,9 @@ from typing import Any
 
 import yaml
 
-METHODS = ("ce", "kd", "crd", "crd_kd", "dkd")
+from orchestrator.distill.checks import KnobError
+from orchestrator.distill.registry import allowed_methods, knob_sections, method_terms
+
 EXPORT_FORMATS = ("onnx", "torchscript")
 NORMALIZE = ("auto", "data", "pretrained")
 DATASETS = ("fashion_mnist", "digits", "cifar10", "cifar100", "imagefolder")
@@ -82,38 +84,19 @@ class TeacherConfig:
     cache_outputs: bool = True  # precompute teacher outputs on un-augmented train data
 
 
-@dataclass
-class KDConfig:
-    temperature: float = 4.0
+def _distill_config() -> type:
+    """``distill``: the objective (method, weights) plus one section per registered term's knobs."""
+    sections = [(name, knobs, field(default_factory=knobs)) for name, knobs in knob_sections().items()]
+    return dataclasses.make_dataclass("DistillConfig", [
+        ("method", str, field(default="crd_kd")),  # a preset (registry.method_names()) or terms joined by '+'
+        ("gamma", float, field(default=1.0)),  # CE weight
+        ("alpha", float, field(default=1.0)),  # KD weight
+        ("beta", float, field(default=0.8)),  # CRD weight
+        *sections,
+    ], namespace={"__module__": __name__})
 
 
-@dataclass
-class DKDConfig:  # DKD's own weights (distill.alpha/beta are the KD and CRD weights)
-    alpha: float = 1.0  # TCKD weight
-    beta: float = 8.0  # NCKD weight
-    temperature: float = 4.0
-    warmup: int = 20  # epochs over which the DKD term ramps up linearly; 0 = none
-
-
-@dataclass
-class CRDConfig:
-    feat_dim: int = 128
-    nce_k: int = 4096
-    nce_t: float = 0.07
-    momentum: float = 0.5
-    z_mode: str = "fixed"  # "fixed" (first batch, as the reference) or "ema"
-    negatives_mode: str = "shared"  # "shared": one K-set per batch (one matmul); "exact": K per anchor (reference)
-
-
-@dataclass
-class DistillConfig:
-    method: str = "crd_kd"
-    gamma: float = 1.0  # CE weight
-    alpha: float = 1.0  # KD weight
-    beta: float = 0.8  # CRD weight
-    kd: KDConfig = field(default_factory=KDConfig)
-    crd: CRDConfig = field(default_factory=CRDConfig)
-    dkd: DKDConfig = field(default_factory=DKDConfig)
+DistillConfig = _distill_config()
 
 
 @dataclass
@@ -262,7 +245,10 @@ def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
         key = prefix + unknown[0]
         raise ConfigError(key, data[unknown[0]], f"known keys here are {sorted(types)}")
     kwargs = {name: coerce(prefix + name, data[name], types[name]) for name in data}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except KnobError as exc:  # a term's knobs check themselves (distill.<term>.*)
+        raise ConfigError(prefix + exc.name, exc.value, exc.allowed) from None
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -440,7 +426,10 @@ def validate(cfg: Config) -> None:
     _check_weights(cfg)
     for fmt in cfg.export.formats:
         _check(fmt in EXPORT_FORMATS, "export.formats", cfg.export.formats, f"a list of {list(EXPORT_FORMATS)} (may be empty)")
-    _check(ds.method in METHODS, "distill.method", ds.method, f"one of {list(METHODS)}")
+    try:
+        method_terms(ds.method)
+    except ValueError:
+        raise ConfigError("distill.method", ds.method, allowed_methods()) from None
     from orchestrator.models.base import family_prefixes, is_known_model, model_names  # the registry (plain PyTorch)
 
     for key in ("teacher", "student"):
@@ -450,23 +439,6 @@ def validate(cfg: Config) -> None:
     for key in ("gamma", "alpha", "beta"):
         value = getattr(ds, key)
         _check(value >= 0, f"distill.{key}", value, "a weight >= 0")
-    _positive("distill.kd.temperature", ds.kd.temperature)
-    _positive("distill.crd.feat_dim", ds.crd.feat_dim)
-    _positive("distill.crd.nce_k", ds.crd.nce_k)
-    _positive("distill.crd.nce_t", ds.crd.nce_t)
-    _check(0.0 <= ds.crd.momentum < 1.0, "distill.crd.momentum", ds.crd.momentum, "a value in [0, 1)")
-    _check(ds.crd.z_mode in ("fixed", "ema"), "distill.crd.z_mode", ds.crd.z_mode, "'fixed' or 'ema'")
-    _check(
-        ds.crd.negatives_mode in ("exact", "shared"),
-        "distill.crd.negatives_mode",
-        ds.crd.negatives_mode,
-        "'exact' or 'shared'",
-    )
-    for key in ("alpha", "beta"):
-        value = getattr(ds.dkd, key)
-        _check(value >= 0, f"distill.dkd.{key}", value, "a weight >= 0")
-    _positive("distill.dkd.temperature", ds.dkd.temperature)
-    _check(ds.dkd.warmup >= 0, "distill.dkd.warmup", ds.dkd.warmup, "an integer number of epochs >= 0 (0 = no warm-up)")
     _positive("train.epochs", tr.epochs)
     _check(tr.optimizer in ("sgd", "adamw"), "train.optimizer", tr.optimizer, "'sgd' or 'adamw'")
     _positive("train.lr", tr.lr)

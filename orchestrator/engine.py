@@ -1,10 +1,10 @@
 """The plain-PyTorch training API every Ray Train worker calls.
 
-``Trainer`` builds the student, the distiller, the optimiser and the loaders
+``Trainer`` builds the student, the objective, the optimiser and the loaders
 from a :class:`~orchestrator.config.Config`, trains one epoch at a time,
 evaluates, and saves/restores everything needed to resume. Teachers are
 frozen (``eval()``, ``requires_grad_(False)``, not in the optimiser, not in
-checkpoints). Under ``torch.distributed`` the student and the distiller's
+checkpoints). Under ``torch.distributed`` the student and the objective's
 trainable heads are wrapped in DDP. No Ray, no MLflow here.
 """
 
@@ -14,7 +14,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,8 +24,9 @@ from torch import Tensor, nn
 
 from orchestrator.config import Config
 from orchestrator.data import DataBundle, make_loader, set_epoch
-from orchestrator.distill import build_distiller
+from orchestrator.distill import build_objective, registry
 from orchestrator.models import ModelOutput
+from orchestrator.models.base import Shapes, probe_shapes, stage_names
 from orchestrator.models.pretrained import build_with_weights
 from orchestrator.safe_load import load_tensors
 
@@ -38,31 +39,54 @@ class NonFiniteLossError(RuntimeError):
 class CachedTeacherOutputs:
     """Teacher outputs precomputed on the un-augmented train split, indexed by sample index.
 
-    logits: (N, num_classes); embedding: (N, D); source_indices: (N,) which source images the
-    rows belong to (checked against the train split, so a cache never meets another split).
+    Holds only the fields the objective reads: logits (N, num_classes), embedding (N, D) and
+    features {stage name: (N, C, H, W)}, each None/empty when not stored; stage_names: all the
+    teacher's stages in order (features keeps their positions); source_indices: (N,) which
+    source images the rows belong to (checked against the train split, so a cache never meets
+    another split).
     """
 
-    logits: Tensor
-    embedding: Tensor
+    logits: Tensor | None
+    embedding: Tensor | None
     source_indices: Tensor | None = None
+    features: dict[str, Tensor] = field(default_factory=dict)
+    stage_names: tuple[str, ...] = ()
 
     def save(self, path) -> None:
         from orchestrator.teachers import atomic_torch_save
 
-        atomic_torch_save(
-            {"logits": self.logits, "embedding": self.embedding, "source_indices": self.source_indices}, path
-        )
+        atomic_torch_save({"logits": self.logits, "embedding": self.embedding, "source_indices": self.source_indices,
+                           "features": self.features, "stage_names": list(self.stage_names)}, path)
 
     @classmethod
     def load(cls, path) -> CachedTeacherOutputs:
         blob = load_tensors(path, "teacher-output cache")
-        return cls(blob["logits"], blob["embedding"], blob.get("source_indices"))
+        return cls(blob["logits"], blob["embedding"], blob.get("source_indices"), blob.get("features") or {},
+                   tuple(blob.get("stage_names") or ()))
+
+    @property
+    def num_samples(self) -> int:
+        return next(t.shape[0] for t in (self.logits, self.embedding, *self.features.values()) if t is not None)
+
+    def shapes(self) -> Shapes:
+        """The teacher's Shapes as far as the cache holds them (embedding 0, stage shape () when not stored)."""
+        return Shapes(0 if self.embedding is None else int(self.embedding.shape[1]),
+                      {name: tuple(self.features[name].shape[1:]) if name in self.features else ()
+                       for name in self.stage_names})
+
+    def rows(self, indices: Tensor, device: torch.device) -> ModelOutput:
+        """The batch's rows as a ModelOutput (every stage at its position; fields not stored are empty tensors)."""
+        def take(t: Tensor | None) -> Tensor:
+            return torch.empty(0, device=device) if t is None else t[indices].to(device)
+
+        return ModelOutput([take(self.features.get(name)) for name in self.stage_names], take(self.embedding),
+                           take(self.logits))
 
     def check_matches(self, dataset) -> None:
         """Raise ValueError unless the rows line up with ``dataset``'s samples."""
-        if self.logits.shape[0] != len(dataset):
+        if self.num_samples != len(dataset):
             raise ValueError(
-                f"teacher output cache holds {self.logits.shape[0]} samples but the train split has "
+                f"teacher output cache holds {self.num_samples} samples but the train split has "
                 f"{len(dataset)}; recompute it for this data configuration"
             )
         mine, theirs = self.source_indices, getattr(dataset, "source_indices", None)
@@ -71,7 +95,6 @@ class CachedTeacherOutputs:
                 "teacher output cache was computed on a different train split (another seed, subset or "
                 "val_fraction); recompute it for this data configuration"
             )
-
 
 
 def seed_everything(seed: int) -> None:
@@ -122,26 +145,26 @@ class Trainer:
         self.student = build_with_weights(
             cfg.model.student, data.num_classes, data.in_channels, cfg.model.student_weights
         ).to(self.device)
-        teacher_dims = [t.embedding_dim for t in self.teachers] or [c.embedding.shape[1] for c in self.teacher_outputs]
-        self.distiller = build_distiller(
+        self.objective = build_objective(
             cfg.distill,
             num_classes=data.num_classes,
-            student_dim=self.student.embedding_dim,
-            teacher_dims=teacher_dims,
+            student=self._shapes(self.student, data),
+            teachers=[self._shapes(t, data) for t in self.teachers] or [c.shapes() for c in self.teacher_outputs],
             train_labels=data.train_labels,
             negatives=cfg.data.negatives,
-            seed=cfg.seed,  # same on every rank; the distiller draws per-rank negative streams
+            seed=cfg.seed,  # same on every rank; terms draw per-rank negative streams
         ).to(self.device)
 
         self._student_step = self.student
-        self._distiller_step = self.distiller
+        self._objective_step = self.objective
         if _distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
             self._student_step = nn.parallel.DistributedDataParallel(self.student, device_ids=ids)
-            if _has_trainable(self.distiller):
-                # Memory banks are kept identical by the distiller's own all_gather.
-                self._distiller_step = nn.parallel.DistributedDataParallel(
-                    self.distiller, device_ids=ids, broadcast_buffers=False
+            if _has_trainable(self.objective):
+                # Memory banks are kept identical by the CRD term's own all_gather.
+                self._objective_step = nn.parallel.DistributedDataParallel(
+                    self.objective, device_ids=ids, broadcast_buffers=False,
+                    find_unused_parameters=self.objective.pre_stage_length > 0,  # a pre-stage trains some parts only
                 )
 
         self.optimizer = self._build_optimizer()
@@ -159,9 +182,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ build
 
+    def _shapes(self, model: nn.Module, data: DataBundle) -> Shapes:
+        """The model's embedding size, and its stage shapes when an enabled term reads features (one probe)."""
+        if not registry.teacher_needs(self.cfg.distill).stages:
+            return Shapes(int(model.embedding_dim))
+        return probe_shapes(model, data.in_channels, data.image_size, self.device)
+
     def _build_optimizer(self) -> torch.optim.Optimizer:
         tr = self.cfg.train
-        params = [p for p in list(self.student.parameters()) + list(self.distiller.parameters()) if p.requires_grad]
+        params = [p for p in list(self.student.parameters()) + list(self.objective.parameters()) if p.requires_grad]
         if tr.optimizer == "sgd":
             return torch.optim.SGD(params, lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay, nesterov=True)
         return torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay)
@@ -180,53 +209,75 @@ class Trainer:
     def _teacher_forward(self, images: Tensor, indices: Tensor) -> list[ModelOutput]:
         if self.teacher_outputs:
             idx = indices.cpu()
-            return [
-                ModelOutput([], c.embedding[idx].to(self.device), c.logits[idx].to(self.device))
-                for c in self.teacher_outputs
-            ]
+            return [c.rows(idx, self.device) for c in self.teacher_outputs]
         with torch.no_grad():
             return [t(images) for t in self.teachers]
 
     def train_one_epoch(self) -> dict[str, float]:
-        """One pass over the train split; returns ``train/loss``, ``train/loss_<term>``, time, throughput."""
+        """One pass over the train split; returns ``train/loss``, ``train/loss_<term>``, time, throughput.
+
+        Before the first epoch, the objective's pre-stage epochs (if a term declares one) are run with
+        their own optimiser (same settings, constant lr); their means come back as ``prestage/*``.
+        """
+        metrics = self._pre_stage() if self.epoch == 0 and self.objective.pre_stage_length else {}
+        self.objective.set_epoch(self.epoch)
+        sums, seen, elapsed = self._pass(self.epoch, self.optimizer, None)
+        self.scheduler.step()
+        self.epoch += 1
+        metrics.update({f"train/{k}": v / max(seen, 1) for k, v in sums.items()})
+        metrics["time/epoch_s"] = elapsed
+        metrics["throughput/train_img_s"] = seen * self.world_size / max(elapsed, 1e-9)
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        return metrics
+
+    def _pre_stage(self) -> dict[str, float]:
+        """The pre-stage: ``objective.pre_stage_length`` passes over the train split (data order of epochs 0, 1, ...)."""
+        optimizer = self._build_optimizer()
+        totals: dict[str, float] = {}
+        seen_all, elapsed_all = 0, 0.0
+        for epoch in range(self.objective.pre_stage_length):
+            sums, seen, elapsed = self._pass(epoch, optimizer, epoch)
+            seen_all, elapsed_all = seen_all + seen, elapsed_all + elapsed
+            for k, v in sums.items():
+                totals[k] = totals.get(k, 0.0) + v
+        out = {f"prestage/{k}": v / max(seen_all, 1) for k, v in totals.items()}
+        out.update({"prestage/epochs": self.objective.pre_stage_length, "time/prestage_s": elapsed_all})
+        return out
+
+    def _pass(self, epoch: int, optimizer: torch.optim.Optimizer, pre_stage_epoch: int | None):
+        """One pass over the train split in epoch ``epoch``'s order, stepping ``optimizer`` on the objective's
+        loss (its pre-stage losses when ``pre_stage_epoch`` is set); returns (per-term sums, images, seconds)."""
         self.student.train()
-        self.distiller.train()
-        set_epoch(self.train_loader, self.epoch)
-        self.distiller.set_epoch(self.epoch)
+        self.objective.train()
+        set_epoch(self.train_loader, epoch)
         sums: dict[str, float] = {}
         seen, start = 0, time.perf_counter()
         for step, (images, labels, indices) in enumerate(self.train_loader):
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             indices = indices.to(self.device, non_blocking=True)
-            teacher_out: list[ModelOutput] | None = None
-            if self.distiller.needs_teacher:
-                teacher_out = self._teacher_forward(images, indices)
+            teacher_out = self._teacher_forward(images, indices) if self.objective.needs_teacher else []
             student_out = self._student_step(images)
-            teacher_arg = None if teacher_out is None else (teacher_out[0] if len(teacher_out) == 1 else teacher_out)
-            terms = self._distiller_step(student_out, teacher_arg, labels, indices)
+            if pre_stage_epoch is None:
+                terms = self._objective_step(student_out, teacher_out, labels, indices)
+            else:
+                terms = self._objective_step(student_out, teacher_out, labels, indices, pre_stage_epoch=pre_stage_epoch)
             loss = sum(terms.values())
             if not torch.isfinite(loss):
                 values = {k: float(v.detach()) for k, v in terms.items()}
+                stage = f"pre-stage epoch {pre_stage_epoch + 1}" if pre_stage_epoch is not None else f"epoch {epoch + 1}"
                 raise NonFiniteLossError(
-                    f"training loss is {float(loss.detach())} at epoch {self.epoch + 1}, step {step} (terms: {values}); "
+                    f"training loss is {float(loss.detach())} at {stage}, step {step} (terms: {values}); "
                     f"lower train.lr (now {self.cfg.train.lr}) or the loss weights, or raise distill.crd.nce_t"
                 )
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self.optimizer.step()
+            optimizer.step()
             batch = labels.shape[0]
             seen += batch
             sums["loss"] = sums.get("loss", 0.0) + loss.item() * batch
             for name, value in terms.items():
                 sums[f"loss_{name}"] = sums.get(f"loss_{name}", 0.0) + value.item() * batch
-        elapsed = time.perf_counter() - start
-        self.scheduler.step()
-        self.epoch += 1
-        metrics = {f"train/{k}": v / max(seen, 1) for k, v in sums.items()}
-        metrics["time/epoch_s"] = elapsed
-        metrics["throughput/train_img_s"] = seen * self.world_size / max(elapsed, 1e-9)
-        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-        return metrics
+        return sums, seen, time.perf_counter() - start
 
     def evaluate(self, split: str = "val") -> dict[str, float]:
         """acc1, acc5 and CE loss of the student on ``split`` ("val", "test" or "train_eval")."""
@@ -236,11 +287,11 @@ class Trainer:
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict:
-        """Everything needed to resume: student, distiller (heads, banks), optimiser, scheduler, epoch, RNG."""
+        """Everything needed to resume: student, objective (heads, banks), optimiser, scheduler, epoch, RNG."""
         return {
             "epoch": self.epoch,
             "student": self.student.state_dict(),
-            "distiller": self.distiller.state_dict(),
+            "objective": self.objective.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": {
@@ -255,7 +306,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.student.load_state_dict(state["student"])
-        self.distiller.load_state_dict(state["distiller"])
+        self.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
@@ -296,18 +347,35 @@ def evaluate_model(model: nn.Module, dataset, batch_size: int, device: torch.dev
 
 
 @torch.no_grad()
-def compute_teacher_outputs(teacher: nn.Module, dataset, batch_size: int = 512, device="cpu") -> CachedTeacherOutputs:
-    """Run a frozen teacher once over ``dataset`` (un-augmented); rows ordered by sample index."""
+def compute_teacher_outputs(
+    teacher: nn.Module, dataset, batch_size: int = 512, device="cpu", needs: registry.Needs = registry.OUTPUTS
+) -> CachedTeacherOutputs:
+    """Run a frozen teacher once over ``dataset`` (un-augmented); rows ordered by sample index.
+
+    Stores what ``needs`` names (default: logits and embedding), in float32 on the CPU.
+    """
     freeze(teacher)
     loader = make_loader(dataset, batch_size, shuffle=False, seed=0)
     n = len(dataset)
-    logits = embedding = None
+    fields: dict[str, Tensor] = {}
+    names: tuple[str, ...] = ()
     for images, _, indices in loader:
         out = teacher(images.to(device))
-        if logits is None:
-            logits = torch.empty(n, out.logits.shape[1])
-            embedding = torch.empty(n, out.embedding.shape[1])
-        logits[indices] = out.logits.float().cpu()
-        embedding[indices] = out.embedding.float().cpu()
+        if not names:
+            names = stage_names(teacher, len(out.features))
+            unknown = [s for s in needs.stages if s not in names]
+            if unknown:
+                raise ValueError(f"the teacher has no stage(s) {unknown}; its stages: {list(names)}")
+        values = {registry.LOGITS: out.logits, registry.EMBEDDING: out.embedding,
+                  **{f"stage:{n}": f for n, f in zip(names, out.features)}}
+        wanted = [f for f in (registry.LOGITS, registry.EMBEDDING) if f in needs.fields]
+        for key in wanted + [f"stage:{s}" for s in needs.stages]:
+            if key not in fields:
+                fields[key] = torch.empty(n, *values[key].shape[1:])
+            fields[key][indices] = values[key].float().cpu()
     source = getattr(dataset, "source_indices", None)
-    return CachedTeacherOutputs(logits, embedding, None if source is None else torch.as_tensor(source).clone())
+    return CachedTeacherOutputs(
+        fields.get(registry.LOGITS), fields.get(registry.EMBEDDING),
+        None if source is None else torch.as_tensor(source).clone(),
+        {s: fields[f"stage:{s}"] for s in needs.stages}, names,
+    )

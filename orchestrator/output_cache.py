@@ -17,11 +17,9 @@ from torch import nn
 
 from orchestrator.config import Config
 from orchestrator.data import DataBundle
+from orchestrator.distill.registry import OUTPUTS, Needs
 from orchestrator.engine import compute_teacher_outputs
 from orchestrator.teachers import default_cache_dir, load_teacher
-
-FIELDS = ("logits", "embedding", "source_indices")  # what CachedTeacherOutputs stores
-
 
 def weights_digest(model: nn.Module) -> str:
     """SHA-256 of a model's state_dict: every tensor's name, dtype, shape and bytes, in name order."""
@@ -40,19 +38,25 @@ def data_key(cfg: Config) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
 
-def cache_path(model: nn.Module, cfg: Config) -> Path:
+def fields_key(needs: Needs) -> str:
+    """A short hash of the stored fields (sorted field names, stages in order)."""
+    return hashlib.sha256(",".join([*sorted(needs.fields), *(f"stage:{s}" for s in needs.stages)]).encode()).hexdigest()[:6]
+
+
+def cache_path(model: nn.Module, cfg: Config, needs: Needs = OUTPUTS) -> Path:
     """``<cache>/teacher-outputs/<weights>-<split>-<fields>.pt``."""
-    fields = hashlib.sha256(",".join(FIELDS).encode()).hexdigest()[:6]
+    fields = fields_key(needs)
     return default_cache_dir() / "teacher-outputs" / f"{weights_digest(model)[:16]}-{data_key(cfg)}-{fields}.pt"
 
 
-def teacher_outputs_file(teacher: str, cfg: Config, data: DataBundle) -> Path:
-    """The cache file of ``teacher``'s outputs on ``data.train_eval``, computed now if missing."""
+def teacher_outputs_file(teacher: str, cfg: Config, data: DataBundle, needs: Needs = OUTPUTS) -> Path:
+    """The cache file of ``teacher``'s outputs on ``data.train_eval`` (the fields ``needs`` names),
+    computed now if missing."""
     model = load_teacher(teacher, data.num_classes, data.in_channels, data.image_size)
-    path = cache_path(model, cfg)
+    path = cache_path(model, cfg, needs)
     if not path.is_file():
         start = time.perf_counter()
-        compute_teacher_outputs(model, data.train_eval, cfg.data.eval_batch_size).save(path)
+        compute_teacher_outputs(model, data.train_eval, cfg.data.eval_batch_size, needs=needs).save(path)
         print(f"teacher outputs for {len(data.train_eval)} training images computed once "
               f"({time.perf_counter() - start:.1f} s) -> {path}", flush=True)
     return path

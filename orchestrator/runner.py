@@ -28,11 +28,12 @@ from ray.tune.search.optuna import OptunaSearch
 from orchestrator import cluster, confirm, tracking
 from orchestrator.config import asha_grace, confirm_seeds, dump_yaml, flatten, search_seeds, to_dict, tpe_startup_trials
 from orchestrator.data import DataBundle
+from orchestrator.distill import registry
 from orchestrator.engine import evaluate_model
 from orchestrator.export import example_batch, export_student
 from orchestrator.leaderboard import best_summary, summarise, to_frame
 from orchestrator.output_cache import teacher_outputs_file
-from orchestrator.search import paper_points, sampled_keys, space_path
+from orchestrator.search import paper_points, possible_configs, sampled_keys, space_path
 from orchestrator.stats import mean_sd
 from orchestrator.sweep import Plan
 from orchestrator.teachers import (
@@ -210,18 +211,17 @@ class SweepRunner:
         return path, {}
 
     def _teacher_outputs(self, teacher: str) -> list[str]:
-        """Precompute teacher outputs on the un-augmented train split once (cached by content across sweeps)."""
+        """Precompute, once, the teacher outputs every objective the space can choose reads, on the un-augmented
+        train split (cached by content across sweeps); none when the teacher must run live."""
         cfg = self.cfg
-        if cfg.data.augment or not cfg.teacher.cache_outputs or cfg.distill.method == "ce" and not self._space_uses_teacher():
+        configs = possible_configs(self.plan.space, cfg)
+        needs = registry.Needs()
+        for c in configs:
+            needs = needs | registry.teacher_needs(c.distill)
+        live = cfg.data.augment or not cfg.teacher.cache_outputs or not all(registry.cacheable(c.distill) for c in configs)
+        if live or not needs.teacher:
             return []
-        return [str(teacher_outputs_file(teacher, cfg, self.data))]
-
-    def _space_uses_teacher(self) -> bool:
-        methods = {self.plan.space.fixed.get("distill.method", self.cfg.distill.method)}
-        for p in self.plan.space.params:
-            if p.key == "distill.method":
-                methods |= set(p.choices or [])
-        return bool(methods - {"ce"})
+        return [str(teacher_outputs_file(teacher, cfg, self.data, needs))]
 
     def _tune(self, ctx: TrialContext, exp_dir: Path) -> tune.ResultGrid:
         cfg, plan = self.cfg, self.plan

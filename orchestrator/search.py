@@ -23,6 +23,7 @@ from typing import Any
 
 
 from orchestrator.config import Config, ConfigError, apply_overrides, flatten, read_yaml, to_dict
+from orchestrator.distill.registry import METHOD_KEY, data_problem, paper_defaults
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 TYPES = ("float", "int", "categorical")
@@ -166,29 +167,41 @@ def _validate(space: SearchSpace, base: Config, num_train_samples: int | None, w
             if cond not in known:
                 raise ConfigError(f"{where}:{p.key}.when", cond, "a config key")
     _check_conditions(space, known, where)
-    # Every extreme value must make a valid config (catches e.g. a negative weight).
-    extremes: list[dict[str, Any]] = [dict(space.fixed)]
-    for p in space.params:
-        values = p.choices if p.type == "categorical" else [p.low, p.high]
-        extremes += [{**space.fixed, p.key: v} for v in values]
-    for values in extremes:
+    # Every extreme value must make a valid config (catches e.g. a negative weight), and every
+    # objective the space can choose must accept the data (e.g. CRD's negatives < training samples).
+    for values in extreme_points(space, base):
         try:
-            apply_overrides(base, values)
+            cfg = apply_overrides(base, values)
         except ConfigError as exc:
             raise ConfigError(f"{where}:{exc.key}", exc.given, exc.allowed) from exc
-    if num_train_samples is not None:
-        k_values = [known["distill.crd.nce_k"], space.fixed.get("distill.crd.nce_k", known["distill.crd.nce_k"])]
-        for p in space.params:
-            if p.key == "distill.crd.nce_k":
-                k_values = p.choices if p.type == "categorical" else [p.high]
-        uses_crd = _may_use_crd(space, base)
-        worst = max(int(k) for k in k_values)
-        if uses_crd and worst >= num_train_samples:
-            raise ConfigError(
-                f"{where}:distill.crd.nce_k",
-                worst,
-                f"fewer negatives than training samples ({num_train_samples})",
-            )
+        problem = None if num_train_samples is None else data_problem(cfg.distill, num_train_samples)
+        if problem:
+            key, value, allowed = problem
+            raise ConfigError(f"{where}:{key}", value, allowed)
+
+
+def extreme_points(space: SearchSpace, base: Config) -> list[dict[str, Any]]:
+    """Points a trial can reach, for each method the space can choose: every parameter sampled for that
+    method at its first extreme, then each one in turn at each of its extremes (choice, low, high)."""
+    known = flatten(to_dict(base))
+    methods = next((p.choices for p in space.params if p.key == METHOD_KEY), None) or [None]
+    points: list[dict[str, Any]] = []
+    for method in methods:
+        fixed = dict(space.fixed) if method is None else {**space.fixed, METHOD_KEY: method}
+        sampled = [p for p in space.params if p.key != METHOD_KEY and _condition_holds(p, {**known, **fixed})]
+        start = {**fixed, **{p.key: _extremes(p)[0] for p in sampled}}
+        points.append(start)
+        points += [{**start, p.key: v} for p in sampled for v in _extremes(p)[1:]]
+    return points
+
+
+def _extremes(p: Param) -> list[Any]:
+    return list(p.choices) if p.type == "categorical" else [p.low, p.high]
+
+
+def possible_configs(space: SearchSpace, base: Config) -> list[Config]:
+    """Configs at the space's extremes (every method it can choose): what the sweep must prepare for."""
+    return [apply_overrides(base, values) for values in extreme_points(space, base)]
 
 
 def _check_conditions(space: SearchSpace, known: dict[str, Any], where: str) -> None:
@@ -216,14 +229,6 @@ def _check_conditions(space: SearchSpace, known: dict[str, Any], where: str) -> 
             possible[p.key] = None if earlier is None else list(p.choices) + earlier
 
 
-def _may_use_crd(space: SearchSpace, base: Config) -> bool:
-    methods = {space.fixed.get("distill.method", base.distill.method)}
-    for p in space.params:
-        if p.key == "distill.method":
-            methods = set(p.choices or [])
-    return bool(methods & {"crd", "crd_kd"})
-
-
 @dataclass
 class PaperPoint:
     """A method's paper defaults as a point of the space (``params``: sampled keys -> values)."""
@@ -247,10 +252,8 @@ class PaperPoint:
 def paper_points(space: SearchSpace, base: Config) -> list[PaperPoint]:
     """One point per method the space can choose: its paper values for the keys the space samples
     (snapped into their ranges or to the nearest choice), the base config's values for the rest."""
-    from orchestrator.distill import paper_defaults
-
     known = {**flatten(to_dict(base)), **space.fixed}
-    method_param = next((p for p in space.params if p.key == "distill.method"), None)
+    method_param = next((p for p in space.params if p.key == METHOD_KEY), None)
     methods = list(method_param.choices) if method_param else [known["distill.method"]]
     points = []
     for method in methods:

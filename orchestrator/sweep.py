@@ -25,7 +25,8 @@ from orchestrator.config import (
     search_seeds,
     tpe_startup_trials,
 )
-from orchestrator.search import SearchSpace, available_spaces, load_space, paper_points
+from orchestrator.distill import registry
+from orchestrator.search import SearchSpace, available_spaces, load_space, paper_points, possible_configs
 
 EXAMPLE = (
     "example:\n"
@@ -101,10 +102,20 @@ class Plan:
                 f"teacher {c.teacher.checkpoint or c.model.teacher + ' (trained once, cached)'}",
                 f"each trial needs: {self.trial_cpu:g} CPU, {self.trial_gpu:g} GPU ({self.mode_text})",
                 f"every trial trains with seeds {search_seeds(c)} (common random numbers: trials differ only by config)",
+                *self._objectives(),
                 *self._points(),
                 self._confirmation(),
             ]
         )
+
+    def _objectives(self) -> list[str]:
+        """Each objective the space can choose and what its terms read (from the objective registry)."""
+        methods = dict.fromkeys(c.distill.method for c in possible_configs(self.space, self.cfg))
+        lines = ["objectives (terms: weight key; what each reads from the teacher):"]
+        for method in methods:
+            lines.append(f"  {method} = {'+'.join(registry.method_terms(method))}")
+            lines += [f"  {line}" for line in registry.describe(method).splitlines()]
+        return lines
 
     def _points(self) -> list[str]:
         if not self.cfg.sweep.paper_defaults:

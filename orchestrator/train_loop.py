@@ -23,6 +23,7 @@ import torch
 
 from orchestrator.config import from_dict
 from orchestrator.data import build_data
+from orchestrator.distill import registry
 from orchestrator.engine import CachedTeacherOutputs, Trainer
 from orchestrator.safe_load import load_tensors
 from orchestrator.teachers import atomic_torch_save, load_teacher, save_model_checkpoint
@@ -83,7 +84,7 @@ def train_loop_per_worker(config: dict) -> None:
     data = build_data(cfg.data, config.get("data_seed", cfg.seed))
     outputs = [CachedTeacherOutputs.load(p) for p in config.get("teacher_outputs") or []]
     teachers = []
-    if not outputs and cfg.distill.method != "ce":
+    if not outputs and registry.needs_teacher(cfg.distill):
         if config.get("tracking_uri"):  # runs:/ and models:/ teachers resolve against the sweep's store
             import mlflow
 

@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from orchestrator.config import Config, ConfigError, coerce, from_dict, layer_tree, to_dict
+from orchestrator.distill import registry
 from orchestrator.models import model_names
 
 # Pipeline defaults on top of the orchestrator's (KD is the cheap, strong default for
@@ -240,6 +241,9 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError("pipeline.inference_batch", section.inference_batch, "an integer > 0")
     if section.timing_repeats <= 0:
         raise ConfigError("pipeline.timing_repeats", section.timing_repeats, "an integer > 0")
+    problem = registry.supports_teachers(base.distill, len(section.teachers))
+    if problem:
+        raise ConfigError("distill.method", base.distill.method, problem)
     names = [t.name for t in cfg.teachers]
     trained = [(t.arch, t.seed, t.epochs, t.lr) for t in cfg.teachers if not t.checkpoint]
     if len(set(trained)) != len(trained):

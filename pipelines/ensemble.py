@@ -44,6 +44,7 @@ import torch
 
 from orchestrator import cluster, tracking
 from orchestrator.config import Config, ConfigError, apply_overrides, flatten, from_dict, to_dict
+from orchestrator.distill import registry
 from orchestrator.teachers import TeacherCheckpointError, alone_config, default_cache_dir
 from pipelines import comparison
 from pipelines.config import PipelineConfig
@@ -85,7 +86,8 @@ def teacher_eval_task(source: str, cfg_dict: dict, outputs_path: str | None, thr
     stale = cached is not None and cached.is_file() and URI_MARK not in source and \
         cached.stat().st_mtime_ns < Path(source).stat().st_mtime_ns  # the teacher was retrained since
     if cached is not None and (stale or not cached.is_file()):
-        compute_teacher_outputs(model, data.train_eval, bs).save(cached)  # with source indices (checked on use)
+        needs = registry.teacher_needs(cfg.distill) | registry.OUTPUTS  # what the objective reads
+        compute_teacher_outputs(model, data.train_eval, bs, needs=needs).save(cached)  # with source indices
         computed = True
     train_s = time.perf_counter() - start
     val = compute_teacher_outputs(model, data.val, bs).logits
@@ -110,9 +112,10 @@ def distill_task(cfg_dict: dict, teachers: list[str], outputs: list[str], checkp
     cfg = from_dict(cfg_dict)
     torch.set_num_threads(cfg.train.torch_threads or cfg.train.cpus_per_worker)
     data = build_data(cfg.data, cfg.seed)
-    caches = [load_teacher_outputs(p) for p in outputs] if cfg.distill.method != "ce" else []
+    uses_teacher = registry.needs_teacher(cfg.distill)
+    caches = [load_teacher_outputs(p) for p in outputs] if uses_teacher else []
     models = []
-    if not caches and cfg.distill.method != "ce":  # augmentation on: the teachers run live (no grad, eval)
+    if not caches and uses_teacher:  # augmentation on: the teachers run live (no grad, eval)
         models = [load_teacher(t, data.num_classes, data.in_channels, data.image_size) for t in teachers]
     trainer = Trainer(cfg, data, models, teacher_outputs=caches or None)
     client = MlflowClient(tracking_uri=uri)
@@ -173,7 +176,7 @@ def measure_teacher_cost(models, caches, data, cfg: Config, threads: int, repeat
     Also the student's own training step (forward + backward with the ensemble KD loss) for scale.
     """
     from orchestrator.data import make_loader
-    from orchestrator.distill import ensemble_kd_loss
+    from orchestrator.distill.kd import ensemble_kd_loss
     from orchestrator.models import ModelOutput, build_model
 
     loader = make_loader(data.train, cfg.data.batch_size, shuffle=True, seed=cfg.seed)
@@ -198,7 +201,7 @@ def measure_teacher_cost(models, caches, data, cfg: Config, threads: int, repeat
         per_teacher = [timed(lambda m=m: m(images)) for m in models]
         cached = None
         if caches:
-            cached = timed(lambda: [ModelOutput([], c.embedding[indices], c.logits[indices]) for c in caches])
+            cached = timed(lambda: [c.rows(indices, torch.device("cpu")) for c in caches])
         student = build_model(cfg.model.student, data.num_classes, data.in_channels)
         student.train()
         teacher_logits = [m(images).logits for m in models]
@@ -321,7 +324,7 @@ class EnsemblePipeline:
 
     def stage_ensemble_eval(self, teachers: dict) -> dict:
         cfg, data = self.cfg, self.data
-        cache = cfg.teacher.cache_outputs and not cfg.data.augment
+        cache = cfg.teacher.cache_outputs and not cfg.data.augment and registry.cacheable(cfg.distill)
         teacher_ids = [t["fingerprint"] for t in teachers["teachers"]]  # a retrained teacher changes the hash
         digest = stage_hash({"teachers": teachers["hash"], "ids": teacher_ids, "data": data_payload(cfg), "cache": cache,
                              "batch_size": cfg.data.batch_size, "student": cfg.model.student, "threads": self.threads})

@@ -58,15 +58,15 @@ def test_interleave_alternates_and_repeats():
 def test_before_and_now_crd_agree(mode, path, monkeypatch):
     """The fused NCE path (now) and autograd through contrast_scores + nce_loss (before)."""
     from orchestrator.data.negatives import NegativeSampler
-    from orchestrator.distill import memory
+    from orchestrator.distill import nce
     from orchestrator.distill.crd import CRDLoss
 
     torch.manual_seed(0)
     n, k, b = 300, 40, 16
     if path in ("gather", "chunked"):
-        monkeypatch.setattr(memory, "DENSE_MAX_ELEMENTS", 0)
+        monkeypatch.setattr(nce, "DENSE_MAX_ELEMENTS", 0)
     if path == "chunked":
-        monkeypatch.setattr(memory, "GATHER_CHUNK_ELEMENTS", 5 * (k + 1) * 16)  # chunks of 5 anchors
+        monkeypatch.setattr(nce, "GATHER_CHUNK_ELEMENTS", 5 * (k + 1) * 16)  # chunks of 5 anchors
     now, before = CRDLoss(12, 20, n, feat_dim=16, seed=1), CRDLoss(12, 20, n, feat_dim=16, seed=1)
     before.load_state_dict(now.state_dict())
     labels = torch.randint(0, 5, (n,))

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from orchestrator.config import DistillConfig
-from orchestrator.distill import CRDKDDistiller, CRDLoss, build_distiller, contrast_scores
+from distill_helpers import build, distill_config
+from orchestrator.distill.crd import CRD, CRDLoss
+from orchestrator.distill.nce import contrast_scores
 from orchestrator.models.base import ModelOutput
 
 
@@ -119,9 +120,8 @@ class _Tiny(nn.Module):
 def test_gradients_reach_student_and_heads_never_teacher(teacher_no_grad):
     torch.manual_seed(0)
     labels = torch.arange(30) % 3
-    cfg = DistillConfig(method="crd_kd")
-    cfg.crd.nce_k, cfg.crd.feat_dim = 8, 4
-    d = build_distiller(cfg, num_classes=3, student_dim=5, teacher_dims=[7], train_labels=labels, seed=0)
+    cfg = distill_config("crd_kd", crd__nce_k=8, crd__feat_dim=4)
+    d = build(cfg, num_classes=3, student_dim=5, teacher_dims=[7], train_labels=labels, seed=0)
     student, teacher = _Tiny(6, 5, 3), _Tiny(6, 7, 3)
     x, idx = torch.randn(4, 6), torch.tensor([0, 4, 8, 29])
     if teacher_no_grad:
@@ -194,9 +194,10 @@ def test_z_fixed_and_ema():
         torch.testing.assert_close(ema.memory.z_t, 0.9 * prev[1] + 0.1 * est[1])
 
 
-def _make(seed: int, mode: str) -> CRDKDDistiller:
+def _make(seed: int, mode: str):
     labels = torch.arange(40) % 4
-    return CRDKDDistiller(6, 8, labels, feat_dim=4, nce_k=5, negatives_mode=mode, seed=seed)
+    cfg = distill_config("crd_kd", crd__feat_dim=4, crd__nce_k=5, crd__negatives_mode=mode)
+    return build(cfg, student_dim=6, teacher_dims=[8], train_labels=labels, seed=seed)
 
 
 def _batch(g: torch.Generator):
@@ -216,18 +217,20 @@ def test_state_dict_round_trip(mode):
     torch.save(a.state_dict(), buf)
     buf.seek(0)
     state = torch.load(buf, weights_only=True)
-    assert {"crd.memory.bank_s", "crd.memory.bank_t", "crd.memory.z_s", "crd.memory.z_t", "_extra_state"} <= set(state)
-    assert "crd.embed_s.linear.weight" in state and "crd.embed_t.linear.weight" in state
+    crd = "terms.crd.crds.0"
+    assert {f"{crd}.memory.bank_s", f"{crd}.memory.bank_t", f"{crd}.memory.z_s", f"{crd}.memory.z_t",
+            "terms.crd._extra_state"} <= set(state)
+    assert f"{crd}.embed_s.linear.weight" in state and f"{crd}.embed_t.linear.weight" in state
     b = _make(123, mode)
     b.load_state_dict(state)
     for key, value in a.state_dict().items():
-        if key != "_extra_state":
+        if not key.endswith("_extra_state"):
             assert torch.equal(value, b.state_dict()[key]), key
     batch = _batch(g)
     terms_a, terms_b = a(*batch), b(*batch)  # same negatives drawn after the restore
     for key in terms_a:
         assert torch.equal(terms_a[key], terms_b[key]), key
-    assert torch.equal(a.crd.memory.bank_s, b.crd.memory.bank_s)
+    assert torch.equal(a.terms["crd"].crds[0].memory.bank_s, b.terms["crd"].crds[0].memory.bank_s)
 
 
 def test_argument_checks():
@@ -241,11 +244,11 @@ def test_argument_checks():
         CRDLoss(4, 4, 10, z_mode="running")
     labels = torch.arange(10) % 2
     with pytest.raises(ValueError, match="nce_k"):
-        CRDKDDistiller(4, 4, labels, nce_k=0)
+        CRD(4, [4], labels, nce_k=0)
     with pytest.raises(ValueError, match="nce_k"):
-        CRDKDDistiller(4, 4, labels, nce_k=10)
+        CRD(4, [4], labels, nce_k=10)
     with pytest.raises(ValueError, match="negatives_mode"):
-        CRDKDDistiller(4, 4, labels, nce_k=3, negatives_mode="all")
+        CRD(4, [4], labels, nce_k=3, negatives_mode="all")
 
 
 def test_bank_initialisation_range():

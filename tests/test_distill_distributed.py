@@ -9,16 +9,17 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from orchestrator.distill import CRDKDDistiller
-from orchestrator.distill.memory import all_gather_rows
+from distill_helpers import build, distill_config
+from orchestrator.distill.distributed import all_gather_rows
 from orchestrator.models.base import ModelOutput
 
 MODES = ("exact", "shared")
 N_DATA, STEPS = 40, 4
 
 
-def _make(seed: int, mode: str) -> CRDKDDistiller:
-    return CRDKDDistiller(6, 8, torch.arange(N_DATA) % 4, feat_dim=4, nce_k=5, negatives_mode=mode, seed=seed)
+def _make(seed: int, mode: str):
+    cfg = distill_config("crd_kd", crd__feat_dim=4, crd__nce_k=5, crd__negatives_mode=mode)
+    return build(cfg, student_dim=6, teacher_dims=[8], train_labels=torch.arange(N_DATA) % 4, seed=seed)
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
@@ -41,14 +42,14 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
                 opt.zero_grad()
                 sum(terms.values()).backward()
                 opt.step()
-            mem = d.crd.memory
+            mem = d.terms['crd'].crds[0].memory
             result[mode] = {
                 "bank_s": mem.bank_s.clone(),
                 "bank_t": mem.bank_t.clone(),
                 "z_s": mem.z_s.clone(),
                 "z_t": mem.z_t.clone(),
                 "seen": torch.cat(seen),
-                "head": d.crd.embed_s.linear.weight.detach().clone(),
+                "head": d.terms['crd'].crds[0].embed_s.linear.weight.detach().clone(),
             }
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -70,7 +71,7 @@ def test_two_rank_banks_and_z_identical(tmp_path):
             assert torch.equal(a[key], b[key]), (mode, key)
         assert a["z_s"].item() > 0 and a["z_t"].item() > 0
         # every row seen by either rank was updated everywhere; all other rows are rank 0's initial ones
-        init = _make(seed=0, mode=mode).crd.memory
+        init = _make(seed=0, mode=mode).terms['crd'].crds[0].memory
         touched = set(a["seen"].tolist()) | set(b["seen"].tolist())
         changed = {i for i in range(N_DATA) if not torch.equal(a["bank_s"][i], init.bank_s[i])}
         assert changed == touched

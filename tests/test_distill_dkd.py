@@ -17,8 +17,10 @@ import math
 import pytest
 import torch
 
-from orchestrator.config import DistillConfig, apply_overrides, load_config
-from orchestrator.distill import DKDDistiller, build_distiller, dkd_loss, paper_defaults
+from distill_helpers import build, distill_config
+from orchestrator.config import apply_overrides, load_config
+from orchestrator.distill import paper_defaults
+from orchestrator.distill.dkd import DKD, dkd_loss
 from orchestrator.engine import Trainer
 from orchestrator.models.base import ModelOutput
 from orchestrator.search import load_space, paper_points
@@ -78,7 +80,9 @@ def test_gradients_reach_the_student_never_the_teacher():
     student, teacher, labels = _pinned_inputs()
     student.requires_grad_(True)
     teacher.requires_grad_(True)
-    terms = DKDDistiller(warmup=0)(_out(student), _out(teacher), labels, torch.arange(8))
+    d = build(distill_config("dkd", dkd__warmup=0), student_dim=4, teacher_dims=[4], train_labels=labels,
+              num_classes=10)
+    terms = d(_out(student), _out(teacher), labels, torch.arange(8))
     assert set(terms) == {"ce", "dkd"}
     terms["dkd"].backward()
     assert student.grad is not None and torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
@@ -88,7 +92,6 @@ def test_gradients_reach_the_student_never_the_teacher():
 @pytest.mark.parametrize(
     "kwargs, name",
     [
-        ({"gamma": -1.0}, "gamma"),
         ({"alpha": -0.1}, "alpha"),
         ({"beta": float("inf")}, "beta"),
         ({"temperature": 0.0}, "temperature"),
@@ -98,7 +101,7 @@ def test_gradients_reach_the_student_never_the_teacher():
 )
 def test_bad_arguments_name_themselves(kwargs, name):
     with pytest.raises(ValueError, match=name):
-        DKDDistiller(**kwargs)
+        DKD(**kwargs)
 
 
 def test_logits_of_different_shapes_are_refused():
@@ -109,7 +112,8 @@ def test_logits_of_different_shapes_are_refused():
 def test_warmup_ramps_the_dkd_term_linearly():
     student, teacher, labels = _pinned_inputs()
     full = dkd_loss(student, teacher, labels, 1.0, 8.0, 4.0).item()
-    d = DKDDistiller(gamma=1.0, alpha=1.0, beta=8.0, temperature=4.0, warmup=4)
+    d = build(distill_config("dkd", gamma=1.0, dkd__alpha=1.0, dkd__beta=8.0, dkd__temperature=4.0, dkd__warmup=4),
+              student_dim=4, teacher_dims=[4], train_labels=labels, num_classes=10)
     ce = None
     for epoch, factor in [(0, 0.25), (1, 0.5), (3, 1.0), (10, 1.0)]:
         d.set_epoch(epoch)
@@ -117,19 +121,20 @@ def test_warmup_ramps_the_dkd_term_linearly():
         assert terms["dkd"].item() == pytest.approx(factor * full, rel=1e-6)
         ce = terms["ce"].item() if ce is None else ce
         assert terms["ce"].item() == pytest.approx(ce)  # the CE term is not ramped
-    d_off = DKDDistiller(warmup=0)
+    d_off = build(distill_config("dkd", dkd__warmup=0), student_dim=4, teacher_dims=[4], train_labels=labels,
+                  num_classes=10)
     assert d_off(_out(student), _out(teacher), labels, torch.arange(8))["dkd"].item() == pytest.approx(full, rel=1e-6)
 
 
 def test_builder_reads_the_dkd_section_and_refuses_several_teachers():
-    cfg = DistillConfig(method="dkd", gamma=0.5)
-    cfg.dkd.alpha, cfg.dkd.beta, cfg.dkd.temperature, cfg.dkd.warmup = 1.5, 6.0, 2.0, 3
+    cfg = distill_config("dkd", gamma=0.5, dkd__alpha=1.5, dkd__beta=6.0, dkd__temperature=2.0, dkd__warmup=3)
     kw = dict(num_classes=4, student_dim=8, train_labels=torch.arange(20) % 4)
-    d = build_distiller(cfg, teacher_dims=[6], **kw)
-    assert type(d) is DKDDistiller
-    assert (d.gamma, d.alpha, d.beta, d.temperature, d.warmup) == (0.5, 1.5, 6.0, 2.0, 3)
-    with pytest.raises(ValueError, match="'dkd' supports one teacher"):
-        build_distiller(cfg, teacher_dims=[6, 6], **kw)
+    d = build(cfg, teacher_dims=[6], **kw)
+    term = d.terms["dkd"]
+    assert type(term) is DKD and d.weights == {"ce": 0.5, "dkd": 1.0}
+    assert (term.alpha, term.beta, term.temperature, term.warmup) == (1.5, 6.0, 2.0, 3)
+    with pytest.raises(ValueError, match="dkd support one teacher only"):
+        build(cfg, teacher_dims=[6, 6], **kw)
 
 
 def test_paper_points_of_the_dkd_space_are_the_paper_values():
@@ -153,7 +158,7 @@ def test_dkd_learns_digits_and_its_warmup_follows_the_trainer(digits):
     factors = []
     for _ in range(cfg.train.epochs):
         metrics = trainer.train_one_epoch()
-        factors.append(trainer.distiller.warmup_factor)
+        factors.append(trainer.objective.terms["dkd"].warmup_factor)
     assert factors == [0.5] + [1.0] * (cfg.train.epochs - 1)
     assert {k for k in metrics if k.startswith("train/loss_")} == {"train/loss_ce", "train/loss_dkd"}
     test = trainer.evaluate("test")

@@ -1,4 +1,4 @@
-"""Multi-teacher objectives: ensemble KD closed form, per-teacher CRD heads and banks."""
+"""Multi-teacher terms: ensemble KD closed form, per-teacher CRD heads and banks, refusals."""
 
 from __future__ import annotations
 
@@ -7,14 +7,9 @@ import math
 import pytest
 import torch
 
-from orchestrator.config import DistillConfig
-from orchestrator.distill import (
-    EnsembleCRDDistiller,
-    EnsembleCRDKDDistiller,
-    EnsembleKDDistiller,
-    build_distiller,
-    ensemble_kd_loss,
-)
+from distill_helpers import build, distill_config
+from orchestrator.distill.crd import CRD
+from orchestrator.distill.kd import KD, ensemble_kd_loss
 from orchestrator.models.base import ModelOutput
 
 S = [[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]]
@@ -42,11 +37,12 @@ def test_ensemble_kd_equals_closed_form():
     assert ensemble_kd_loss(s, [t1, t2], TEMP).item() == pytest.approx(_ensemble_kd_by_hand([0.5, 0.5]), rel=1e-6)
     weighted = ensemble_kd_loss(s, [t1, t2], TEMP, weights=[3.0, 1.0])  # normalised to 0.75 / 0.25
     assert weighted.item() == pytest.approx(_ensemble_kd_by_hand([0.75, 0.25]), rel=1e-6)
-    d = EnsembleKDDistiller(2, gamma=1.0, alpha=2.0, temperature=TEMP)
+    d = build(distill_config("kd", alpha=2.0, kd__temperature=TEMP), student_dim=4, teacher_dims=[4, 4],
+              train_labels=torch.tensor([0, 1, 2]))
     t_outs = [ModelOutput([], torch.zeros(2, 4), t) for t in (t1, t2)]
     terms = d(ModelOutput([], torch.zeros(2, 4), s), t_outs, torch.tensor([0, 1]), torch.arange(2))
     assert terms["kd"].item() == pytest.approx(2.0 * _ensemble_kd_by_hand([0.5, 0.5]), rel=1e-6)
-    with pytest.raises(ValueError, match="2 teacher outputs"):
+    with pytest.raises(ValueError, match="2 teacher"):
         d(ModelOutput([], torch.zeros(2, 4), s), t_outs[:1], torch.tensor([0, 1]), torch.arange(2))
 
 
@@ -60,49 +56,53 @@ def _batch(g, dims=(8, 12)):
 @pytest.mark.parametrize("mode", ["exact", "shared"])
 def test_every_teacher_head_gets_gradients_and_every_bank_updates(mode):
     labels = torch.arange(40) % 4
-    d = EnsembleCRDKDDistiller(5, [8, 12], labels, feat_dim=4, nce_k=6, negatives_mode=mode, seed=0)
-    before = [(c.memory.bank_s.clone(), c.memory.bank_t.clone()) for c in d.crds]
+    cfg = distill_config("crd_kd", crd__feat_dim=4, crd__nce_k=6, crd__negatives_mode=mode)
+    d = build(cfg, student_dim=5, teacher_dims=[8, 12], train_labels=labels, seed=0)
+    crds = d.terms["crd"].crds
+    before = [(c.memory.bank_s.clone(), c.memory.bank_t.clone()) for c in crds]
     s, ts, y, idx = _batch(torch.Generator().manual_seed(0))
     terms = d(s, ts, y, idx)
     assert set(terms) == {"ce", "kd", "crd"}
     sum(terms.values()).backward()
     assert s.embedding.grad is not None
-    for m, crd in enumerate(d.crds):
+    for m, crd in enumerate(crds):
         for name, p in crd.named_parameters():
             assert p.grad is not None and p.grad.abs().sum() > 0, (m, name)
         for bank, old in zip((crd.memory.bank_s, crd.memory.bank_t), before[m]):
             changed = (bank != old).any(dim=1)
             assert torch.equal(torch.nonzero(changed).flatten(), idx.sort().values)
         assert crd.memory.z_s.item() > 0 and crd.memory.z_t.item() > 0
-    assert not torch.equal(d.crds[0].memory.bank_s, d.crds[1].memory.bank_s)  # one bank pair per teacher
+    assert not torch.equal(crds[0].memory.bank_s, crds[1].memory.bank_s)  # one bank pair per teacher
 
 
 def test_crd_term_is_weighted_sum_of_per_teacher_terms():
     labels = torch.arange(40) % 4
-    d = EnsembleCRDDistiller(5, [8, 12], labels, teacher_weights=[1.0, 3.0], beta=2.0, feat_dim=4, nce_k=6, seed=0)
+    cfg = distill_config("crd", beta=2.0, crd__feat_dim=4, crd__nce_k=6, crd__negatives_mode="exact")
+    d = build(cfg, student_dim=5, teacher_dims=[8, 12], train_labels=labels, teacher_weights=[1.0, 3.0], seed=0)
     d.eval()  # no state change, so the per-teacher terms can be recomputed
     s, ts, y, idx = _batch(torch.Generator().manual_seed(1))
-    state = d.sampler.state_dict()
+    crd_term = d.terms["crd"]
+    state = crd_term.sampler.state_dict()
     terms = d(s, ts, y, idx)
     assert set(terms) == {"ce", "crd"}
-    d.sampler.load_state_dict(state)
-    neg = d.draw_negatives(idx, y)
-    parts = [crd(s.embedding, t.embedding, idx, neg) for crd, t in zip(d.crds, ts)]
+    crd_term.sampler.load_state_dict(state)
+    neg = crd_term.draw_negatives(idx, y)
+    parts = [crd(s.embedding, t.embedding, idx, neg) for crd, t in zip(crd_term.crds, ts)]
     torch.testing.assert_close(terms["crd"], 2.0 * (0.25 * parts[0] + 0.75 * parts[1]))
 
 
-def test_build_distiller_dispatches_to_ensembles():
+def test_objectives_apply_their_terms_to_every_teacher():
     labels = torch.arange(40) % 4
     kw = dict(num_classes=4, student_dim=5, teacher_dims=[8, 12, 6], train_labels=labels, negatives="uniform", seed=0)
-    expected = {"kd": EnsembleKDDistiller, "crd": EnsembleCRDDistiller, "crd_kd": EnsembleCRDKDDistiller}
-    for method, cls in expected.items():
-        cfg = DistillConfig(method=method)
-        cfg.crd.nce_k = 6
-        d = build_distiller(cfg, teacher_weights=[1, 1, 2], **kw)
-        assert type(d) is cls
-        assert d.teacher_weights == pytest.approx((0.25, 0.25, 0.5))
-    assert [c.embed_t.linear.in_features for c in d.crds] == [8, 12, 6]
+    for method in ("kd", "crd", "crd_kd"):
+        d = build(distill_config(method, crd__nce_k=6), teacher_weights=[1, 1, 2], **kw)
+        for name in set(d.terms) - {"ce"}:
+            assert d.terms[name].teacher_weights == pytest.approx((0.25, 0.25, 0.5))
+    assert [c.embed_t.linear.in_features for c in d.terms["crd"].crds] == [8, 12, 6]
     with pytest.raises(ValueError, match="teacher_weights"):
-        build_distiller(DistillConfig(method="kd"), teacher_weights=[1.0], **kw)
+        build(distill_config("kd"), teacher_weights=[1.0], **kw)
     with pytest.raises(ValueError, match="teacher_weights"):
-        EnsembleKDDistiller(2, teacher_weights=[0.0, 0.0])
+        KD(teacher_weights=[0.0, 0.0])
+    with pytest.raises(ValueError, match="dkd.*one teacher only"):
+        build(distill_config("dkd"), **kw)
+    assert isinstance(d.terms["crd"], CRD)

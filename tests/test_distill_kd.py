@@ -1,4 +1,4 @@
-"""CE and KD objectives against hand-computed values; build_distiller dispatch."""
+"""CE and KD terms against hand-computed values; objectives built from presets and term lists."""
 
 from __future__ import annotations
 
@@ -7,15 +7,8 @@ import math
 import pytest
 import torch
 
-from orchestrator.config import DistillConfig
-from orchestrator.distill import (
-    CEDistiller,
-    CRDDistiller,
-    CRDKDDistiller,
-    KDDistiller,
-    build_distiller,
-    kd_loss,
-)
+from distill_helpers import build, distill_config
+from orchestrator.distill.kd import KD, kd_loss
 from orchestrator.models.base import ModelOutput
 
 S = [[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]]
@@ -59,13 +52,14 @@ def test_kd_gradient_is_analytic():
     torch.testing.assert_close(grad, torch.tensor(expected), rtol=1e-5, atol=1e-7)
 
 
-def test_kd_distiller_weights_terms_and_detaches_teacher():
+def test_kd_objective_weights_terms_and_detaches_teacher():
     labels = torch.tensor([2, 0])
     t_logits = torch.tensor(T_, requires_grad=True)
-    d = KDDistiller(gamma=0.5, alpha=3.0, temperature=TEMP)
+    cfg = distill_config("kd", gamma=0.5, alpha=3.0, kd__temperature=TEMP)
+    d = build(cfg, student_dim=4, teacher_dims=[4], train_labels=labels, num_classes=3)
     s_logits = torch.tensor(S, requires_grad=True)
     terms = d(_out(s_logits), _out(t_logits), labels, torch.arange(2))
-    assert set(terms) == {"ce", "kd"}
+    assert list(terms) == ["ce", "kd"]
     ce_by_hand = -sum(math.log(_softmax(row, 1.0)[y]) for row, y in zip(S, [2, 0])) / 2
     assert terms["ce"].item() == pytest.approx(0.5 * ce_by_hand, rel=1e-6)
     assert terms["kd"].item() == pytest.approx(3.0 * _kd_by_hand(S, T_, TEMP), rel=1e-6)
@@ -75,30 +69,29 @@ def test_kd_distiller_weights_terms_and_detaches_teacher():
     assert d(_out(S), [_out(T_)], labels, torch.arange(2))["kd"].item() == pytest.approx(terms["kd"].item())
 
 
-def test_ce_distiller_needs_no_teacher():
-    d = CEDistiller(gamma=2.0)
+def test_ce_objective_needs_no_teacher():
+    d = build(distill_config("ce", gamma=2.0), student_dim=4, teacher_dims=[], train_labels=torch.tensor([2, 0]))
     assert d.needs_teacher is False
-    terms = d(_out(S), None, torch.tensor([2, 0]), torch.arange(2))
+    terms = d(_out(S), [], torch.tensor([2, 0]), torch.arange(2))
     assert set(terms) == {"ce"}
 
 
-def test_build_distiller_dispatch_and_errors():
+def test_presets_and_term_lists_build_their_terms_and_errors():
     labels = torch.arange(20) % 4
     kw = dict(num_classes=4, student_dim=8, teacher_dims=[6], train_labels=labels, negatives="class", seed=0)
-    expected = {"ce": CEDistiller, "kd": KDDistiller, "crd": CRDDistiller, "crd_kd": CRDKDDistiller}
-    for method, cls in expected.items():
-        cfg = DistillConfig(method=method)
-        cfg.crd.nce_k = 5
-        d = build_distiller(cfg, **kw)
-        assert type(d) is cls
+    expected = {"ce": ["ce"], "kd": ["ce", "kd"], "crd": ["ce", "crd"], "crd_kd": ["ce", "kd", "crd"],
+                "ce+kd+crd": ["ce", "kd", "crd"], "kd+crd": ["kd", "crd"]}
+    for method, names in expected.items():
+        d = build(distill_config(method, crd__nce_k=5), **kw)
+        assert list(d.terms) == names
         assert d.needs_teacher == (method != "ce")
-    kd = build_distiller(DistillConfig(method="kd", gamma=0.3, alpha=0.7), **kw)
-    assert (kd.gamma, kd.alpha, kd.temperature) == (0.3, 0.7, 4.0)
+    kd = build(distill_config("kd", gamma=0.3, alpha=0.7), **kw)
+    assert (kd.weights, kd.terms["kd"].temperature) == ({"ce": 0.3, "kd": 0.7}, 4.0)
     with pytest.raises(ValueError, match="'fitnet'.*ce, crd, crd_kd, dkd, kd"):
-        build_distiller(DistillConfig(method="fitnet"), **kw)
+        build(distill_config("ce").__class__(method="fitnet"), **kw)
     with pytest.raises(ValueError, match="teacher"):
-        build_distiller(DistillConfig(method="kd"), **{**kw, "teacher_dims": []})
+        build(distill_config("kd"), **{**kw, "teacher_dims": []})
     with pytest.raises(ValueError, match="temperature"):
-        KDDistiller(temperature=0.0)
-    with pytest.raises(ValueError, match="alpha"):
-        KDDistiller(alpha=-1.0)
+        KD(temperature=0.0)
+    with pytest.raises(ValueError, match="distill.alpha"):
+        distill_config("kd", alpha=-1.0)

@@ -32,7 +32,7 @@ def test_teacher_is_frozen_and_never_checkpointed(digits):
     optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     assert not optimised & {id(p) for p in teacher.parameters()}
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
-    head_params = [p for p in trainer.distiller.parameters() if p.requires_grad]
+    head_params = [p for p in trainer.objective.parameters() if p.requires_grad]
     assert head_params and all(id(p) in optimised for p in head_params)
     state = trainer.state_dict()
     assert "teacher" not in str(list(state.keys()))
@@ -55,7 +55,7 @@ def test_checkpoint_round_trip_resumes_exactly(digits, tmp_path):
     resumed.train_one_epoch()
     for (name, a), b in zip(straight.student.state_dict().items(), resumed.student.state_dict().values()):
         assert torch.equal(a, b), name
-    for (name, a), b in zip(straight.distiller.state_dict().items(), resumed.distiller.state_dict().values()):
+    for (name, a), b in zip(straight.objective.state_dict().items(), resumed.objective.state_dict().values()):
         if isinstance(a, torch.Tensor):
             assert torch.equal(a, b), name
 

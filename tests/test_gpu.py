@@ -14,7 +14,7 @@ import torch
 
 from orchestrator.config import apply_overrides
 from orchestrator.data.negatives import NegativeSampler
-from orchestrator.distill import CRDKDDistiller, KDDistiller
+from distill_helpers import build, distill_config
 from orchestrator.engine import Trainer, compute_teacher_outputs
 from orchestrator.models.base import ModelOutput
 
@@ -35,9 +35,11 @@ N_DATA = 600
 def _distiller(kind: str):
     labels = torch.arange(N_DATA) % 10
     if kind == "kd":
-        return KDDistiller(alpha=0.9, temperature=4.0)
+        return build(distill_config("kd", alpha=0.9, kd__temperature=4.0), student_dim=32, teacher_dims=[48],
+                     train_labels=labels)
     mode = kind.split("_")[-1]
-    return CRDKDDistiller(32, 48, labels, feat_dim=16, nce_k=100, negatives_mode=mode, alpha=0.5, seed=0)
+    cfg = distill_config("crd_kd", alpha=0.5, crd__feat_dim=16, crd__nce_k=100, crd__negatives_mode=mode)
+    return build(cfg, student_dim=32, teacher_dims=[48], train_labels=labels, seed=0)
 
 
 def _outputs(g: torch.Generator, batch: int = 24):
@@ -54,12 +56,13 @@ def _on(out: ModelOutput, device: str, grad: bool) -> ModelOutput:
 
 def _draw_on_host(distiller) -> None:
     """Make a GPU distiller draw its negatives on the host, as the CPU one does (same stream)."""
-    draw = type(distiller).draw_negatives
-    distiller.draw_negatives = lambda indices, labels: draw(distiller, indices.cpu(), labels)
+    crd = distiller.terms["crd"]
+    draw = type(crd).draw_negatives
+    crd.draw_negatives = lambda indices, labels: draw(crd, indices.cpu(), labels)
 
 
 @pytest.mark.parametrize("kind", ["kd", "crd_kd_exact", "crd_kd_shared"])
-def test_distiller_steps_on_gpu_match_cpu(kind):
+def test_objective_steps_on_gpu_match_cpu(kind):
     """Three optimiser steps with the same negatives: loss terms, student gradients, heads, banks, Z agree."""
     cpu = _distiller(kind)
     gpu = copy.deepcopy(cpu).to("cuda")

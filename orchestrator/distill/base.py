@@ -1,35 +1,63 @@
-"""The Distiller contract shared by every objective."""
+"""The term contract: what a loss term receives when it is built and on every batch."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from torch import Tensor, nn
 
-from orchestrator.models.base import ModelOutput
-
-TeacherOutputs = ModelOutput | Sequence[ModelOutput] | None
+from orchestrator.models.base import ModelOutput, Shapes
 
 
-class Distiller(nn.Module):
-    """One distillation objective.
+class Batch(NamedTuple):
+    """One training batch as every term sees it.
 
-    Holds the loss's own trainable parts (e.g. CRD embedding heads) and state
-    (e.g. memory banks). ``forward`` returns named, already-weighted loss terms
-    (``{"ce": ..., "kd": ..., "crd": ...}``); the training loss is their sum.
+    student: the student's ModelOutput (logits (B, C), embedding (B, Ds), features by stage).
+    teachers: one ModelOutput per teacher (empty when no enabled term reads a teacher); fields
+        no enabled term reads may be empty.
+    labels: (B,) class indices.  indices: (B,) dataset indices of the samples.
     """
 
-    needs_teacher: bool = True
+    student: ModelOutput
+    teachers: list[ModelOutput]
+    labels: Tensor
+    indices: Tensor
 
-    def forward(
-        self,
-        student: ModelOutput,
-        teacher: TeacherOutputs,
-        labels: Tensor,
-        indices: Tensor,
-    ) -> dict[str, Tensor]:
-        """student/teacher outputs for a batch, labels (B,), dataset indices (B,)."""
+
+@dataclass(frozen=True)
+class TermContext:
+    """What a term's ``build`` gets besides its knobs.
+
+    num_classes: C.  student: the student's Shapes.  teachers: one Shapes per teacher.
+    teacher_weights: M weights summing to 1 (ensembles).  train_labels: (N,) labels of the
+    train split (N sizes memory banks).  negatives: "class" or "uniform" (``data.negatives``).
+    seed: the training seed (same on every rank).
+    """
+
+    num_classes: int
+    student: Shapes
+    teachers: tuple[Shapes, ...]
+    teacher_weights: tuple[float, ...]
+    train_labels: Tensor
+    negatives: str = "class"
+    seed: int = 0
+
+
+class Term(nn.Module):
+    """An unweighted loss term: ``forward(batch) -> scalar``.
+
+    Holds the term's own trainable parts (heads, connectors) and state (memory banks).
+    ``set_epoch`` is called with the 0-based epoch before each epoch (schedules, e.g. DKD's warm-up).
+    A term that declares a pre-stage (``TermSpec.pre_stage``) implements ``pre_stage_loss``: the loss of
+    its initialisation epochs (e.g. connectors or a paraphraser), trained before distillation starts.
+    """
+
+    def forward(self, batch: Batch) -> Tensor:
         raise NotImplementedError
 
+    def pre_stage_loss(self, batch: Batch) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} declares no pre-stage")
+
     def set_epoch(self, epoch: int) -> None:
-        """Called by the Trainer before each epoch (0-based) for objectives with a schedule (DKD's warm-up)."""
+        """Most terms have no schedule."""

@@ -1,32 +1,26 @@
-"""Cross-entropy only: the student trained alone (no teacher)."""
+"""Cross-entropy with the labels: the student's own supervised term (``distill.method: ce`` = the student alone)."""
 
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from orchestrator.distill.base import Distiller, TeacherOutputs
-from orchestrator.models.base import ModelOutput
+from orchestrator.distill.base import Batch, Term
+from orchestrator.distill.registry import Needs, TermSpec, register_preset, register_term
 
 
-def check_weight(name: str, value: float) -> float:
-    """A loss weight must be a finite number >= 0."""
-    value = float(value)
-    if not value >= 0 or value == float("inf"):
-        raise ValueError(f"{name} must be a finite weight >= 0, got {value}")
-    return value
+class CrossEntropy(Term):
+    """CE(student.logits (B, C), labels (B,)), averaged over the batch."""
+
+    def forward(self, batch: Batch) -> Tensor:
+        return F.cross_entropy(batch.student.logits, batch.labels)
 
 
-class CEDistiller(Distiller):
-    """``{"ce": gamma * CE(student.logits (B, C), labels (B,))}``."""
-
-    needs_teacher = False
-
-    def __init__(self, gamma: float = 1.0):
-        super().__init__()
-        self.gamma = check_weight("gamma", gamma)
-
-    def forward(
-        self, student: ModelOutput, teacher: TeacherOutputs, labels: Tensor, indices: Tensor
-    ) -> dict[str, Tensor]:
-        return {"ce": self.gamma * F.cross_entropy(student.logits, labels)}
+register_term(TermSpec(
+    name="ce",
+    build=lambda ctx, knobs: CrossEntropy(),
+    weight_key="distill.gamma",
+    needs=Needs(labels=True),
+    multi_teacher="outputs",  # reads no teacher: any number is fine
+))
+register_preset("ce", ("ce",))

@@ -7,11 +7,14 @@ teacher bank and the teacher embedding against the student bank, with the
 sample's own row as positive and K negatives. The loss is the sum of both NCE
 terms; afterwards (no grad) both banks are updated with the new embeddings.
 Under torch.distributed the bank update and Z use the global batch, so every
-rank keeps identical banks.
+rank keeps identical banks. With M teachers: one head pair and bank pair per
+teacher, the batch's negatives shared, the M terms weighted by the teacher weights.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,27 +22,48 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from orchestrator.data.negatives import NegativeSampler
-from orchestrator.distill.base import Distiller, TeacherOutputs
-from orchestrator.distill.ce import check_weight
-from orchestrator.distill.kd import as_single_teacher, check_temperature, kd_loss
-from orchestrator.distill.memory import (
-    ContrastMemory,
-    Workspace,
-    contrast_dots,
-    dist_world,
-    grad_scale,
-    nce_loss_and_grad,
-    with_gradient,
-)
-from orchestrator.models.base import ModelOutput
+from orchestrator.distill.base import Batch, Term, TermContext
+from orchestrator.distill.checks import check_choice, check_count, check_fraction, check_positive, normalise_weights
+from orchestrator.distill.distributed import dist_world
+from orchestrator.distill.memory import Z_MODES, ContrastMemory
+from orchestrator.distill.nce import Workspace, contrast_dots, grad_scale, nce_loss_and_grad, with_gradient
+from orchestrator.distill.registry import EMBEDDING, Needs, TermSpec, register_preset, register_term
 
 NEGATIVES_MODES = ("exact", "shared")
 
-# The paper's settings (CRD: -a 0 -b 0.8; see kd.PAPER_DEFAULTS for the source), as config keys.
+# The paper's settings (RepDistiller scripts/run_cifar_distill.sh, CRD: -a 0 -b 0.8, at commit
+# b84f547c5db6a35318d4671d7d5c4de74c822403; train_student.py defaults), as config keys.
 PAPER_DEFAULTS = {
     "distill.gamma": 1.0, "distill.beta": 0.8, "distill.crd.nce_t": 0.07, "distill.crd.nce_k": 16384,
     "distill.crd.feat_dim": 128, "distill.crd.momentum": 0.5,
 }
+# CRD+KD, the best row of the CRD paper's tables (-a 1 -b 0.8).
+CRD_KD_PAPER_DEFAULTS = {**PAPER_DEFAULTS, "distill.alpha": 1.0, "distill.kd.temperature": 4.0}
+
+
+@dataclass
+class CRDKnobs:
+    """``distill.crd.*``; the weight is ``distill.beta``.
+
+    feat_dim: d, the contrast space.  nce_k: K negatives.  nce_t: tau.  momentum: bank momentum.
+    z_mode: "fixed" (first batch, as the reference) or "ema".  negatives_mode: "shared" (one K-set
+    per batch, one matmul) or "exact" (K per anchor, the reference).
+    """
+
+    feat_dim: int = 128
+    nce_k: int = 4096
+    nce_t: float = 0.07
+    momentum: float = 0.5
+    z_mode: str = "fixed"
+    negatives_mode: str = "shared"
+
+    def __post_init__(self):
+        check_count("feat_dim", self.feat_dim)
+        check_count("nce_k", self.nce_k)
+        check_positive("nce_t", self.nce_t)
+        check_fraction("momentum", self.momentum)
+        check_choice("z_mode", self.z_mode, Z_MODES)
+        check_choice("negatives_mode", self.negatives_mode, NEGATIVES_MODES)
 
 
 class Embed(nn.Module):
@@ -80,9 +104,8 @@ class CRDLoss(nn.Module):
     ):
         super().__init__()
         for name, value in (("student_dim", student_dim), ("teacher_dim", teacher_dim), ("feat_dim", feat_dim)):
-            if int(value) <= 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
-        self.tau = check_temperature(nce_t, "nce_t")
+            check_count(name, value)
+        self.tau = check_positive("nce_t", nce_t)
         self.n_data = int(n_data)
         self.embed_s = Embed(student_dim, feat_dim)
         self.embed_t = Embed(teacher_dim, feat_dim)
@@ -128,62 +151,29 @@ class CRDLoss(nn.Module):
         return loss
 
 
-class ContrastiveDistiller(Distiller):
-    """Base of the CRD distillers: owns the :class:`NegativeSampler` and its state.
+class CRD(Term):
+    """The CRD term for M >= 1 teachers: sum_m w_m CRD_m (the plain CRD term when M = 1).
 
-    The sampler state travels in the module's extra state (``state_dict`` key
-    ``_extra_state``), so ``load_state_dict`` resumes the same negative stream.
-    """
-
-    def _init_negatives(self, train_labels: Tensor, nce_k: int, negatives: str, negatives_mode: str, seed: int):
-        if int(nce_k) <= 0:
-            raise ValueError(f"nce_k must be > 0, got {nce_k}")
-        if negatives_mode not in NEGATIVES_MODES:
-            raise ValueError(f"negatives_mode must be one of {list(NEGATIVES_MODES)}, got {negatives_mode!r}")
-        self.negatives_mode = negatives_mode
-        self.sampler = NegativeSampler(train_labels, nce_k, negatives, seed)
-        self.n_data = self.sampler.n
-
-    def draw_negatives(self, indices: Tensor, labels: Tensor) -> Tensor:
-        """(B, K) negatives ("exact") or (K,) ("shared") on the device of ``indices``; one stream per rank."""
-        self.sampler.stream = dist_world()[0]
-        device = indices.device
-        if self.negatives_mode == "shared":
-            return self.sampler.sample_shared(device)
-        return self.sampler.sample(indices, labels, device)
-
-    def get_extra_state(self) -> Any:
-        return {"sampler": self.sampler.state_dict()}
-
-    def set_extra_state(self, state: Any) -> None:
-        self.sampler.load_state_dict(state["sampler"])
-
-
-class CRDDistiller(ContrastiveDistiller):
-    """``{"ce": gamma * CE, "crd": beta * CRD}``.
+    Owns the :class:`NegativeSampler` (its state travels in the module's extra state, so
+    ``load_state_dict`` resumes the same negative stream) and one :class:`CRDLoss` per teacher
+    in ``self.crds``; all teachers share the batch's negatives.
 
     Args:
-        student_dim, teacher_dim: embedding sizes.
+        student_dim: Ds.  teacher_dims: M teacher embedding sizes.
         train_labels: (N,) labels of the training set (N = bank rows, class negatives).
-        gamma, beta: CE and CRD weights.
-        feat_dim, nce_k, nce_t, momentum, z_mode: as ``distill.crd.*``.
-        negatives_mode: "exact" (K per anchor) or "shared" (one K-set per batch).
+        teacher_weights: M weights (normalised to sum 1).
+        feat_dim, nce_k, nce_t, momentum, z_mode, negatives_mode: as :class:`CRDKnobs`.
         negatives: "class" or "uniform" (see :class:`NegativeSampler`).
-        seed: seeds the sampler and the bank initialisation.
+        seed: seeds the sampler and the bank initialisation (teacher m's banks: seed + 1 + m).
     """
-
-    use_kd = False  # CRDKDDistiller adds the KD term
-    alpha: float = 0.0
-    temperature: float = 4.0
 
     def __init__(
         self,
         student_dim: int,
-        teacher_dim: int,
+        teacher_dims: Sequence[int],
         train_labels: Tensor,
         *,
-        gamma: float = 1.0,
-        beta: float = 0.8,
+        teacher_weights: Sequence[float] | None = None,
         feat_dim: int = 128,
         nce_k: int = 4096,
         nce_t: float = 0.07,
@@ -194,20 +184,66 @@ class CRDDistiller(ContrastiveDistiller):
         seed: int = 0,
     ):
         super().__init__()
-        self.gamma = check_weight("gamma", gamma)
-        self.beta = check_weight("beta", beta)
-        self._init_negatives(train_labels, nce_k, negatives, negatives_mode, seed)
-        self.crd = CRDLoss(
-            student_dim, teacher_dim, self.n_data, feat_dim, nce_t, momentum, z_mode, seed=seed + 1
+        check_count("nce_k", nce_k)
+        self.negatives_mode = check_choice("negatives_mode", negatives_mode, NEGATIVES_MODES)
+        self.teacher_weights = normalise_weights(teacher_weights, len(teacher_dims))
+        self.sampler = NegativeSampler(train_labels, nce_k, negatives, seed)
+        self.n_data = self.sampler.n
+        self.crds = nn.ModuleList(
+            CRDLoss(student_dim, dim, self.n_data, feat_dim, nce_t, momentum, z_mode, seed=seed + 1 + m)
+            for m, dim in enumerate(teacher_dims)
         )
 
-    def forward(
-        self, student: ModelOutput, teacher: TeacherOutputs, labels: Tensor, indices: Tensor
-    ) -> dict[str, Tensor]:
-        t = as_single_teacher(teacher)
-        terms = {"ce": self.gamma * F.cross_entropy(student.logits, labels)}
-        if self.use_kd:
-            terms["kd"] = self.alpha * kd_loss(student.logits, t.logits, self.temperature)
-        negatives = self.draw_negatives(indices, labels)
-        terms["crd"] = self.beta * self.crd(student.embedding, t.embedding, indices, negatives)
-        return terms
+    def draw_negatives(self, indices: Tensor, labels: Tensor) -> Tensor:
+        """(B, K) negatives ("exact") or (K,) ("shared") on the device of ``indices``; one stream per rank."""
+        self.sampler.stream = dist_world()[0]
+        device = indices.device
+        if self.negatives_mode == "shared":
+            return self.sampler.sample_shared(device)
+        return self.sampler.sample(indices, labels, device)
+
+    def forward(self, batch: Batch) -> Tensor:
+        if len(batch.teachers) != len(self.crds):
+            raise ValueError(f"CRD was built for {len(self.crds)} teacher(s), got {len(batch.teachers)}")
+        negatives = self.draw_negatives(batch.indices, batch.labels)
+        emb = batch.student.embedding
+        if len(self.crds) == 1:
+            return self.crds[0](emb, batch.teachers[0].embedding, batch.indices, negatives)
+        return sum(w * loss(emb, t.embedding, batch.indices, negatives)
+                   for w, loss, t in zip(self.teacher_weights, self.crds, batch.teachers))
+
+    def get_extra_state(self) -> Any:
+        return {"sampler": self.sampler.state_dict()}
+
+    def set_extra_state(self, state: Any) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+
+
+def build(ctx: TermContext, knobs: CRDKnobs) -> CRD:
+    return CRD(
+        ctx.student.embedding, [t.embedding for t in ctx.teachers], ctx.train_labels,
+        teacher_weights=ctx.teacher_weights, feat_dim=knobs.feat_dim, nce_k=knobs.nce_k, nce_t=knobs.nce_t,
+        momentum=knobs.momentum, z_mode=knobs.z_mode, negatives_mode=knobs.negatives_mode,
+        negatives=ctx.negatives, seed=ctx.seed,
+    )
+
+
+def _fewer_negatives(knobs: CRDKnobs, num_train_samples: int) -> tuple[str, Any, str] | None:
+    if knobs.nce_k >= num_train_samples:
+        return "distill.crd.nce_k", knobs.nce_k, f"fewer negatives than training samples ({num_train_samples})"
+    return None
+
+
+register_term(TermSpec(
+    name="crd",
+    build=build,
+    knobs=CRDKnobs,
+    weight_key="distill.beta",
+    needs=Needs(frozenset({EMBEDDING}), labels=True),  # labels: class negatives (uniform ones need none)
+    multi_teacher="per_teacher",
+    parts=("embedding heads", "memory banks", "negative sampler"),
+    paper_defaults={k: v for k, v in PAPER_DEFAULTS.items() if k != "distill.gamma"},
+    data_check=_fewer_negatives,
+))
+register_preset("crd", ("ce", "crd"), PAPER_DEFAULTS)
+register_preset("crd_kd", ("ce", "kd", "crd"), CRD_KD_PAPER_DEFAULTS)

@@ -10,14 +10,15 @@ by T^2 and averaged over the batch. The authors' code is mdistiller
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from orchestrator.distill.base import Distiller, TeacherOutputs
-from orchestrator.distill.ce import check_weight
-from orchestrator.distill.kd import as_single_teacher, check_temperature
-from orchestrator.models.base import ModelOutput
+from orchestrator.distill.base import Batch, Term, TermContext
+from orchestrator.distill.checks import check_epochs, check_positive, check_weight
+from orchestrator.distill.registry import LOGITS, Needs, TermSpec, register_preset, register_term
 
 # The paper's CIFAR-100 settings (mdistiller mdistiller/engine/cfg.py CFG.DKD, used as they are by
 # configs/cifar100/dkd/res32x4_res8x4.yaml; other pairs change only beta, to 2.0 or 6.0), at commit
@@ -74,25 +75,38 @@ def _non_target_log_probs(z: Tensor, target: Tensor) -> Tensor:
     return F.log_softmax(z.masked_fill(target, float("-inf")), dim=1).masked_fill(target, 0.0)
 
 
-class DKDDistiller(Distiller):
-    """``{"ce": gamma * CE, "dkd": w * dkd_loss(student, teacher, labels, alpha, beta, T)}``.
+@dataclass
+class DKDKnobs:
+    """``distill.dkd.*``: TCKD weight alpha, NCKD weight beta, temperature T, warm-up epochs, the term's weight."""
 
-    ``w = min((epoch + 1) / warmup, 1)`` ramps the DKD term up linearly over the first ``warmup``
-    epochs (mdistiller's ``min(epoch / warmup, 1)`` with its 1-based epochs); ``warmup = 0`` turns
-    the ramp off. The Trainer calls :meth:`set_epoch` with its 0-based epoch before each epoch.
+    alpha: float = 1.0
+    beta: float = 8.0
+    temperature: float = 4.0
+    warmup: int = 20  # epochs over which the DKD term ramps up linearly; 0 = none
+    weight: float = 1.0
+
+    def __post_init__(self):
+        check_weight("alpha", self.alpha)
+        check_weight("beta", self.beta)
+        check_positive("temperature", self.temperature)
+        check_epochs("warmup", self.warmup)
+        check_weight("weight", self.weight)
+
+
+class DKD(Term):
+    """``min((epoch + 1) / warmup, 1) * dkd_loss(student, teacher, labels, alpha, beta, T)``.
+
+    The factor ramps the term up linearly over the first ``warmup`` epochs (mdistiller's
+    ``min(epoch / warmup, 1)`` with its 1-based epochs); ``warmup = 0`` turns the ramp off.
+    The Trainer calls :meth:`set_epoch` with its 0-based epoch before each epoch.
     """
 
-    def __init__(
-        self, gamma: float = 1.0, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup: int = 20
-    ):
+    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup: int = 20):
         super().__init__()
-        self.gamma = check_weight("gamma", gamma)
         self.alpha = check_weight("alpha", alpha)
         self.beta = check_weight("beta", beta)
-        self.temperature = check_temperature(temperature)
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-            raise ValueError(f"warmup must be an integer number of epochs >= 0, got {warmup!r}")
-        self.warmup = warmup
+        self.temperature = check_positive("temperature", temperature)
+        self.warmup = check_epochs("warmup", warmup)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -102,12 +116,24 @@ class DKDDistiller(Distiller):
     def warmup_factor(self) -> float:
         return 1.0 if self.warmup == 0 else min((self.epoch + 1) / self.warmup, 1.0)
 
-    def forward(
-        self, student: ModelOutput, teacher: TeacherOutputs, labels: Tensor, indices: Tensor
-    ) -> dict[str, Tensor]:
-        t = as_single_teacher(teacher)
-        dkd = dkd_loss(student.logits, t.logits, labels, self.alpha, self.beta, self.temperature)
-        return {
-            "ce": self.gamma * F.cross_entropy(student.logits, labels),
-            "dkd": self.warmup_factor * dkd,
-        }
+    def forward(self, batch: Batch) -> Tensor:
+        if len(batch.teachers) != 1:
+            raise ValueError(f"DKD needs exactly one teacher output, got {len(batch.teachers)}")
+        dkd = dkd_loss(batch.student.logits, batch.teachers[0].logits, batch.labels, self.alpha, self.beta,
+                       self.temperature)
+        return self.warmup_factor * dkd
+
+
+def build(ctx: TermContext, knobs: DKDKnobs) -> DKD:
+    return DKD(knobs.alpha, knobs.beta, knobs.temperature, knobs.warmup)
+
+
+register_term(TermSpec(
+    name="dkd",
+    build=build,
+    knobs=DKDKnobs,
+    needs=Needs(frozenset({LOGITS}), labels=True),
+    multi_teacher=None,
+    paper_defaults={k: v for k, v in PAPER_DEFAULTS.items() if k != "distill.gamma"},
+))
+register_preset("dkd", ("ce", "dkd"), PAPER_DEFAULTS)

@@ -7,8 +7,10 @@ exposes ``embedding_dim`` (the size of ``ModelOutput.embedding``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 
@@ -23,6 +25,34 @@ class ModelOutput(NamedTuple):
     features: list[Tensor]
     embedding: Tensor
     logits: Tensor
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """A model's output sizes: embedding D and, per stage name in order, a feature map's per-sample shape."""
+
+    embedding: int
+    stages: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+def stage_names(model: nn.Module, count: int) -> tuple[str, ...]:
+    """The names of a model's ``count`` feature stages: its ``stage_names`` attribute, else stage1..stageN."""
+    names = tuple(getattr(model, "stage_names", ()) or ())
+    return names if len(names) == count else tuple(f"stage{i + 1}" for i in range(count))
+
+
+@torch.no_grad()
+def probe_shapes(model: nn.Module, in_channels: int, image_size: int, device: torch.device | str = "cpu") -> Shapes:
+    """The model's Shapes (embedding D, each stage's per-sample shape by name) from one eval-mode forward
+    of a zero image (no BatchNorm statistics change, no random numbers drawn)."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(torch.zeros(1, in_channels, image_size, image_size, device=device))
+    finally:
+        model.train(was_training)
+    names = stage_names(model, len(out.features))
+    return Shapes(int(out.embedding.shape[1]), {n: tuple(f.shape[1:]) for n, f in zip(names, out.features)})
 
 
 ModelFactory = Callable[..., nn.Module]

@@ -1,0 +1,107 @@
+"""The training objective: a weighted sum of registered terms, built from ``distill.*``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from orchestrator.distill import registry
+from orchestrator.distill.base import Batch, Shapes, TermContext
+from orchestrator.distill.checks import check_weight, normalise_weights
+from orchestrator.models.base import ModelOutput
+
+
+class Objective(nn.Module):
+    """``forward(student, teachers, labels, indices) -> {term: weight * term(batch)}``, in method order.
+
+    The training loss is the sum of the values; each is logged as ``train/loss_<term>``.
+    ``terms`` (a ModuleDict) holds the terms' trainable parts and state.
+    """
+
+    def __init__(
+        self, terms: dict[str, nn.Module], weights: dict[str, float], needs: registry.Needs,
+        pre_stage_epochs: dict[str, int] | None = None,
+    ):
+        super().__init__()
+        if set(terms) != set(weights):
+            raise ValueError(f"terms {sorted(terms)} and weights {sorted(weights)} differ")
+        self.terms = nn.ModuleDict(terms)
+        self.weights = {name: check_weight(f"weight of {name}", w) for name, w in weights.items()}
+        self.needs = needs
+        self.pre_stage_epochs = {name: int(e) for name, e in (pre_stage_epochs or {}).items() if e > 0}
+
+    @property
+    def pre_stage_length(self) -> int:
+        """Epochs of pre-stage before distillation (the longest of the terms'; 0 = none)."""
+        return max(self.pre_stage_epochs.values(), default=0)
+
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.needs.teacher
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the Trainer before each epoch (0-based)."""
+        for t in self.terms.values():
+            t.set_epoch(epoch)
+
+    def forward(
+        self, student: ModelOutput, teachers: ModelOutput | Sequence[ModelOutput], labels: Tensor, indices: Tensor,
+        pre_stage_epoch: int | None = None,
+    ) -> dict[str, Tensor]:
+        """The weighted terms; with ``pre_stage_epoch`` (0-based) instead the pre-stage losses of the terms
+        still in their pre-stage (unweighted), e.g. connector initialisation."""
+        teachers = [teachers] if isinstance(teachers, ModelOutput) else list(teachers)  # one teacher may come bare
+        batch = Batch(student, teachers, labels, indices)
+        if pre_stage_epoch is not None:
+            return {name: self.terms[name].pre_stage_loss(batch)
+                    for name, epochs in self.pre_stage_epochs.items() if pre_stage_epoch < epochs}
+        return {name: self.weights[name] * t(batch) for name, t in self.terms.items()}
+
+
+def build_objective(
+    cfg: Any,
+    *,
+    num_classes: int,
+    student: Shapes,
+    teachers: Sequence[Shapes],
+    train_labels: Tensor,
+    negatives: str = "class",
+    seed: int = 0,
+    teacher_weights: Sequence[float] | None = None,
+) -> Objective:
+    """The Objective for ``cfg.method`` (``cfg``: the ``distill`` config section).
+
+    Args:
+        num_classes: C (labels must lie in [0, C)).
+        student: the student's Shapes; teachers: one Shapes per teacher (several -> ensemble).
+        train_labels: (N,) training labels; N sizes memory banks.
+        negatives: contrastive negatives "class" or "uniform" (``data.negatives``).
+        seed: seeds negative sampling and bank initialisation (same on every rank).
+        teacher_weights: optional per-teacher weights (normalised to sum 1; default uniform).
+    Terms are built in method order (their parameters draw from the global RNG in that order).
+    """
+    names = registry.method_terms(cfg.method)
+    needs = registry.teacher_needs(cfg)
+    teachers = list(teachers)
+    if needs.teacher and not teachers:
+        raise ValueError(f"method '{cfg.method}' needs at least one teacher (none given)")
+    problem = registry.supports_teachers(cfg, len(teachers))
+    if problem:
+        raise ValueError(problem)
+    if teacher_weights is not None and len(teacher_weights) != len(teachers):
+        raise ValueError(f"teacher_weights has {len(teacher_weights)} entries for {len(teachers)} teachers")
+    labels = train_labels.reshape(-1)
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"train_labels must lie in [0, {num_classes}), got [{int(labels.min())}, {int(labels.max())}]")
+    ctx = TermContext(
+        num_classes=num_classes, student=student, teachers=tuple(teachers),
+        teacher_weights=normalise_weights(teacher_weights, len(teachers)) if teachers else (),
+        train_labels=labels, negatives=negatives, seed=seed,
+    )
+    terms = {name: registry.term(name).build(ctx, registry.knobs_of(cfg, name)) for name in names}
+    pre = {name: getattr(registry.knobs_of(cfg, name), registry.term(name).pre_stage)
+           for name in names if registry.term(name).pre_stage}
+    return Objective(terms, registry.weights(cfg), needs, pre)
