@@ -153,7 +153,10 @@ class Trainer:
             train_labels=data.train_labels,
             negatives=cfg.data.negatives,
             seed=cfg.seed,  # same on every rank; terms draw per-rank negative streams
+            make_student=lambda: build_with_weights(
+                cfg.model.student, data.num_classes, data.in_channels, cfg.model.student_weights),
         ).to(self.device)
+        self.chosen_name = "student"
 
         self._student_step = self.student
         self._objective_step = self.objective
@@ -258,9 +261,10 @@ class Trainer:
             teacher_out = self._teacher_forward(images, indices) if self.objective.needs_teacher else []
             student_out = self._student_step(images)
             if pre_stage_epoch is None:
-                terms = self._objective_step(student_out, teacher_out, labels, indices)
+                terms = self._objective_step(student_out, teacher_out, labels, indices, images=images)
             else:
-                terms = self._objective_step(student_out, teacher_out, labels, indices, pre_stage_epoch=pre_stage_epoch)
+                terms = self._objective_step(student_out, teacher_out, labels, indices, pre_stage_epoch=pre_stage_epoch,
+                                             images=images)
             loss = sum(terms.values())
             if not torch.isfinite(loss):
                 values = {k: float(v.detach()) for k, v in terms.items()}
@@ -279,10 +283,33 @@ class Trainer:
                 sums[f"loss_{name}"] = sums.get(f"loss_{name}", 0.0) + value.item() * batch
         return sums, seen, time.perf_counter() - start
 
+    def networks(self) -> dict[str, nn.Module]:
+        """The student and the networks the objective trains with it (peers), by name."""
+        return {"student": self.student, **self.objective.networks()}
+
+    @property
+    def chosen(self) -> nn.Module:
+        """The trial's student: the network with the best last validation accuracy (the student without peers)."""
+        return self.networks()[self.chosen_name]
+
     def evaluate(self, split: str = "val") -> dict[str, float]:
-        """acc1, acc5 and CE loss of the student on ``split`` ("val", "test" or "train_eval")."""
+        """acc1, acc5 and CE loss on ``split`` ("val", "test" or "train_eval") of the chosen network.
+
+        With peers every network is evaluated (``<name>/acc1``, ...), ``val`` chooses the best one
+        (``chosen`` = its position in ``networks()``) and the plain keys are its metrics.
+        """
         dataset = getattr(self.data, split)
-        return evaluate_model(self.student, dataset, self.cfg.data.eval_batch_size, self.device)
+        nets = self.networks()
+        if len(nets) == 1:
+            return evaluate_model(self.student, dataset, self.cfg.data.eval_batch_size, self.device)
+        results = {name: evaluate_model(net, dataset, self.cfg.data.eval_batch_size, self.device)
+                   for name, net in nets.items()}
+        if split == "val":
+            self.chosen_name = max(results, key=lambda name: results[name]["acc1"])
+        out = dict(results[self.chosen_name])
+        out.update({f"{name}/{k}": v for name, r in results.items() for k, v in r.items()})
+        out["chosen"] = list(nets).index(self.chosen_name)
+        return out
 
     # ------------------------------------------------------------------ state
 
@@ -290,6 +317,7 @@ class Trainer:
         """Everything needed to resume: student, objective (heads, banks), optimiser, scheduler, epoch, RNG."""
         return {
             "epoch": self.epoch,
+            "chosen": self.chosen_name,
             "student": self.student.state_dict(),
             "objective": self.objective.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -310,6 +338,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
+        self.chosen_name = state.get("chosen", "student")
         torch.set_rng_state(state["rng"]["torch"].cpu())  # also from a checkpoint loaded onto a GPU
         np.random.set_state(_numpy_state_from_tensors(state["rng"]["numpy"]))
         random.setstate(state["rng"]["python"])

@@ -129,7 +129,7 @@ def train_loop_per_worker(config: dict) -> None:
                                   Path(folder) / STATE_FILE)
                 for seed, trainer, m in zip(seeds, trainers, per_seed):
                     numbers = {k: v for k, v in m.items() if isinstance(v, (int, float))}
-                    save_model_checkpoint(Path(folder) / student_file(seed, seeds), trainer.student,
+                    save_model_checkpoint(Path(folder) / student_file(seed, seeds), trainer.chosen,
                                           cfg.model.student, data, numbers)
                 ckpt = ray.train.Checkpoint.from_directory(folder)
             _report(metrics, ckpt, in_process)

@@ -131,13 +131,13 @@ def distill_task(cfg_dict: dict, teachers: list[str], outputs: list[str], checkp
     test = {f"test/{k}": v for k, v in trainer.evaluate("test").items()}  # the only test-set look
     metrics.update(test)
     tracking.log_metrics(client, run_id, test, step=cfg.train.epochs)
-    save_model_checkpoint(Path(checkpoint), trainer.student, cfg.model.student, data, numbers(metrics))
+    save_model_checkpoint(Path(checkpoint), trainer.chosen, cfg.model.student, data, numbers(metrics))
     tracking.log_file(client, run_id, checkpoint, "checkpoint")
     mlflow.set_tracking_uri(uri)
-    version = tracking.log_model(run_id, trainer.student, "student", register,
+    version = tracking.log_model(run_id, trainer.chosen, "student", register,
                                  example=example_batch(data) if register else None)  # registered: ONNX
     if register:
-        export_student(trainer.student, data, cfg.export.formats, Path(checkpoint).parent / "export", client, register, version)
+        export_student(trainer.chosen, data, cfg.export.formats, Path(checkpoint).parent / "export", client, register, version)
     return {
         "val/acc1": metrics["val/acc1"], "test/acc1": test["test/acc1"], "test/acc5": test["test/acc5"],
         "checkpoint": checkpoint, "time_s": time.perf_counter() - start,

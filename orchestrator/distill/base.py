@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -17,12 +18,14 @@ class Batch(NamedTuple):
     teachers: one ModelOutput per teacher (empty when no enabled term reads a teacher); fields
         no enabled term reads may be empty.
     labels: (B,) class indices.  indices: (B,) dataset indices of the samples.
+    images: (B, C, H, W) the student's input batch (terms with networks of their own, e.g. peers, run them on it).
     """
 
     student: ModelOutput
     teachers: list[ModelOutput]
     labels: Tensor
     indices: Tensor
+    images: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class TermContext:
     teacher_weights: M weights summing to 1 (ensembles).  train_labels: (N,) labels of the
     train split (N sizes memory banks).  negatives: "class" or "uniform" (``data.negatives``).
     seed: the training seed (same on every rank).
+    make_student: builds a fresh network of the student's architecture (terms that train peers).
     """
 
     num_classes: int
@@ -42,6 +46,7 @@ class TermContext:
     train_labels: Tensor
     negatives: str = "class"
     seed: int = 0
+    make_student: Callable[[], nn.Module] | None = None
 
 
 class Term(nn.Module):
@@ -58,6 +63,10 @@ class Term(nn.Module):
 
     def pre_stage_loss(self, batch: Batch) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} declares no pre-stage")
+
+    def networks(self) -> dict[str, nn.Module]:
+        """Networks this term trains besides the student (peers), by name; they are evaluated too."""
+        return {}
 
     def set_epoch(self, epoch: int) -> None:
         """Most terms have no schedule."""

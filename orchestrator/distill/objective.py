@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import Tensor, nn
@@ -32,6 +32,10 @@ class Objective(nn.Module):
         self.needs = needs
         self.pre_stage_epochs = {name: int(e) for name, e in (pre_stage_epochs or {}).items() if e > 0}
 
+    def networks(self) -> dict[str, nn.Module]:
+        """The networks the terms train besides the student (e.g. peers), by name."""
+        return {name: net for t in self.terms.values() for name, net in t.networks().items()}
+
     @property
     def pre_stage_length(self) -> int:
         """Epochs of pre-stage before distillation (the longest of the terms'; 0 = none)."""
@@ -49,12 +53,12 @@ class Objective(nn.Module):
 
     def forward(
         self, student: ModelOutput, teachers: ModelOutput | Sequence[ModelOutput], labels: Tensor, indices: Tensor,
-        pre_stage_epoch: int | None = None,
+        pre_stage_epoch: int | None = None, images: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """The weighted terms; with ``pre_stage_epoch`` (0-based) instead the pre-stage losses of the terms
-        still in their pre-stage (unweighted), e.g. connector initialisation."""
+        still in their pre-stage (unweighted), e.g. connector initialisation. ``images``: the input batch."""
         teachers = [teachers] if isinstance(teachers, ModelOutput) else list(teachers)  # one teacher may come bare
-        batch = Batch(student, teachers, labels, indices)
+        batch = Batch(student, teachers, labels, indices, images)
         if pre_stage_epoch is not None:
             return {name: self.terms[name].pre_stage_loss(batch)
                     for name, epochs in self.pre_stage_epochs.items() if pre_stage_epoch < epochs}
@@ -71,6 +75,7 @@ def build_objective(
     negatives: str = "class",
     seed: int = 0,
     teacher_weights: Sequence[float] | None = None,
+    make_student: Callable[[], nn.Module] | None = None,
 ) -> Objective:
     """The Objective for ``cfg.method`` (``cfg``: the ``distill`` config section).
 
@@ -81,6 +86,7 @@ def build_objective(
         negatives: contrastive negatives "class" or "uniform" (``data.negatives``).
         seed: seeds negative sampling and bank initialisation (same on every rank).
         teacher_weights: optional per-teacher weights (normalised to sum 1; default uniform).
+        make_student: builds a fresh student-architecture network (for terms that train peers).
     Terms are built in method order (their parameters draw from the global RNG in that order).
     """
     names = registry.method_terms(cfg.method)
@@ -99,7 +105,7 @@ def build_objective(
     ctx = TermContext(
         num_classes=num_classes, student=student, teachers=tuple(teachers),
         teacher_weights=normalise_weights(teacher_weights, len(teachers)) if teachers else (),
-        train_labels=labels, negatives=negatives, seed=seed,
+        train_labels=labels, negatives=negatives, seed=seed, make_student=make_student,
     )
     terms = {name: registry.term(name).build(ctx, registry.knobs_of(cfg, name)) for name in names}
     pre = {name: getattr(registry.knobs_of(cfg, name), registry.term(name).pre_stage)
