@@ -123,7 +123,7 @@ class Plan:
 
 
 def make_plan(cfg: Config, num_train: int) -> Plan:
-    from orchestrator.trial import in_process, trial_resources
+    from orchestrator.launcher import in_process, trial_resources
 
     space = load_space(cfg.sweep.search_space, cfg, num_train)
     res = trial_resources(cfg)
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.data import DatasetNotFoundError, build_data
     from orchestrator.models.pretrained import WeightsUnavailableError
     from orchestrator.teachers import TeacherCheckpointError, resolve_teacher
-    from orchestrator.trial import in_process
+    from orchestrator.launcher import in_process
 
     address = cluster.resolve_address(cfg.ray.address)
     try:

@@ -30,6 +30,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -97,37 +98,34 @@ def teacher_eval_task(source: str, cfg_dict: dict, outputs_path: str | None, thr
 @ray.remote(num_cpus=1)
 def distill_task(cfg_dict: dict, teachers: list[str], outputs: list[str], checkpoint: str, uri: str, run_id: str,
                  register: str | None = None) -> dict:
-    """One student run with :class:`orchestrator.engine.Trainer`: epochs (val each), test once, checkpoint, model."""
+    """One student run through the training loop (:func:`orchestrator.loop.fit`): epochs (val each), test at
+    the last, logged to MLflow run ``run_id``; then its checkpoint and model (registered and exported if named)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
     from orchestrator.data import build_data
-    from orchestrator.engine import Trainer
+    from orchestrator.engine import CachedTeacherOutputs, Trainer
     from orchestrator.export import example_batch, export_student
+    from orchestrator.loop import fit
     from orchestrator.teachers import load_teacher, save_model_checkpoint
-    from orchestrator.train_loop import load_teacher_outputs
 
     cfg = from_dict(cfg_dict)
     torch.set_num_threads(cfg.train.torch_threads or cfg.train.cpus_per_worker)
     data = build_data(cfg.data, cfg.seed)
-    caches = [load_teacher_outputs(p) for p in outputs] if cfg.distill.method != "ce" else []
+    caches = [CachedTeacherOutputs.load(p) for p in outputs] if cfg.distill.method != "ce" else []
     models = []
     if not caches and cfg.distill.method != "ce":  # augmentation on: the teachers run live (no grad, eval)
         models = [load_teacher(t, data.num_classes, data.in_channels, data.image_size) for t in teachers]
     trainer = Trainer(cfg, data, models, teacher_outputs=caches or None)
     client = MlflowClient(tracking_uri=uri)
     start, epoch_s, img_s = time.perf_counter(), [], []
-    metrics: dict = {}
-    while trainer.epoch < cfg.train.epochs:
-        metrics = trainer.train_one_epoch()
-        metrics.update({f"val/{k}": v for k, v in trainer.evaluate("val").items()})
-        metrics["epoch"] = trainer.epoch
+
+    def report(metrics: dict, _per_seed: list[dict]) -> None:
         epoch_s.append(metrics["time/epoch_s"])
         img_s.append(metrics["throughput/train_img_s"])
-        tracking.log_metrics(client, run_id, metrics, step=trainer.epoch)
-    test = {f"test/{k}": v for k, v in trainer.evaluate("test").items()}  # the only test-set look
-    metrics.update(test)
-    tracking.log_metrics(client, run_id, test, step=cfg.train.epochs)
+        tracking.log_metrics(client, run_id, metrics, step=metrics["epoch"])
+
+    metrics = fit([trainer], evaluate_test=True, on_epoch=report)  # test: the only look, at the last epoch
     save_model_checkpoint(Path(checkpoint), trainer.student, cfg.model.student, data, numbers(metrics))
     tracking.log_file(client, run_id, checkpoint, "checkpoint")
     mlflow.set_tracking_uri(uri)
@@ -136,7 +134,7 @@ def distill_task(cfg_dict: dict, teachers: list[str], outputs: list[str], checkp
     if register:
         export_student(trainer.student, data, cfg.export.formats, Path(checkpoint).parent / "export", client, register, version)
     return {
-        "val/acc1": metrics["val/acc1"], "test/acc1": test["test/acc1"], "test/acc5": test["test/acc5"],
+        "val/acc1": metrics["val/acc1"], "test/acc1": metrics["test/acc1"], "test/acc5": metrics["test/acc5"],
         "checkpoint": checkpoint, "time_s": time.perf_counter() - start,
         "epoch_s": statistics.mean(epoch_s), "train_img_s": statistics.mean(img_s),
         "teachers_live": bool(models), "registered_version": version,
@@ -239,27 +237,24 @@ class EnsemblePipeline:
         self.out.mkdir(parents=True, exist_ok=True)
         experiment = cfg.tracking.experiment or cfg.name
         started_ray = cluster.connect(cluster.resolve_address(cfg.ray.address), local_cpus(self.pcfg))
-        parent_id, status = None, "FAILED"
         try:
             experiment_id = tracking.ensure_experiment(self.client, experiment, self.uri)
             parent_id = tracking.start_run(
                 self.client, experiment_id, f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}", "pipeline",
                 params=flatten(self.pcfg.to_tree()), tags={"pipeline": "ensemble", "output_dir": str(self.out)},
             )
-            tracking.log_text(self.client, parent_id, self.pcfg.dump_yaml(), "config.yaml")
-            print(f"pipeline '{cfg.name}': {len(self.pcfg.teachers)} teachers -> {cfg.model.student}; MLflow "
-                  f"experiment '{experiment}' (parent run {parent_id}); folder {self.out}", flush=True)
-            stages = Stages(self.client, experiment_id, parent_id, self.out)
-            self.stages, self.parent_id = stages, parent_id
-            teachers = self.stage_teachers()
-            ens = self.stage_ensemble_eval(teachers)
-            students = self.stage_students(ens)
-            frame = self.stage_compare(teachers, ens, students)
-            self.finish(frame, ens, students, start)
-            status = "FINISHED"
+            with tracking.run_scope(self.client, parent_id, close_children=True):
+                tracking.log_text(self.client, parent_id, self.pcfg.dump_yaml(), "config.yaml")
+                print(f"pipeline '{cfg.name}': {len(self.pcfg.teachers)} teachers -> {cfg.model.student}; MLflow "
+                      f"experiment '{experiment}' (parent run {parent_id}); folder {self.out}", flush=True)
+                self.stages, self.parent_id = Stages(self.client, experiment_id, parent_id, self.out), parent_id
+                teachers = self.stage_teachers()
+                ens = self.stage_ensemble_eval(teachers)
+                students = self.stage_students(ens)
+                frame = self.stage_compare(teachers, ens, students)
+                self.finish(frame, ens, students, start)
             return 0
         except KeyboardInterrupt:
-            status = "KILLED"
             print("\ninterrupted; finished stages are reused by the next run", file=sys.stderr)
             return 130
         except (TeacherCheckpointError, cluster.ClusterError, ConfigError) as exc:
@@ -269,11 +264,6 @@ class EnsemblePipeline:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         finally:
-            if parent_id is not None:
-                experiment_id = self.client.get_run(parent_id).info.experiment_id
-                tracking.close_open_children(self.client, experiment_id, parent_id,
-                                             "FINISHED" if status == "FINISHED" else status, "interrupted")
-                tracking.end_run(self.client, parent_id, status)
             if started_ray:
                 ray.shutdown()
 
@@ -297,16 +287,12 @@ class EnsemblePipeline:
         if result is not None:
             self.stages.reuse("teachers", digest, result, self._teacher_metrics(result))
             return {**result, "hash": digest}
-        run_id = self.stages.begin("teachers", digest, {"teachers": json.dumps(payload)})
-        try:
+        with self.stages.run("teachers", digest, {"teachers": json.dumps(payload)}) as run_id:
             entries = ensure_teachers(self.pcfg, self.uri, self.client, self.stages.experiment_id, run_id, self.data)
             for entry in entries:
                 entry["fingerprint"] = fingerprint(entry["source"])
             result = self.stages.complete("teachers", digest, run_id, {"teachers": entries},
                                           self._teacher_metrics({"teachers": entries}))
-        except BaseException as exc:
-            self.stages.fail(run_id, exc)
-            raise
         return {**result, "hash": digest}
 
     @staticmethod
@@ -329,56 +315,55 @@ class EnsemblePipeline:
         if result is not None:
             self.stages.reuse("ensemble_eval", digest, result, self._ensemble_metrics(result))
             return {**result, "hash": digest}
-        run_id = self.stages.begin("ensemble_eval", digest)
         pending = {}
-        try:
-            sources = [t["source"] for t in teachers["teachers"]]
-            paths = [str(outputs_path(s, cfg)) if cache else None for s in sources]
-            task = teacher_eval_task.options(num_cpus=cpu_share(len(sources)))
-            for t, source, path in zip(teachers["teachers"], sources, paths):
-                pending[task.remote(source, to_dict(cfg), path, self.threads)] = t["name"]
-            results = wait_with_progress(pending, self.client, {}, {})
-            pending = {}
-            for name, res in results.items():
-                if isinstance(res, BaseException):
-                    raise RuntimeError(f"evaluating teacher {name} failed: {res}") from res
-            val_labels, test_labels = data.val.labels, data.test.labels
-            rows = []
-            for t, path in zip(teachers["teachers"], paths):
-                res = results[t["name"]]
-                rows.append({"name": t["name"], "source": t["source"], "outputs": path,
-                             "val/acc1": comparison.accuracy(res["val_logits"], val_labels),
-                             "test/acc1": comparison.accuracy(res["test_logits"], test_labels),
-                             "outputs_s": res["outputs_s"] if res["computed"] else None})
-                if res["computed"]:
-                    print(f"  {t['name']}: outputs on {len(data.train_eval)} training images computed once "
-                          f"({res['outputs_s']:.1f} s) -> {path}", flush=True)
-            ensemble = {
-                "val/acc1": comparison.accuracy(comparison.ensemble_probs([results[t['name']]['val_logits'] for t in rows]), val_labels),
-                "test/acc1": comparison.accuracy(comparison.ensemble_probs([results[t['name']]['test_logits'] for t in rows]), test_labels),
-            }
-            best = max(rows, key=lambda r: r["val/acc1"])  # chosen on val, never on test
-            cost = self._measure_cost(rows)
-            result = {"teachers": rows, "ensemble": ensemble, "best_teacher": best["name"], "cost": cost}
-            for r in rows:
-                print(f"  {r['name']:<26} val/acc1 {r['val/acc1']:.4f}  test/acc1 {r['test/acc1']:.4f}", flush=True)
-            print(f"  {'ensemble (mean softmax)':<26} val/acc1 {ensemble['val/acc1']:.4f}  test/acc1 "
-                  f"{ensemble['test/acc1']:.4f}   best single teacher (val): {best['name']}", flush=True)
-            self._print_cost(cost)
-            result = self.stages.complete("ensemble_eval", digest, run_id, result, self._ensemble_metrics(result))
-        except BaseException as exc:
-            cancel(pending)
-            self.stages.fail(run_id, exc)
-            raise
+        with self.stages.run("ensemble_eval", digest) as run_id:
+            try:
+                sources = [t["source"] for t in teachers["teachers"]]
+                paths = [str(outputs_path(s, cfg)) if cache else None for s in sources]
+                task = teacher_eval_task.options(num_cpus=cpu_share(len(sources)))
+                for t, source, path in zip(teachers["teachers"], sources, paths):
+                    pending[task.remote(source, to_dict(cfg), path, self.threads)] = t["name"]
+                results = wait_with_progress(pending, self.client, {}, {})
+                pending = {}
+                for name, res in results.items():
+                    if isinstance(res, BaseException):
+                        raise RuntimeError(f"evaluating teacher {name} failed: {res}") from res
+                val_labels, test_labels = data.val.labels, data.test.labels
+                rows = []
+                for t, path in zip(teachers["teachers"], paths):
+                    res = results[t["name"]]
+                    rows.append({"name": t["name"], "source": t["source"], "outputs": path,
+                                 "val/acc1": comparison.accuracy(res["val_logits"], val_labels),
+                                 "test/acc1": comparison.accuracy(res["test_logits"], test_labels),
+                                 "outputs_s": res["outputs_s"] if res["computed"] else None})
+                    if res["computed"]:
+                        print(f"  {t['name']}: outputs on {len(data.train_eval)} training images computed once "
+                              f"({res['outputs_s']:.1f} s) -> {path}", flush=True)
+                ensemble = {
+                    "val/acc1": comparison.accuracy(comparison.ensemble_probs([results[t['name']]['val_logits'] for t in rows]), val_labels),
+                    "test/acc1": comparison.accuracy(comparison.ensemble_probs([results[t['name']]['test_logits'] for t in rows]), test_labels),
+                }
+                best = max(rows, key=lambda r: r["val/acc1"])  # chosen on val, never on test
+                cost = self._measure_cost(rows)
+                result = {"teachers": rows, "ensemble": ensemble, "best_teacher": best["name"], "cost": cost}
+                for r in rows:
+                    print(f"  {r['name']:<26} val/acc1 {r['val/acc1']:.4f}  test/acc1 {r['test/acc1']:.4f}", flush=True)
+                print(f"  {'ensemble (mean softmax)':<26} val/acc1 {ensemble['val/acc1']:.4f}  test/acc1 "
+                      f"{ensemble['test/acc1']:.4f}   best single teacher (val): {best['name']}", flush=True)
+                self._print_cost(cost)
+                result = self.stages.complete("ensemble_eval", digest, run_id, result, self._ensemble_metrics(result))
+            except BaseException:
+                cancel(pending)
+                raise
         return {**result, "hash": digest}
 
     def _measure_cost(self, rows: list[dict]) -> dict:
         from orchestrator.teachers import load_teacher
-        from orchestrator.train_loop import load_teacher_outputs
+        from orchestrator.engine import CachedTeacherOutputs
 
         d = self.data
         models = [load_teacher(r["source"], d.num_classes, d.in_channels, d.image_size) for r in rows]
-        caches = [load_teacher_outputs(r["outputs"]) for r in rows if r["outputs"]]
+        caches = [CachedTeacherOutputs.load(r["outputs"]) for r in rows if r["outputs"]]
         return measure_teacher_cost(models, caches, d, self.cfg, self.threads)
 
     @staticmethod
@@ -438,35 +423,35 @@ class EnsemblePipeline:
                 continue
             todo[stage] = (digest, run_cfg)
         task = distill_task.options(num_cpus=cpu_share(len(todo))) if todo else distill_task
-        try:
-            for stage, (digest, run_cfg) in todo.items():
-                _, sources, outputs, _ = plan[stage]
-                run_id = self.stages.begin(stage, digest, flatten(to_dict(run_cfg)))
-                checkpoint = str(self.out / "students" / f"{stage}-{digest}.pt")
-                register = cfg.tracking.registered_model if stage == "distill_ensemble" else None
-                ref = task.remote(to_dict(run_cfg), sources, outputs, checkpoint, self.uri, run_id, register)
-                pending[ref], runs[stage], epochs[stage] = stage, run_id, run_cfg.train.epochs
-            if pending:
-                print(f"training {len(pending)} student run(s) concurrently: {', '.join(runs)}", flush=True)
-            done = wait_with_progress(pending, self.client, runs, epochs)
-        except BaseException as exc:
-            cancel(pending)
-            for run_id in runs.values():
-                self.stages.fail(run_id, exc)
-            raise
-        failed = []
-        for stage, res in done.items():
-            if isinstance(res, BaseException):
-                self.stages.fail(runs[stage], res)
-                failed.append((stage, res))
-                continue
-            digest = todo[stage][0]
-            # val/test accuracies are already in the run (per epoch, and test once at the last step)
-            extra = {k: v for k, v in self._student_metrics(res).items() if not k.startswith(("val/", "test/"))}
-            results[stage] = self.stages.complete(stage, digest, runs[stage], res, extra)
-        if failed:
-            stage, exc = failed[0]
-            raise RuntimeError(f"stage {stage} failed: {exc}") from exc
+        with contextlib.ExitStack() as scopes:  # runs not closed below (interrupted, cancelled) end here
+            try:
+                for stage, (digest, run_cfg) in todo.items():
+                    _, sources, outputs, _ = plan[stage]
+                    run_id = scopes.enter_context(self.stages.scope(self.stages.begin(stage, digest, flatten(to_dict(run_cfg)))))
+                    checkpoint = str(self.out / "students" / f"{stage}-{digest}.pt")
+                    register = cfg.tracking.registered_model if stage == "distill_ensemble" else None
+                    ref = task.remote(to_dict(run_cfg), sources, outputs, checkpoint, self.uri, run_id, register)
+                    pending[ref], runs[stage], epochs[stage] = stage, run_id, run_cfg.train.epochs
+                if pending:
+                    print(f"training {len(pending)} student run(s) concurrently: {', '.join(runs)}", flush=True)
+                done = wait_with_progress(pending, self.client, runs, epochs)
+            except BaseException:
+                cancel(pending)
+                raise
+            failed = []
+            for stage, res in done.items():
+                if isinstance(res, BaseException):
+                    self.stages.fail(runs[stage], res)
+                    failed.append((stage, res))
+                    continue
+                digest = todo[stage][0]
+                # val/test accuracies are already in the run (per epoch, and test once at the last step)
+                extra = {k: v for k, v in self._student_metrics(res).items() if not k.startswith(("val/", "test/"))}
+                with self.stages.scope(runs[stage]):
+                    results[stage] = self.stages.complete(stage, digest, runs[stage], res, extra)
+            if failed:
+                stage, exc = failed[0]
+                raise RuntimeError(f"stage {stage} failed: {exc}") from exc
         return results
 
     def _sweep_stage(self, ens: dict, sources: list[str], outputs: list[str]) -> dict:
@@ -486,8 +471,7 @@ class EnsemblePipeline:
         if found is not None:
             self.stages.reuse(stage, digest, found, self._student_metrics(found))
             return found
-        run_id = self.stages.begin(stage, digest, {**flatten(to_dict(cfg)), "search_space_file": space_text[:5000]})
-        try:
+        with self.stages.run(stage, digest, {**flatten(to_dict(cfg)), "search_space_file": space_text[:5000]}) as run_id:
             plan = make_plan(cfg, len(self.data.train))
             runner = SweepRunner(plan, self.data, teachers=sources, teacher_outputs=outputs,
                                  parent_tags={tracking.PARENT: run_id})
@@ -503,9 +487,6 @@ class EnsemblePipeline:
                 "sweep_dir": str(exp_dir), "best_trial": summary["best_trial"],
             }
             return self.stages.complete(stage, digest, run_id, result, self._student_metrics(result))
-        except BaseException as exc:
-            self.stages.fail(run_id, exc)
-            raise
 
     @staticmethod
     def _student_metrics(result: dict) -> dict:
@@ -529,8 +510,7 @@ class EnsemblePipeline:
             frame = comparison.pd.read_csv(found["csv"])
             self._log_comparison(found, run_id)
             return frame
-        run_id = self.stages.begin("compare", digest)
-        try:
+        with self.stages.run("compare", digest) as run_id:
             frame = self._comparison_table(ens, students)
             folder = self.out / "comparison"
             folder.mkdir(parents=True, exist_ok=True)
@@ -542,9 +522,6 @@ class EnsemblePipeline:
             result = {"csv": str(csv), "png": str(png), "md": str(md)}
             self._log_comparison(result, run_id)
             result = self.stages.complete("compare", digest, run_id, result)
-        except BaseException as exc:
-            self.stages.fail(run_id, exc)
-            raise
         return frame
 
     def _log_comparison(self, result: dict, run_id: str | None) -> None:
