@@ -34,7 +34,7 @@ from orchestrator.leaderboard import best_summary, summarise, to_frame
 from orchestrator.output_cache import teacher_outputs_file
 from orchestrator.search import paper_points, sampled_keys, space_path
 from orchestrator.stats import mean_sd
-from orchestrator.sweep import Plan
+from orchestrator.plan import Plan
 from orchestrator.teachers import (
     TeacherCheckpointError,
     ensure_teacher,
@@ -408,7 +408,7 @@ class SweepRunner:
 
     def _report(self, client, parent_id: str, exp_dir: Path) -> None:
         """The compare report (tables, plots) of this sweep, logged under the parent's ``report/``."""
-        from orchestrator.report import write_report
+        from orchestrator.report.write import write_report
 
         try:
             report = write_report(client, [parent_id], exp_dir / "report", log_to=parent_id)

@@ -265,7 +265,7 @@ def _log_onnx(model, name: str, registered_model: str | None, example):
     import onnx
     import onnxruntime
 
-    from orchestrator.export import to_onnx
+    from orchestrator.convert import to_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         onnx_model = onnx.load(str(to_onnx(model, example, Path(tmp) / "model.onnx")))

@@ -458,7 +458,7 @@ class EnsemblePipeline:
         """distill_ensemble through the sweep machinery (SweepRunner) over ``sweep.search_space``."""
         from orchestrator.runner import SweepRunner
         from orchestrator.search import space_path
-        from orchestrator.sweep import make_plan
+        from orchestrator.plan import make_plan
 
         cfg = apply_overrides(self.cfg, {"sweep.storage_path": str(self.out / "sweep"), "sweep.baseline": False,
                                          "tracking.uri": self.uri})

@@ -35,17 +35,16 @@ import torch
 
 from orchestrator import tracking
 from orchestrator.config import Config, ConfigError, apply_overrides, flatten, from_dict, to_dict
+from orchestrator.launcher import in_process
+from orchestrator.safe_load import load_tensors
 from orchestrator.teachers import (
     TeacherCheckpointError,
     alone_config,
     default_cache_dir,
     import_teacher,
     load_teacher,
-    save_model_checkpoint,
     training_key,
 )
-from orchestrator.safe_load import load_tensors
-from orchestrator.launcher import in_process
 from pipelines.config import PipelineConfig, ResolvedTeacher, load_pipeline_config
 from pipelines.stages import cancel, cpu_share, wait_with_progress
 
