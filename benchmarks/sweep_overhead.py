@@ -223,11 +223,11 @@ def startup_pieces(args, teacher: str, folder: Path) -> common.Table:
     path = folder / "outputs.pt"
     torch.save({"logits": outputs.logits, "embedding": outputs.embedding}, path)
     loads, builds = [], []
-    from orchestrator.train_loop import load_teacher_outputs
+    from orchestrator.engine import CachedTeacherOutputs
 
     for _ in range(3):
         t0 = time.perf_counter()
-        cached = load_teacher_outputs(str(path))
+        cached = CachedTeacherOutputs.load(str(path))
         loads.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         Trainer(cfg, data, teacher_outputs=[cached])

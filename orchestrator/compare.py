@@ -72,7 +72,8 @@ def _check_local_store(uri: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from orchestrator.report import ReportError, write_report
+    from orchestrator.report.runs import ReportError
+    from orchestrator.report.write import write_report
 
     names = args.experiment or args.run
     uri = tracking.resolve_tracking_uri(args.tracking_uri)

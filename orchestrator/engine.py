@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from orchestrator.atomic_files import atomic_torch_save
 from orchestrator.config import Config
 from orchestrator.data import DataBundle, make_loader, set_epoch
 from orchestrator.distill import build_objective, registry
@@ -53,8 +54,6 @@ class CachedTeacherOutputs:
     stage_names: tuple[str, ...] = ()
 
     def save(self, path) -> None:
-        from orchestrator.teachers import atomic_torch_save
-
         atomic_torch_save({"logits": self.logits, "embedding": self.embedding, "source_indices": self.source_indices,
                            "features": self.features, "stage_names": list(self.stage_names)}, path)
 

@@ -18,7 +18,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from orchestrator.convert import LogitsOnly, to_onnx, to_torchscript
 from orchestrator.safe_load import UnsafeFileError, load_tensors
 
 FILES = {"onnx": "student.onnx", "torchscript": "student.torchscript.pt"}
@@ -36,38 +36,9 @@ class ExportError(RuntimeError):
     """An export does not match PyTorch within tolerance, or its source cannot be found."""
 
 
-class LogitsOnly(nn.Module):
-    """``model(x).logits``: (B, C, H, W) -> (B, num_classes), the graph that is exported."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(x).logits
-
-
 def example_batch(data, n: int = 64) -> Tensor:
     """The first ``n`` validation images (n, C, H, W), normalised as in training."""
     return torch.stack([data.val[i][0] for i in range(min(n, len(data.val)))])
-
-
-def to_onnx(model: nn.Module, example: Tensor, path: Path) -> Path:
-    """ONNX (TorchScript-based exporter, opset 17) with a dynamic batch axis."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's deprecation notice on every call
-        torch.onnx.export(
-            LogitsOnly(model).cpu().eval(), (example[:1],), str(path), dynamo=False, opset_version=17,
-            input_names=["images"], output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-        )
-    return path
-
-
-def to_torchscript(model: nn.Module, example: Tensor, path: Path) -> Path:
-    traced = torch.jit.trace(LogitsOnly(model).cpu().eval(), example[:2], check_trace=False)
-    torch.jit.save(traced, str(path))
-    return path
 
 
 def predictor(fmt: str, path: Path) -> Callable[[np.ndarray], np.ndarray]:

@@ -35,7 +35,7 @@ from orchestrator.leaderboard import best_summary, summarise, to_frame
 from orchestrator.output_cache import teacher_outputs_file
 from orchestrator.search import paper_points, possible_configs, sampled_keys, space_path
 from orchestrator.stats import mean_sd
-from orchestrator.sweep import Plan
+from orchestrator.plan import Plan
 from orchestrator.teachers import (
     TeacherCheckpointError,
     ensure_teacher,
@@ -43,7 +43,8 @@ from orchestrator.teachers import (
     load_teacher,
 )
 from orchestrator.train_loop import STUDENT_FILE, student_file
-from orchestrator.trial import TrialContext, checkpoint_config, in_process, run_job, run_trial
+from orchestrator.launcher import checkpoint_config, in_process
+from orchestrator.trial import TrialContext, run_job, run_trial
 
 STATE_FILE = "orchestrator-sweep.json"
 
@@ -130,7 +131,6 @@ class SweepRunner:
             return 2
         mlflow.set_tracking_uri(uri)
         started_ray = cluster.connect(cluster.resolve_address(cfg.ray.address), self._local_cpus())
-        parent_id, status = None, "FAILED"
         try:
             cluster.check_fits(
                 {"CPU": self.plan.trial_cpu, "GPU": self.plan.trial_gpu},
@@ -145,26 +145,11 @@ class SweepRunner:
             )
             if state.get("parent_run_id"):
                 client.update_run(parent_id, status="RUNNING")
-            _write_json(exp_dir / STATE_FILE, {"parent_run_id": parent_id, "experiment_id": experiment_id})
-            tracking.log_text(client, parent_id, dump_yaml(cfg), "config.yaml")
-            (exp_dir / "config.yaml").write_text(dump_yaml(cfg))  # what benchmarks/reseed.py re-trains from
-            tracking.log_file(client, parent_id, space_path(cfg.sweep.search_space))
-            if self.given_outputs is not None:
-                outputs = list(self.given_outputs)
-            else:
-                outputs = [path for teacher in teachers for path in self._teacher_outputs(teacher)]
-            ctx = TrialContext(
-                base=to_dict(cfg), teachers=teachers, teacher_outputs=outputs, storage_path=str(exp_dir),
-                tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent_id,
-            )
-            print(f"sweep '{exp_dir.name}': {cfg.sweep.num_samples} trials, MLflow experiment "
-                  f"'{cfg.tracking.experiment or cfg.name}' (parent run {parent_id})", flush=True)
-            results = self._tune(ctx, exp_dir)
-            self._finish(client, parent_id, teachers, results, ctx, exp_dir, state, uri, start)
-            status = "FINISHED"
+            with tracking.run_scope(client, parent_id, close_children=True,
+                                    on_finish=lambda: self._report(client, parent_id, exp_dir)):
+                self._sweep(client, parent_id, experiment_id, teachers, exp_dir, state, uri, start)
             return 0
         except KeyboardInterrupt:
-            status = "KILLED"
             print(f"\ninterrupted; finished trials are kept. Resume with: python -m orchestrator.sweep --resume "
                   f"{exp_dir}", file=sys.stderr)
             return 130
@@ -175,17 +160,29 @@ class SweepRunner:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         finally:
-            if parent_id is not None:
-                outcome = {"FINISHED": "early_stopped", "KILLED": "interrupted"}.get(status, "failed")
-                tracking.close_open_children(
-                    client, client.get_run(parent_id).info.experiment_id, parent_id,
-                    "FINISHED" if status == "FINISHED" else status, outcome,
-                )
-                if status == "FINISHED":
-                    self._report(client, parent_id, exp_dir)
-                tracking.end_run(client, parent_id, status)
             if started_ray:
                 ray.shutdown()
+
+    def _sweep(self, client, parent_id: str, experiment_id: str, teachers: list[str], exp_dir: Path, state: dict,
+               uri: str, start: float) -> None:
+        """Inside the parent run: teacher outputs, the search, confirmation, registration."""
+        cfg = self.cfg
+        _write_json(exp_dir / STATE_FILE, {"parent_run_id": parent_id, "experiment_id": experiment_id})
+        tracking.log_text(client, parent_id, dump_yaml(cfg), "config.yaml")
+        (exp_dir / "config.yaml").write_text(dump_yaml(cfg))  # what benchmarks/reseed.py re-trains from
+        tracking.log_file(client, parent_id, space_path(cfg.sweep.search_space))
+        if self.given_outputs is not None:
+            outputs = list(self.given_outputs)
+        else:
+            outputs = [path for teacher in teachers for path in self._teacher_outputs(teacher)]
+        ctx = TrialContext(
+            base=to_dict(cfg), teachers=teachers, teacher_outputs=outputs, storage_path=str(exp_dir),
+            tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent_id,
+        )
+        print(f"sweep '{exp_dir.name}': {cfg.sweep.num_samples} trials, MLflow experiment "
+              f"'{cfg.tracking.experiment or cfg.name}' (parent run {parent_id})", flush=True)
+        results = self._tune(ctx, exp_dir)
+        self._finish(client, parent_id, teachers, results, ctx, exp_dir, state, uri, start)
 
     # ------------------------------------------------------------------ steps
 
@@ -361,22 +358,13 @@ class SweepRunner:
         )
         state[f"{stage}_run_id"] = stage_id
         _write_json(exp_dir / STATE_FILE, state)
-        status = "FAILED"
-        try:
+        with tracking.run_scope(client, stage_id, close_children=True):
             if not cluster.wait_for_free({"CPU": self.plan.trial_cpu, "GPU": self.plan.trial_gpu}):
                 print("warning: the search's stopped trials still hold their resources after 3 minutes", file=sys.stderr)
             results = self._run_jobs(confirm.jobs(cands, seeds, self.plan.space.fixed), replace(ctx, parent_run_id=stage_id), exp_dir / stage)
             failed = confirm.collect(results, cands)
             if failed:
                 print(f"warning: {len(failed)} {stage} run(s) failed: {', '.join(failed)}", file=sys.stderr)
-            status = "FINISHED"
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        finally:
-            tracking.close_open_children(client, client.get_run(stage_id).info.experiment_id, stage_id,
-                                         "FINISHED" if status == "FINISHED" else status, "interrupted")
-            tracking.end_run(client, stage_id, status)
 
     def _trainable(self, fn, ctx: TrialContext):
         """``fn`` (run_trial or run_job) with the sweep's context and one trial's resources for Tune."""
@@ -420,7 +408,7 @@ class SweepRunner:
 
     def _report(self, client, parent_id: str, exp_dir: Path) -> None:
         """The compare report (tables, plots) of this sweep, logged under the parent's ``report/``."""
-        from orchestrator.report import write_report
+        from orchestrator.report.write import write_report
 
         try:
             report = write_report(client, [parent_id], exp_dir / "report", log_to=parent_id)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,9 +29,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from orchestrator.atomic_files import atomic_torch_save
 from orchestrator.config import Config, apply_overrides, normalize_stats
 from orchestrator.data import DataBundle
 from orchestrator.engine import Trainer, freeze
+from orchestrator.loop import fit
 from orchestrator.models import ModelOutput, build_model
 from orchestrator.models.pretrained import pretrained_stats
 from orchestrator.models.weights import load_weights
@@ -49,20 +50,6 @@ class TeacherCheckpointError(ValueError):
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("DISTILL_CACHE_DIR", Path.home() / ".cache" / "distill-orchestrator"))
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_model_checkpoint(path: Path, model: nn.Module, arch: str, data: DataBundle, metrics: dict) -> None:
@@ -268,26 +255,25 @@ def train_alone(
     *,
     weights: str | None = None,
     label: str,
-    on_epoch: Callable[[int, dict], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> tuple[nn.Module, dict]:
-    """Train ``arch`` with CE only; print one progress line per epoch; returns (model, final metrics)."""
+    """Train ``arch`` with CE only, tested at the last epoch; print one progress line per epoch and pass
+    each epoch's metrics to ``on_epoch``; returns (model, final metrics)."""
     trainer = Trainer(alone_config(cfg, arch, epochs, lr, weights=weights), data)
-    metrics: dict = {}
-    for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
-        metrics = trainer.train_one_epoch()
-        val = trainer.evaluate("val")
-        metrics.update({f"val/{k}": v for k, v in val.items()})
+    clock = [time.perf_counter()]
+
+    def report(metrics: dict, _per_seed: list[dict]) -> None:
         print(
-            f"  [{label}] epoch {epoch}/{epochs}  train/loss {metrics['train/loss']:.4f}  "
-            f"val/acc1 {val['acc1']:.4f}  ({time.perf_counter() - start:.0f} s, "
+            f"  [{label}] epoch {metrics['epoch']}/{epochs}  train/loss {metrics['train/loss']:.4f}  "
+            f"val/acc1 {metrics['val/acc1']:.4f}  ({time.perf_counter() - clock[0]:.0f} s, "
             f"{metrics['throughput/train_img_s']:.0f} img/s)",
             flush=True,
         )
+        clock[0] = time.perf_counter()
         if on_epoch is not None:
-            on_epoch(epoch, metrics)
-    test = trainer.evaluate("test")
-    metrics.update({f"test/{k}": v for k, v in test.items()})
+            on_epoch(metrics)
+
+    metrics = fit([trainer], evaluate_test=True, on_epoch=report)
     return trainer.student, metrics
 
 
@@ -319,7 +305,7 @@ def ensure_teacher(cfg: Config, tracking_uri: str) -> str:
 
 
 def _train_logged(cfg: Config, data: DataBundle, arch: str, epochs: int, lr: float, uri: str, key: str):
-    """train_alone inside an MLflow run of kind ``teacher`` (closed FAILED/KILLED on error)."""
+    """train_alone inside an MLflow run of kind ``teacher`` (its scope: FINISHED, FAILED or KILLED)."""
     from orchestrator import tracking
 
     client = tracking.check_connection(uri)
@@ -328,18 +314,10 @@ def _train_logged(cfg: Config, data: DataBundle, arch: str, epochs: int, lr: flo
         client, experiment_id, f"{arch}-{key}", "teacher",
         params={"arch": arch, "epochs": epochs, "lr": lr, "dataset": cfg.data.dataset, "seed": cfg.seed},
     )
-    status = "FAILED"
-    try:
+    with tracking.run_scope(client, run_id):
         model, metrics = train_alone(
             cfg, data, arch, epochs, lr, weights=cfg.teacher.weights, label=f"teacher {arch}",
-            on_epoch=lambda epoch, m: tracking.log_metrics(client, run_id, m, step=epoch),
+            on_epoch=lambda m: tracking.log_metrics(client, run_id, m, step=m["epoch"]),
         )
-        tracking.log_metrics(client, run_id, {k: v for k, v in metrics.items() if k.startswith("test/")}, step=epochs)
         tracking.log_model(run_id, model, "teacher")
-        status = "FINISHED"
-        return model, metrics
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracking.end_run(client, run_id, status)
+    return model, metrics

@@ -13,7 +13,7 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 KIND = "orchestrator.kind"
 OUTCOME = "orchestrator.outcome"
+ERROR = "orchestrator.error"
 PARENT = "mlflow.parentRunId"
 MAX_PARAM_LEN = 6000
 
@@ -137,10 +138,57 @@ def tag_model_version(client: MlflowClient, name: str, version: str, tags: dict[
         client.set_model_version_tag(name, version, key, str(value))
 
 
-def end_run(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None:
-    """Close a run unless it is already closed (FINISHED, FAILED or KILLED)."""
+def end_run(client: MlflowClient, run_id: str, status: str = "FINISHED", tags: dict[str, str] | None = None) -> None:
+    """Close a run unless it is already closed (FINISHED, FAILED or KILLED), with ``tags`` set first."""
     if client.get_run(run_id).info.status == "RUNNING":
+        if tags:
+            set_tags(client, run_id, tags)
         client.set_terminated(run_id, status)
+
+
+CHILD_OUTCOME = {"FINISHED": "early_stopped", "KILLED": "interrupted", "FAILED": "failed"}
+
+
+@contextlib.contextmanager
+def run_scope(
+    client: MlflowClient,
+    run_id: str,
+    *,
+    close_children: bool = False,
+    expected_epochs: int | None = None,
+    on_finish: Callable[[], None] | None = None,
+) -> Iterator[str]:
+    """The lifecycle of run ``run_id`` (opened by :func:`start_run`, or reopened): on leaving, a run still
+    RUNNING ends FINISHED (tag outcome ``completed``), FAILED on an exception (outcome ``failed``, tag
+    ``orchestrator.error``) or KILLED on KeyboardInterrupt, which SIGTERM becomes (outcome ``interrupted``).
+    A run stopped by Tune (SystemExit, e.g. ASHA) ends FINISHED: ``completed`` if it logged
+    ``expected_epochs`` epochs, else ``early_stopped``. ``close_children``: children still RUNNING are
+    closed first with the same status (outcome early_stopped / interrupted / failed). ``on_finish``: called
+    before a successful end (after the children are closed)."""
+    status, tags = "FAILED", {}
+    try:
+        yield run_id
+        status, tags = "FINISHED", {OUTCOME: "completed"}
+    except SystemExit:
+        epochs = max((m.value for m in client.get_metric_history(run_id, "epoch")), default=0)
+        done = expected_epochs is not None and epochs >= expected_epochs
+        status, tags = "FINISHED", {OUTCOME: "completed" if done else "early_stopped"}
+        raise
+    except KeyboardInterrupt:
+        status, tags = "KILLED", {OUTCOME: "interrupted"}
+        raise
+    except BaseException as exc:
+        tags = {OUTCOME: "failed", ERROR: f"{type(exc).__name__}: {exc}"[:5000]}
+        raise
+    finally:
+        try:
+            if close_children:
+                experiment_id = client.get_run(run_id).info.experiment_id
+                close_open_children(client, experiment_id, run_id, status, CHILD_OUTCOME[status])
+            if on_finish is not None and tags.get(OUTCOME) == "completed":
+                on_finish()
+        finally:
+            end_run(client, run_id, status, tags)
 
 
 def child_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> list:
@@ -217,7 +265,7 @@ def _log_onnx(model, name: str, registered_model: str | None, example):
     import onnx
     import onnxruntime
 
-    from orchestrator.export import to_onnx
+    from orchestrator.convert import to_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         onnx_model = onnx.load(str(to_onnx(model, example, Path(tmp) / "model.onnx")))

@@ -5,8 +5,8 @@ stop the trial at a report) and attaches the checkpoint; every rank reports
 (``ray.train.report`` is a barrier). A restarted worker group (``train.max_failures``)
 resumes from the last checkpoint and does not log again the epochs the trial's
 MLflow run already holds (one history, no duplicate steps). In Train's in-process mode
-(``ScalingConfig(num_workers=0)``) the loop runs inside the Tune trial
-process and reports to Tune directly.
+(``ScalingConfig(num_workers=0)``) the loop runs inside the calling process; inside a
+Tune trial it reports to Tune directly. Launched by :func:`orchestrator.launcher.launch`.
 """
 
 from __future__ import annotations
@@ -25,26 +25,13 @@ from orchestrator.config import from_dict
 from orchestrator.data import build_data
 from orchestrator.distill import registry
 from orchestrator.engine import CachedTeacherOutputs, Trainer
+from orchestrator.loop import fit
 from orchestrator.safe_load import load_tensors
-from orchestrator.teachers import atomic_torch_save, load_teacher, save_model_checkpoint
+from orchestrator.atomic_files import atomic_torch_save
+from orchestrator.teachers import load_teacher, save_model_checkpoint
 
 STATE_FILE = "state.pt"  # full trainer state (resume)
 STUDENT_FILE = "student.pt"  # the student alone, teacher-checkpoint format (reuse, registry)
-
-
-def load_teacher_outputs(path: str) -> CachedTeacherOutputs:
-    return CachedTeacherOutputs.load(path)
-
-
-def _report(metrics: dict, checkpoint: ray.train.Checkpoint | None, in_process: bool) -> None:
-    if in_process:
-        ray.tune.report(metrics, checkpoint=checkpoint)
-    else:
-        ray.train.report(metrics, checkpoint=checkpoint)
-
-
-def _latest_checkpoint(in_process: bool) -> ray.train.Checkpoint | None:
-    return ray.tune.get_checkpoint() if in_process else ray.train.get_checkpoint()
 
 
 def _test_kill(epoch: int) -> None:
@@ -61,17 +48,20 @@ def _test_kill(epoch: int) -> None:
 
 def train_loop_per_worker(config: dict) -> None:
     """``config``: cfg (resolved Config as dict), seeds (training seeds; default [cfg.seed]), teachers
-    (paths/URIs), teacher_outputs (paths), in_process (bool), tracking_uri and mlflow_run_id (rank 0
-    logs there), data_seed (the split's seed; default cfg.seed), evaluate_test (add ``test/*`` at the
-    last epoch; only the confirmation stage sets it).
+    (paths/URIs), teacher_outputs (paths), in_process (bool), in_tune (reports go to Tune; default true),
+    tracking_uri and mlflow_run_id (rank 0 logs there), data_seed (the split's seed; default cfg.seed),
+    evaluate_test (add ``test/*`` at the last epoch), checkpoint (a Train checkpoint every epoch; default
+    true), save_student (a file rank 0 writes the first seed's student to at the end).
 
-    With several seeds one student is trained per seed, epoch by epoch; the metrics reported (and
-    seen by Tune/ASHA) are their means, and each seed's are logged as ``seed<s>/<metric>``.
+    With several seeds one student is trained per seed, epoch by epoch (:func:`orchestrator.loop.fit`);
+    the metrics reported (and seen by Tune/ASHA) are their means, and each seed's are logged as
+    ``seed<s>/<metric>``.
     """
     cfg = from_dict(config["cfg"])
     seeds = [int(s) for s in config.get("seeds") or [cfg.seed]]
     in_process = bool(config.get("in_process"))
-    if in_process:  # inside the Tune trial; ray.train's context is not available there
+    via_tune = in_process and config.get("in_tune", True)  # in-process inside a Tune trial: Tune's API
+    if in_process:  # ray.train's context is not available there
         rank, world_size = 0, 1
     else:
         context = ray.train.get_context()
@@ -96,7 +86,7 @@ def train_loop_per_worker(config: dict) -> None:
         for seed in seeds
     ]
 
-    checkpoint = _latest_checkpoint(in_process)
+    checkpoint = ray.tune.get_checkpoint() if via_tune else ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = load_tensors(Path(folder) / STATE_FILE, "trial checkpoint")
@@ -112,19 +102,14 @@ def train_loop_per_worker(config: dict) -> None:
         client = MlflowClient(tracking_uri=config["tracking_uri"])
         logged = max((int(m.step) for m in client.get_metric_history(config["mlflow_run_id"], "epoch")), default=0)
 
-    while trainers[0].epoch < cfg.train.epochs:
-        per_seed = [_epoch(trainer, config.get("evaluate_test", False)) for trainer in trainers]
-        metrics = _mean_over_seeds(per_seed)
-        if len(seeds) > 1:
-            metrics.update({f"seed{s}/{k}": v for s, m in zip(seeds, per_seed) for k, v in m.items()
-                            if k.startswith(("val/", "test/", "train/loss"))})
-        metrics["epoch"] = trainers[0].epoch
-        if client is not None and trainers[0].epoch > logged:
-            log_metrics(client, config["mlflow_run_id"], metrics, step=trainers[0].epoch)
-        _test_kill(trainers[0].epoch)
+    def report(metrics: dict, per_seed: list[dict]) -> None:
+        epoch = metrics["epoch"]
+        if client is not None and epoch > logged:
+            log_metrics(client, config["mlflow_run_id"], metrics, step=epoch)
+        _test_kill(epoch)
         with tempfile.TemporaryDirectory() as folder:
             ckpt = None
-            if rank == 0:
+            if rank == 0 and config.get("checkpoint", True):
                 atomic_torch_save({"seeds": seeds, "trainers": [t.state_dict() for t in trainers]},
                                   Path(folder) / STATE_FILE)
                 for seed, trainer, m in zip(seeds, trainers, per_seed):
@@ -132,22 +117,13 @@ def train_loop_per_worker(config: dict) -> None:
                     save_model_checkpoint(Path(folder) / student_file(seed, seeds), trainer.chosen,
                                           cfg.model.student, data, numbers)
                 ckpt = ray.train.Checkpoint.from_directory(folder)
-            _report(metrics, ckpt, in_process)
+            (ray.tune.report if via_tune else ray.train.report)(metrics, checkpoint=ckpt)
+
+    metrics = fit(trainers, evaluate_test=config.get("evaluate_test", False), on_epoch=report)
+    if rank == 0 and config.get("save_student"):
+        save_model_checkpoint(Path(config["save_student"]), trainers[0].student, cfg.model.student, data, metrics)
 
 
 def student_file(seed: int, seeds: list[int]) -> str:
     """The checkpoint file of the student trained with ``seed`` (the first seed's is STUDENT_FILE)."""
     return STUDENT_FILE if seed == seeds[0] else f"student-seed{seed}.pt"
-
-
-def _epoch(trainer: Trainer, evaluate_test: bool) -> dict:
-    metrics = trainer.train_one_epoch()
-    metrics.update({f"val/{k}": v for k, v in trainer.evaluate("val").items()})
-    if evaluate_test and trainer.epoch == trainer.cfg.train.epochs:
-        metrics.update({f"test/{k}": v for k, v in trainer.evaluate("test").items()})
-    return metrics
-
-
-def _mean_over_seeds(per_seed: list[dict]) -> dict:
-    """The mean of every numeric metric over the seeds' dicts (all have the same keys)."""
-    return {k: sum(m[k] for m in per_seed) / len(per_seed) for k in per_seed[0] if isinstance(per_seed[0][k], (int, float))}

@@ -1,9 +1,9 @@
-"""One Tune trial = one Ray Train ``TorchTrainer`` run of :func:`train_loop_per_worker`.
+"""One Tune trial = one Ray Train ``TorchTrainer`` run (:func:`orchestrator.launcher.launch`).
 
 The Tune function trainable resolves the trial's config (sweep config +
 sampled values; every trial trains with the sweep's seeds, ``sweep.seeds``:
 common random numbers), opens the trial's nested MLflow run, launches the
-TorchTrainer and closes the run (FINISHED or FAILED). Confirmation jobs
+TorchTrainer inside the run's scope (:func:`orchestrator.tracking.run_scope`). Confirmation jobs
 (:func:`run_job`) go through the same launcher with one seed each.
 Metrics flow worker -> ``ray.train.report`` -> ``TuneReportCallback`` -> Tune
 (ASHA, Optuna). Trials Tune stops early are closed by the sweep driver.
@@ -15,12 +15,9 @@ import os
 from dataclasses import dataclass
 
 import ray.tune
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
-from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator.config import Config, apply_overrides, flatten, from_dict, search_seeds, to_dict
-from orchestrator.train_loop import train_loop_per_worker
+from orchestrator.launcher import launch
 
 
 @dataclass
@@ -48,40 +45,6 @@ def trial_config(base: Config, sampled: dict) -> Config:
     return apply_overrides(base, sampled)
 
 
-def in_process(cfg: Config) -> bool:
-    """One CPU worker with ``train.in_process``: Train runs the loop inside the trial process."""
-    tr = cfg.train
-    return tr.num_workers == 1 and tr.in_process and not tr.use_gpu
-
-
-def scaling_for(cfg: Config) -> ScalingConfig:
-    """In-process (``num_workers=0``, no worker group) when allowed; otherwise a DDP worker group."""
-    tr = cfg.train
-    if in_process(cfg):
-        return ScalingConfig(num_workers=0)
-    resources = {"CPU": tr.cpus_per_worker, **({"GPU": 1} if tr.use_gpu else {})}
-    return ScalingConfig(num_workers=tr.num_workers, use_gpu=tr.use_gpu, resources_per_worker=resources)
-
-
-def trial_resources(cfg: Config) -> dict[str, float]:
-    """Logical resources one trial holds: the Tune function plus its Train workers (if any)."""
-    tr = cfg.train
-    if in_process(cfg):
-        return {"CPU": float(tr.cpus_per_worker), "GPU": 0.0}
-    return {"CPU": 1.0 + tr.num_workers * tr.cpus_per_worker, "GPU": float(tr.num_workers if tr.use_gpu else 0)}
-
-
-def checkpoint_config(cfg: Config, factory=CheckpointConfig):
-    """Keep the ``train.keep_checkpoints`` best checkpoints by the sweep's metric (the final student);
-    Ray 2.60's checkpoint managers (Train and Tune) also never delete the latest one (resume).
-    ``factory``: ``ray.train.CheckpointConfig`` or ``ray.tune.CheckpointConfig``."""
-    return factory(
-        num_to_keep=cfg.train.keep_checkpoints,
-        checkpoint_score_attribute=cfg.sweep.metric,
-        checkpoint_score_order=cfg.sweep.mode,
-    )
-
-
 def run_trial(sampled: dict, ctx: TrialContext) -> None:
     """The Tune function trainable of a search trial: the sweep's seeds, the sampled values."""
     tune_ctx = ray.tune.get_context()
@@ -91,7 +54,7 @@ def run_trial(sampled: dict, ctx: TrialContext) -> None:
     run_id = _open_run(ctx, trial_id, f"trial-{number:03d}", "trial",
                        {"trial_id": trial_id, "trial_number": str(number)},
                        {**flatten(to_dict(cfg)), **{f"sampled.{k}": v for k, v in sampled.items()}})
-    launch(cfg, ctx, run_id, search_seeds(from_dict(ctx.base)), name=f"{cfg.name}-{trial_id}")
+    _launch(cfg, ctx, run_id, search_seeds(from_dict(ctx.base)), name=f"{cfg.name}-{trial_id}")
 
 
 def run_job(config: dict, ctx: TrialContext) -> None:
@@ -103,7 +66,7 @@ def run_job(config: dict, ctx: TrialContext) -> None:
     run_id = _open_run(ctx, trial_id, f"{job['label']} seed {job['seed']}", "confirm",
                        {"trial_id": trial_id, "job": job["key"], "config_label": job["label"], "seed": str(job["seed"])},
                        {**flatten(to_dict(cfg)), "seed": job["seed"]})
-    launch(cfg, ctx, run_id, [job["seed"]], name=f"{cfg.name}-confirm-{trial_id}", evaluate_test=True)
+    _launch(cfg, ctx, run_id, [job["seed"]], name=f"{cfg.name}-confirm-{trial_id}", evaluate_test=True)
 
 
 def _open_run(ctx: TrialContext, trial_id: str, name: str, kind: str, tags: dict, params: dict) -> str:
@@ -122,50 +85,21 @@ def _open_run(ctx: TrialContext, trial_id: str, name: str, kind: str, tags: dict
     return run_id
 
 
-def launch(cfg: Config, ctx: TrialContext, run_id: str, seeds: list[int], *, name: str,
-           evaluate_test: bool = False) -> None:
-    """Run :func:`train_loop_per_worker` as a TorchTrainer for ``cfg`` and ``seeds``; close the MLflow
-    run FINISHED (tag outcome completed/early_stopped) or FAILED (tag orchestrator.error)."""
+def _launch(cfg: Config, ctx: TrialContext, run_id: str, seeds: list[int], *, name: str,
+            evaluate_test: bool = False) -> None:
+    """Train ``cfg`` on ``seeds`` as one TorchTrainer run inside the scope of MLflow run ``run_id``."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.tracking import OUTCOME, set_tags
+    from orchestrator.tracking import run_scope
 
     client = MlflowClient(tracking_uri=ctx.tracking_uri)
-    local = in_process(cfg)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "cfg": to_dict(cfg),
+    with run_scope(client, run_id, expected_epochs=cfg.train.epochs):
+        launch(cfg, {
             "seeds": seeds,
             "teachers": ctx.teachers,
             "teacher_outputs": ctx.teacher_outputs,
             "data_seed": ctx.base["seed"],  # the sweep's split, whatever the training seeds
-            "in_process": local,
             "tracking_uri": ctx.tracking_uri,
             "mlflow_run_id": run_id,
             "evaluate_test": evaluate_test,
-        },
-        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
-        scaling_config=scaling_for(cfg),
-        run_config=RunConfig(
-            name=name,
-            storage_path=os.path.join(ctx.storage_path, "train"),
-            callbacks=[] if local else [TuneReportCallback()],
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures, controller_failure_limit=0),
-            checkpoint_config=checkpoint_config(cfg),
-        ),
-    )
-    try:
-        trainer.fit()
-    except SystemExit:  # Tune stopping the trial (ASHA) ends the trial function this way
-        epochs = max((m.value for m in client.get_metric_history(run_id, "epoch")), default=0)
-        outcome = "completed" if epochs >= cfg.train.epochs else "early_stopped"
-        set_tags(client, run_id, {OUTCOME: outcome})
-        client.set_terminated(run_id, "FINISHED")
-        raise
-    except BaseException as exc:
-        set_tags(client, run_id, {OUTCOME: "failed", "orchestrator.error": f"{type(exc).__name__}: {exc}"[:5000]})
-        client.set_terminated(run_id, "FAILED")
-        raise
-    set_tags(client, run_id, {OUTCOME: "completed"})
-    client.set_terminated(run_id, "FINISHED")
+        }, name=name, storage_path=os.path.join(ctx.storage_path, "train"))

@@ -12,34 +12,25 @@ and closed FINISHED, without redoing the work.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from orchestrator import tracking
+from orchestrator.atomic_files import write_json_atomic
 
 STAGE_HASH = "orchestrator.stage_hash"
 REUSED_FROM = "orchestrator.reused_from"
-ERROR = "orchestrator.error"
 
 
 def stage_hash(payload: Any) -> str:
     """A short, stable hash of a JSON-able payload (the stage's inputs)."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
 
 
 def fingerprint(source: str) -> str:
@@ -103,39 +94,46 @@ class Stages:
             self.client, self.experiment_id, stage, "stage", parent_id=self.parent_id,
             tags={"stage": stage, STAGE_HASH: digest, REUSED_FROM: str(result.get("_run_id"))},
         )
-        if metrics:
-            tracking.log_metrics(self.client, run_id, numbers(metrics), step=0)
-        tracking.end_run(self.client, run_id, "FINISHED")
+        with tracking.run_scope(self.client, run_id):
+            if metrics:
+                tracking.log_metrics(self.client, run_id, numbers(metrics), step=0)
         self.reused.append(stage)
         return run_id
 
     # ------------------------------------------------------------------ fresh runs
 
     def begin(self, stage: str, digest: str, params: dict | None = None) -> str:
+        """Open the run of ``stage``; close it with :meth:`scope` (or the caller's run scope)."""
         print(f"stage {stage}: running (hash {digest})", flush=True)
         return tracking.start_run(
             self.client, self.experiment_id, stage, "stage", parent_id=self.parent_id,
             tags={"stage": stage, STAGE_HASH: digest}, params=params,
         )
 
+    @contextlib.contextmanager
+    def run(self, stage: str, digest: str, params: dict | None = None) -> Iterator[str]:
+        """A fresh run of ``stage`` inside its scope (FINISHED, FAILED or KILLED on leaving)."""
+        with self.scope(self.begin(stage, digest, params)) as run_id:
+            yield run_id
+
+    def scope(self, run_id: str):
+        return tracking.run_scope(self.client, run_id)
+
+    def fail(self, run_id: str, exc: BaseException) -> None:
+        """Close ``run_id`` as its scope closes a run that raised ``exc`` (a task's failure, seen by the driver)."""
+        with contextlib.suppress(type(exc)), self.scope(run_id):
+            raise exc
+
     def complete(self, stage: str, digest: str, run_id: str, result: dict, metrics: dict | None = None) -> dict:
-        """Save the result file (then log it), log metrics, close the run FINISHED."""
+        """Save the result file (then log it) and log metrics to the stage's run (its scope closes it)."""
         result = {k: v for k, v in result.items() if k != "_run_id"}
         path = self.result_path(stage, digest)
         write_json_atomic(path, result)
         if metrics:
             tracking.log_metrics(self.client, run_id, numbers(metrics), step=0)
         tracking.log_file(self.client, run_id, path)
-        tracking.end_run(self.client, run_id, "FINISHED")
         self.ran.append(stage)
         return {**result, "_run_id": run_id}
-
-    def fail(self, run_id: str, exc: BaseException) -> None:
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        try:
-            tracking.set_tags(self.client, run_id, {ERROR: f"{type(exc).__name__}: {exc}"[:5000]})
-        finally:
-            tracking.end_run(self.client, run_id, status)
 
 
 # ---------------------------------------------------------------- progress

@@ -25,6 +25,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -34,17 +35,16 @@ import torch
 
 from orchestrator import tracking
 from orchestrator.config import Config, ConfigError, apply_overrides, flatten, from_dict, to_dict
+from orchestrator.launcher import in_process
+from orchestrator.safe_load import load_tensors
 from orchestrator.teachers import (
     TeacherCheckpointError,
     alone_config,
     default_cache_dir,
     import_teacher,
     load_teacher,
-    save_model_checkpoint,
     training_key,
 )
-from orchestrator.safe_load import load_tensors
-from orchestrator.trial import in_process
 from pipelines.config import PipelineConfig, ResolvedTeacher, load_pipeline_config
 from pipelines.stages import cancel, cpu_share, wait_with_progress
 
@@ -85,97 +85,32 @@ def estimated_cost(base: Config, t: ResolvedTeacher) -> float:
     return float(macs) * t.epochs
 
 
-# ---------------------------------------------------------------- Ray Train loop
-
-
-def teacher_train_loop(config: dict) -> dict:
-    """What each Ray Train worker runs for one teacher: CE epochs, val every epoch, test once, checkpoint.
-
-    ``config``: cfg (the teacher's config as a dict), data_seed, path (where rank 0
-    writes the checkpoint), in_process, tracking_uri, mlflow_run_id.
-    """
-    import ray.train
-
-    from orchestrator.data import build_data
-    from orchestrator.engine import Trainer
-
-    cfg = from_dict(config["cfg"])
-    if config.get("in_process"):  # Train's in-process mode: no worker group, world of one
-        rank, world_size = 0, 1
-    else:
-        context = ray.train.get_context()
-        rank, world_size = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(cfg.train.torch_threads or cfg.train.cpus_per_worker)
-    if cfg.train.use_gpu:
-        from ray.train.torch import get_device
-
-        device = get_device()
-    else:
-        device = torch.device("cpu")
-    data = build_data(cfg.data, config["data_seed"])
-    trainer = Trainer(cfg, data, device=device, rank=rank, world_size=world_size)
-    client = None
-    if rank == 0:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=config["tracking_uri"])
-    metrics: dict = {}
-    while trainer.epoch < cfg.train.epochs:
-        metrics = trainer.train_one_epoch()
-        metrics.update({f"val/{k}": v for k, v in trainer.evaluate("val").items()})
-        metrics["epoch"] = trainer.epoch
-        if client is not None:
-            tracking.log_metrics(client, config["mlflow_run_id"], metrics, step=trainer.epoch)
-        ray.train.report(metrics)
-    if rank == 0:
-        metrics.update({f"test/{k}": v for k, v in trainer.evaluate("test").items()})
-        tracking.log_metrics(client, config["mlflow_run_id"], {k: v for k, v in metrics.items() if k.startswith("test/")},
-                             step=cfg.train.epochs)
-        save_model_checkpoint(Path(config["path"]), trainer.student, cfg.model.student, data, metrics)
-    return metrics
+# ---------------------------------------------------------------- Ray task
 
 
 @ray.remote(num_cpus=1)
 def train_teacher_task(cfg_dict: dict, data_seed: int, path: str, uri: str, run_id: str, storage: str) -> dict:
-    """One teacher = one TorchTrainer run; then its model is logged to its MLflow run (closed here)."""
+    """One teacher = one TorchTrainer run (tested at its last epoch, its student written to ``path``), then
+    its checkpoint and model logged to its MLflow run, all inside that run's scope."""
     import mlflow
     from mlflow.tracking import MlflowClient
-    from ray.train import FailureConfig, RunConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
+    from orchestrator.launcher import launch
     from orchestrator.teachers import load_model_checkpoint
-    from orchestrator.trial import scaling_for
 
     cfg = from_dict(cfg_dict)
     torch.set_num_threads(cfg.train.torch_threads or cfg.train.cpus_per_worker)
     client = MlflowClient(tracking_uri=uri)
     start = time.perf_counter()
-    try:
-        trainer = TorchTrainer(
-            teacher_train_loop,
-            train_loop_config={
-                "cfg": cfg_dict, "data_seed": data_seed, "path": path, "in_process": in_process(cfg),
-                "tracking_uri": uri, "mlflow_run_id": run_id,
-            },
-            torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
-            scaling_config=scaling_for(cfg),
-            run_config=RunConfig(
-                name=f"teacher-{Path(path).stem}", storage_path=storage,
-                failure_config=FailureConfig(max_failures=0, controller_failure_limit=0),
-            ),
-        )
-        trainer.fit()
+    with tracking.run_scope(client, run_id):
+        launch(cfg, {"data_seed": data_seed, "save_student": path, "evaluate_test": True, "checkpoint": False,
+                     "tracking_uri": uri, "mlflow_run_id": run_id},
+               name=f"teacher-{Path(path).stem}", storage_path=storage, in_tune=False)
         ckpt = load_tensors(path, "teacher checkpoint")
         model = load_model_checkpoint(path, ckpt["num_classes"], ckpt["in_channels"])
         tracking.log_file(client, run_id, path, "checkpoint")
         mlflow.set_tracking_uri(uri)
         tracking.log_model(run_id, model, "teacher")
-        tracking.set_tags(client, run_id, {tracking.OUTCOME: "completed"})
-        tracking.end_run(client, run_id, "FINISHED")
-    except BaseException as exc:
-        tracking.set_tags(client, run_id, {tracking.OUTCOME: "failed", "orchestrator.error": f"{type(exc).__name__}: {exc}"[:5000]})
-        tracking.end_run(client, run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
     return {"metrics": dict(ckpt["metrics"]), "time_s": time.perf_counter() - start}
 
 
@@ -264,30 +199,30 @@ def _train(pcfg: PipelineConfig, todo, uri, client, experiment_id, parent_id) ->
     todo = sorted(todo, key=lambda item: -estimated_cost(base, item[0]))  # longest first: better packing
     pending, runs, epochs = {}, {}, {}
     share = cpu_share(len(todo))  # all teachers at once, sharing the cores if there are fewer
-    try:
-        for t, path in todo:
-            cfg = teacher_config(base, t)
-            key = teacher_key(base, t)
-            run_id = tracking.start_run(
-                client, experiment_id, t.name, "teacher", parent_id=parent_id,
-                tags={TEACHER_KEY_TAG: key, "teacher_name": t.name},
-                params={**flatten(to_dict(cfg)), "teacher.key": key, "teacher.data_seed": base.seed},
-            )
-            print(f"teacher {t.name}: training {t.arch} for {t.epochs} epoch(s), lr {t.lr}, seed {t.seed} "
-                  f"(MLflow run {run_id}; cached afterwards at {path})", flush=True)
-            task = train_teacher_task if not in_process(cfg) else train_teacher_task.options(num_cpus=share)
-            ref = task.remote(to_dict(cfg), base.seed, str(path), uri, run_id, storage)
-            pending[ref], runs[t.name], epochs[t.name] = t.name, run_id, t.epochs
-        results = wait_with_progress(pending, client, runs, epochs)
-    except BaseException as exc:
-        cancel(pending)
-        for run_id in runs.values():
-            tracking.end_run(client, run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
-    failed = {label: res for label, res in results.items() if isinstance(res, BaseException)}
-    if failed:
-        label, exc = next(iter(failed.items()))
-        raise RuntimeError(f"teacher {label} failed: {exc}") from exc
+    with contextlib.ExitStack() as scopes:  # runs a task could not close (cancelled, crashed) end here
+        try:
+            for t, path in todo:
+                cfg = teacher_config(base, t)
+                key = teacher_key(base, t)
+                run_id = tracking.start_run(
+                    client, experiment_id, t.name, "teacher", parent_id=parent_id,
+                    tags={TEACHER_KEY_TAG: key, "teacher_name": t.name},
+                    params={**flatten(to_dict(cfg)), "teacher.key": key, "teacher.data_seed": base.seed},
+                )
+                scopes.enter_context(tracking.run_scope(client, run_id))
+                print(f"teacher {t.name}: training {t.arch} for {t.epochs} epoch(s), lr {t.lr}, seed {t.seed} "
+                      f"(MLflow run {run_id}; cached afterwards at {path})", flush=True)
+                task = train_teacher_task if not in_process(cfg) else train_teacher_task.options(num_cpus=share)
+                ref = task.remote(to_dict(cfg), base.seed, str(path), uri, run_id, storage)
+                pending[ref], runs[t.name], epochs[t.name] = t.name, run_id, t.epochs
+            results = wait_with_progress(pending, client, runs, epochs)
+        except BaseException:
+            cancel(pending)
+            raise
+        failed = {label: res for label, res in results.items() if isinstance(res, BaseException)}
+        if failed:
+            label, exc = next(iter(failed.items()))
+            raise RuntimeError(f"teacher {label} failed: {exc}") from exc
     for label, res in results.items():
         m = res["metrics"]
         print(f"teacher {label}: val/acc1 {m.get('val/acc1', float('nan')):.4f}  test/acc1 "

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator import tracking
 from orchestrator.compare import main
-from orchestrator.report import write_report
+from orchestrator.report.write import write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

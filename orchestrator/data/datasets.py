@@ -13,35 +13,17 @@ batch of indices: gather, crop/flip and normalise happen once per batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 from torch.utils.data import Dataset
 
+from orchestrator.data.bundle import DataBundle
 from orchestrator.data.common import ImageSource, resolve_root
 from orchestrator.data.split import carve_validation, take_subset
 from orchestrator.data.transforms import IN_MEMORY_AUGMENT, STATS, CropFlip
 
 IN_MEMORY = ("fashion_mnist", "digits", "cifar10", "cifar100")
-
-
-@dataclass
-class DataBundle:
-    """Everything a training run needs from the data side (see the package doc)."""
-
-    train: Dataset
-    train_eval: Dataset
-    val: Dataset
-    test: Dataset
-    num_classes: int
-    in_channels: int
-    image_size: int
-    train_labels: torch.Tensor
-    name: str
-    classes: tuple[str, ...] = ()
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
 
 
 class SampleBatch(Sequence):
@@ -111,30 +93,6 @@ class InMemoryDataset(Dataset):
         if self.augment is not None:
             raw = self.augment.batch(raw)
         return SampleBatch(self._normalise(raw), self.labels[pos], pos)
-
-
-class TransformedSubset(Dataset):
-    """Items ``(transform(image), label, i)`` of ``base[source_indices[i]]`` (per sample; ImageFolder)."""
-
-    def __init__(self, base: Dataset, source_indices: torch.Tensor, labels: torch.Tensor, transform: Callable | None):
-        self.base = base
-        self.source_indices = torch.as_tensor(source_indices, dtype=torch.long)
-        self.labels = torch.as_tensor(labels, dtype=torch.long)[self.source_indices]
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.source_indices)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        n = len(self)
-        i = int(i)
-        if not -n <= i < n:
-            raise IndexError(f"index {i} out of range for a dataset of {n}")
-        i %= n
-        image, label = self.base[int(self.source_indices[i])]
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, int(label), i
 
 
 def load_source(name: str, root) -> ImageSource:

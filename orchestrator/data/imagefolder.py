@@ -11,14 +11,16 @@ otherwise the shorter side of the first training image; images are resized
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from PIL import Image
+from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
+from orchestrator.data.bundle import DataBundle
 from orchestrator.data.common import DatasetNotFoundError, default_data_root
-from orchestrator.data.datasets import DataBundle, TransformedSubset
 from orchestrator.data.split import carve_validation, take_subset
 from orchestrator.data.transforms import STATS, imagefolder_transforms
 
@@ -38,6 +40,30 @@ class _FolderWithClasses(ImageFolder):
         if unknown:
             raise ValueError(f"{directory} has class folders {unknown} that train/ does not have")
         return self._imposed, {c: i for i, c in enumerate(self._imposed)}
+
+
+class TransformedSubset(Dataset):
+    """Items ``(transform(image), label, i)`` of ``base[source_indices[i]]`` (per sample; ImageFolder)."""
+
+    def __init__(self, base: Dataset, source_indices: torch.Tensor, labels: torch.Tensor, transform: Callable | None):
+        self.base = base
+        self.source_indices = torch.as_tensor(source_indices, dtype=torch.long)
+        self.labels = torch.as_tensor(labels, dtype=torch.long)[self.source_indices]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.source_indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        n = len(self)
+        i = int(i)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} out of range for a dataset of {n}")
+        i %= n
+        image, label = self.base[int(self.source_indices[i])]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(label), i
 
 
 def imagefolder_root(cfg) -> Path:

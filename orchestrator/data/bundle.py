@@ -1,0 +1,26 @@
+"""What a training run gets from the data side: :class:`DataBundle`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+
+@dataclass
+class DataBundle:
+    """Everything a training run needs from the data side (see the package doc)."""
+
+    train: Dataset
+    train_eval: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    in_channels: int
+    image_size: int
+    train_labels: torch.Tensor
+    name: str
+    classes: tuple[str, ...] = ()
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()

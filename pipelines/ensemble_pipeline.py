@@ -1,0 +1,431 @@
+"""The ensemble pipeline's stages, run in order under one MLflow parent run (see :mod:`pipelines.ensemble`)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import ray
+import torch
+
+from orchestrator import cluster, tracking
+from orchestrator.config import Config, ConfigError, apply_overrides, flatten, to_dict
+from orchestrator.distill import registry
+from orchestrator.teachers import TeacherCheckpointError, alone_config, default_cache_dir
+from pipelines import comparison
+from pipelines.config import PipelineConfig
+from pipelines.ensemble_tasks import URI_MARK, distill_task, teacher_eval_task
+from pipelines.stages import Stages, cancel, cpu_share, files_exist, fingerprint, stage_hash, wait_with_progress
+from pipelines.teacher_cost import measure_teacher_cost
+from pipelines.teachers import ensure_teachers, local_cpus
+
+
+def outputs_path(source: str, cfg: Config) -> Path:
+    """Where a teacher's train-split outputs are cached (the sweep's naming, so both share the files)."""
+    from orchestrator.output_cache import data_key
+
+    stem = Path(source).stem if URI_MARK not in source else "uri-" + hashlib.sha256(source.encode()).hexdigest()[:10]
+    return (default_cache_dir() / "teacher-outputs" / f"{stem}-{data_key(cfg)}.pt").resolve()
+
+
+def data_payload(cfg: Config) -> dict:
+    d = cfg.data
+    return {"dataset": d.dataset, "root": d.root, "val_fraction": d.val_fraction, "train_subset": d.train_subset,
+            "augment": d.augment, "negatives": d.negatives, "seed": cfg.seed}
+
+
+def run_payload(cfg: Config) -> dict:
+    """Everything of a student run's config that changes its result."""
+    return {"data": data_payload(cfg), "batch_size": cfg.data.batch_size, "student": cfg.model.student,
+            "distill": to_dict(cfg.distill), "train": to_dict(cfg.train), "cache_outputs": cfg.teacher.cache_outputs}
+
+
+class EnsemblePipeline:
+    def __init__(self, pcfg: PipelineConfig, data, uri: str, client):
+        self.pcfg, self.cfg, self.data, self.uri, self.client = pcfg, pcfg.base, data, uri, client
+        self.out = pcfg.output_dir
+        self.threads = self.cfg.train.torch_threads or self.cfg.train.cpus_per_worker
+
+    def run(self) -> int:
+        cfg, start = self.cfg, time.perf_counter()
+        self.out.mkdir(parents=True, exist_ok=True)
+        experiment = cfg.tracking.experiment or cfg.name
+        started_ray = cluster.connect(cluster.resolve_address(cfg.ray.address), local_cpus(self.pcfg))
+        try:
+            experiment_id = tracking.ensure_experiment(self.client, experiment, self.uri)
+            parent_id = tracking.start_run(
+                self.client, experiment_id, f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}", "pipeline",
+                params=flatten(self.pcfg.to_tree()), tags={"pipeline": "ensemble", "output_dir": str(self.out)},
+            )
+            with tracking.run_scope(self.client, parent_id, close_children=True):
+                tracking.log_text(self.client, parent_id, self.pcfg.dump_yaml(), "config.yaml")
+                print(f"pipeline '{cfg.name}': {len(self.pcfg.teachers)} teachers -> {cfg.model.student}; MLflow "
+                      f"experiment '{experiment}' (parent run {parent_id}); folder {self.out}", flush=True)
+                self.stages, self.parent_id = Stages(self.client, experiment_id, parent_id, self.out), parent_id
+                teachers = self.stage_teachers()
+                ens = self.stage_ensemble_eval(teachers)
+                students = self.stage_students(ens)
+                frame = self.stage_compare(teachers, ens, students)
+                self.finish(frame, ens, students, start)
+            return 0
+        except KeyboardInterrupt:
+            print("\ninterrupted; finished stages are reused by the next run", file=sys.stderr)
+            return 130
+        except (TeacherCheckpointError, cluster.ClusterError, ConfigError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            if started_ray:
+                ray.shutdown()
+
+    # ------------------------------------------------------------------ 1 teachers
+
+    def stage_teachers(self) -> dict:
+        from pipelines.teachers import teacher_key
+
+        base = self.cfg
+        payload = [
+            {"name": t.name, "checkpoint": t.checkpoint, "arch": t.state_dict_arch, "normalize": base.teacher.normalize}
+            if t.checkpoint
+            else {"name": t.name, "arch": t.arch, "key": teacher_key(base, t)}
+            for t in self.pcfg.teachers
+        ]
+        digest = stage_hash({"teachers": payload, "data": data_payload(base)})
+        def still_valid(r: dict) -> bool:  # every checkpoint still there and unchanged
+            return all(fingerprint(t["source"]) == t.get("fingerprint") for t in r["teachers"])
+
+        result = self.stages.lookup("teachers", digest, still_valid)
+        if result is not None:
+            self.stages.reuse("teachers", digest, result, self._teacher_metrics(result))
+            return {**result, "hash": digest}
+        with self.stages.run("teachers", digest, {"teachers": json.dumps(payload)}) as run_id:
+            entries = ensure_teachers(self.pcfg, self.uri, self.client, self.stages.experiment_id, run_id, self.data)
+            for entry in entries:
+                entry["fingerprint"] = fingerprint(entry["source"])
+            result = self.stages.complete("teachers", digest, run_id, {"teachers": entries},
+                                          self._teacher_metrics({"teachers": entries}))
+        return {**result, "hash": digest}
+
+    @staticmethod
+    def _teacher_metrics(result: dict) -> dict:
+        out = {}
+        for i, t in enumerate(result["teachers"]):
+            if t.get("test/acc1") is not None:
+                out[f"teacher{i}/test_acc1"] = t["test/acc1"]
+        return out
+
+    # ------------------------------------------------------------------ 2 ensemble evaluation
+
+    def stage_ensemble_eval(self, teachers: dict) -> dict:
+        cfg, data = self.cfg, self.data
+        cache = cfg.teacher.cache_outputs and not cfg.data.augment and registry.cacheable(cfg.distill)
+        teacher_ids = [t["fingerprint"] for t in teachers["teachers"]]  # a retrained teacher changes the hash
+        digest = stage_hash({"teachers": teachers["hash"], "ids": teacher_ids, "data": data_payload(cfg), "cache": cache,
+                             "batch_size": cfg.data.batch_size, "student": cfg.model.student, "threads": self.threads})
+        result = self.stages.lookup("ensemble_eval", digest, lambda r: files_exist(t["outputs"] for t in r["teachers"]))
+        if result is not None:
+            self.stages.reuse("ensemble_eval", digest, result, self._ensemble_metrics(result))
+            return {**result, "hash": digest}
+        pending = {}
+        with self.stages.run("ensemble_eval", digest) as run_id:
+            try:
+                sources = [t["source"] for t in teachers["teachers"]]
+                paths = [str(outputs_path(s, cfg)) if cache else None for s in sources]
+                task = teacher_eval_task.options(num_cpus=cpu_share(len(sources)))
+                for t, source, path in zip(teachers["teachers"], sources, paths):
+                    pending[task.remote(source, to_dict(cfg), path, self.threads)] = t["name"]
+                results = wait_with_progress(pending, self.client, {}, {})
+                pending = {}
+                for name, res in results.items():
+                    if isinstance(res, BaseException):
+                        raise RuntimeError(f"evaluating teacher {name} failed: {res}") from res
+                val_labels, test_labels = data.val.labels, data.test.labels
+                rows = []
+                for t, path in zip(teachers["teachers"], paths):
+                    res = results[t["name"]]
+                    rows.append({"name": t["name"], "source": t["source"], "outputs": path,
+                                 "val/acc1": comparison.accuracy(res["val_logits"], val_labels),
+                                 "test/acc1": comparison.accuracy(res["test_logits"], test_labels),
+                                 "outputs_s": res["outputs_s"] if res["computed"] else None})
+                    if res["computed"]:
+                        print(f"  {t['name']}: outputs on {len(data.train_eval)} training images computed once "
+                              f"({res['outputs_s']:.1f} s) -> {path}", flush=True)
+                ensemble = {
+                    "val/acc1": comparison.accuracy(comparison.ensemble_probs([results[t['name']]['val_logits'] for t in rows]), val_labels),
+                    "test/acc1": comparison.accuracy(comparison.ensemble_probs([results[t['name']]['test_logits'] for t in rows]), test_labels),
+                }
+                best = max(rows, key=lambda r: r["val/acc1"])  # chosen on val, never on test
+                cost = self._measure_cost(rows)
+                result = {"teachers": rows, "ensemble": ensemble, "best_teacher": best["name"], "cost": cost}
+                for r in rows:
+                    print(f"  {r['name']:<26} val/acc1 {r['val/acc1']:.4f}  test/acc1 {r['test/acc1']:.4f}", flush=True)
+                print(f"  {'ensemble (mean softmax)':<26} val/acc1 {ensemble['val/acc1']:.4f}  test/acc1 "
+                      f"{ensemble['test/acc1']:.4f}   best single teacher (val): {best['name']}", flush=True)
+                self._print_cost(cost)
+                result = self.stages.complete("ensemble_eval", digest, run_id, result, self._ensemble_metrics(result))
+            except BaseException:
+                cancel(pending)
+                raise
+        return {**result, "hash": digest}
+
+    def _measure_cost(self, rows: list[dict]) -> dict:
+        from orchestrator.teachers import load_teacher
+        from orchestrator.engine import CachedTeacherOutputs
+
+        d = self.data
+        models = [load_teacher(r["source"], d.num_classes, d.in_channels, d.image_size) for r in rows]
+        caches = [CachedTeacherOutputs.load(r["outputs"]) for r in rows if r["outputs"]]
+        return measure_teacher_cost(models, caches, d, self.cfg, self.threads)
+
+    @staticmethod
+    def _print_cost(cost: dict) -> None:
+        line = (f"  teacher inference per training step (batch {cost['batch_size']}, {cost['threads']} thread(s)): "
+                f"live {cost['live_ms_per_batch']:.1f} ms for all teachers")
+        if "cached_ms_per_batch" in cost:
+            line += (f", cached {cost['cached_ms_per_batch']:.3f} ms ({cost['speedup']:.0f}x less); "
+                     f"per epoch of {cost['steps_per_epoch']} steps: {cost['live_s_per_epoch']:.1f} s -> "
+                     f"{cost['cached_s_per_epoch']:.2f} s")
+        print(line + f"; the student's own step: {cost['student_step_ms']:.1f} ms", flush=True)
+
+    @staticmethod
+    def _ensemble_metrics(result: dict) -> dict:
+        out = {f"teacher{i}/{k.replace('/', '_')}": r[k] for i, r in enumerate(result["teachers"]) for k in ("val/acc1", "test/acc1")}
+        out.update({f"ensemble/{k.replace('/', '_')}": v for k, v in result["ensemble"].items()})
+        cost = result["cost"]
+        for key in ("live_ms_per_batch", "cached_ms_per_batch", "student_step_ms", "live_s_per_epoch", "cached_s_per_epoch"):
+            if key in cost:
+                out[f"cost/teacher_{key}" if "student" not in key else f"cost/{key}"] = cost[key]
+        return out
+
+    # ------------------------------------------------------------------ 3 students
+
+    def stage_students(self, ens: dict) -> dict:
+        cfg = self.cfg
+        by_name = {t["name"]: t for t in ens["teachers"]}
+        best = by_name[ens["best_teacher"]]
+        all_sources = [t["source"] for t in ens["teachers"]]
+        all_outputs = [t["outputs"] for t in ens["teachers"] if t["outputs"]]
+        results: dict[str, dict] = {}
+
+        if self.pcfg.pipeline.sweep:
+            results["distill_ensemble"] = self._sweep_stage(ens, all_sources, all_outputs)
+            tuned = results["distill_ensemble"]["best_params"]
+            distill_cfg = apply_overrides(cfg, tuned)
+        else:
+            distill_cfg = cfg
+        alone_cfg = alone_config(cfg, cfg.model.student, cfg.train.epochs, cfg.train.lr, weights=cfg.model.student_weights)
+        plan = {
+            "distill_ensemble": (distill_cfg, all_sources, all_outputs, {"ensemble": ens["hash"]}),
+            "distill_best_teacher": (distill_cfg, [best["source"]], [best["outputs"]] if best["outputs"] else [],
+                                     {"ensemble": ens["hash"], "teacher": best["name"]}),
+            "student_alone": (alone_cfg, [], [], {}),
+        }
+        if self.pcfg.pipeline.sweep:
+            plan.pop("distill_ensemble")
+            plan["distill_best_teacher"][3]["tuned"] = results["distill_ensemble"]["best_params"]
+
+        todo, pending, runs, epochs = {}, {}, {}, {}
+        for stage, (run_cfg, sources, outputs, extra) in plan.items():
+            digest = stage_hash({**extra, "run": run_payload(run_cfg)})
+            found = self.stages.lookup(stage, digest, lambda r: files_exist([r["checkpoint"]]))
+            if found is not None:
+                self.stages.reuse(stage, digest, found, self._student_metrics(found))
+                results[stage] = found
+                continue
+            todo[stage] = (digest, run_cfg)
+        task = distill_task.options(num_cpus=cpu_share(len(todo))) if todo else distill_task
+        with contextlib.ExitStack() as scopes:  # runs not closed below (interrupted, cancelled) end here
+            try:
+                for stage, (digest, run_cfg) in todo.items():
+                    _, sources, outputs, _ = plan[stage]
+                    run_id = scopes.enter_context(self.stages.scope(self.stages.begin(stage, digest, flatten(to_dict(run_cfg)))))
+                    checkpoint = str(self.out / "students" / f"{stage}-{digest}.pt")
+                    register = cfg.tracking.registered_model if stage == "distill_ensemble" else None
+                    ref = task.remote(to_dict(run_cfg), sources, outputs, checkpoint, self.uri, run_id, register)
+                    pending[ref], runs[stage], epochs[stage] = stage, run_id, run_cfg.train.epochs
+                if pending:
+                    print(f"training {len(pending)} student run(s) concurrently: {', '.join(runs)}", flush=True)
+                done = wait_with_progress(pending, self.client, runs, epochs)
+            except BaseException:
+                cancel(pending)
+                raise
+            failed = []
+            for stage, res in done.items():
+                if isinstance(res, BaseException):
+                    self.stages.fail(runs[stage], res)
+                    failed.append((stage, res))
+                    continue
+                digest = todo[stage][0]
+                # val/test accuracies are already in the run (per epoch, and test once at the last step)
+                extra = {k: v for k, v in self._student_metrics(res).items() if not k.startswith(("val/", "test/"))}
+                with self.stages.scope(runs[stage]):
+                    results[stage] = self.stages.complete(stage, digest, runs[stage], res, extra)
+            if failed:
+                stage, exc = failed[0]
+                raise RuntimeError(f"stage {stage} failed: {exc}") from exc
+        return results
+
+    def _sweep_stage(self, ens: dict, sources: list[str], outputs: list[str]) -> dict:
+        """distill_ensemble through the sweep machinery (SweepRunner) over ``sweep.search_space``."""
+        from orchestrator.runner import SweepRunner
+        from orchestrator.search import space_path
+        from orchestrator.plan import make_plan
+
+        cfg = apply_overrides(self.cfg, {"sweep.storage_path": str(self.out / "sweep"), "sweep.baseline": False,
+                                         "tracking.uri": self.uri})
+        space_text = space_path(cfg.sweep.search_space).read_text()
+        payload = {"ensemble": ens["hash"], "run": run_payload(cfg), "space": space_text, "sweep": to_dict(cfg.sweep)}
+        payload["sweep"].pop("storage_path", None)
+        digest = stage_hash(payload)
+        stage = "distill_ensemble"
+        found = self.stages.lookup(stage, digest, lambda r: files_exist([r["checkpoint"]]))
+        if found is not None:
+            self.stages.reuse(stage, digest, found, self._student_metrics(found))
+            return found
+        with self.stages.run(stage, digest, {**flatten(to_dict(cfg)), "search_space_file": space_text[:5000]}) as run_id:
+            plan = make_plan(cfg, len(self.data.train))
+            runner = SweepRunner(plan, self.data, teachers=sources, teacher_outputs=outputs,
+                                 parent_tags={tracking.PARENT: run_id})
+            code = runner.run()
+            if code != 0:
+                raise KeyboardInterrupt() if code == 130 else RuntimeError(f"the ensemble sweep ended with code {code}")
+            latest = Path(cfg.sweep.storage_path) / f"{cfg.name}.latest"
+            exp_dir = Path(latest.read_text().strip())
+            summary = json.loads((exp_dir / "summary.json").read_text())
+            result = {
+                "val/acc1": summary[f"best_{cfg.sweep.metric}"], "test/acc1": summary["test/acc1"],
+                "checkpoint": str(exp_dir / "best_student.pt"), "best_params": summary["best_params"],
+                "sweep_dir": str(exp_dir), "best_trial": summary["best_trial"],
+            }
+            return self.stages.complete(stage, digest, run_id, result, self._student_metrics(result))
+
+    @staticmethod
+    def _student_metrics(result: dict) -> dict:
+        names = {"val/acc1": "val/acc1", "test/acc1": "test/acc1", "test/acc5": "test/acc5", "time_s": "time/stage_s",
+                 "epoch_s": "time/epoch_s", "train_img_s": "throughput/train_img_s"}
+        return {names[k]: v for k, v in result.items() if k in names and v is not None}
+
+    # ------------------------------------------------------------------ 4 comparison
+
+    def stage_compare(self, teachers: dict, ens: dict, students: dict) -> "comparison.pd.DataFrame":
+        p = self.pcfg.pipeline
+        digest = stage_hash({
+            "teachers": teachers["hash"], "ensemble": ens["hash"],
+            "students": {k: v.get("checkpoint") for k, v in students.items()},
+            "results": {k: v.get("test/acc1") for k, v in students.items()},
+            "batch": p.inference_batch, "repeats": p.timing_repeats, "threads": self.threads,
+        })
+        found = self.stages.lookup("compare", digest, lambda r: files_exist([r["csv"], r["png"], r["md"]]))
+        if found is not None:
+            run_id = self.stages.reuse("compare", digest, found)
+            frame = comparison.pd.read_csv(found["csv"])
+            self._log_comparison(found, run_id)
+            return frame
+        with self.stages.run("compare", digest) as run_id:
+            frame = self._comparison_table(ens, students)
+            folder = self.out / "comparison"
+            folder.mkdir(parents=True, exist_ok=True)
+            csv, png, md = folder / f"comparison-{digest}.csv", folder / f"comparison-{digest}.png", folder / f"comparison-{digest}.md"
+            frame.to_csv(csv, index=False)
+            md.write_text(comparison.to_markdown(frame))
+            comparison.bar_chart(frame, png, f"{self.cfg.name}: ensemble of {len(ens['teachers'])} -> "
+                                 f"{self.cfg.model.student} ({self.data.name})")
+            result = {"csv": str(csv), "png": str(png), "md": str(md)}
+            self._log_comparison(result, run_id)
+            result = self.stages.complete("compare", digest, run_id, result)
+        return frame
+
+    def _log_comparison(self, result: dict, run_id: str | None) -> None:
+        import shutil
+
+        for key, name in (("csv", "comparison.csv"), ("png", "comparison.png"), ("md", "comparison.md")):
+            src = Path(result[key])
+            dst = self.out / name
+            shutil.copyfile(src, dst)  # the latest comparison under a stable name
+            for target in [self.parent_id] + ([run_id] if run_id else []):
+                tracking.log_file(self.client, target, dst)
+
+    def _comparison_table(self, ens: dict, students: dict):
+        from orchestrator.models import build_model
+        from orchestrator.teachers import load_model_checkpoint, load_teacher
+
+        d, p, arch = self.data, self.pcfg.pipeline, self.cfg.model.student
+        images = torch.stack([d.test[i][0] for i in range(min(p.inference_batch, len(d.test)))])
+        rows, teacher_models, forwards = [], [], {}
+        for r in ens["teachers"]:
+            model = load_teacher(r["source"], d.num_classes, d.in_channels, d.image_size).eval()
+            teacher_models.append(model)
+            forwards[f"teacher {r['name']}"] = model
+            size = comparison.size_of(model, d.in_channels, d.image_size)
+            t_arch = next((t.arch for t in self.pcfg.teachers if t.name == r["name"]), None) or type(model).__name__
+            rows.append({"model": f"teacher {r['name']}", "arch": t_arch, "test_acc1": r["test/acc1"],
+                         "val_acc1": r["val/acc1"], "params": size["params"], "mmacs": size["macs"] / 1e6})
+        teacher_rows = list(rows)
+        forwards["ensemble"] = comparison.ensemble_forward(teacher_models)
+        rows.append({"model": "ensemble", "arch": f"{len(teacher_rows)} teachers, mean softmax",
+                     "test_acc1": ens["ensemble"]["test/acc1"], "val_acc1": ens["ensemble"]["val/acc1"],
+                     "params": sum(r["params"] for r in teacher_rows), "mmacs": sum(r["mmacs"] for r in teacher_rows)})
+        # The three students share one architecture: one measurement (same shapes, same time).
+        forwards["student"] = build_model(arch, d.num_classes, d.in_channels).eval()
+        labels = {
+            "student_alone": "student alone",
+            "distill_best_teacher": f"student <- best teacher ({ens['best_teacher']})",
+            "distill_ensemble": "student <- ensemble",
+        }
+        for stage, label in labels.items():
+            res = students[stage]
+            model = load_model_checkpoint(res["checkpoint"], d.num_classes, d.in_channels).eval()
+            size = comparison.size_of(model, d.in_channels, d.image_size)
+            rows.append({"model": label, "arch": arch, "test_acc1": res["test/acc1"], "val_acc1": res.get("val/acc1"),
+                         "params": size["params"], "mmacs": size["macs"] / 1e6})
+        ms = comparison.ms_per_image(forwards, images, p.timing_repeats, self.threads)
+        for row in rows:
+            row["ms_per_image"] = ms[row["model"]] if row["model"] in ms else ms["student"]
+        return comparison.build_table(rows)
+
+    # ------------------------------------------------------------------ summary
+
+    def finish(self, frame, ens: dict, students: dict, start: float) -> None:
+        cfg = self.cfg
+        gain = students["distill_ensemble"]["test/acc1"] - students["student_alone"]["test/acc1"]
+        best_gain = students["distill_ensemble"]["test/acc1"] - students["distill_best_teacher"]["test/acc1"]
+        elapsed = time.perf_counter() - start
+        metrics = {
+            "ensemble/test_acc1": ens["ensemble"]["test/acc1"],
+            "student_ensemble/test_acc1": students["distill_ensemble"]["test/acc1"],
+            "student_best_teacher/test_acc1": students["distill_best_teacher"]["test/acc1"],
+            "student_alone/test_acc1": students["student_alone"]["test/acc1"],
+            "gain_vs_alone": gain, "gain_vs_best_teacher": best_gain, "time/pipeline_s": elapsed,
+            **{f"teacher{i}/test_acc1": t["test/acc1"] for i, t in enumerate(ens["teachers"])},
+        }
+        cost = ens["cost"]
+        if "cached_ms_per_batch" in cost:
+            metrics.update({"cost/teacher_live_ms_per_batch": cost["live_ms_per_batch"],
+                            "cost/teacher_cached_ms_per_batch": cost["cached_ms_per_batch"]})
+        tracking.log_metrics(self.client, self.parent_id, metrics, step=0)
+        summary = {"stages_reused": self.stages.reused, "stages_run": self.stages.ran, **metrics,
+                   "best_teacher": ens["best_teacher"], "cost": cost}
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        tracking.log_file(self.client, self.parent_id, self.out / "summary.json")
+
+        n_test = len(self.data.test)
+        print(f"\n== Comparison ({n_test} {self.data.name} test images; inference: batch "
+              f"{self.pcfg.pipeline.inference_batch}, {self.threads} torch thread(s), CPU) ==")
+        print(comparison.format_table(frame))
+        print(f"\nensemble-distilled student vs student alone: {100 * gain:+.2f} points; "
+              f"vs distilled from the best single teacher: {100 * best_gain:+.2f} points")
+        if self.stages.reused:
+            print(f"reused stages: {', '.join(self.stages.reused)}")
+        print(f"MLflow: experiment '{cfg.tracking.experiment or cfg.name}', parent run {self.parent_id}; "
+              f"browse: {tracking.ui_command(self.uri)}")
+        print(f"Results: {self.out}  (comparison.csv, comparison.png, comparison.md, summary.json, students/)")
+        s = int(elapsed)
+        print(f"Pipeline time: {s // 60}m{s % 60:02d}s")
