@@ -9,7 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from orchestrator.models import cnn, resnet, timm_adapter, tiny, torchvision_adapter  # noqa: F401  (registers)
+from orchestrator.models import (  # noqa: F401  (registers)
+    cnn, mobilenetv2, resnet, shufflenet, timm_adapter, tiny, torchvision_adapter, vgg, wrn,
+)
 from orchestrator.models.base import ModelOutput, build_model, model_names, register_model
 
 __all__ = ["ModelOutput", "build_model", "describe_model", "model_names", "register_model"]

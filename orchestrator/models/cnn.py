@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from orchestrator.models.base import ModelOutput, register_model
+from orchestrator.models.blocks import init_conv_weights
 
 StageSpec = Sequence[Sequence[tuple[int, int]]]
 
@@ -55,9 +56,7 @@ class ConvNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.embedding_dim = channels
         self.classifier = nn.Linear(channels, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_conv_weights(self)
 
     def forward(self, x: Tensor) -> ModelOutput:
         features = []

@@ -1,11 +1,12 @@
-"""CIFAR-style ResNets with the shapes used in the CRD paper (Tian et al. 2020).
+"""CIFAR-style ResNets of the CRD paper (Tian et al. 2020; RepDistiller's ``models/resnet.py``).
 
-``resnet<depth>`` has widths 16/32/64, ``resnet<depth>x4`` 64/128/256 after a
-32-channel stem; ``(depth - 2) / 6`` basic blocks per stage; the stem is a
-stride-1 3x3 conv (no max-pool), so these nets are meant for 32x32 CIFAR
-images and are slow at full resolution on a CPU (see docs/MODELS.md).
-``features`` = [stem, stage1, stage2, stage3] (CRD's f0..f3), embedding =
-global-average-pooled stage-3 output.
+``resnet<depth>`` has a 16-channel stem and stages of widths 16/32/64, ``resnet<depth>x4`` a 32-channel
+stem and widths 64/128/256; ``(depth - 2) / 6`` basic blocks per stage, strides 1/2/2; the stem is a
+stride-1 3x3 conv (no max-pool), so these nets are meant for 32x32 images and are slow at full
+resolution on a CPU (see docs/MODELS.md).
+
+features = [stem, stage1, stage2, stage3] (RepDistiller's f0..f3; with ``preact`` the stages' last
+block before its ReLU), embedding = global-average-pooled stage-3 output (64 or 256).
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from orchestrator.models.base import ModelOutput, register_model
+from orchestrator.models.blocks import ReLUStage, init_conv_weights, zoo_stage_names
 
 
 class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN plus the (projected) input; returns the sum before its ReLU."""
+
     def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
@@ -29,41 +33,41 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return self.bn2(self.conv2(out)) + self.shortcut(x)
 
 
 class CifarResNet(nn.Module):
+    stage_names = zoo_stage_names(3)
+
     def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int, in_channels: int) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise ValueError(f"depth must be 6n+2 (8, 14, 20, 32, ...), got {depth}")
         blocks_per_stage = (depth - 2) // 6
+        self.preact = False
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
         )
         stages = []
         channels = widths[0]
         for i, width in enumerate(widths[1:]):
-            layers = []
+            blocks = []
             for j in range(blocks_per_stage):
-                layers.append(BasicBlock(channels, width, stride=2 if (i > 0 and j == 0) else 1))
+                blocks.append(BasicBlock(channels, width, stride=2 if (i > 0 and j == 0) else 1))
                 channels = width
-            stages.append(nn.Sequential(*layers))
+            stages.append(ReLUStage(*blocks))
         self.stages = nn.ModuleList(stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.embedding_dim = channels
         self.fc = nn.Linear(channels, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_conv_weights(self)
 
     def forward(self, x: Tensor) -> ModelOutput:
         x = self.stem(x)
         features = [x]
         for stage in self.stages:
-            x = stage(x)
-            features.append(x)
+            x, preact = stage(x)
+            features.append(preact if self.preact else x)
         embedding = self.pool(x).flatten(1)
         return ModelOutput(features, embedding, self.fc(embedding))
 
@@ -76,7 +80,7 @@ def _register(name: str, depth: int, widths: tuple[int, int, int, int]) -> None:
     register_model(name)(factory)
 
 
-for _depth in (8, 20, 32, 56):
+for _depth in (8, 14, 20, 32, 44, 56, 110):
     _register(f"resnet{_depth}", _depth, (16, 16, 32, 64))
 for _depth in (8, 32):
     _register(f"resnet{_depth}x4", _depth, (32, 64, 128, 256))

@@ -1,0 +1,38 @@
+"""Pieces shared by the CIFAR zoo (resnet, wrn, vgg, mobilenetv2, shufflenet).
+
+Zoo models name their feature stages ``stem, stage1, ..., stageN`` (``stage_names``) and carry a
+``preact`` switch: ``False`` (default) returns each stage's output, ``True`` its pre-ReLU value where
+RepDistiller's ``is_feat=True, preact=True`` does (the AB distiller reads those). The switch changes
+no parameter and no feature shape.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+def init_conv_weights(model: nn.Module) -> None:
+    """He-normal (fan-out) initialisation of every Conv2d weight; other layers keep PyTorch's defaults."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
+def zoo_stage_names(count: int) -> tuple[str, ...]:
+    """``("stem", "stage1", ..., "stage<count>")``: the stem's output, then ``count`` stages."""
+    return ("stem", *(f"stage{i + 1}" for i in range(count)))
+
+
+class ReLUStage(nn.Sequential):
+    """Blocks that each return their pre-activation; a ReLU follows every block.
+
+    forward(x) -> (out, preact): the stage's output and its last block's pre-ReLU value, both (B, C, H, W).
+    """
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        preact = x
+        for block in self:
+            preact = block(x)
+            x = F.relu(preact)
+        return x, preact
