@@ -7,11 +7,12 @@ batch (all ranks, in rank order) are enqueued, so every rank keeps the identical
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from orchestrator.distill.checks import check_count
-from orchestrator.distill.distributed import all_gather_rows
+from orchestrator.distill.distributed import all_gather_rows, dist_world
 
 
 class FeatureQueue(nn.Module):
@@ -29,10 +30,19 @@ class FeatureQueue(nn.Module):
         gen = torch.Generator().manual_seed(int(seed))
         self.register_buffer("rows", F.normalize(torch.randn(int(size), int(dim), generator=gen), dim=1))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self._synced = False
 
     @property
     def size(self) -> int:
         return self.rows.shape[0]
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        """Broadcast the queue from rank 0 once (ranks may have been seeded differently); call before training."""
+        if dist_world()[1] > 1 and not self._synced:
+            dist.broadcast(self.rows, src=0)
+            dist.broadcast(self.ptr, src=0)
+        self._synced = True
 
     @torch.no_grad()
     def enqueue(self, keys: Tensor) -> None:

@@ -100,6 +100,8 @@ class SEEDLoss(nn.Module):
 
     def forward(self, student_emb: Tensor, teacher_emb: Tensor) -> Tensor:
         """student_emb: (B, Ds); teacher_emb: (B, Dt), detached. Enqueues the teacher's rows in training mode."""
+        if self.training:
+            self.queue.sync()
         s = self.head(student_emb.flatten(1))
         s = F.normalize(s.to(torch.promote_types(s.dtype, torch.float32)), dim=1)  # half -> float32
         t = teacher_emb.detach().flatten(1)
