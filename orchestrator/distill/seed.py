@@ -22,10 +22,9 @@ from torch import Tensor, nn
 
 from orchestrator.distill.base import Batch, Term, TermContext
 from orchestrator.distill.checks import check_choice, check_count, check_positive, check_weight, normalise_weights
+from orchestrator.distill.heads import HEADS, projection_head
 from orchestrator.distill.queue import FeatureQueue
 from orchestrator.distill.registry import EMBEDDING, Needs, TermSpec, register_term
-
-HEADS = ("mlp", "linear")
 
 # The authors' defaults (jacobswan1/SEED tools/opts.py at commit f236cac7c7fe41c74237097e5cf0d89a664c7a09:
 # --queue 65536, --temp 0.2, --distill-t 1e-4, --student_mlp True); SEED trains with this term alone.
@@ -60,14 +59,6 @@ class SEEDKnobs:
         check_weight("weight", self.weight)
 
 
-def projection_head(in_dim: int, out_dim: int, kind: str) -> nn.Module:
-    """(B, in_dim) -> (B, out_dim): "linear" or "mlp" (Linear(in, in), ReLU, Linear(in, out))."""
-    check_choice("head", kind, HEADS)
-    if kind == "linear":
-        return nn.Linear(in_dim, out_dim)
-    return nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(), nn.Linear(in_dim, out_dim))
-
-
 def seed_loss(student: Tensor, teacher: Tensor, queue: Tensor, student_t: float, teacher_t: float) -> Tensor:
     """Cross-entropy between the teacher's and the student's similarity distributions over [teacher, queue].
 
@@ -94,8 +85,7 @@ class SEEDLoss(nn.Module):
         super().__init__()
         self.student_t = check_positive("student_t", student_t)
         self.teacher_t = check_positive("teacher_t", teacher_t)
-        self.head = projection_head(check_count("student_dim", student_dim), check_count("teacher_dim", teacher_dim),
-                                    head)
+        self.head = projection_head(student_dim, teacher_dim, head)
         self.queue = FeatureQueue(queue_size, teacher_dim, seed)
 
     def forward(self, student_emb: Tensor, teacher_emb: Tensor) -> Tensor:
