@@ -1,4 +1,5 @@
-"""CRD's memory banks: one (N, d) bank per network, momentum-updated, and the NCE normalisers Z.
+"""CRD's memory banks: one (N, d) bank per network, momentum-updated, and the NCE normalisers Z
+(shared with the queue of ``crd_queue``).
 
 Shapes: N = dataset size (bank rows), d = feat_dim, B = batch.
 """
@@ -16,59 +17,28 @@ from orchestrator.distill.distributed import all_gather_rows, dist_world
 Z_MODES = ("fixed", "ema")
 
 
+class NCENormalisers(nn.Module):
+    """The NCE normalising constants Z of the student- and teacher-anchored scores (CRD's bank or queue).
 
-class ContrastMemory(nn.Module):
-    """Student and teacher memory banks plus their NCE normalising constants.
-
-    Buffers: ``bank_s``/``bank_t`` (N, d), initialised uniform in [-stdv, stdv],
-    stdv = 1/sqrt(d/3) (the reference); ``z_s``/``z_t`` () normalising constants of
-    the student-anchored and teacher-anchored scores, -1 until the first batch.
+    Buffers ``z_s``/``z_t`` (), -1 until the first training batch.
 
     Args:
-        n_data: N.  feat_dim: d.  momentum: bank update momentum in [0, 1).
-        z_mode: "fixed" (Z = mean(scores) * N of the first training batch, as the reference)
-            or "ema" (Z <- z_momentum * Z + (1 - z_momentum) * estimate, every training batch).
-        seed: seeds the bank initialisation.
+        n_data: N, the training-set size (Z estimates mean(scores) * N).
+        z_mode: "fixed" (Z of the first training batch, as the reference) or "ema"
+            (Z <- z_momentum * Z + (1 - z_momentum) * estimate, every training batch).
     """
 
-    def __init__(
-        self,
-        n_data: int,
-        feat_dim: int,
-        momentum: float = 0.5,
-        z_mode: str = "fixed",
-        z_momentum: float = 0.99,
-        seed: int = 0,
-    ):
+    def __init__(self, n_data: int, z_mode: str = "fixed", z_momentum: float = 0.99):
         super().__init__()
         if n_data <= 0:
             raise ValueError(f"n_data must be > 0, got {n_data}")
-        if feat_dim <= 0:
-            raise ValueError(f"feat_dim must be > 0, got {feat_dim}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if z_mode not in Z_MODES:
             raise ValueError(f"z_mode must be one of {list(Z_MODES)}, got {z_mode!r}")
         if not 0.0 <= z_momentum < 1.0:
             raise ValueError(f"z_momentum must be in [0, 1), got {z_momentum}")
-        self.n_data, self.feat_dim = int(n_data), int(feat_dim)
-        self.momentum, self.z_mode, self.z_momentum = float(momentum), z_mode, float(z_momentum)
-        gen = torch.Generator().manual_seed(int(seed))
-        stdv = 1.0 / math.sqrt(feat_dim / 3)
-        for name in ("bank_s", "bank_t"):
-            self.register_buffer(name, torch.rand(n_data, feat_dim, generator=gen).mul_(2 * stdv).sub_(stdv))
+        self.n_data, self.z_mode, self.z_momentum = int(n_data), z_mode, float(z_momentum)
         self.register_buffer("z_s", torch.tensor(-1.0))
         self.register_buffer("z_t", torch.tensor(-1.0))
-        self._synced = False
-
-    @torch.no_grad()
-    def sync_banks(self) -> None:
-        """Broadcast the banks from rank 0 once (ranks may have been seeded differently)."""
-        _, world = dist_world()
-        if world > 1 and not self._synced:
-            dist.broadcast(self.bank_s, src=0)
-            dist.broadcast(self.bank_t, src=0)
-        self._synced = True
 
     @torch.no_grad()
     def normalisers(self, scores_s: Tensor, scores_t: Tensor, update: bool) -> tuple[Tensor, Tensor]:
@@ -103,6 +73,49 @@ class ContrastMemory(nn.Module):
             self.z_s.mul_(self.z_momentum).add_((1 - self.z_momentum) * est_s)
             self.z_t.mul_(self.z_momentum).add_((1 - self.z_momentum) * est_t)
         return self.z_s.clone(), self.z_t.clone()
+
+
+class ContrastMemory(NCENormalisers):
+    """Student and teacher memory banks plus their NCE normalising constants.
+
+    Buffers: ``bank_s``/``bank_t`` (N, d), initialised uniform in [-stdv, stdv],
+    stdv = 1/sqrt(d/3) (the reference); ``z_s``/``z_t`` as :class:`NCENormalisers`.
+
+    Args:
+        n_data: N.  feat_dim: d.  momentum: bank update momentum in [0, 1).
+        z_mode, z_momentum: see :class:`NCENormalisers`.
+        seed: seeds the bank initialisation.
+    """
+
+    def __init__(
+        self,
+        n_data: int,
+        feat_dim: int,
+        momentum: float = 0.5,
+        z_mode: str = "fixed",
+        z_momentum: float = 0.99,
+        seed: int = 0,
+    ):
+        super().__init__(n_data, z_mode, z_momentum)
+        if feat_dim <= 0:
+            raise ValueError(f"feat_dim must be > 0, got {feat_dim}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        self.feat_dim, self.momentum = int(feat_dim), float(momentum)
+        gen = torch.Generator().manual_seed(int(seed))
+        stdv = 1.0 / math.sqrt(feat_dim / 3)
+        for name in ("bank_s", "bank_t"):
+            self.register_buffer(name, torch.rand(n_data, feat_dim, generator=gen).mul_(2 * stdv).sub_(stdv))
+        self._synced = False
+
+    @torch.no_grad()
+    def sync_banks(self) -> None:
+        """Broadcast the banks from rank 0 once (ranks may have been seeded differently)."""
+        _, world = dist_world()
+        if world > 1 and not self._synced:
+            dist.broadcast(self.bank_s, src=0)
+            dist.broadcast(self.bank_t, src=0)
+        self._synced = True
 
     @torch.no_grad()
     def update(self, indices: Tensor, emb_s: Tensor, emb_t: Tensor) -> None:

@@ -1,0 +1,105 @@
+"""SupCon (Khosla et al. 2020): pinned to the authors' SupConLoss, a closed form, gradients, no teacher, digits.
+
+The pinned values are ``SupConLoss(temperature, base_temperature)(features, labels)`` of
+github.com/HobbitLong/SupContrast (``losses.py`` at commit 66a8fe53880d6a1084b2e4e0db0a019024d6d41a,
+``contrast_mode='all'``) in float64 on the inputs of :func:`_inputs` (labels with two singleton classes,
+whose anchors have no positive with one view); ``labels=None`` is the reference's SimCLR case.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distill_helpers import build, distill_config
+from orchestrator.config import ConfigError, apply_overrides, load_config
+from orchestrator.distill import registry
+from orchestrator.distill.supcon import supcon_loss
+from orchestrator.engine import Trainer
+from orchestrator.models.base import ModelOutput
+
+# (views, temperature, base_temperature) -> the authors' SupConLoss
+REFERENCE = {
+    (1, 0.1, 0.07): 4.978554636057739,  # the paper's temperature, the code's base
+    (1, 0.07, 0.07): 4.82490867051746,
+    (1, 0.5, 0.07): 11.070459666356678,
+    (2, 0.1, 0.07): 10.98632769504162,
+    (2, 0.07, 0.07): 10.742865719565817,
+    (2, 0.5, 0.07): 21.922800170288067,
+}
+SIMCLR = {1: 0.0, 2: 3.1237796882859215}  # labels=None, temperature = base = 0.5
+LABELS = torch.tensor([0, 1, 1, 2, 0, 3, 1, 0])
+
+
+def _inputs(views: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return F.normalize(torch.randn(8, views, 6, generator=g, dtype=torch.float64), dim=2)
+
+
+@pytest.mark.parametrize("setting", sorted(REFERENCE))
+def test_supcon_matches_the_authors_implementation(setting):
+    views, tau, base = setting
+    features = _inputs(views)
+    assert supcon_loss(features, LABELS, tau, base).item() == pytest.approx(REFERENCE[setting], rel=1e-10)
+    assert supcon_loss(features.float(), LABELS, tau, base).item() == pytest.approx(REFERENCE[setting], rel=1e-5)
+
+
+@pytest.mark.parametrize("views", sorted(SIMCLR))
+def test_distinct_labels_give_the_authors_simclr_loss(views):
+    value = supcon_loss(_inputs(views), torch.arange(8), 0.5, 0.5).item()
+    assert value == pytest.approx(SIMCLR[views], abs=1e-12, rel=1e-10)
+
+
+def test_closed_form_on_three_unit_vectors():
+    angles, tau, base = (0.0, 0.4, 2.0), 0.5, 0.25
+    z = torch.tensor([[math.cos(a), math.sin(a)] for a in angles], dtype=torch.float64)[:, None, :]
+
+    def dot(i, j):
+        return math.cos(angles[i] - angles[j]) / tau
+
+    # anchors 0 and 1 are each other's only positive; anchor 2 has none (contributes 0, counted in the mean)
+    l0 = -(dot(0, 1) - math.log(math.exp(dot(0, 1)) + math.exp(dot(0, 2))))
+    l1 = -(dot(1, 0) - math.log(math.exp(dot(1, 0)) + math.exp(dot(1, 2))))
+    expected = (tau / base) * (l0 + l1) / 3
+    assert supcon_loss(z, torch.tensor([0, 0, 1]), tau, base).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError, match="features must be"):
+        supcon_loss(torch.zeros(4, 3), torch.arange(4))
+
+
+def test_gradients_reach_the_student_and_head_and_no_teacher_is_read():
+    cfg = distill_config("ce+supcon", supcon__feat_dim=4)
+    assert not registry.needs_teacher(cfg) and registry.teacher_needs(cfg).labels
+    emb = torch.randn(8, 5, requires_grad=True)
+    objective = build(cfg, student_dim=5, teacher_dims=[], train_labels=torch.arange(20) % 4)
+    terms = objective(ModelOutput([], emb, torch.zeros(8, 4)), [], LABELS % 4, torch.arange(8))
+    assert list(terms) == ["ce", "supcon"]
+    terms["supcon"].backward()
+    assert emb.grad is not None and emb.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.terms["supcon"].parameters())
+
+
+def test_knob_errors_name_the_key():
+    assert registry.paper_defaults("supcon")["distill.supcon.temperature"] == 0.1
+    for override, key in (("distill.supcon.temperature=0", "distill.supcon.temperature"),
+                          ("distill.supcon.base_temperature=-1", "distill.supcon.base_temperature"),
+                          ("distill.supcon.head=deep", "distill.supcon.head"),
+                          ("distill.supcon.feat_dim=0", "distill.supcon.feat_dim")):
+        with pytest.raises(ConfigError, match=key):
+            load_config(None, [override])
+
+
+def test_supcon_learns_digits_alongside_ce(digits):
+    cfg, data, _ = digits
+    cfg = apply_overrides(cfg, {"distill.method": "ce+supcon", "distill.supcon.feat_dim": 32})
+    trainer = Trainer(cfg, data, [])
+    for _ in range(cfg.train.epochs):
+        metrics = trainer.train_one_epoch()
+    assert math.isfinite(metrics["train/loss_supcon"])
+    test = trainer.evaluate("test")
+    assert test["acc1"] > 0.6, test  # chance is 0.1
