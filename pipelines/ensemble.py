@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     args, pcfg = parsed
     from orchestrator.data import DatasetNotFoundError, build_data
     from orchestrator.models.pretrained import WeightsUnavailableError
-    from orchestrator.sweep import check_weights_available
+    from orchestrator.sweep.cli import check_weights_available
 
     try:
         data = build_data(pcfg.base.data, pcfg.base.seed)

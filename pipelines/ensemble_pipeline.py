@@ -275,7 +275,7 @@ class EnsemblePipeline:
 
     def _sweep_stage(self, ens: dict, sources: list[str], outputs: list[str]) -> dict:
         """distill_ensemble through the sweep machinery (SweepRunner) over ``sweep.search_space``."""
-        from orchestrator.runner import SweepRunner
+        from orchestrator.sweep.run import SweepRunner
         from orchestrator.search import space_path
         from orchestrator.plan import make_plan
 

@@ -11,7 +11,7 @@ from orchestrator.models import build_model
 from orchestrator.models.pretrained import pretrained_stats
 from orchestrator.models.weights import load_weights
 from orchestrator.models.wrapped import Renormalize
-from orchestrator.sweep import main
+from orchestrator.sweep.cli import main
 from test_sweep import TINY, runs_by_kind, tiny_args
 
 

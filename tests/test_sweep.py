@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.sweep import main
+from orchestrator.sweep.cli import main
 
 SPACE = str(Path(__file__).parent / "data" / "tiny_space.yaml")
 TINY = [

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
-        if address is not None:  # a real run checks after connecting (runner)
+        if address is not None:  # a real run checks after connecting (sweep.run)
             try:
                 preflight.check_cluster(address, {"CPU": plan.trial_cpu, "GPU": plan.trial_gpu}, cfg)
             except cluster.ClusterError as exc:
@@ -120,10 +120,6 @@ def main(argv: list[str] | None = None) -> int:
         print("dry run: nothing was started")
         return 0
 
-    from orchestrator.runner import SweepRunner
+    from orchestrator.sweep.run import SweepRunner
 
     return SweepRunner(plan, data, resume=args.resume).run()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
