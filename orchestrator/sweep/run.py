@@ -27,7 +27,7 @@ from orchestrator.search import paper_points, sampled_keys, space_path
 from orchestrator.stats import mean_sd
 from orchestrator.sweep import confirm_stage, search_stage, teacher_outputs
 from orchestrator.sweep.errors import SweepError
-from orchestrator.sweep.folder import open_folder, write_state
+from orchestrator.sweep.folder import open_folder, save_inputs, write_state
 from orchestrator.sweep.register import register_student
 from orchestrator.sweep.summary import headline_metrics, print_summary
 from orchestrator.teachers import TeacherCheckpointError, ensure_teacher, load_model_checkpoint, load_teacher
@@ -104,7 +104,7 @@ class SweepRunner:
         cfg = self.cfg
         write_state(exp_dir, {"parent_run_id": parent_id, "experiment_id": experiment_id})
         tracking.log_text(client, parent_id, dump_yaml(cfg), "config.yaml")
-        (exp_dir / "config.yaml").write_text(dump_yaml(cfg))  # what benchmarks/reseed.py re-trains from
+        save_inputs(exp_dir, dump_yaml(cfg), space_path(cfg.sweep.search_space))  # what --resume restores
         tracking.log_file(client, parent_id, space_path(cfg.sweep.search_space))
         if self.given_outputs is not None:
             outputs = list(self.given_outputs)

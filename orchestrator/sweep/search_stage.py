@@ -13,13 +13,15 @@ from orchestrator.config import asha_grace, tpe_startup_trials
 from orchestrator.launcher import in_process
 from orchestrator.plan import Plan
 from orchestrator.sweep import tune_runs
+from orchestrator.sweep.folder import optuna_storage
 from orchestrator.sweep.progress import ProgressPrinter
 from orchestrator.trial import TrialContext, run_trial
 
 
 def search(plan: Plan, points: list, ctx: TrialContext, exp_dir: Path, resume: bool) -> tune.ResultGrid:
     """Run the search in ``exp_dir`` (or continue it there, when resuming); ``points``: the paper-default
-    points (:func:`orchestrator.search.paper_points`) evaluated first."""
+    points (:func:`orchestrator.search.paper_points`) evaluated first. The Optuna study lives in the folder's
+    journal (Tune's restored searcher reopens it); a search Tune cannot restore starts a fresh one."""
     cfg = plan.cfg
     trainable = tune_runs.trainable(run_trial, ctx, plan)
     if resume and tune.Tuner.can_restore(str(exp_dir)):
@@ -33,7 +35,7 @@ def search(plan: Plan, points: list, ctx: TrialContext, exp_dir: Path, resume: b
         print("first trials: the paper defaults\n" + "\n".join(f"  {p.describe()}" for p in points), flush=True)
     searcher = OptunaSearch(
         space=plan.space.define_by_run(cfg), metric=cfg.sweep.metric, mode=cfg.sweep.mode, sampler=sampler,
-        points_to_evaluate=params or None,
+        points_to_evaluate=params or None, study_name=exp_dir.name, storage=optuna_storage(exp_dir, fresh=True),
     )
     scheduler = ASHAScheduler(
         time_attr="training_iteration",
