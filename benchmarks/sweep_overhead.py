@@ -98,22 +98,24 @@ def phase_timers(phases: dict[str, float]):
     import ray
 
     import orchestrator.data
-    from orchestrator import cluster, runner, tracking
+    from orchestrator import cluster, tracking
+    from orchestrator.sweep import confirm_stage, run, search_stage, teacher_outputs
 
     targets = [
         (orchestrator.data, "build_data", "build_data (driver)"),
         (tracking, "check_connection", "MLflow store check (SQLite create/migrate)"),
         (cluster, "connect", "Ray start (ray.init, dashboard)"),
-        (runner, "ensure_teacher", "teacher checkpoint check"),
-        (runner.SweepRunner, "_teacher_outputs", "teacher outputs (once per sweep; cached across sweeps)"),
-        (runner.SweepRunner, "_tune", "Tune: all trials"),
-        (runner.SweepRunner, "_finish", "final: leaderboard, test eval, log + register best student"),
-        (runner, "evaluate_model", SUB + "test-set evaluations (best student, teacher)"),
+        (run, "ensure_teacher", "teacher checkpoint check"),
+        (teacher_outputs, "outputs_for", "teacher outputs (once per sweep; cached across sweeps)"),
+        (search_stage, "search", "Tune: all trials"),
+        (run.SweepRunner, "_finish", "final: leaderboard, test eval, log + register best student"),
+        (run, "evaluate_model", SUB + "test-set evaluations (best student, teacher)"),
+        (confirm_stage, "evaluate_model", SUB + "test-set evaluations (best student, teacher)"),
         (tracking, "log_model", SUB + "mlflow.pytorch.log_model + registration"),
-        (runner.SweepRunner, "_report", "compare report (tables, plots)"),
+        (run.SweepRunner, "_report", "compare report (tables, plots)"),
         (ray, "shutdown", "Ray stop"),
     ]
-    PHASE_ORDER[:] = [label for _, _, label in targets]
+    PHASE_ORDER[:] = list(dict.fromkeys(label for _, _, label in targets))
     saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in targets if hasattr(owner, attr)]
 
     def wrap(fn, label):
@@ -166,7 +168,7 @@ def trial_timings(uri: str, experiment: str) -> list[dict]:
 
 
 def run_mode(mode: str, args, folder: Path, teacher: str, space: Path, log) -> dict:
-    from orchestrator.sweep import main as sweep_main
+    from orchestrator.sweep.cli import main as sweep_main
 
     name = f"bench-{mode.replace(' ', '-')}-{int(time.time())}"
     uri = f"sqlite:///{folder / 'mlflow.db'}"
@@ -320,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = data_overrides(args)
     teacher = make_teacher(folder, overrides)
     t0 = time.perf_counter()
-    import orchestrator.runner  # noqa: F401  (ray.tune, mlflow: once per process, kept out of the sweep figures)
+    import orchestrator.sweep.run  # noqa: F401  (ray.tune, mlflow: once per process, kept out of the sweep figures)
 
     import_s = time.perf_counter() - t0
     log_path = folder / "sweeps.log"
@@ -333,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  done in {result['wall']:.1f} s", flush=True)
             results.append(result)
     tables = tables_for(results, args)
-    tables[0].notes.append(f"importing orchestrator.runner (ray.tune, optuna, mlflow) took {import_s:.1f} s once in "
+    tables[0].notes.append(f"importing orchestrator.sweep.run (ray.tune, optuna, mlflow) took {import_s:.1f} s once in "
                            "this process, before the first sweep; not in the figures above")
     if not args.no_pieces:
         tables.append(startup_pieces(args, teacher, folder))

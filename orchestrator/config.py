@@ -7,6 +7,7 @@ the key, what was given and what is allowed (the CLI turns it into exit code 2).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import typing
@@ -18,7 +19,8 @@ from typing import Any
 import yaml
 
 from orchestrator.distill.checks import KnobError
-from orchestrator.distill.registry import allowed_methods, knob_sections, method_terms
+from orchestrator.distill.registry import allowed_methods, knob_sections, method_terms, supports_teachers
+from orchestrator.pipeline_section import PIPELINE_DEFAULTS, PipelineSection, ResolvedTeacher, TeacherSpec
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 NORMALIZE = ("auto", "data", "pretrained")
@@ -177,6 +179,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    pipeline: PipelineSection | None = None  # the ensemble pipeline's section (pipeline_section.py); None in a sweep
 
 
 # ---------------------------------------------------------------- conversion
@@ -196,27 +199,27 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
             return None
         return coerce(key, value, args[0])
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, str) and hasattr(tp, "from_text"):  # e.g. a teacher 'arch:seed'
+            value = tp.from_text(value)
         if not isinstance(value, dict):
             raise ConfigError(key, value, f"a mapping of {sorted(_field_types(tp))}")
         return _from_dict(tp, value, prefix=key + ".")
     if origin is list:
         if isinstance(value, str):
             value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if isinstance(value, dict) and value and all(str(k).isdigit() for k in value):  # built by index overrides
+            value = [value[k] for k in sorted(value, key=int)]
         if not isinstance(value, list):
             raise ConfigError(key, value, "a list, e.g. [a, b]")
-        return [coerce(key, v, typing.get_args(tp)[0]) for v in value]
+        (item,) = typing.get_args(tp)
+        if dataclasses.is_dataclass(item):  # its keys named by position: pipeline.teachers.2.epochs
+            return [coerce(f"{key}.{i}", v, item) for i, v in enumerate(value)]
+        return [coerce(key, v, item) for v in value]
     if isinstance(value, str) and tp is not str:
         try:
             value = yaml.safe_load(value)
         except yaml.YAMLError as exc:
             raise ConfigError(key, value, f"a {tp.__name__}") from exc
-    if origin is list:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, list):
-            raise ConfigError(key, value, "a list such as [0, 1, 2]")
-        (item,) = typing.get_args(tp)
-        return [coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -252,19 +255,47 @@ def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested tree; a number reaches a list item (``pipeline.teachers.2.epochs``)."""
     parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
+    node: Any = tree
+    for depth, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = _list_item(node, part, ".".join(parts[: depth + 1]), value)
+            continue
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if isinstance(child, str):  # a list given as text by an earlier override: pipeline.teachers=[a, b:1]
+            parsed = yaml.safe_load(child)
+            child = node[part] = parsed if isinstance(parsed, (dict, list)) else child
+        if not isinstance(child, (dict, list)):
             raise ConfigError(dotted, value, f"'{part}' is not a section")
         node = child
-    node[parts[-1]] = value
+    last = parts[-1]
+    if isinstance(node, list):
+        _check(last.isdigit() and int(last) < len(node), dotted, value, f"an index below {len(node)}")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def _list_item(items: list, part: str, key: str, value: Any) -> dict:
+    """Item ``part`` of a list of sections, as a mapping (a short text item such as 'arch:seed' expanded)."""
+    _check(part.isdigit() and int(part) < len(items), key, value,
+           f"an index below {len(items)} (the list has {len(items)} entries)")
+    item = items[int(part)]
+    if isinstance(item, str):
+        item = items[int(part)] = TeacherSpec.from_text(item)
+    _check(isinstance(item, dict), key, item, "a mapping")
+    return item
 
 
 def to_dict(cfg: Any) -> dict:
-    """Nested plain dict of a config dataclass."""
-    return dataclasses.asdict(cfg)
+    """Nested plain dict of a config dataclass (a sweep's config: without the empty ``pipeline`` section)."""
+    tree = dataclasses.asdict(cfg)
+    if isinstance(cfg, Config) and cfg.pipeline is None:
+        del tree["pipeline"]
+    return tree
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -294,12 +325,33 @@ def from_dict(tree: dict) -> Config:
     return cfg
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults <- YAML file <- ``key.sub=value`` overrides, validated."""
-    tree = layer_tree(to_dict(Config()), path, overrides)
+def load_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | None = None, defaults: dict[str, Any] | None = None
+) -> Config:
+    """Defaults (``defaults``: dotted keys over the built-in ones) <- YAML file <- ``key.sub=value``
+    overrides, validated."""
+    tree = to_dict(Config())
+    for dotted, value in copy.deepcopy(defaults or {}).items():
+        _set_dotted(tree, dotted, value)
+    tree = layer_tree(tree, path, overrides)
     cfg = _from_dict(Config, tree)
     validate(cfg)
     return cfg
+
+
+def load_pipeline_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """The ensemble pipeline's config: :data:`PIPELINE_DEFAULTS` (with a ``pipeline`` section) <- YAML <- overrides."""
+    return load_config(path, overrides, PIPELINE_DEFAULTS)
+
+
+def pipeline_teachers(cfg: Config) -> list[ResolvedTeacher]:
+    """The pipeline's teachers with every default filled in (seed + position, teacher.epochs, teacher.lr)."""
+    return cfg.pipeline.resolved(cfg.seed, cfg.teacher.epochs, cfg.teacher.lr)
+
+
+def pipeline_output_dir(cfg: Config) -> Path:
+    """``pipeline.output_dir``, else ``./runs/<name>-pipeline`` (absolute)."""
+    return Path(cfg.pipeline.output_dir or Path("runs") / f"{cfg.name}-pipeline").resolve()
 
 
 def layer_tree(
@@ -469,3 +521,28 @@ def validate(cfg: Config) -> None:
         f"at most train.epochs ({tr.epochs})",
     )
     _positive("ray.num_cpus", cfg.ray.num_cpus, allow_none=True)
+    if cfg.pipeline is not None:
+        _validate_pipeline(cfg)
+
+
+def _validate_pipeline(cfg: Config) -> None:
+    """The pipeline section against the rest: known teacher models, trained teachers (no teacher.weights),
+    as many teachers as the objective supports, distinct teachers."""
+    from orchestrator.models.base import family_prefixes, is_known_model, model_names
+
+    if cfg.teacher.weights:
+        raise ConfigError("teacher.weights", cfg.teacher.weights, "null: the pipeline trains its teachers from scratch "
+                          "(give pretrained or fine-tuned teachers as pipeline.teachers.<i>.checkpoint)")
+    families = "".join(f", or {p}<name>" for p in family_prefixes())
+    for i, spec in enumerate(cfg.pipeline.teachers):
+        key = f"pipeline.teachers.{i}"
+        if not spec.checkpoint:
+            _check(is_known_model(spec.arch), f"{key}.arch", spec.arch,
+                   f"a known model: {', '.join(model_names())}{families} (or give {key}.checkpoint)")
+    problem = supports_teachers(cfg.distill, len(cfg.pipeline.teachers))
+    if problem:
+        raise ConfigError("distill.method", cfg.distill.method, problem)
+    teachers = pipeline_teachers(cfg)
+    trained = [(t.arch, t.seed, t.epochs, t.lr) for t in teachers if not t.checkpoint]
+    _check(len(set(trained)) == len(trained), "pipeline.teachers", [t.name for t in teachers],
+           "distinct teachers (give each copy of an arch its own seed)")

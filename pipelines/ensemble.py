@@ -33,8 +33,7 @@ import argparse
 import sys
 
 from orchestrator import tracking
-from orchestrator.config import ConfigError
-from pipelines.config import PipelineConfig
+from orchestrator.config import Config, ConfigError, pipeline_output_dir, pipeline_teachers
 from pipelines.ensemble_pipeline import EnsemblePipeline
 from pipelines.teachers import build_parser as teachers_parser
 from pipelines.teachers import parse_cli
@@ -58,22 +57,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def dry_run(pcfg: PipelineConfig) -> None:
+def dry_run(cfg: Config) -> None:
     from pipelines.teachers import teacher_path
 
     print("teachers:")
-    for t in pcfg.teachers:
+    for t in pipeline_teachers(cfg):
         if t.checkpoint:
             print(f"  {t.name:<26} given: {t.checkpoint}")
         else:
-            path = teacher_path(pcfg.base, t)
+            path = teacher_path(cfg, t)
             state = "cached" if path.is_file() else f"to train: {t.epochs} epoch(s), lr {t.lr}, seed {t.seed}"
             print(f"  {t.name:<26} {state}  ({path.name})")
-    c = pcfg.base
-    how = (f"sweep over '{c.sweep.search_space}' ({c.sweep.num_samples} trials)" if pcfg.pipeline.sweep
+    c = cfg
+    how = (f"sweep over '{c.sweep.search_space}' ({c.sweep.num_samples} trials)" if cfg.pipeline.sweep
            else f"one run: {c.distill.method}, {c.train.epochs} epochs, lr {c.train.lr}")
     print(f"student: {c.model.student}; ensemble distillation: {how}")
-    print(f"stages: {', '.join(STAGES)}; folder {pcfg.output_dir}")
+    print(f"stages: {', '.join(STAGES)}; folder {pipeline_output_dir(cfg)}")
     print("dry run: nothing was started")
 
 
@@ -81,31 +80,31 @@ def main(argv: list[str] | None = None) -> int:
     parsed = parse_cli(build_parser(), argv)
     if isinstance(parsed, int):  # a config error (2) or --print-config (0)
         return parsed
-    args, pcfg = parsed
+    args, cfg = parsed
     from orchestrator.data import DatasetNotFoundError, build_data
     from orchestrator.models.pretrained import WeightsUnavailableError
-    from orchestrator.sweep import check_weights_available
+    from orchestrator.sweep.cli import check_weights_available
 
     try:
-        data = build_data(pcfg.base.data, pcfg.base.seed)
-        check_weights_available(pcfg.base, data)
-        if pcfg.pipeline.sweep:
+        data = build_data(cfg.data, cfg.seed)
+        check_weights_available(cfg, data)
+        if cfg.pipeline.sweep:
             from orchestrator.search import load_space
 
-            load_space(pcfg.base.sweep.search_space, pcfg.base, len(data.train))  # bad space: exit 2 now
+            load_space(cfg.sweep.search_space, cfg, len(data.train))  # bad space: exit 2 now
     except (ConfigError, DatasetNotFoundError, WeightsUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
-        dry_run(pcfg)
+        dry_run(cfg)
         return 0
-    uri = tracking.resolve_tracking_uri(pcfg.base.tracking.uri)
+    uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     try:
         client = tracking.check_connection(uri)
     except tracking.TrackingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return EnsemblePipeline(pcfg, data, uri, client).run()
+    return EnsemblePipeline(cfg, data, uri, client).run()
 
 
 if __name__ == "__main__":

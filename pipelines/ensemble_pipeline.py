@@ -14,11 +14,19 @@ import ray
 import torch
 
 from orchestrator import cluster, tracking
-from orchestrator.config import Config, ConfigError, apply_overrides, flatten, to_dict
+from orchestrator.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    dump_yaml,
+    flatten,
+    pipeline_output_dir,
+    pipeline_teachers,
+    to_dict,
+)
 from orchestrator.distill import registry
 from orchestrator.teachers import TeacherCheckpointError, alone_config, default_cache_dir
 from pipelines import comparison
-from pipelines.config import PipelineConfig
 from pipelines.ensemble_tasks import URI_MARK, distill_task, teacher_eval_task
 from pipelines.stages import Stages, cancel, cpu_share, files_exist, fingerprint, stage_hash, wait_with_progress
 from pipelines.teacher_cost import measure_teacher_cost
@@ -46,25 +54,25 @@ def run_payload(cfg: Config) -> dict:
 
 
 class EnsemblePipeline:
-    def __init__(self, pcfg: PipelineConfig, data, uri: str, client):
-        self.pcfg, self.cfg, self.data, self.uri, self.client = pcfg, pcfg.base, data, uri, client
-        self.out = pcfg.output_dir
+    def __init__(self, cfg: Config, data, uri: str, client):
+        self.cfg, self.data, self.uri, self.client = cfg, data, uri, client
+        self.out = pipeline_output_dir(cfg)
         self.threads = self.cfg.train.torch_threads or self.cfg.train.cpus_per_worker
 
     def run(self) -> int:
         cfg, start = self.cfg, time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         experiment = cfg.tracking.experiment or cfg.name
-        started_ray = cluster.connect(cluster.resolve_address(cfg.ray.address), local_cpus(self.pcfg))
+        started_ray = cluster.connect(cluster.resolve_address(cfg.ray.address), local_cpus(self.cfg))
         try:
             experiment_id = tracking.ensure_experiment(self.client, experiment, self.uri)
             parent_id = tracking.start_run(
                 self.client, experiment_id, f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}", "pipeline",
-                params=flatten(self.pcfg.to_tree()), tags={"pipeline": "ensemble", "output_dir": str(self.out)},
+                params=flatten(to_dict(self.cfg)), tags={"pipeline": "ensemble", "output_dir": str(self.out)},
             )
             with tracking.run_scope(self.client, parent_id, close_children=True):
-                tracking.log_text(self.client, parent_id, self.pcfg.dump_yaml(), "config.yaml")
-                print(f"pipeline '{cfg.name}': {len(self.pcfg.teachers)} teachers -> {cfg.model.student}; MLflow "
+                tracking.log_text(self.client, parent_id, dump_yaml(self.cfg), "config.yaml")
+                print(f"pipeline '{cfg.name}': {len(pipeline_teachers(self.cfg))} teachers -> {cfg.model.student}; MLflow "
                       f"experiment '{experiment}' (parent run {parent_id}); folder {self.out}", flush=True)
                 self.stages, self.parent_id = Stages(self.client, experiment_id, parent_id, self.out), parent_id
                 teachers = self.stage_teachers()
@@ -96,7 +104,7 @@ class EnsemblePipeline:
             {"name": t.name, "checkpoint": t.checkpoint, "arch": t.state_dict_arch, "normalize": base.teacher.normalize}
             if t.checkpoint
             else {"name": t.name, "arch": t.arch, "key": teacher_key(base, t)}
-            for t in self.pcfg.teachers
+            for t in pipeline_teachers(self.cfg)
         ]
         digest = stage_hash({"teachers": payload, "data": data_payload(base)})
         def still_valid(r: dict) -> bool:  # every checkpoint still there and unchanged
@@ -107,7 +115,7 @@ class EnsemblePipeline:
             self.stages.reuse("teachers", digest, result, self._teacher_metrics(result))
             return {**result, "hash": digest}
         with self.stages.run("teachers", digest, {"teachers": json.dumps(payload)}) as run_id:
-            entries = ensure_teachers(self.pcfg, self.uri, self.client, self.stages.experiment_id, run_id, self.data)
+            entries = ensure_teachers(self.cfg, self.uri, self.client, self.stages.experiment_id, run_id, self.data)
             for entry in entries:
                 entry["fingerprint"] = fingerprint(entry["source"])
             result = self.stages.complete("teachers", digest, run_id, {"teachers": entries},
@@ -215,7 +223,7 @@ class EnsemblePipeline:
         all_outputs = [t["outputs"] for t in ens["teachers"] if t["outputs"]]
         results: dict[str, dict] = {}
 
-        if self.pcfg.pipeline.sweep:
+        if self.cfg.pipeline.sweep:
             results["distill_ensemble"] = self._sweep_stage(ens, all_sources, all_outputs)
             tuned = results["distill_ensemble"]["best_params"]
             distill_cfg = apply_overrides(cfg, tuned)
@@ -228,7 +236,7 @@ class EnsemblePipeline:
                                      {"ensemble": ens["hash"], "teacher": best["name"]}),
             "student_alone": (alone_cfg, [], [], {}),
         }
-        if self.pcfg.pipeline.sweep:
+        if self.cfg.pipeline.sweep:
             plan.pop("distill_ensemble")
             plan["distill_best_teacher"][3]["tuned"] = results["distill_ensemble"]["best_params"]
 
@@ -275,7 +283,7 @@ class EnsemblePipeline:
 
     def _sweep_stage(self, ens: dict, sources: list[str], outputs: list[str]) -> dict:
         """distill_ensemble through the sweep machinery (SweepRunner) over ``sweep.search_space``."""
-        from orchestrator.runner import SweepRunner
+        from orchestrator.sweep.run import SweepRunner
         from orchestrator.search import space_path
         from orchestrator.plan import make_plan
 
@@ -316,7 +324,7 @@ class EnsemblePipeline:
     # ------------------------------------------------------------------ 4 comparison
 
     def stage_compare(self, teachers: dict, ens: dict, students: dict) -> "comparison.pd.DataFrame":
-        p = self.pcfg.pipeline
+        p = self.cfg.pipeline
         digest = stage_hash({
             "teachers": teachers["hash"], "ensemble": ens["hash"],
             "students": {k: v.get("checkpoint") for k, v in students.items()},
@@ -357,7 +365,7 @@ class EnsemblePipeline:
         from orchestrator.models import build_model
         from orchestrator.teachers import load_model_checkpoint, load_teacher
 
-        d, p, arch = self.data, self.pcfg.pipeline, self.cfg.model.student
+        d, p, arch = self.data, self.cfg.pipeline, self.cfg.model.student
         images = torch.stack([d.test[i][0] for i in range(min(p.inference_batch, len(d.test)))])
         rows, teacher_models, forwards = [], [], {}
         for r in ens["teachers"]:
@@ -365,7 +373,7 @@ class EnsemblePipeline:
             teacher_models.append(model)
             forwards[f"teacher {r['name']}"] = model
             size = comparison.size_of(model, d.in_channels, d.image_size)
-            t_arch = next((t.arch for t in self.pcfg.teachers if t.name == r["name"]), None) or type(model).__name__
+            t_arch = next((t.arch for t in pipeline_teachers(self.cfg) if t.name == r["name"]), None) or type(model).__name__
             rows.append({"model": f"teacher {r['name']}", "arch": t_arch, "test_acc1": r["test/acc1"],
                          "val_acc1": r["val/acc1"], "params": size["params"], "mmacs": size["macs"] / 1e6})
         teacher_rows = list(rows)
@@ -418,7 +426,7 @@ class EnsemblePipeline:
 
         n_test = len(self.data.test)
         print(f"\n== Comparison ({n_test} {self.data.name} test images; inference: batch "
-              f"{self.pcfg.pipeline.inference_batch}, {self.threads} torch thread(s), CPU) ==")
+              f"{self.cfg.pipeline.inference_batch}, {self.threads} torch thread(s), CPU) ==")
         print(comparison.format_table(frame))
         print(f"\nensemble-distilled student vs student alone: {100 * gain:+.2f} points; "
               f"vs distilled from the best single teacher: {100 * best_gain:+.2f} points")

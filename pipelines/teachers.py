@@ -34,8 +34,20 @@ import ray
 import torch
 
 from orchestrator import tracking
-from orchestrator.config import Config, ConfigError, apply_overrides, flatten, from_dict, to_dict
+from orchestrator.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    dump_yaml,
+    flatten,
+    from_dict,
+    load_pipeline_config,
+    pipeline_output_dir,
+    pipeline_teachers,
+    to_dict,
+)
 from orchestrator.launcher import in_process
+from orchestrator.pipeline_section import ResolvedTeacher
 from orchestrator.safe_load import load_tensors
 from orchestrator.teachers import (
     TeacherCheckpointError,
@@ -45,7 +57,6 @@ from orchestrator.teachers import (
     load_teacher,
     training_key,
 )
-from pipelines.config import PipelineConfig, ResolvedTeacher, load_pipeline_config
 from pipelines.stages import cancel, cpu_share, wait_with_progress
 
 TEACHER_KEY_TAG = "orchestrator.teacher_key"
@@ -134,14 +145,14 @@ def _teacher_run(client, experiment_ids: list[str], key: str, arch: str | None) 
 
 
 def ensure_teachers(
-    pcfg: PipelineConfig,
+    base: Config,
     uri: str,
     client,
     experiment_id: str,
     parent_id: str | None = None,
     data=None,
 ) -> list[dict]:
-    """Every teacher of ``pcfg`` ready to use: given ones checked, cached ones reused, the rest trained.
+    """Every teacher of ``base.pipeline`` ready to use: given ones checked, cached ones reused, the rest trained.
 
     Teachers to train run as concurrent Ray tasks (longest first), each a Ray Train run and
     an MLflow ``teacher`` run (nested under ``parent_id`` if given). Returns one dict per
@@ -149,10 +160,9 @@ def ensure_teachers(
     run_id, model_uri, val/acc1, test/acc1 (None for given teachers: the ensemble stage
     evaluates every teacher on the same split).
     """
-    base = pcfg.base
     out: list[dict] = []
     todo: list[tuple[ResolvedTeacher, Path]] = []
-    for t in pcfg.teachers:
+    for t in pipeline_teachers(base):
         entry = {"name": t.name, "arch": t.arch, "seed": t.seed, "epochs": t.epochs, "lr": t.lr, "trained": False,
                  "run_id": None, "model_uri": None, "val/acc1": None, "test/acc1": None}
         if t.checkpoint:
@@ -177,7 +187,7 @@ def ensure_teachers(
         out.append(entry)
 
     if todo:
-        results = _train(pcfg, todo, uri, client, experiment_id, parent_id)
+        results = _train(base, todo, uri, client, experiment_id, parent_id)
         for entry in out:
             if entry["name"] in results:
                 res = results[entry["name"]]
@@ -193,9 +203,8 @@ def ensure_teachers(
     return out
 
 
-def _train(pcfg: PipelineConfig, todo, uri, client, experiment_id, parent_id) -> dict[str, dict]:
-    base = pcfg.base
-    storage = str(pcfg.output_dir / "ray-train")
+def _train(base: Config, todo, uri, client, experiment_id, parent_id) -> dict[str, dict]:
+    storage = str(pipeline_output_dir(base) / "ray-train")
     todo = sorted(todo, key=lambda item: -estimated_cost(base, item[0]))  # longest first: better packing
     pending, runs, epochs = {}, {}, {}
     share = cpu_share(len(todo))  # all teachers at once, sharing the cores if there are fewer
@@ -253,7 +262,7 @@ def build_parser(prog: str = "python -m pipelines.teachers", description: str | 
     return parser
 
 
-def resolve(args: argparse.Namespace) -> PipelineConfig:
+def resolve(args: argparse.Namespace) -> Config:
     overrides = list(args.overrides)
     flags = {"name": args.name, "seed": args.seed, "tracking.uri": args.tracking_uri, "ray.address": args.address,
              "pipeline.output_dir": getattr(args, "output_dir", None)}
@@ -263,46 +272,46 @@ def resolve(args: argparse.Namespace) -> PipelineConfig:
     return load_pipeline_config(args.config, overrides)
 
 
-def parse_cli(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, PipelineConfig] | int:
+def parse_cli(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, Config] | int:
     """(args, resolved config), or the exit code when there is nothing more to do: 2 after
     printing a config error, 0 after ``--print-config``."""
     args = parser.parse_intermixed_args(argv)
     try:
-        pcfg = resolve(args)
+        cfg = resolve(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.print_config:
-        print(pcfg.dump_yaml(), end="")
+        print(dump_yaml(cfg), end="")
         return 0
-    return args, pcfg
+    return args, cfg
 
 
-def local_cpus(pcfg: PipelineConfig) -> int | None:
+def local_cpus(cfg: Config) -> int | None:
     import os
 
-    return pcfg.base.ray.num_cpus or os.cpu_count()
+    return cfg.ray.num_cpus or os.cpu_count()
 
 
 def main(argv: list[str] | None = None) -> int:
     parsed = parse_cli(build_parser(), argv)
     if isinstance(parsed, int):  # a config error (2) or --print-config (0)
         return parsed
-    args, pcfg = parsed
+    args, cfg = parsed
     from orchestrator import cluster
     from orchestrator.data import DatasetNotFoundError, build_data
 
-    uri = tracking.resolve_tracking_uri(pcfg.base.tracking.uri)
+    uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     try:
-        data = build_data(pcfg.base.data, pcfg.base.seed)
+        data = build_data(cfg.data, cfg.seed)
         client = tracking.check_connection(uri)
     except (DatasetNotFoundError, tracking.TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    started = cluster.connect(cluster.resolve_address(pcfg.base.ray.address), local_cpus(pcfg))
+    started = cluster.connect(cluster.resolve_address(cfg.ray.address), local_cpus(cfg))
     try:
         experiment_id = tracking.ensure_experiment(client, TEACHERS_EXPERIMENT, uri)
-        teachers = ensure_teachers(pcfg, uri, client, experiment_id, data=data)
+        teachers = ensure_teachers(cfg, uri, client, experiment_id, data=data)
     except TeacherCheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

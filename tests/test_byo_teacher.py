@@ -11,7 +11,7 @@ from orchestrator.models import build_model
 from orchestrator.models.pretrained import pretrained_stats
 from orchestrator.models.weights import load_weights
 from orchestrator.models.wrapped import Renormalize
-from orchestrator.sweep import main
+from orchestrator.sweep.cli import main
 from test_sweep import TINY, runs_by_kind, tiny_args
 
 
@@ -206,7 +206,7 @@ def test_pipeline_imports_a_given_plain_state_dict_like_the_sweep(tmp_path, isol
 
     from orchestrator.data import build_data
     from orchestrator.teachers import TeacherCheckpointError, load_model_checkpoint
-    from pipelines.config import load_pipeline_config
+    from orchestrator.config import load_pipeline_config
     from pipelines.teachers import ensure_teachers
 
     state = build_model("tiny_teacher", 10, 1).state_dict()
@@ -214,7 +214,7 @@ def test_pipeline_imports_a_given_plain_state_dict_like_the_sweep(tmp_path, isol
     given = f"checkpoint: {tmp_path / 'users.pt'}"
     client = Client(f"sqlite:///{tmp_path / 'mlflow.db'}")
     pcfg = load_pipeline_config(None, ["data.dataset=digits", f"pipeline.teachers=[{{{given}, arch: tiny_teacher}}]"])
-    data = build_data(pcfg.base.data, pcfg.base.seed)
+    data = build_data(pcfg.data, pcfg.seed)
     (entry,) = ensure_teachers(pcfg, "", client, "0", data=data)
     assert entry["source"] != str(tmp_path / "users.pt")  # imported into this tool's format
     model = load_model_checkpoint(entry["source"], data.num_classes, data.in_channels)

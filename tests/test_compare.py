@@ -251,7 +251,7 @@ def mlflow_server(tmp_path):
 
 @pytest.mark.slow
 def test_compare_after_real_sweep_on_real_server(mlflow_server, ray_session, tmp_path, monkeypatch):
-    from orchestrator import sweep
+    from orchestrator.sweep import cli as sweep
 
     monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)

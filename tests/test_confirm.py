@@ -14,7 +14,7 @@ from orchestrator.confirm import Candidate, alone_for, candidates, decide, jobs
 from orchestrator.leaderboard import TrialSummary
 from orchestrator.search import load_space, matching_point, paper_points
 from orchestrator.stats import mean_sd, paired_gain
-from orchestrator.sweep import main
+from orchestrator.sweep.cli import main
 from test_sweep import runs_by_kind, tiny_args
 
 ONE_CONFIG = str(Path(__file__).parent / "data" / "one_config_space.yaml")

@@ -127,7 +127,7 @@ def test_peers_train_on_digits_every_peer_is_evaluated_and_the_best_chosen(digit
 def test_a_peers_trial_runs_on_two_ddp_workers_and_logs_both_peers(ray_session, isolated_cache, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.sweep import main
+    from orchestrator.sweep.cli import main
 
     monkeypatch.chdir(tmp_path)
     space = tmp_path / "peers.yaml"

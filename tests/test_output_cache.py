@@ -77,7 +77,7 @@ def test_two_runs_uris_get_their_own_outputs(small, isolated_cache, tmp_path):
 def test_second_sweep_with_another_teacher_of_the_same_name_uses_its_own_outputs(
     ray_session, small, isolated_cache, tmp_path, monkeypatch, capsys
 ):
-    from orchestrator.sweep import main
+    from orchestrator.sweep.cli import main
 
     _, data = small
     monkeypatch.chdir(tmp_path)

@@ -10,10 +10,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from orchestrator.config import ConfigError, apply_overrides
+from orchestrator.config import ConfigError, apply_overrides, load_pipeline_config, pipeline_teachers
 from orchestrator.teachers import training_key
 from pipelines.comparison import accuracy, ensemble_probs
-from pipelines.config import load_pipeline_config
 from pipelines.ensemble import main
 from pipelines.stages import stage_hash
 from pipelines.teachers import teacher_key
@@ -37,14 +36,14 @@ def tiny_args(tmp_path: Path, *extra: str) -> list[str]:
 
 def test_config_defaults_overrides_and_teacher_list():
     cfg = load_pipeline_config()
-    assert [t.arch for t in cfg.teachers] == ["cnn_teacher", "cnn_teacher", "cnn_teacher_wide"]
-    assert [t.seed for t in cfg.teachers] == [0, 1, 2] and cfg.base.data.dataset == "fashion_mnist"
-    assert cfg.base.sweep.search_space == "ensemble" and cfg.base.distill.method == "kd"
+    assert [t.arch for t in pipeline_teachers(cfg)] == ["cnn_teacher", "cnn_teacher", "cnn_teacher_wide"]
+    assert [t.seed for t in pipeline_teachers(cfg)] == [0, 1, 2] and cfg.data.dataset == "fashion_mnist"
+    assert cfg.sweep.search_space == "ensemble" and cfg.distill.method == "kd"
     cfg = load_pipeline_config(None, ["pipeline.teachers=[tiny_teacher, tiny_teacher:7, runs:/abc/teacher]",
                                       "pipeline.teachers.0.epochs=5", "teacher.lr=0.2", "seed=3"])
-    t0, t1, t2 = cfg.teachers
+    t0, t1, t2 = pipeline_teachers(cfg)
     assert (t0.arch, t0.seed, t0.epochs, t0.lr) == ("tiny_teacher", 3, 5, 0.2)
-    assert (t1.seed, t1.epochs) == (7, cfg.base.teacher.epochs)
+    assert (t1.seed, t1.epochs) == (7, cfg.teacher.epochs)
     assert t2.checkpoint == "runs:/abc/teacher" and t2.arch is None
 
 
@@ -76,10 +75,10 @@ def test_cli_bad_value_exits_2_before_any_work(tmp_path, capsys):
 
 def test_teacher_cache_key_is_shared_with_the_sweeps_default_teacher():
     cfg = load_pipeline_config(None, ["data.dataset=digits", "pipeline.teachers=[tiny_teacher:0, tiny_teacher:1]"])
-    t0, t1 = cfg.teachers
-    sweep_key = training_key(apply_overrides(cfg.base, {"data.train_subset": None}), "tiny_teacher", t0.epochs, t0.lr)
-    assert teacher_key(cfg.base, t0) == sweep_key  # same seed as the split: the sweep's cache file
-    assert teacher_key(cfg.base, t1) != sweep_key and teacher_key(cfg.base, t1).endswith("-d0")
+    t0, t1 = pipeline_teachers(cfg)
+    sweep_key = training_key(apply_overrides(cfg, {"data.train_subset": None}), "tiny_teacher", t0.epochs, t0.lr)
+    assert teacher_key(cfg, t0) == sweep_key  # same seed as the split: the sweep's cache file
+    assert teacher_key(cfg, t1) != sweep_key and teacher_key(cfg, t1).endswith("-d0")
 
 
 def test_stage_hash_is_stable_and_order_free():

@@ -10,7 +10,7 @@ import torch
 
 from orchestrator.engine import CachedTeacherOutputs
 from orchestrator.safe_load import UnsafeFileError
-from orchestrator.sweep import main
+from orchestrator.sweep.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student", "sweep.search_space=kd"]

@@ -7,7 +7,7 @@ import pytest
 from orchestrator import preflight
 from orchestrator.config import ConfigError, load_config
 from orchestrator.search import load_space
-from orchestrator.sweep import main
+from orchestrator.sweep.cli import main
 
 TINY = ["data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student", "sweep.search_space=kd"]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from orchestrator.config import Config, ConfigError, dump_yaml, load_config
+from orchestrator.config import Config, ConfigError, dump_yaml, flatten, load_config, to_dict
 from orchestrator.plan import make_plan
 from orchestrator.search import available_spaces
 
@@ -66,7 +66,33 @@ def resolve_config(args: argparse.Namespace) -> Config:
     overrides += [f"{k}={v}" for k, v in flags.items() if v is not None]
     if args.resume:
         overrides.append("sweep.resume=true")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    return resumed_config(cfg, args.config, overrides, args.resume) if args.resume else cfg
+
+
+def resumed_config(cfg: Config, path: str | None, overrides: list[str], resume: str) -> Config:
+    """The config the resumed sweep started with (its ``config.yaml``) under what was given now; anything given
+    now that differs from it is a ConfigError naming every differing key. A changed search-space file too."""
+    from pathlib import Path
+
+    from orchestrator.search import space_path
+    from orchestrator.sweep.folder import CONFIG_FILE, differing_keys, find_folder, space_changed
+
+    folder = find_folder(Path(cfg.sweep.storage_path or "runs").resolve(), cfg.name, resume)
+    if not (folder / CONFIG_FILE).is_file():  # stopped before it saved its config: nothing to restore
+        return cfg
+    saved = flatten(to_dict(load_config(folder / CONFIG_FILE)))
+    cfg = load_config(path, overrides, defaults=saved)
+    differ = differing_keys(saved, flatten(to_dict(cfg)))
+    if differ:
+        raise ConfigError(", ".join(differ), [flatten(to_dict(cfg))[k] for k in differ],
+                          f"the values the sweep in {folder} started with, {[saved[k] for k in differ]} "
+                          f"(or start a new sweep without --resume)")
+    if space_changed(folder, space_path(cfg.sweep.search_space)):
+        raise ConfigError("sweep.search_space", cfg.sweep.search_space,
+                          f"the space the sweep in {folder} started with: its file changed since "
+                          f"(the original is {folder / 'search_space.yaml'})")
+    return cfg
 
 
 def check_weights_available(cfg: Config, data) -> None:
@@ -83,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     try:
         cfg = resolve_config(args)
-    except ConfigError as exc:
+    except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.print_config:
@@ -109,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
-        if address is not None:  # a real run checks after connecting (runner)
+        if address is not None:  # a real run checks after connecting (sweep.run)
             try:
                 preflight.check_cluster(address, {"CPU": plan.trial_cpu, "GPU": plan.trial_gpu}, cfg)
             except cluster.ClusterError as exc:
@@ -120,10 +146,6 @@ def main(argv: list[str] | None = None) -> int:
         print("dry run: nothing was started")
         return 0
 
-    from orchestrator.runner import SweepRunner
+    from orchestrator.sweep.run import SweepRunner
 
     return SweepRunner(plan, data, resume=args.resume).run()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

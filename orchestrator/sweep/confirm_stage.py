@@ -1,0 +1,82 @@
+"""Driving the confirmation stage: the candidates re-trained on fresh seeds as nested MLflow stage runs,
+and the verdict (:mod:`orchestrator.confirm` holds the logic: candidates, jobs, the winner)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from orchestrator import cluster, confirm, tracking
+from orchestrator.config import confirm_seeds, search_seeds
+from orchestrator.data import DataBundle
+from orchestrator.engine import evaluate_model
+from orchestrator.plan import Plan
+from orchestrator.sweep import tune_runs
+from orchestrator.sweep.errors import SweepError
+from orchestrator.sweep.folder import write_state
+from orchestrator.sweep.summary import fmt, headline_metrics
+from orchestrator.teachers import load_model_checkpoint
+from orchestrator.train_loop import student_file
+from orchestrator.trial import TrialContext
+
+
+def confirm_winner(client, parent_id: str, summaries, plan: Plan, data: DataBundle, points: list, ctx: TrialContext,
+                   exp_dir: Path, state: dict, resume: bool) -> confirm.Verdict:
+    """Re-train the best configs (+ best paper default + student alone) on fresh seeds; or, with
+    ``sweep.confirm.top_k=0``, test the best trial's students and train the student alone on the search seeds."""
+    cfg = plan.cfg
+    metric, mode, top_k = cfg.sweep.metric, cfg.sweep.mode, cfg.sweep.confirm.top_k
+    confirmed = top_k > 0
+    seeds = confirm_seeds(cfg) if confirmed else search_seeds(cfg)
+    cands = confirm.candidates(summaries, points if confirmed else [], max(top_k, 1), metric, mode,
+                               cfg.sweep.baseline)
+    if not confirmed:  # the best trial as it was: its students, one per search seed
+        best = cands[0]
+        row = next(s for s in summaries if s.number == best.trial)
+        for s in seeds:
+            best.val[s] = row.best.get(f"seed{s}/{metric}", row.best[metric])
+            path = Path(row.checkpoint_dir) / student_file(s, seeds)
+            model = load_model_checkpoint(path, data.num_classes, data.in_channels)
+            best.test[s] = evaluate_model(model, data.test, cfg.data.eval_batch_size)["acc1"]
+            best.checkpoints[s] = row.checkpoint_dir
+    stage = "confirm" if confirmed else "baseline"
+    to_train = [c for c in cands if confirmed or c.role == "alone"]
+    train_stage(client, parent_id, stage, to_train, seeds, plan, ctx, exp_dir, state, resume)
+    try:
+        verdict = confirm.decide(cands, seeds, cfg.sweep.confirm.level, confirmed)
+        if cfg.sweep.baseline and verdict.chosen.alone is None:  # candidates differ in optimiser settings
+            cands.append(confirm.alone_for([verdict.chosen]))
+            train_stage(client, parent_id, f"{stage}-alone", cands[-1:], seeds, plan, ctx, exp_dir, state, resume)
+            verdict = confirm.decide(cands, seeds, cfg.sweep.confirm.level, confirmed)
+    except ValueError as exc:
+        raise SweepError(f"{exc}; see the {stage} stage's MLflow runs") from exc
+    if f"{stage}_run_id" in state:
+        tracking.log_metrics(client, state[f"{stage}_run_id"], headline_metrics({}, verdict), step=0)
+    return verdict
+
+
+def train_stage(client, parent_id, stage: str, cands: list[confirm.Candidate], seeds: list[int], plan: Plan,
+                ctx: TrialContext, exp_dir: Path, state: dict, resume: bool) -> None:
+    """Train ``cands`` x ``seeds`` as the nested MLflow stage run ``stage`` (its id kept for --resume)."""
+    if not cands:
+        return
+    fixed = "".join(f", {k}={fmt(v)}" for k, v in plan.space.fixed.items())
+    print(f"\n== {stage}: {len(cands)} config(s) x seeds {seeds}{' (all with' + fixed[1:] + ')' if fixed else ''} ==\n" +
+          "\n".join(f"  {c.label}: " + ", ".join(f"{k}={fmt(v)}" for k, v in c.overrides.items()) for c in cands),
+          flush=True)
+    stage_id = state.get(f"{stage}_run_id") or tracking.start_run(
+        client, client.get_run(parent_id).info.experiment_id, stage, "stage", parent_id=parent_id,
+        tags={"stage": stage, "seeds": json.dumps(seeds)},
+    )
+    state[f"{stage}_run_id"] = stage_id
+    write_state(exp_dir, state)
+    with tracking.run_scope(client, stage_id, close_children=True):
+        if not cluster.wait_for_free({"CPU": plan.trial_cpu, "GPU": plan.trial_gpu}):
+            print("warning: the search's stopped trials still hold their resources after 3 minutes", file=sys.stderr)
+        results = tune_runs.run_jobs(plan, confirm.jobs(cands, seeds, plan.space.fixed),
+                                     replace(ctx, parent_run_id=stage_id), exp_dir / stage, resume)
+        failed = confirm.collect(results, cands)
+        if failed:
+            print(f"warning: {len(failed)} {stage} run(s) failed: {', '.join(failed)}", file=sys.stderr)

@@ -1,0 +1,26 @@
+"""The chosen student: copied into the sweep folder, logged and registered in MLflow, its version tagged
+with the headline numbers, exported (ONNX / TorchScript)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from orchestrator import confirm, tracking
+from orchestrator.config import Config
+from orchestrator.data import DataBundle
+from orchestrator.export import example_batch, export_student
+from orchestrator.sweep.summary import version_tags
+
+
+def register_student(client, parent_id: str, cfg: Config, data: DataBundle, student, student_path: Path,
+                     summary: dict, verdict: confirm.Verdict, exp_dir: Path):
+    """Returns the registered model version (None when the store has no registry)."""
+    shutil.copy(student_path, exp_dir / "best_student.pt")
+    tracking.log_file(client, parent_id, exp_dir / "best_student.pt")
+    version = tracking.log_model(parent_id, student, "best_student", cfg.tracking.registered_model,
+                                 example=example_batch(data))
+    if version:
+        tracking.tag_model_version(client, cfg.tracking.registered_model, version, version_tags(summary, verdict))
+    export_student(student, data, cfg.export.formats, exp_dir / "export", client, cfg.tracking.registered_model, version)
+    return version

@@ -1,0 +1,187 @@
+"""Runs a planned sweep end to end: Ray, teacher, Tune search, confirmation stage, registration.
+
+The search's trials share their seeds; the confirmation stage (:mod:`orchestrator.confirm`) re-trains
+the best configs, the best paper default and the student alone on fresh seeds and chooses by mean
+validation accuracy. Every run this opens is closed on success (FINISHED), error (FAILED) and Ctrl-C
+(KILLED); trials that ASHA stopped are closed FINISHED with tag ``orchestrator.outcome=early_stopped``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import ray
+
+from orchestrator import cluster, confirm, tracking
+from orchestrator.config import dump_yaml, flatten, search_seeds, to_dict
+from orchestrator.data import DataBundle
+from orchestrator.engine import evaluate_model
+from orchestrator.leaderboard import best_summary, summarise, to_frame
+from orchestrator.plan import Plan
+from orchestrator.search import paper_points, sampled_keys, space_path
+from orchestrator.stats import mean_sd
+from orchestrator.sweep import confirm_stage, search_stage, teacher_outputs
+from orchestrator.sweep.errors import SweepError
+from orchestrator.sweep.folder import open_folder, save_inputs, write_state
+from orchestrator.sweep.register import register_student
+from orchestrator.sweep.summary import headline_metrics, print_summary
+from orchestrator.teachers import TeacherCheckpointError, ensure_teacher, load_model_checkpoint, load_teacher
+from orchestrator.train_loop import STUDENT_FILE, student_file
+from orchestrator.trial import TrialContext
+
+
+class SweepRunner:
+    """``teachers``: distil from these (paths/URIs; several = an ensemble) instead of ``ensure_teacher``;
+    ``teacher_outputs``: their precomputed output files (None: computed here when possible);
+    ``parent_tags``: extra tags of the sweep's parent run (e.g. ``mlflow.parentRunId`` of a pipeline stage)."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        data: DataBundle,
+        resume: str | None = None,
+        *,
+        teachers: list[str] | None = None,
+        teacher_outputs: list[str] | None = None,
+        parent_tags: dict[str, str] | None = None,
+    ):
+        self.plan, self.cfg, self.data, self.resume = plan, plan.cfg, data, resume
+        self.storage = Path(self.cfg.sweep.storage_path or "runs").resolve()
+        self.teachers, self.given_outputs, self.parent_tags = teachers, teacher_outputs, dict(parent_tags or {})
+        self.points = paper_points(plan.space, self.cfg) if self.cfg.sweep.paper_defaults else []
+
+    def run(self) -> int:
+        cfg, start = self.cfg, time.perf_counter()
+        uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
+        try:
+            client = tracking.check_connection(uri)
+            exp_dir, state = open_folder(self.storage, cfg.name, self.resume)
+        except (tracking.TrackingError, FileNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        mlflow.set_tracking_uri(uri)
+        started_ray = cluster.connect(cluster.resolve_address(cfg.ray.address), self._local_cpus())
+        try:
+            cluster.check_fits(
+                {"CPU": self.plan.trial_cpu, "GPU": self.plan.trial_gpu},
+                cfg.train.cpus_per_worker, cfg.train.use_gpu, cfg.train.num_workers,
+            )
+            teachers = list(self.teachers) if self.teachers else [ensure_teacher(cfg, uri)]
+            experiment_id = tracking.ensure_experiment(client, cfg.tracking.experiment or cfg.name, uri)
+            parent_id = state.get("parent_run_id") or tracking.start_run(
+                client, experiment_id, exp_dir.name, "sweep",
+                params=flatten(to_dict(cfg)),
+                tags={"search_space": self.plan.space.name, "storage": str(exp_dir), **self.parent_tags},
+            )
+            if state.get("parent_run_id"):
+                client.update_run(parent_id, status="RUNNING")
+            with tracking.run_scope(client, parent_id, close_children=True,
+                                    on_finish=lambda: self._report(client, parent_id, exp_dir)):
+                self._sweep(client, parent_id, experiment_id, teachers, exp_dir, state, uri, start)
+            return 0
+        except KeyboardInterrupt:
+            print(f"\ninterrupted; finished trials are kept. Resume with: python -m orchestrator.sweep --resume "
+                  f"{exp_dir}", file=sys.stderr)
+            return 130
+        except (cluster.ClusterError, TeacherCheckpointError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except SweepError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            if started_ray:
+                ray.shutdown()
+
+    def _sweep(self, client, parent_id: str, experiment_id: str, teachers: list[str], exp_dir: Path, state: dict,
+               uri: str, start: float) -> None:
+        """Inside the parent run: teacher outputs, the search, confirmation, registration."""
+        cfg = self.cfg
+        write_state(exp_dir, {"parent_run_id": parent_id, "experiment_id": experiment_id})
+        tracking.log_text(client, parent_id, dump_yaml(cfg), "config.yaml")
+        save_inputs(exp_dir, dump_yaml(cfg), space_path(cfg.sweep.search_space))  # what --resume restores
+        tracking.log_file(client, parent_id, space_path(cfg.sweep.search_space))
+        if self.given_outputs is not None:
+            outputs = list(self.given_outputs)
+        else:
+            outputs = [path for teacher in teachers for path in teacher_outputs.outputs_for(teacher, self.plan, self.data)]
+        ctx = TrialContext(
+            base=to_dict(cfg), teachers=teachers, teacher_outputs=outputs, storage_path=str(exp_dir),
+            tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent_id,
+        )
+        print(f"sweep '{exp_dir.name}': {cfg.sweep.num_samples} trials, MLflow experiment "
+              f"'{cfg.tracking.experiment or cfg.name}' (parent run {parent_id})", flush=True)
+        results = search_stage.search(self.plan, self.points, ctx, exp_dir, bool(self.resume))
+        self._finish(client, parent_id, teachers, results, ctx, exp_dir, state, uri, start)
+
+    def _local_cpus(self) -> int | None:
+        if self.cfg.ray.num_cpus:
+            return self.cfg.ray.num_cpus
+        return max(os.cpu_count() or 1, int(self.plan.trial_cpu))
+
+    def _finish(self, client, parent_id, teachers, results, ctx: TrialContext, exp_dir: Path, state: dict,
+                uri: str, start: float) -> None:
+        """Leaderboard, teacher test accuracy, confirmation, summary, the chosen student registered."""
+        cfg, data = self.cfg, self.data
+        metric, mode = cfg.sweep.metric, cfg.sweep.mode
+        summaries = summarise(results, metric, mode, cfg.train.epochs, sampled_keys(self.plan.space))
+        frame = to_frame(summaries, metric, mode, self.points)
+        csv = exp_dir / "leaderboard.csv"
+        frame.to_csv(csv)
+        tracking.log_file(client, parent_id, csv)
+        best = best_summary(summaries, metric, mode)
+        print("\n== Leaderboard (by %s on the search seeds %s; test set not used) ==" % (metric, search_seeds(cfg)))
+        print(frame.to_string(float_format=lambda v: f"{v:.4g}") if not frame.empty else "(no trial reported)")
+        if best is None:
+            raise SweepError(
+                "no trial finished an epoch; each failed trial's reason is in its MLflow run's orchestrator.error tag"
+            )
+        teacher_test = max(
+            (evaluate_model(load_teacher(t, data.num_classes, data.in_channels, data.image_size), data.test,
+                            cfg.data.eval_batch_size) for t in teachers),
+            key=lambda m: m["acc1"],
+        )["acc1"]  # several teachers: the best single one
+        verdict = confirm_stage.confirm_winner(client, parent_id, summaries, self.plan, data, self.points, ctx,
+                                               exp_dir, state, bool(self.resume))
+        chosen = verdict.chosen
+        seed = max(chosen.checkpoints, key=lambda s: chosen.val[s])  # the chosen config's best seed on validation
+        student_path = Path(chosen.checkpoints[seed]) / (
+            STUDENT_FILE if verdict.confirmed else student_file(seed, search_seeds(cfg)))
+        student = load_model_checkpoint(student_path, data.num_classes, data.in_channels)
+
+        test_mean, test_sd = mean_sd(list(chosen.test.values()))
+        alone_mean = mean_sd(list(chosen.alone.test.values()))[0] if chosen.alone and chosen.alone.test else None
+        summary = {
+            "best_trial": chosen.trial, f"best_{metric}": chosen.search_value, "best_params": chosen.params,
+            "space_fixed": self.plan.space.fixed,  # the space's constants: the chosen config = these + best_params
+            "registered_seed": seed, "test/acc1": chosen.test[seed], "test/acc1_mean": test_mean, "test/acc1_sd": test_sd,
+            "teacher/test_acc1": teacher_test, "student_alone/test_acc1": alone_mean, **verdict.as_dict(),
+        }
+        tracking.log_metrics(client, parent_id, headline_metrics(summary, verdict), step=0)
+        best_run = [r for r in tracking.child_runs(client, client.get_run(parent_id).info.experiment_id, parent_id)
+                    if r.data.tags.get("trial_number") == str(chosen.trial)]
+        if best_run:
+            tracking.set_tags(client, best_run[0].info.run_id, {"orchestrator.best": "true"})
+        (exp_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        tracking.log_file(client, parent_id, exp_dir / "summary.json")
+        tracking.log_file(client, parent_id, confirm.plot(verdict, exp_dir / "confirm.png"))
+        version = register_student(client, parent_id, cfg, data, student, student_path, summary, verdict, exp_dir)
+        label = cfg.model.teacher if not self.teachers or len(self.teachers) == 1 else f"best of {len(self.teachers)} teachers"
+        print("\n" + confirm.table(verdict, label, teacher_test))
+        print("\n" + confirm.conclusion(verdict))
+        print_summary(cfg, chosen, seed, version, parent_id, exp_dir, uri, start)
+
+    def _report(self, client, parent_id: str, exp_dir: Path) -> None:
+        """The compare report (tables, plots) of this sweep, logged under the parent's ``report/``."""
+        from orchestrator.report.write import write_report
+
+        try:
+            report = write_report(client, [parent_id], exp_dir / "report", log_to=parent_id)
+            print(f"Report: {report.html}  (plots: {len(report.plots)})")
+        except Exception as exc:  # noqa: BLE001 - a report must not fail a finished sweep
+            print(f"warning: report not written ({exc})", file=sys.stderr)

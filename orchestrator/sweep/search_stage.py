@@ -1,0 +1,56 @@
+"""The search: Tune trials sampled by Optuna's TPE (the paper defaults first), stopped early by ASHA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from orchestrator.config import asha_grace, tpe_startup_trials
+from orchestrator.launcher import in_process
+from orchestrator.plan import Plan
+from orchestrator.sweep import tune_runs
+from orchestrator.sweep.folder import optuna_storage
+from orchestrator.sweep.progress import ProgressPrinter
+from orchestrator.trial import TrialContext, run_trial
+
+
+def search(plan: Plan, points: list, ctx: TrialContext, exp_dir: Path, resume: bool) -> tune.ResultGrid:
+    """Run the search in ``exp_dir`` (or continue it there, when resuming); ``points``: the paper-default
+    points (:func:`orchestrator.search.paper_points`) evaluated first. The Optuna study lives in the folder's
+    journal (Tune's restored searcher reopens it); a search Tune cannot restore starts a fresh one."""
+    cfg = plan.cfg
+    trainable = tune_runs.trainable(run_trial, ctx, plan)
+    if resume and tune.Tuner.can_restore(str(exp_dir)):
+        return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True).fit()
+    concurrency = tune_runs.concurrency(plan)
+    print(f"running up to {concurrency} trial(s) at once ({plan.mode_text})", flush=True)
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=tpe_startup_trials(cfg.sweep))
+    params = [p.params for p in points]
+    if params:
+        print("first trials: the paper defaults\n" + "\n".join(f"  {p.describe()}" for p in points), flush=True)
+    searcher = OptunaSearch(
+        space=plan.space.define_by_run(cfg), metric=cfg.sweep.metric, mode=cfg.sweep.mode, sampler=sampler,
+        points_to_evaluate=params or None, study_name=exp_dir.name, storage=optuna_storage(exp_dir, fresh=True),
+    )
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=cfg.train.epochs + 1,  # must exceed the number of reports (NOTES-ray pitfall 4)
+        grace_period=asha_grace(cfg),
+        reduction_factor=cfg.sweep.asha.reduction_factor,
+    )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, metric=cfg.sweep.metric, mode=cfg.sweep.mode,
+            num_samples=cfg.sweep.num_samples, max_concurrent_trials=concurrency,
+            reuse_actors=in_process(cfg),
+        ),
+        run_config=tune_runs.run_config(
+            plan, exp_dir, ProgressPrinter(cfg.sweep.metric, cfg.sweep.mode, cfg.train.epochs, cfg.sweep.num_samples)),
+    )
+    return tuner.fit()
