@@ -123,3 +123,13 @@ def test_default_stages_work_for_zoo_pairs(one_thread, teacher, student, size):
         value = objective(s_out, [t_out], torch.arange(2), torch.arange(2))[name]
         grads = torch.autograd.grad(value, [*s_out.features, s_out.embedding], allow_unused=True, retain_graph=True)
         assert torch.isfinite(value) and all(g is None or torch.isfinite(g).all() for g in grads), name
+
+
+def test_search_spaces_load_and_start_from_the_paper_point():
+    from orchestrator.search import load_space, paper_points
+
+    cfg = Config()
+    for name in TERMS:
+        (point,) = paper_points(load_space(name, cfg, num_train_samples=54_000), cfg)
+        assert point.method == f"ce+{name}"
+        assert set(point.deviations) <= {f"distill.{name}.init_epochs"}  # 30 pre-stage epochs snap into range
