@@ -26,6 +26,7 @@ from orchestrator.atomic_files import atomic_torch_save
 from orchestrator.config import Config
 from orchestrator.data import DataBundle, make_loader, set_epoch
 from orchestrator.distill import build_objective, registry
+from orchestrator.distill.features import resolve_names
 from orchestrator.models import ModelOutput
 from orchestrator.models.base import Shapes, probe_shapes, stage_names
 from orchestrator.models.pretrained import build_with_weights
@@ -387,17 +388,16 @@ def compute_teacher_outputs(
     n = len(dataset)
     fields: dict[str, Tensor] = {}
     names: tuple[str, ...] = ()
+    stages: tuple[str, ...] = ()
     for images, _, indices in loader:
         out = teacher(images.to(device))
         if not names:
             names = stage_names(teacher, len(out.features))
-            unknown = [s for s in needs.stages if s not in names]
-            if unknown:
-                raise ValueError(f"the teacher has no stage(s) {unknown}; its stages: {list(names)}")
+            stages = resolve_names(needs.stages, names)  # selectors such as "last" or "-2" -> the teacher's names
         values = {registry.LOGITS: out.logits, registry.EMBEDDING: out.embedding,
                   **{f"stage:{n}": f for n, f in zip(names, out.features)}}
         wanted = [f for f in (registry.LOGITS, registry.EMBEDDING) if f in needs.fields]
-        for key in wanted + [f"stage:{s}" for s in needs.stages]:
+        for key in wanted + [f"stage:{s}" for s in stages]:
             if key not in fields:
                 fields[key] = torch.empty(n, *values[key].shape[1:])
             fields[key][indices] = values[key].float().cpu()
@@ -405,5 +405,5 @@ def compute_teacher_outputs(
     return CachedTeacherOutputs(
         fields.get(registry.LOGITS), fields.get(registry.EMBEDDING),
         None if source is None else torch.as_tensor(source).clone(),
-        {s: fields[f"stage:{s}"] for s in needs.stages}, names,
+        {s: fields[f"stage:{s}"] for s in stages}, names,
     )

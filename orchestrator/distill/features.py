@@ -1,0 +1,106 @@
+"""Feature stages for feature-based terms: choosing them, pairing student and teacher maps, connectors.
+
+A stage selector is a stage name (``stage2``), ``last``, or ``-k`` (the k-th stage from the end), so one
+knob value works for models whose stages have different names or counts: ``-3,-2,-1`` pairs the last three
+stages of the student with the last three of the teacher (RepDistiller's ``feat[1:-1]`` on its CIFAR
+ResNets, whose features are the stem and three stages). Terms declare their selectors as teacher needs;
+the teacher-output cache resolves them against the teacher's stage names (:func:`resolve_names`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from orchestrator.distill.checks import KnobError, check_choice
+from orchestrator.distill.registry import Needs
+
+_FROM_END = re.compile(r"^-[1-9][0-9]*$")
+CONNECTORS = ("auto", "none")  # auto: a 1x1 conv where channel counts differ; none: refuse unequal channels
+
+
+def parse_stages(key: str, text: str, at_least: int = 1) -> tuple[str, ...]:
+    """``"-3,-2,-1"`` -> ("-3", "-2", "-1"): at least ``at_least`` distinct selectors, else KnobError naming ``key``."""
+    selectors = tuple(s.strip() for s in str(text).split(",") if s.strip())
+    if len(selectors) < at_least or len(set(selectors)) != len(selectors) or any("," in s for s in selectors):
+        raise KnobError(key, text, f"{at_least} or more distinct stage selectors separated by commas "
+                                   "(stage names, 'last' or '-k' counting from the end, e.g. '-3,-2,-1')")
+    return selectors
+
+
+def feature_needs(selectors: Sequence[str]) -> Needs:
+    """What a term reading these stages of every teacher needs."""
+    return Needs(frozenset(), tuple(selectors))
+
+
+def resolve(selector: str, names: Sequence[str]) -> int | None:
+    """The position of ``selector`` in ``names`` (a name, ``last`` or ``-k``), None if it names no stage."""
+    if selector in names:
+        return list(names).index(selector)
+    if selector == "last" and names:
+        return len(names) - 1
+    if _FROM_END.match(selector) and int(selector[1:]) <= len(names):
+        return len(names) + int(selector)
+    return None
+
+
+def resolve_names(selectors: Sequence[str], names: Sequence[str]) -> tuple[str, ...]:
+    """The stage names the selectors choose (deduplicated, in order); ValueError if one chooses none."""
+    unknown = [s for s in selectors if resolve(s, names) is None]
+    if unknown:
+        raise ValueError(f"the teacher has no stage(s) {unknown}; its stages: {list(names)}")
+    out: list[str] = []
+    for s in selectors:
+        name = names[resolve(s, names)]
+        if name not in out:
+            out.append(name)
+    return tuple(out)
+
+
+def positions(key: str, selectors: Sequence[str], stages: dict, who: str) -> list[int]:
+    """Positions of the selected stages in ``stages`` (a Shapes.stages dict); ValueError naming ``key``."""
+    names = list(stages)
+    found = [resolve(s, names) for s in selectors]
+    if None in found:
+        raise ValueError(f"{key}={','.join(selectors)}: the {who} has no stage {selectors[found.index(None)]!r}; "
+                         f"its stages: {names or 'none'}")
+    if len(set(found)) != len(found):
+        raise ValueError(f"{key}={','.join(selectors)} chooses a stage of the {who} twice (its stages: {names})")
+    return found  # type: ignore[return-value]
+
+
+def at_least_fp32(x: Tensor) -> Tensor:
+    """x in float32, or float64 if it is (half precision is too coarse for these sums)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def pool_to_common(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, Ca, Ha, Wa), (B, Cb, Hb, Wb) -> both at the smaller spatial size (adaptive average pooling of the
+    larger map, as RepDistiller's NST/FT/FSP do)."""
+    if a.shape[2:] == b.shape[2:]:
+        return a, b
+    if a.shape[2] * a.shape[3] > b.shape[2] * b.shape[3]:
+        return F.adaptive_avg_pool2d(a, b.shape[2:]), b
+    return a, F.adaptive_avg_pool2d(b, a.shape[2:])
+
+
+def check_connectors(key: str, value: str) -> str:
+    return check_choice(key, value, CONNECTORS)
+
+
+def channel_connectors(key: str, mode: str, student_channels: Sequence[int], teacher_channels: Sequence[int],
+                       what: str) -> nn.ModuleList:
+    """One module per stage pair mapping student channels to teacher channels: identity where equal, a 1x1
+    conv (no bias) where they differ if ``mode`` is "auto"; with "none", unequal channels are refused
+    (``what`` says why the term needs them equal)."""
+    check_connectors(key, mode)
+    pairs = list(zip(student_channels, teacher_channels, strict=True))
+    if mode == "none" and any(s != t for s, t in pairs):
+        raise ValueError(f"{what} needs equal channel counts at each chosen stage, got student "
+                         f"{list(student_channels)} and teacher {list(teacher_channels)}; set {key}=auto "
+                         "(1x1 connectors) or choose other stages")
+    return nn.ModuleList(nn.Identity() if s == t else nn.Conv2d(s, t, 1, bias=False) for s, t in pairs)
