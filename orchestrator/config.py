@@ -84,6 +84,7 @@ class TeacherConfig:
     lr: float = 0.05
     cache_dir: str | None = None  # None -> ~/.cache/distill-orchestrator/teachers
     cache_outputs: bool = True  # precompute teacher outputs on un-augmented train data
+    cache_max_gb: float = 2.0  # larger caches (e.g. feature maps of every training image) are not built: live teacher
 
 
 def _distill_config() -> type:
@@ -468,6 +469,7 @@ def validate(cfg: Config) -> None:
     _check(d.negatives in ("class", "uniform"), "data.negatives", d.negatives, "'class' or 'uniform'")
     _check(d.loader_workers >= 0, "data.loader_workers", d.loader_workers, "an integer >= 0")
     _positive("teacher.epochs", t.epochs)
+    _positive("teacher.cache_max_gb", t.cache_max_gb)
     _positive("teacher.lr", t.lr)
     try:
         normalize_stats(t.normalize)

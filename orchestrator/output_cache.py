@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import Subset
 
 from orchestrator.config import Config
 from orchestrator.data import DataBundle
@@ -49,11 +50,23 @@ def cache_path(model: nn.Module, cfg: Config, needs: Needs = OUTPUTS) -> Path:
     return default_cache_dir() / "teacher-outputs" / f"{weights_digest(model)[:16]}-{data_key(cfg)}-{fields}.pt"
 
 
-def teacher_outputs_file(teacher: str, cfg: Config, data: DataBundle, needs: Needs = OUTPUTS) -> Path:
+def estimated_bytes(model: nn.Module, data: DataBundle, needs: Needs) -> int:
+    """Bytes the cache of ``needs`` on ``data.train_eval`` takes (float32), from the outputs of two images."""
+    sample = compute_teacher_outputs(model, Subset(data.train_eval, [0, 1]), 2, needs=needs)
+    per_image = sum(t[0].numel() for t in (sample.logits, sample.embedding, *sample.features.values()) if t is not None)
+    return 4 * per_image * len(data.train_eval)
+
+
+def teacher_outputs_file(teacher: str, cfg: Config, data: DataBundle, needs: Needs = OUTPUTS) -> Path | None:
     """The cache file of ``teacher``'s outputs on ``data.train_eval`` (the fields ``needs`` names),
-    computed now if missing."""
+    computed now if missing; None (the teacher then runs live) if it would exceed ``teacher.cache_max_gb``."""
     model = load_teacher(teacher, data.num_classes, data.in_channels, data.image_size)
     path = cache_path(model, cfg, needs)
+    size = 0 if path.is_file() else estimated_bytes(model, data, needs)
+    if size > cfg.teacher.cache_max_gb * 2**30:
+        print(f"teacher outputs for {', '.join([*sorted(needs.fields), *needs.stages])} would take {size / 2**30:.1f} GiB "
+              f"(> teacher.cache_max_gb={cfg.teacher.cache_max_gb:g}): the teacher runs live instead", flush=True)
+        return None
     if not path.is_file():
         start = time.perf_counter()
         compute_teacher_outputs(model, data.train_eval, cfg.data.eval_batch_size, needs=needs).save(path)

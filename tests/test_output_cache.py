@@ -99,3 +99,21 @@ def test_second_sweep_with_another_teacher_of_the_same_name_uses_its_own_outputs
     assert sorted(p.name for p in (isolated_cache / "teacher-outputs").glob("*.pt")) == sorted(
         p.rsplit("/", 1)[1] for p in written
     )
+
+
+def test_a_cache_larger_than_the_limit_is_not_built_and_the_teacher_runs_live(small, isolated_cache, tmp_path, capsys):
+    from orchestrator.config import apply_overrides
+    from orchestrator.distill.registry import Needs
+    from orchestrator.output_cache import estimated_bytes
+
+    cfg, data = small
+    model = _teacher(1)
+    save_model_checkpoint(tmp_path / "t.pt", model, "tiny_teacher", data, {})
+    needs = Needs(frozenset({"logits"}), ("stage1",))
+    size = estimated_bytes(model, data, needs)
+    stage1 = model(data.train_eval[0][0][None]).features[0][0].numel()
+    assert size == 4 * (data.num_classes + stage1) * len(data.train_eval)
+    tight = apply_overrides(cfg, {"teacher.cache_max_gb": 0.5 * size / 2**30})
+    assert teacher_outputs_file(str(tmp_path / "t.pt"), tight, data, needs) is None
+    assert "the teacher runs live instead" in capsys.readouterr().out
+    assert teacher_outputs_file(str(tmp_path / "t.pt"), cfg, data, needs) is not None

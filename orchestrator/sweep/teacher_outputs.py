@@ -20,4 +20,5 @@ def outputs_for(teacher: str, plan: Plan, data: DataBundle) -> list[str]:
     live = cfg.data.augment or not cfg.teacher.cache_outputs or not all(registry.cacheable(c.distill) for c in configs)
     if live or not needs.teacher:
         return []
-    return [str(teacher_outputs_file(teacher, cfg, data, needs))]
+    path = teacher_outputs_file(teacher, cfg, data, needs)
+    return [] if path is None else [str(path)]
