@@ -6,6 +6,12 @@ dataset also exposes ``labels`` (LongTensor, index order) and
 ``source_indices`` (positions in the underlying source, used to check that
 train/val/test never overlap).
 
+With ``data.labeled_fraction`` < 1 only a stratified, seeded fraction of the
+training split keeps its labels: the others read ``UNLABELLED`` (-1) in
+``train``, ``train_eval`` and ``train_labels``, so nothing downstream can use
+them (CE and the other label-reading terms skip those rows; label-free terms
+see every image). Validation and test keep all their labels.
+
 In-memory datasets (Fashion-MNIST, digits, CIFAR) index one shared uint8
 tensor and implement ``__getitems__``, which the DataLoader calls with a whole
 batch of indices: gather, crop/flip and normalise happen once per batch.
@@ -20,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from orchestrator.data.common import ImageSource, resolve_root
-from orchestrator.data.split import carve_validation, take_subset
+from orchestrator.data.split import carve_validation, hide_labels, take_subset
 from orchestrator.data.transforms import IN_MEMORY_AUGMENT, STATS, CropFlip
 
 IN_MEMORY = ("fashion_mnist", "digits", "cifar10", "cifar100")
@@ -37,7 +43,7 @@ class DataBundle:
     num_classes: int
     in_channels: int
     image_size: int
-    train_labels: torch.Tensor
+    train_labels: torch.Tensor  # (N,) the train split's labels; UNLABELLED (-1) where data.labeled_fraction hides them
     name: str
     classes: tuple[str, ...] = ()
     mean: tuple[float, ...] = ()
@@ -71,12 +77,14 @@ class InMemoryDataset(Dataset):
     """Items ``source.images[source_indices[i]]`` normalised, optionally cropped/flipped.
 
     ``dataset[i]`` uses the per-sample ``transforms.v2`` pipeline, the
-    DataLoader the vectorised batch kernel (same distribution)."""
+    DataLoader the vectorised batch kernel (same distribution). ``labels``: the
+    whole source's labels to read (default ``source.labels``; e.g. some hidden)."""
 
-    def __init__(self, source: ImageSource, source_indices: torch.Tensor, *, augment: CropFlip | None, mean, std):
+    def __init__(self, source: ImageSource, source_indices: torch.Tensor, *, augment: CropFlip | None, mean, std,
+                 labels: torch.Tensor | None = None):
         self.source = source
         self.source_indices = torch.as_tensor(source_indices, dtype=torch.long)
-        self.labels = source.labels[self.source_indices]
+        self.labels = (source.labels if labels is None else labels)[self.source_indices]
         self.augment = augment
         self._per_sample = augment.per_sample() if augment is not None else None
         channels = source.images.shape[1]
@@ -114,7 +122,8 @@ class InMemoryDataset(Dataset):
 
 
 class TransformedSubset(Dataset):
-    """Items ``(transform(image), label, i)`` of ``base[source_indices[i]]`` (per sample; ImageFolder)."""
+    """Items ``(transform(image), labels[source_indices[i]], i)`` of ``base[source_indices[i]]`` (per sample;
+    ImageFolder); ``labels`` are the base's, some possibly hidden."""
 
     def __init__(self, base: Dataset, source_indices: torch.Tensor, labels: torch.Tensor, transform: Callable | None):
         self.base = base
@@ -131,10 +140,10 @@ class TransformedSubset(Dataset):
         if not -n <= i < n:
             raise IndexError(f"index {i} out of range for a dataset of {n}")
         i %= n
-        image, label = self.base[int(self.source_indices[i])]
+        image, _ = self.base[int(self.source_indices[i])]
         if self.transform is not None:
             image = self.transform(image)
-        return image, int(label), i
+        return image, int(self.labels[i]), i
 
 
 def load_source(name: str, root) -> ImageSource:
@@ -171,13 +180,15 @@ def build_data(cfg, seed: int) -> DataBundle:
     source = load_source(name, getattr(cfg, "root", None))
     train_idx, val_idx = carve_validation(source.train_pool, source.labels, val_fraction, seed)
     train_idx = take_subset(train_idx, source.labels, subset, seed)
+    seen = hide_labels(source.labels, train_idx, float(getattr(cfg, "labeled_fraction", 1.0)), seed)
     mean, std = STATS[name]
     plain = dict(augment=None, mean=mean, std=std)
-    train = InMemoryDataset(source, train_idx, augment=IN_MEMORY_AUGMENT[name] if augment else None, mean=mean, std=std)
+    train = InMemoryDataset(source, train_idx, augment=IN_MEMORY_AUGMENT[name] if augment else None, mean=mean, std=std,
+                            labels=seen)
     _, channels, height, _ = source.images.shape
     return DataBundle(
         train=train,
-        train_eval=InMemoryDataset(source, train_idx, **plain),
+        train_eval=InMemoryDataset(source, train_idx, **plain, labels=seen),
         val=InMemoryDataset(source, val_idx, **plain),
         test=InMemoryDataset(source, source.test_pool, **plain),
         num_classes=source.num_classes,

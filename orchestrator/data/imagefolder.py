@@ -19,7 +19,7 @@ from torchvision.datasets import ImageFolder
 
 from orchestrator.data.common import DatasetNotFoundError, default_data_root
 from orchestrator.data.datasets import DataBundle, TransformedSubset
-from orchestrator.data.split import carve_validation, take_subset
+from orchestrator.data.split import carve_validation, hide_labels, take_subset
 from orchestrator.data.transforms import STATS, imagefolder_transforms
 
 TEST_DIRS = ("test", "val")
@@ -79,11 +79,12 @@ def build_imagefolder(cfg, seed: int) -> DataBundle:
     train_idx, val_idx = carve_validation(pool, labels, float(getattr(cfg, "val_fraction", 0.1)), seed)
     train_idx = take_subset(train_idx, labels, getattr(cfg, "train_subset", None), seed)
     test_labels = torch.tensor(base_test.targets, dtype=torch.long)
-    train = TransformedSubset(base_train, train_idx, labels, train_tf)
+    seen = hide_labels(labels, train_idx, float(getattr(cfg, "labeled_fraction", 1.0)), seed)
+    train = TransformedSubset(base_train, train_idx, seen, train_tf)
     mean, std = STATS["imagefolder"]
     return DataBundle(
         train=train,
-        train_eval=TransformedSubset(base_train, train_idx, labels, eval_tf),
+        train_eval=TransformedSubset(base_train, train_idx, seen, eval_tf),
         val=TransformedSubset(base_train, val_idx, labels, eval_tf),
         test=TransformedSubset(base_test, torch.arange(len(test_labels)), test_labels, eval_tf),
         num_classes=len(base_train.classes),

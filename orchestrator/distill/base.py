@@ -16,7 +16,9 @@ class Batch(NamedTuple):
     student: the student's ModelOutput (logits (B, C), embedding (B, Ds), features by stage).
     teachers: one ModelOutput per teacher (empty when no enabled term reads a teacher); fields
         no enabled term reads may be empty.
-    labels: (B,) class indices.  indices: (B,) dataset indices of the samples.
+    labels: (B,) class indices, or UNLABELLED (-1) for a sample whose label is hidden
+        (``data.labeled_fraction``); a term whose ``Needs.labels`` is set only ever gets the labelled rows.
+    indices: (B,) dataset indices of the samples.
     """
 
     student: ModelOutput
@@ -31,7 +33,7 @@ class TermContext:
 
     num_classes: C.  student: the student's Shapes.  teachers: one Shapes per teacher.
     teacher_weights: M weights summing to 1 (ensembles).  train_labels: (N,) labels of the
-    train split (N sizes memory banks).  negatives: "class" or "uniform" (``data.negatives``).
+    train split (N sizes memory banks), UNLABELLED (-1) where hidden.  negatives: "class" or "uniform" (``data.negatives``).
     seed: the training seed (same on every rank).
     """
 
