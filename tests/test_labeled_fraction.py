@@ -77,8 +77,8 @@ def test_ce_and_dkd_see_the_labelled_rows_and_kd_sees_every_row():
     torch.testing.assert_close(terms["dkd"], dkd_loss(s[keep], t[keep], labels[keep], 1.0, 8.0, 4.0))
     torch.testing.assert_close(terms["kd"], kd_loss(s, t, 4.0))
     # all labels known: nothing is masked, as before
-    assert build(distill_config("ce+kd"), student_dim=4, teacher_dims=[4], train_labels=torch.arange(10)).labelled_only \
-        == frozenset()
+    full = build(distill_config("ce+kd"), student_dim=4, teacher_dims=[4], train_labels=torch.arange(10))
+    assert full.labelled_only == frozenset()
 
 
 def test_a_batch_without_labels_contributes_zero_and_a_finite_gradient():

@@ -33,7 +33,8 @@ class TermContext:
 
     num_classes: C.  student: the student's Shapes.  teachers: one Shapes per teacher.
     teacher_weights: M weights summing to 1 (ensembles).  train_labels: (N,) labels of the
-    train split (N sizes memory banks), UNLABELLED (-1) where hidden.  negatives: "class" or "uniform" (``data.negatives``).
+    train split (N sizes memory banks), UNLABELLED (-1) where hidden.
+    negatives: "class" or "uniform" (``data.negatives``).
     seed: the training seed (same on every rank).
     """
 

@@ -151,6 +151,6 @@ def build_objective(
     terms = {name: registry.term(name).build(ctx, registry.knobs_of(cfg, name)) for name in names}
     pre = {name: getattr(registry.knobs_of(cfg, name), registry.term(name).pre_stage)
            for name in names if registry.term(name).pre_stage}
-    partial = bool(known.numel() < labels.numel())
-    labelled_only = [name for name in names if partial and registry.term(name).needs_for(registry.knobs_of(cfg, name)).labels]
+    partial = bool(known.numel() < labels.numel())  # some labels hidden: label-reading terms see labelled rows
+    labelled_only = [n for n in names if partial and registry.term(n).needs_for(registry.knobs_of(cfg, n)).labels]
     return Objective(terms, registry.weights(cfg), needs, pre, labelled_only)
