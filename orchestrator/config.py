@@ -61,6 +61,9 @@ class DataConfig:
     root: str | None = None  # None -> $DISTILL_DATA_ROOT or ~/.cache/distill-orchestrator/data
     val_fraction: float = 0.1
     train_subset: int | None = None  # use only this many training images (seeded), None = all
+    # keep the labels of this stratified, seeded fraction of the training split (the rest are unlabelled: CE and
+    # other label-reading terms skip them, label-free terms such as KD see them); the default teacher ignores it
+    labeled_fraction: float = 1.0
     batch_size: int = 128
     eval_batch_size: int = 512
     augment: bool = False
@@ -464,6 +467,7 @@ def validate(cfg: Config) -> None:
     _check(d.dataset in DATASETS, "data.dataset", d.dataset, f"one of {list(DATASETS)}")
     _check(0.0 < d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "a fraction in (0, 1)")
     _positive("data.train_subset", d.train_subset, allow_none=True)
+    _check(0.0 < d.labeled_fraction <= 1.0, "data.labeled_fraction", d.labeled_fraction, "a fraction in (0, 1]")
     _positive("data.batch_size", d.batch_size)
     _positive("data.eval_batch_size", d.eval_batch_size)
     _check(d.negatives in ("class", "uniform"), "data.negatives", d.negatives, "'class' or 'uniform'")

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from orchestrator.atomic_files import atomic_torch_save
 from orchestrator.config import Config
-from orchestrator.data import DataBundle, make_loader, set_epoch
+from orchestrator.data import UNLABELLED, DataBundle, make_loader, set_epoch
 from orchestrator.distill import build_objective, registry
 from orchestrator.distill.features import resolve_names
 from orchestrator.models import ModelOutput
@@ -357,7 +357,8 @@ def _numpy_state_from_tensors(state: dict) -> tuple:
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, dataset, batch_size: int, device: torch.device | str = "cpu") -> dict[str, float]:
-    """Top-1/top-5 accuracy and mean CE of ``model`` on ``dataset`` (items: image, label, index)."""
+    """Top-1/top-5 accuracy and mean CE of ``model`` on ``dataset`` (items: image, label, index), over its
+    labelled samples (``train_eval`` hides some labels with ``data.labeled_fraction`` < 1)."""
     was_training = model.training
     model.eval()
     loader = make_loader(dataset, batch_size, shuffle=False, seed=0)
@@ -366,11 +367,11 @@ def evaluate_model(model: nn.Module, dataset, batch_size: int, device: torch.dev
     for images, labels, _ in loader:
         images, labels = images.to(device), labels.to(device)
         logits = model(images).logits
-        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum", ignore_index=UNLABELLED))
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         correct1 += int((top[:, 0] == labels).sum())
         correct5 += int((top == labels[:, None]).any(dim=1).sum())
-        count += labels.shape[0]
+        count += int((labels != UNLABELLED).sum())
     model.train(was_training)
     return {"acc1": correct1 / count, "acc5": correct5 / count, "loss": loss_sum / count}
 

@@ -280,7 +280,9 @@ def train_alone(
 def ensure_teacher(cfg: Config, tracking_uri: str) -> str:
     """The teacher to distil from: ``teacher.checkpoint`` if given (checked), else the cached default.
 
-    The default teacher is trained once on the full train split (``data.train_subset`` ignored),
+    The default teacher is trained once on the full train split with all its labels (``data.train_subset``
+    and ``data.labeled_fraction`` ignored: a semi-supervised run distils a teacher that saw every label, as
+    the label-efficiency comparisons assume; give ``teacher.checkpoint`` for any other teacher),
     logged as an MLflow run with tag ``orchestrator.kind=teacher`` and cached under
     ``<cache>/teachers``; later sweeps reuse it.
     """
@@ -288,7 +290,7 @@ def ensure_teacher(cfg: Config, tracking_uri: str) -> str:
 
     if cfg.teacher.checkpoint:
         return resolve_teacher(cfg, build_data(cfg.data, cfg.seed))
-    teacher_cfg = apply_overrides(cfg, {"data.train_subset": None})
+    teacher_cfg = apply_overrides(cfg, {"data.train_subset": None, "data.labeled_fraction": 1.0})
     arch, epochs, lr = cfg.model.teacher, cfg.teacher.epochs, cfg.teacher.lr
     key = training_key(teacher_cfg, arch, epochs, lr, cfg.teacher.weights)
     cache = Path(cfg.teacher.cache_dir) if cfg.teacher.cache_dir else default_cache_dir() / "teachers"

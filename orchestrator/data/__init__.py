@@ -15,6 +15,7 @@ the matching DataLoaders. The data root is ``data.root``, else
 from orchestrator.data.common import DatasetNotFoundError, default_data_root
 from orchestrator.data.datasets import DataBundle, build_data
 from orchestrator.data.loaders import make_loader, set_epoch
+from orchestrator.data.split import UNLABELLED
 
 
 def __getattr__(name: str):
@@ -30,6 +31,7 @@ def __getattr__(name: str):
 __all__ = [
     "DataBundle",
     "DatasetNotFoundError",
+    "UNLABELLED",
     "build_data",
     "default_data_root",
     "ensure_fashion_mnist",

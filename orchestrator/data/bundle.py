@@ -19,7 +19,7 @@ class DataBundle:
     num_classes: int
     in_channels: int
     image_size: int
-    train_labels: torch.Tensor
+    train_labels: torch.Tensor  # (N,) the train split's labels; UNLABELLED (-1) where data.labeled_fraction hides them
     name: str
     classes: tuple[str, ...] = ()
     mean: tuple[float, ...] = ()

@@ -6,6 +6,12 @@ dataset also exposes ``labels`` (LongTensor, index order) and
 ``source_indices`` (positions in the underlying source, used to check that
 train/val/test never overlap).
 
+With ``data.labeled_fraction`` < 1 only a stratified, seeded fraction of the
+training split keeps its labels: the others read ``UNLABELLED`` (-1) in
+``train``, ``train_eval`` and ``train_labels``, so nothing downstream can use
+them (CE and the other label-reading terms skip those rows; label-free terms
+see every image). Validation and test keep all their labels.
+
 In-memory datasets (Fashion-MNIST, digits, CIFAR) index one shared uint8
 tensor and implement ``__getitems__``, which the DataLoader calls with a whole
 batch of indices: gather, crop/flip and normalise happen once per batch.
@@ -20,7 +26,7 @@ from torch.utils.data import Dataset
 
 from orchestrator.data.bundle import DataBundle
 from orchestrator.data.common import ImageSource, resolve_root
-from orchestrator.data.split import carve_validation, take_subset
+from orchestrator.data.split import carve_validation, hide_labels, take_subset
 from orchestrator.data.transforms import IN_MEMORY_AUGMENT, STATS, CropFlip
 
 IN_MEMORY = ("fashion_mnist", "digits", "cifar10", "cifar100")
@@ -53,12 +59,14 @@ class InMemoryDataset(Dataset):
     """Items ``source.images[source_indices[i]]`` normalised, optionally cropped/flipped.
 
     ``dataset[i]`` uses the per-sample ``transforms.v2`` pipeline, the
-    DataLoader the vectorised batch kernel (same distribution)."""
+    DataLoader the vectorised batch kernel (same distribution). ``labels``: the
+    whole source's labels to read (default ``source.labels``; e.g. some hidden)."""
 
-    def __init__(self, source: ImageSource, source_indices: torch.Tensor, *, augment: CropFlip | None, mean, std):
+    def __init__(self, source: ImageSource, source_indices: torch.Tensor, *, augment: CropFlip | None, mean, std,
+                 labels: torch.Tensor | None = None):
         self.source = source
         self.source_indices = torch.as_tensor(source_indices, dtype=torch.long)
-        self.labels = source.labels[self.source_indices]
+        self.labels = (source.labels if labels is None else labels)[self.source_indices]
         self.augment = augment
         self._per_sample = augment.per_sample() if augment is not None else None
         channels = source.images.shape[1]
@@ -129,13 +137,15 @@ def build_data(cfg, seed: int) -> DataBundle:
     source = load_source(name, getattr(cfg, "root", None))
     train_idx, val_idx = carve_validation(source.train_pool, source.labels, val_fraction, seed)
     train_idx = take_subset(train_idx, source.labels, subset, seed)
+    seen = hide_labels(source.labels, train_idx, float(getattr(cfg, "labeled_fraction", 1.0)), seed)
     mean, std = STATS[name]
     plain = dict(augment=None, mean=mean, std=std)
-    train = InMemoryDataset(source, train_idx, augment=IN_MEMORY_AUGMENT[name] if augment else None, mean=mean, std=std)
+    train = InMemoryDataset(source, train_idx, augment=IN_MEMORY_AUGMENT[name] if augment else None, mean=mean, std=std,
+                            labels=seen)
     _, channels, height, _ = source.images.shape
     return DataBundle(
         train=train,
-        train_eval=InMemoryDataset(source, train_idx, **plain),
+        train_eval=InMemoryDataset(source, train_idx, **plain, labels=seen),
         val=InMemoryDataset(source, val_idx, **plain),
         test=InMemoryDataset(source, source.test_pool, **plain),
         num_classes=source.num_classes,

@@ -21,7 +21,7 @@ from torchvision.datasets import ImageFolder
 
 from orchestrator.data.bundle import DataBundle
 from orchestrator.data.common import DatasetNotFoundError, default_data_root
-from orchestrator.data.split import carve_validation, take_subset
+from orchestrator.data.split import carve_validation, hide_labels, take_subset
 from orchestrator.data.transforms import STATS, imagefolder_transforms
 
 TEST_DIRS = ("test", "val")
@@ -43,7 +43,8 @@ class _FolderWithClasses(ImageFolder):
 
 
 class TransformedSubset(Dataset):
-    """Items ``(transform(image), label, i)`` of ``base[source_indices[i]]`` (per sample; ImageFolder)."""
+    """Items ``(transform(image), labels[source_indices[i]], i)`` of ``base[source_indices[i]]`` (per sample;
+    ImageFolder); ``labels`` are the base's, some possibly hidden (UNLABELLED)."""
 
     def __init__(self, base: Dataset, source_indices: torch.Tensor, labels: torch.Tensor, transform: Callable | None):
         self.base = base
@@ -60,10 +61,10 @@ class TransformedSubset(Dataset):
         if not -n <= i < n:
             raise IndexError(f"index {i} out of range for a dataset of {n}")
         i %= n
-        image, label = self.base[int(self.source_indices[i])]
+        image, _ = self.base[int(self.source_indices[i])]
         if self.transform is not None:
             image = self.transform(image)
-        return image, int(label), i
+        return image, int(self.labels[i]), i
 
 
 def imagefolder_root(cfg) -> Path:
@@ -105,11 +106,12 @@ def build_imagefolder(cfg, seed: int) -> DataBundle:
     train_idx, val_idx = carve_validation(pool, labels, float(getattr(cfg, "val_fraction", 0.1)), seed)
     train_idx = take_subset(train_idx, labels, getattr(cfg, "train_subset", None), seed)
     test_labels = torch.tensor(base_test.targets, dtype=torch.long)
-    train = TransformedSubset(base_train, train_idx, labels, train_tf)
+    seen = hide_labels(labels, train_idx, float(getattr(cfg, "labeled_fraction", 1.0)), seed)
+    train = TransformedSubset(base_train, train_idx, seen, train_tf)
     mean, std = STATS["imagefolder"]
     return DataBundle(
         train=train,
-        train_eval=TransformedSubset(base_train, train_idx, labels, eval_tf),
+        train_eval=TransformedSubset(base_train, train_idx, seen, eval_tf),
         val=TransformedSubset(base_train, val_idx, labels, eval_tf),
         test=TransformedSubset(base_test, torch.arange(len(test_labels)), test_labels, eval_tf),
         num_classes=len(base_train.classes),

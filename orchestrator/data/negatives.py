@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from orchestrator.data.split import UNLABELLED
+
 MODES = ("class", "uniform")
 _MASK64 = (1 << 64) - 1
 
@@ -47,7 +49,8 @@ class NegativeSampler:
     """Draws CRD negatives.
 
     Args:
-        labels: (N,) training labels (int64); N = memory-bank size.
+        labels: (N,) training labels (int64); N = memory-bank size. Unlabelled samples (-1,
+            ``data.labeled_fraction``) are never class negatives: their class is unknown.
         k: number of negatives per anchor (``distill.crd.nce_k``), 0 < k < N.
         mode: "class" (other-class negatives) or "uniform".
         seed: base seed.
@@ -62,8 +65,8 @@ class NegativeSampler:
             raise ValueError(f"nce_k must be > 0, got {k}")
         if int(k) >= n:
             raise ValueError(f"nce_k ({k}) must be smaller than the number of training samples ({n})")
-        if n and int(labels.min()) < 0:
-            raise ValueError("labels must be >= 0")
+        if n and int(labels.min()) < UNLABELLED:
+            raise ValueError(f"labels must be >= 0, or {UNLABELLED} for an unlabelled sample")
         self.labels = labels
         self.n = n
         self.k = int(k)
@@ -75,9 +78,10 @@ class NegativeSampler:
         self.generator.manual_seed(self.seed)
         self._on_device: dict[torch.device, tuple[torch.Generator, dict[str, Tensor]]] = {}
         if mode == "class":
-            counts = torch.bincount(labels)  # (C,)
+            labelled = torch.nonzero(labels != UNLABELLED).flatten()
+            counts = torch.bincount(labels[labelled])  # (C,)
             self._class_tables = {
-                "order": torch.argsort(labels, stable=True),  # (N,) samples grouped by class
+                "order": labelled[torch.argsort(labels[labelled], stable=True)],  # (L,) labelled samples by class
                 "counts": counts,
                 "starts": torch.cumsum(counts, 0) - counts,  # (C,) first slot of class c
             }
@@ -116,10 +120,12 @@ class NegativeSampler:
         y = labels.detach().to(counts.device, torch.long).reshape(-1)
         if y.numel() != b:
             raise ValueError(f"labels has {y.numel()} entries, indices {b}")
+        if b and int(y.min()) < 0:
+            raise ValueError("class negatives need labelled anchors (an unlabelled sample has no class)")
         if b and int(y.max()) >= counts.numel():
             raise ValueError(f"label {int(y.max())} does not occur in the training labels")
         same = counts[y]  # (B,)
-        other = self.n - same  # (B,) how many candidates each anchor has
+        other = tables["order"].numel() - same  # (B,) how many candidates each anchor has (labelled, other class)
         if b and int(other.min()) == 0:
             raise ValueError("class negatives need at least two classes in the training labels")
         # uniform slot among the N - n_c other-class samples, then skip class c's block

@@ -1,4 +1,4 @@
-"""Seeded, stratified selection: the validation split and the training subset.
+"""Seeded, stratified selection: the validation split, the training subset and its labelled part.
 
 Both are pure functions of (labels, size, seed), so the same seed gives the same
 split in every process. Stratified means each class contributes (up to
@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 
 import torch
+
+UNLABELLED = -1  # the label of a training sample whose label is hidden (data.labeled_fraction < 1)
 
 
 def derive_seed(seed: int, tag: str) -> int:
@@ -68,6 +70,25 @@ def carve_validation(
     ``labels`` are the labels of the whole source (indexed by ``pool``)."""
     kept, held = stratified_holdout(labels[pool], val_fraction, derive_seed(seed, "val"))
     return pool[kept], pool[held]
+
+
+def hide_labels(labels: torch.Tensor, pool: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """A copy of ``labels`` (the whole source's) with the labels of ``pool`` (the training split) kept for a
+    stratified, seeded ``fraction`` of it (at least one sample) and :data:`UNLABELLED` for the others.
+
+    The kept set grows with ``fraction`` for one seed (1% of the samples are among the 10%): the samples are
+    ranked once and the first ``round(fraction * len(pool))`` keep their labels.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"labeled_fraction must be in (0, 1], got {fraction}")
+    out = torch.as_tensor(labels).long().clone()
+    if fraction == 1.0 or len(pool) == 0:
+        return out
+    keep = stratified_sample(out[pool], max(1, int(round(fraction * len(pool)))), derive_seed(seed, "labeled"))
+    hidden = torch.ones(len(pool), dtype=torch.bool)
+    hidden[keep] = False
+    out[pool[hidden]] = UNLABELLED
+    return out
 
 
 def take_subset(pool: torch.Tensor, labels: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:

@@ -17,7 +17,9 @@ class Batch(NamedTuple):
     student: the student's ModelOutput (logits (B, C), embedding (B, Ds), features by stage).
     teachers: one ModelOutput per teacher (empty when no enabled term reads a teacher); fields
         no enabled term reads may be empty.
-    labels: (B,) class indices.  indices: (B,) dataset indices of the samples.
+    labels: (B,) class indices, or UNLABELLED (-1) for a sample whose label is hidden
+        (``data.labeled_fraction``); a term whose ``Needs.labels`` is set only ever gets the labelled rows.
+    indices: (B,) dataset indices of the samples.
     images: (B, C, H, W) the student's input batch (terms with networks of their own, e.g. peers, run them on it).
     """
 
@@ -34,7 +36,8 @@ class TermContext:
 
     num_classes: C.  student: the student's Shapes.  teachers: one Shapes per teacher.
     teacher_weights: M weights summing to 1 (ensembles).  train_labels: (N,) labels of the
-    train split (N sizes memory banks).  negatives: "class" or "uniform" (``data.negatives``).
+    train split (N sizes memory banks), UNLABELLED (-1) where hidden.
+    negatives: "class" or "uniform" (``data.negatives``).
     seed: the training seed (same on every rank).
     make_student: builds a fresh network of the student's architecture (terms that train peers).
     """

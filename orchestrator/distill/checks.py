@@ -44,6 +44,13 @@ def check_count(name: str, value: int) -> int:
     return int(value)
 
 
+def check_flag(name: str, value: bool) -> bool:
+    """An on/off setting must be a bool (not 0/1 or a string)."""
+    if not isinstance(value, bool):
+        raise KnobError(name, value, "true or false")
+    return value
+
+
 def check_choice(name: str, value: str, allowed: Sequence[str]) -> str:
     if value not in allowed:
         raise KnobError(name, value, f"one of {list(allowed)}")

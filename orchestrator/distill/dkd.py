@@ -5,7 +5,9 @@ KD split in two: TCKD, the KL between teacher and student binary distributions
 over the non-target classes alone; ``alpha * TCKD + beta * NCKD``, each scaled
 by T^2 and averaged over the batch. The authors' code is mdistiller
 (megvii-research/mdistiller, ``mdistiller/distillers/DKD.py``);
-``tests/test_distill_dkd.py`` pins our values to it.
+``tests/test_distill_dkd.py`` pins our values to it. ``distill.dkd.standardize`` z-scores the
+logits first (logit standardisation, Sun et al. 2024, :mod:`orchestrator.distill.logit_std`; the
+temperature is then the base temperature), pinned to the authors' DKD in the same test.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from orchestrator.distill.base import Batch, Term, TermContext
-from orchestrator.distill.checks import check_epochs, check_positive, check_weight
+from orchestrator.distill.checks import check_epochs, check_flag, check_positive, check_weight
+from orchestrator.distill.logit_std import tempered
 from orchestrator.distill.registry import LOGITS, Needs, TermSpec, register_preset, register_term
 
 # The paper's CIFAR-100 settings (mdistiller mdistiller/engine/cfg.py CFG.DKD, used as they are by
@@ -31,10 +34,17 @@ PAPER_DEFAULTS = {
     "distill.dkd.temperature": 4.0,
     "distill.dkd.warmup": 20,
 }
+# DKD with logit standardisation (sunshangquan/logit-standardization-KD at commit
+# f6e5aa5172bad618e801163c3385322eea673754: README "DKD+Ours" = --logit-stand --base-temp 2 --kd-weight 9,
+# which tools/train.py applies as alpha * 9, beta * 9 and T = 2): preset ``dkd_ls``; the factor 9 is the
+# term's weight here.
+LS_PAPER_DEFAULTS = {**PAPER_DEFAULTS, "distill.dkd.temperature": 2.0, "distill.dkd.weight": 9.0,
+                     "distill.dkd.standardize": True}
 
 
 def dkd_loss(
-    student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, alpha: float, beta: float, temperature: float
+    student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, alpha: float, beta: float, temperature: float,
+    standardize: bool = False,
 ) -> Tensor:
     """``T^2 * (alpha * TCKD + beta * NCKD)``, averaged over the batch.
 
@@ -43,6 +53,7 @@ def dkd_loss(
             Computed in float32 at least (float64 stays float64).
         labels: (B,) target classes in [0, C).
         alpha: TCKD weight; beta: NCKD weight; temperature: T > 0.
+        standardize: z-score both sides' logits first (logit standardisation; T = base temperature).
     Returns:
         scalar.
     """
@@ -52,8 +63,8 @@ def dkd_loss(
             f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
         )
     dtype = torch.promote_types(student_logits.dtype, torch.float32)  # half -> float32; float64 stays
-    s = student_logits.to(dtype) / temperature
-    t = teacher_logits.detach().to(dtype) / temperature
+    s = tempered(student_logits.to(dtype), temperature, standardize)
+    t = tempered(teacher_logits.detach().to(dtype), temperature, standardize)
     target = F.one_hot(labels, s.shape[1]).bool()  # (B, C)
     tckd = F.kl_div(_binary_log_probs(s, labels, target), _binary_log_probs(t, labels, target),
                     reduction="batchmean", log_target=True)
@@ -77,13 +88,15 @@ def _non_target_log_probs(z: Tensor, target: Tensor) -> Tensor:
 
 @dataclass
 class DKDKnobs:
-    """``distill.dkd.*``: TCKD weight alpha, NCKD weight beta, temperature T, warm-up epochs, the term's weight."""
+    """``distill.dkd.*``: TCKD weight alpha, NCKD weight beta, temperature T, warm-up epochs, the term's weight,
+    and ``standardize`` (logit standardisation; T is then the base temperature)."""
 
     alpha: float = 1.0
     beta: float = 8.0
     temperature: float = 4.0
     warmup: int = 20  # epochs over which the DKD term ramps up linearly; 0 = none
     weight: float = 1.0
+    standardize: bool = False
 
     def __post_init__(self):
         check_weight("alpha", self.alpha)
@@ -91,6 +104,7 @@ class DKDKnobs:
         check_positive("temperature", self.temperature)
         check_epochs("warmup", self.warmup)
         check_weight("weight", self.weight)
+        check_flag("standardize", self.standardize)
 
 
 class DKD(Term):
@@ -101,12 +115,14 @@ class DKD(Term):
     The Trainer calls :meth:`set_epoch` with its 0-based epoch before each epoch.
     """
 
-    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup: int = 20):
+    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup: int = 20,
+                 standardize: bool = False):
         super().__init__()
         self.alpha = check_weight("alpha", alpha)
         self.beta = check_weight("beta", beta)
         self.temperature = check_positive("temperature", temperature)
         self.warmup = check_epochs("warmup", warmup)
+        self.standardize = check_flag("standardize", standardize)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -120,12 +136,12 @@ class DKD(Term):
         if len(batch.teachers) != 1:
             raise ValueError(f"DKD needs exactly one teacher output, got {len(batch.teachers)}")
         dkd = dkd_loss(batch.student.logits, batch.teachers[0].logits, batch.labels, self.alpha, self.beta,
-                       self.temperature)
+                       self.temperature, self.standardize)
         return self.warmup_factor * dkd
 
 
 def build(ctx: TermContext, knobs: DKDKnobs) -> DKD:
-    return DKD(knobs.alpha, knobs.beta, knobs.temperature, knobs.warmup)
+    return DKD(knobs.alpha, knobs.beta, knobs.temperature, knobs.warmup, knobs.standardize)
 
 
 register_term(TermSpec(
@@ -137,3 +153,4 @@ register_term(TermSpec(
     paper_defaults={k: v for k, v in PAPER_DEFAULTS.items() if k != "distill.gamma"},
 ))
 register_preset("dkd", ("ce", "dkd"), PAPER_DEFAULTS)
+register_preset("dkd_ls", ("ce", "dkd"), LS_PAPER_DEFAULTS)

@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from orchestrator.data.split import UNLABELLED
 from orchestrator.distill import registry
 from orchestrator.distill.base import Batch, Shapes, TermContext
 from orchestrator.distill.checks import check_weight, normalise_weights
@@ -17,12 +18,14 @@ class Objective(nn.Module):
     """``forward(student, teachers, labels, indices) -> {term: weight * term(batch)}``, in method order.
 
     The training loss is the sum of the values; each is logged as ``train/loss_<term>``.
-    ``terms`` (a ModuleDict) holds the terms' trainable parts and state.
+    ``terms`` (a ModuleDict) holds the terms' trainable parts and state. The terms named in
+    ``labelled_only`` (those that read labels, when some training labels are hidden) get the batch's
+    labelled rows only, and contribute 0 (with a gradient path to their parts) to a batch without any.
     """
 
     def __init__(
         self, terms: dict[str, nn.Module], weights: dict[str, float], needs: registry.Needs,
-        pre_stage_epochs: dict[str, int] | None = None,
+        pre_stage_epochs: dict[str, int] | None = None, labelled_only: Sequence[str] = (),
     ):
         super().__init__()
         if set(terms) != set(weights):
@@ -31,6 +34,7 @@ class Objective(nn.Module):
         self.weights = {name: check_weight(f"weight of {name}", w) for name, w in weights.items()}
         self.needs = needs
         self.pre_stage_epochs = {name: int(e) for name, e in (pre_stage_epochs or {}).items() if e > 0}
+        self.labelled_only = frozenset(labelled_only)
 
     def networks(self) -> dict[str, nn.Module]:
         """The networks the terms train besides the student (e.g. peers), by name."""
@@ -59,10 +63,49 @@ class Objective(nn.Module):
         still in their pre-stage (unweighted), e.g. connector initialisation. ``images``: the input batch."""
         teachers = [teachers] if isinstance(teachers, ModelOutput) else list(teachers)  # one teacher may come bare
         batch = Batch(student, teachers, labels, indices, images)
+        labelled = labelled_rows(batch) if self.labelled_only else batch
+
+        def run(name: str, fn) -> Tensor:
+            if name not in self.labelled_only:
+                return fn(batch)
+            return fn(labelled) if labelled is not None else _zero(self.terms[name], batch)
+
         if pre_stage_epoch is not None:
-            return {name: self.terms[name].pre_stage_loss(batch)
+            return {name: run(name, self.terms[name].pre_stage_loss)
                     for name, epochs in self.pre_stage_epochs.items() if pre_stage_epoch < epochs}
-        return {name: self.weights[name] * t(batch) for name, t in self.terms.items()}
+        return {name: self.weights[name] * run(name, t) for name, t in self.terms.items()}
+
+
+def labelled_rows(batch: Batch) -> Batch | None:
+    """``batch`` restricted to its labelled samples (itself when all are; None when none is).
+
+    Every per-sample tensor (B leading rows) of the student and the teachers is sliced; fields that no
+    term reads (empty tensors) stay as they are.
+    """
+    keep = batch.labels != UNLABELLED  # (B,)
+    count = int(keep.sum())
+    if count == keep.numel():
+        return batch
+    if count == 0:
+        return None
+
+    def rows(out: ModelOutput) -> ModelOutput:
+        def take(t: Tensor) -> Tensor:
+            return t[keep] if t.dim() and t.shape[0] == keep.numel() else t
+
+        return ModelOutput([take(f) for f in out.features], take(out.embedding), take(out.logits))
+
+    images = None if batch.images is None else batch.images[keep]
+    return Batch(rows(batch.student), [rows(t) for t in batch.teachers], batch.labels[keep], batch.indices[keep], images)
+
+
+def _zero(term: nn.Module, batch: Batch) -> Tensor:
+    """0, connected to the student's logits and the term's trainable parts (DDP expects a gradient for each)."""
+    zero = batch.student.logits.sum() * 0.0
+    for p in term.parameters():
+        if p.requires_grad:
+            zero = zero + p.sum() * 0.0
+    return zero
 
 
 def build_objective(
@@ -82,7 +125,8 @@ def build_objective(
     Args:
         num_classes: C (labels must lie in [0, C)).
         student: the student's Shapes; teachers: one Shapes per teacher (several -> ensemble).
-        train_labels: (N,) training labels; N sizes memory banks.
+        train_labels: (N,) training labels, UNLABELLED (-1) where hidden; N sizes memory banks. With hidden
+            labels, the terms that read labels see only the labelled rows of each batch.
         negatives: contrastive negatives "class" or "uniform" (``data.negatives``).
         seed: seeds negative sampling and bank initialisation (same on every rank).
         teacher_weights: optional per-teacher weights (normalised to sum 1; default uniform).
@@ -100,8 +144,12 @@ def build_objective(
     if teacher_weights is not None and len(teacher_weights) != len(teachers):
         raise ValueError(f"teacher_weights has {len(teacher_weights)} entries for {len(teachers)} teachers")
     labels = train_labels.reshape(-1)
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise ValueError(f"train_labels must lie in [0, {num_classes}), got [{int(labels.min())}, {int(labels.max())}]")
+    known = labels[labels != UNLABELLED]
+    if known.numel() and (int(known.min()) < 0 or int(known.max()) >= num_classes):
+        raise ValueError(f"train_labels must lie in [0, {num_classes}) or be {UNLABELLED} (unlabelled), "
+                         f"got [{int(known.min())}, {int(known.max())}]")
+    if labels.numel() and not known.numel():
+        raise ValueError("every training label is hidden; data.labeled_fraction keeps at least one")
     ctx = TermContext(
         num_classes=num_classes, student=student, teachers=tuple(teachers),
         teacher_weights=normalise_weights(teacher_weights, len(teachers)) if teachers else (),
@@ -110,4 +158,6 @@ def build_objective(
     terms = {name: registry.term(name).build(ctx, registry.knobs_of(cfg, name)) for name in names}
     pre = {name: getattr(registry.knobs_of(cfg, name), registry.term(name).pre_stage)
            for name in names if registry.term(name).pre_stage}
-    return Objective(terms, registry.weights(cfg), needs, pre)
+    partial = bool(known.numel() < labels.numel())  # some labels hidden: label-reading terms see labelled rows
+    labelled_only = [n for n in names if partial and registry.term(n).needs_for(registry.knobs_of(cfg, n)).labels]
+    return Objective(terms, registry.weights(cfg), needs, pre, labelled_only)
