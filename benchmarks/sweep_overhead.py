@@ -109,7 +109,7 @@ def phase_timers(phases: dict[str, float]):
         (runner.SweepRunner, "_tune", "Tune: all trials"),
         (runner.SweepRunner, "_finish", "final: leaderboard, test eval, log + register best student"),
         (runner, "evaluate_model", SUB + "test-set evaluations (best student, teacher)"),
-        (tracking, "log_model", SUB + "mlflow.pytorch.log_model + registration"),
+        (tracking, "log_model", SUB + "mlflow.onnx log_model + registration"),
         (runner.SweepRunner, "_report", "compare report (tables, plots)"),
         (ray, "shutdown", "Ray stop"),
     ]

@@ -49,14 +49,23 @@ def cache_path(model: nn.Module, cfg: Config, needs: Needs = OUTPUTS) -> Path:
     return default_cache_dir() / "teacher-outputs" / f"{weights_digest(model)[:16]}-{data_key(cfg)}-{fields}.pt"
 
 
+def ensure_outputs(model: nn.Module, cfg: Config, data: DataBundle, needs: Needs = OUTPUTS) -> tuple[Path, float | None]:
+    """(the cache file of ``model``'s outputs on ``data.train_eval`` (the fields ``needs`` names), the seconds
+    spent computing it now, or None when the file was there). The sweep and the pipeline both call this."""
+    path = cache_path(model, cfg, needs)
+    if path.is_file():
+        return path, None
+    start = time.perf_counter()
+    compute_teacher_outputs(model, data.train_eval, cfg.data.eval_batch_size, needs=needs).save(path)
+    return path, time.perf_counter() - start
+
+
 def teacher_outputs_file(teacher: str, cfg: Config, data: DataBundle, needs: Needs = OUTPUTS) -> Path:
     """The cache file of ``teacher``'s outputs on ``data.train_eval`` (the fields ``needs`` names),
     computed now if missing."""
     model = load_teacher(teacher, data.num_classes, data.in_channels, data.image_size)
-    path = cache_path(model, cfg, needs)
-    if not path.is_file():
-        start = time.perf_counter()
-        compute_teacher_outputs(model, data.train_eval, cfg.data.eval_batch_size, needs=needs).save(path)
-        print(f"teacher outputs for {len(data.train_eval)} training images computed once "
-              f"({time.perf_counter() - start:.1f} s) -> {path}", flush=True)
+    path, seconds = ensure_outputs(model, cfg, data, needs)
+    if seconds is not None:
+        print(f"teacher outputs for {len(data.train_eval)} training images computed once ({seconds:.1f} s) -> {path}",
+              flush=True)
     return path
