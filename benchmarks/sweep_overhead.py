@@ -111,7 +111,7 @@ def phase_timers(phases: dict[str, float]):
         (run.SweepRunner, "_finish", "final: leaderboard, test eval, log + register best student"),
         (run, "evaluate_model", SUB + "test-set evaluations (best student, teacher)"),
         (confirm_stage, "evaluate_model", SUB + "test-set evaluations (best student, teacher)"),
-        (tracking, "log_model", SUB + "mlflow.pytorch.log_model + registration"),
+        (tracking, "log_model", SUB + "mlflow.onnx log_model + registration"),
         (run.SweepRunner, "_report", "compare report (tables, plots)"),
         (ray, "shutdown", "Ray stop"),
     ]

@@ -65,8 +65,11 @@ class Plan:
 
 
 def make_plan(cfg: Config, num_train: int) -> Plan:
+    """The plan; ConfigError if the space is invalid or the storage folder is full or read-only."""
     from orchestrator.launcher import in_process, trial_resources
+    from orchestrator.preflight import check_storage
 
+    check_storage(cfg.sweep.storage_path or "runs")
     space = load_space(cfg.sweep.search_space, cfg, num_train)
     res = trial_resources(cfg)
     tr = cfg.train

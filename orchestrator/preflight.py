@@ -3,11 +3,17 @@
 Without ``--address`` the local machine is the cluster: a trial's workers must fit
 its CPU cores (``ray.num_cpus`` when given) and, with ``train.use_gpu``, its GPUs.
 With an address the check runs against the cluster (``cluster.check_fits``).
+The sweep's storage folder must take a write and have room for checkpoints
+(:func:`check_storage`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 from orchestrator import cluster
 from orchestrator.config import Config, ConfigError
@@ -52,3 +58,34 @@ def check_cluster(address: str, trial: dict[str, float], cfg: Config) -> None:
     finally:
         if started:
             ray.shutdown()
+
+
+MIN_FREE_MB = 100  # room for a few checkpoints of the default models (one is ~56 MB with CRD's banks)
+PROBE_BYTES = 1 << 20
+
+
+def check_storage(storage_path: str, key: str = "sweep.storage_path", min_free_mb: int = MIN_FREE_MB) -> None:
+    """Raise ConfigError naming ``key`` and the folder if ``storage_path`` (a local folder; URIs are left
+    to Ray) cannot take a 1 MiB write or has less than ``min_free_mb`` MB free. The probe goes to the
+    nearest existing folder (nothing is created) and is removed."""
+    if "://" in storage_path:
+        return
+    path = Path(storage_path).resolve()
+    folder = next(p for p in (path, *path.parents) if p.is_dir())
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".distill-write-probe-") as probe:
+            probe.write(b"\0" * PROBE_BYTES)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise ConfigError(
+            key, str(path), f"a folder this process can write to{'' if not full else ' with free space'}; writing "
+            f"{PROBE_BYTES >> 20} MiB to {folder} failed: {exc.strerror or exc}",
+        ) from exc
+    free_mb = shutil.disk_usage(folder).free / 1e6
+    if free_mb < min_free_mb:
+        raise ConfigError(
+            key, str(path), f"a folder on a filesystem with at least {min_free_mb} MB free for checkpoints; {folder} "
+            f"has {free_mb:.1f} MB free",
+        )

@@ -11,7 +11,10 @@ teacher with its own input normalisation) written atomically and read with
   (:func:`import_teacher`, cached by content);
 - a TorchScript file, loaded with ``torch.jit.load``: it is code, so give only
   files you trust;
-- an MLflow model URI (``runs:/``, ``models:/``) of an ``mlflow.pytorch`` model.
+- an MLflow URI (``runs:/<id>/teacher``, ``models:/<name>/<version>``, ...) of an artifact folder holding
+  ``checkpoint.pt`` (as :func:`orchestrator.tracking.log_checkpoint` logs teachers), or of a file: either
+  of the two tensor-only formats above, downloaded and read like a path. An ``mlflow.pytorch`` model (a
+  pickled module, which could run code when loaded) is refused with how to re-log it.
 
 Modules that return logits only get them as their embedding too (see
 :mod:`orchestrator.models.wrapped`).
@@ -22,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,17 +80,19 @@ def is_torchscript(path: str | Path) -> bool:
         return any("/code/" in name for name in archive.namelist())
 
 
-def _read(path: Path) -> object:
+def _read(path: Path, shown: str | None = None) -> object:
+    """The tensors in ``path``; messages name it ``shown`` if given (e.g. the URI it was downloaded from)."""
+    name = shown or path
     if not path.is_file():
-        raise TeacherCheckpointError(f"teacher checkpoint '{path}' does not exist; give teacher.checkpoint=<file or MLflow URI>")
+        raise TeacherCheckpointError(f"teacher checkpoint '{name}' does not exist; give teacher.checkpoint=<file or MLflow URI>")
     try:
         return load_tensors(path, "teacher checkpoint")
     except UnsafeFileError as exc:
-        raise TeacherCheckpointError(str(exc)) from exc
+        raise TeacherCheckpointError(str(exc).replace(str(path), str(name))) from exc
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
         raise TeacherCheckpointError(
-            f"teacher checkpoint '{path}' cannot be read as tensors only (weights_only) ({exc}); give this tool's "
-            "checkpoint, a state_dict, a TorchScript file or an MLflow model URI"
+            f"teacher checkpoint '{name}' cannot be read as tensors only (weights_only) ({exc}); give this tool's "
+            "checkpoint, a state_dict, a TorchScript file or an MLflow URI of a checkpoint"
         ) from exc
 
 
@@ -99,10 +105,11 @@ def plain_state_dict(obj: object) -> dict[str, torch.Tensor] | None:
     return None
 
 
-def load_model_checkpoint(path: str | Path, num_classes: int, in_channels: int) -> nn.Module:
-    """Rebuild a model from this tool's checkpoint file and check it fits ``num_classes``/``in_channels``."""
-    path = Path(path)
-    ckpt = _read(path)
+def load_model_checkpoint(path: str | Path, num_classes: int, in_channels: int, shown: str | None = None) -> nn.Module:
+    """Rebuild a model from this tool's checkpoint file and check it fits ``num_classes``/``in_channels``
+    (``shown``: how messages name the file, e.g. the URI it came from)."""
+    ckpt = _read(Path(path), shown)
+    path = shown or path
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt:
         hint = "import it with model.teacher=<its architecture>" if plain_state_dict(ckpt) else "write it with this tool"
         raise TeacherCheckpointError(f"teacher checkpoint '{path}' lacks 'arch'/'state_dict'; {hint}")
@@ -121,19 +128,14 @@ def load_model_checkpoint(path: str | Path, num_classes: int, in_channels: int) 
 
 
 def load_teacher(source: str, num_classes: int, in_channels: int, image_size: int = 28) -> nn.Module:
-    """A frozen teacher from this tool's checkpoint, a TorchScript file or an MLflow model URI."""
-    probe = torch.zeros(1, in_channels, image_size, image_size)
+    """A frozen teacher from this tool's checkpoint (a path or an MLflow URI) or a TorchScript file."""
     if source.startswith(URI_SCHEMES):
-        import mlflow.pytorch  # only needed for URIs
-
-        try:
-            model = mlflow.pytorch.load_model(source, map_location="cpu")
-        except Exception as exc:  # noqa: BLE001
-            raise TeacherCheckpointError(f"cannot load teacher from MLflow URI '{source}': {exc}") from exc
-    elif Path(source).is_file() and is_torchscript(source):
-        model = torch.jit.load(source, map_location="cpu")  # code the user trusts (see the module doc)
-    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            return freeze(load_model_checkpoint(uri_checkpoint(source, tmp), num_classes, in_channels, shown=source))
+    if not (Path(source).is_file() and is_torchscript(source)):
         return freeze(load_model_checkpoint(source, num_classes, in_channels))
+    model = torch.jit.load(source, map_location="cpu")  # code the user trusts (see the module doc)
+    probe = torch.zeros(1, in_channels, image_size, image_size)
     try:
         with torch.no_grad():
             wrapped = model if isinstance(model.eval()(probe), ModelOutput) else OutputAdapter(model, probe)
@@ -144,6 +146,34 @@ def load_teacher(source: str, num_classes: int, in_channels: int, image_size: in
         ) from exc
     _check_outputs(wrapped, source, num_classes, in_channels, image_size)
     return freeze(wrapped)
+
+
+def uri_checkpoint(source: str, folder: str | Path) -> Path:
+    """The tensor-only checkpoint file the MLflow URI ``source`` names, downloaded into ``folder``: the
+    artifact itself if it is a file, else ``<artifact>/checkpoint.pt``. An ``mlflow.pytorch`` model folder
+    (``MLmodel`` and a pickled module) is refused without reading it."""
+    import mlflow.artifacts
+
+    from orchestrator.tracking import CHECKPOINT_ARTIFACT
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a file of a few MB: no bar
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(folder)))
+    except Exception as exc:  # noqa: BLE001 - every failure means the same to the user
+        raise TeacherCheckpointError(f"cannot download teacher from MLflow URI '{source}': {exc}") from exc
+    if local.is_file():
+        return local
+    if (local / CHECKPOINT_ARTIFACT).is_file():
+        return local / CHECKPOINT_ARTIFACT
+    if (local / "MLmodel").is_file():
+        raise TeacherCheckpointError(
+            f"teacher '{source}' is an MLflow model without {CHECKPOINT_ARTIFACT} (an mlflow.pytorch model is a "
+            "pickled module, which could run code when loaded); refused. Re-log it as tensors: if you trust it, "
+            "load it with mlflow.pytorch.load_model, torch.save its state_dict() to a file and give that file as "
+            "teacher.checkpoint with model.teacher=<its architecture>, or log the file as the run's artifact "
+            f"<name>/{CHECKPOINT_ARTIFACT} and use runs:/<run id>/<name>"
+        )
+    raise TeacherCheckpointError(f"teacher '{source}' holds no {CHECKPOINT_ARTIFACT}; log the teacher with this tool")
 
 
 def _teacher_stats(normalize: str, arch: str, ckpt: dict) -> tuple | None:
@@ -168,8 +198,16 @@ def import_teacher(
     """``source`` as a checkpoint :func:`load_teacher` reads: a plain state_dict of ``arch`` is loaded
     (strict; mismatched keys are one error listing the first few), wrapped with its own normalisation
     and saved in this tool's format under ``<cache>/teachers/imported`` (keyed by content); anything
-    else is returned as it is."""
-    if source.startswith(URI_SCHEMES) or not Path(source).is_file() or is_torchscript(source):
+    else is returned as it is. A state_dict behind an MLflow URI is imported the same way."""
+    if source.startswith(URI_SCHEMES):
+        with tempfile.TemporaryDirectory() as tmp:
+            local = str(uri_checkpoint(source, tmp))
+            try:
+                imported = import_teacher(local, arch, data, normalize, arch_key)
+            except TeacherCheckpointError as exc:
+                raise TeacherCheckpointError(str(exc).replace(local, source)) from exc
+        return source if imported == local else imported
+    if not Path(source).is_file() or is_torchscript(source):
         if normalize not in ("auto", "data"):
             raise TeacherCheckpointError(
                 f"teacher.normalize={normalize} applies to state_dict teachers; '{source}' must normalise its inputs itself"
@@ -301,7 +339,7 @@ def ensure_teacher(cfg: Config, tracking_uri: str) -> str:
     print(f"teacher: training {arch} once for {epochs} epochs (cached afterwards at {path})", flush=True)
     data = build_data(teacher_cfg.data, cfg.seed)
     model, metrics = _train_logged(teacher_cfg, data, arch, epochs, lr, tracking_uri, key)
-    save_model_checkpoint(path, model, arch, data, metrics)
+    save_model_checkpoint(path, model, arch, data, metrics)  # what _train_logged logged, under the cache
     print(f"teacher: test acc1 {metrics['test/acc1']:.4f}", flush=True)
     return str(path)
 
@@ -321,5 +359,7 @@ def _train_logged(cfg: Config, data: DataBundle, arch: str, epochs: int, lr: flo
             cfg, data, arch, epochs, lr, weights=cfg.teacher.weights, label=f"teacher {arch}",
             on_epoch=lambda m: tracking.log_metrics(client, run_id, m, step=m["epoch"]),
         )
-        tracking.log_model(run_id, model, "teacher")
+        with tempfile.TemporaryDirectory() as tmp:
+            save_model_checkpoint(Path(tmp) / "teacher.pt", model, arch, data, metrics)
+            tracking.log_checkpoint(client, run_id, Path(tmp) / "teacher.pt", "teacher")  # runs:/<id>/teacher
     return model, metrics

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +27,7 @@ OUTCOME = "orchestrator.outcome"
 ERROR = "orchestrator.error"
 PARENT = "mlflow.parentRunId"
 MAX_PARAM_LEN = 6000
+CHECKPOINT_ARTIFACT = "checkpoint.pt"  # a model logged by log_checkpoint: <name>/checkpoint.pt (tensors only)
 
 
 class TrackingError(RuntimeError):
@@ -123,10 +126,66 @@ def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
         client.log_batch(run_id, params=items[i : i + 100])
 
 
+RETRY_S = float(os.environ.get("DISTILL_TRACKING_RETRY_S", 300))  # how long a run's end waits for the server
+_PENDING: dict[str, list[list[Metric]]] = {}  # run id -> metric batches not sent yet (server unreachable), in order
+
+
+def unreachable(exc: BaseException) -> bool:
+    """``exc`` says the tracking server could not be reached (refused, timed out, or a 5xx while it restarts)."""
+    import requests
+
+    text = str(exc)
+    return isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)) or (
+        "API request to" in text and ("failed with exception" in text or "failed with error code 5" in text)
+    )
+
+
+def _send_pending(client: MlflowClient, run_id: str) -> None:
+    """Send ``run_id``'s buffered batches in order, one try each; stop at the first failure (kept)."""
+    batches = _PENDING.get(run_id, [])
+    with _fail_fast_http():
+        while batches:
+            client.log_batch(run_id, metrics=batches[0])
+            batches.pop(0)
+    _PENDING.pop(run_id, None)
+
+
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int) -> None:
+    """Log one step's numbers. If the tracking server cannot be reached they are buffered in this process
+    (in order) and sent with the next call or by :func:`flush_metrics`: training never waits for the server."""
     now = int(time.time() * 1000)
     items = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
-    client.log_batch(run_id, metrics=items)
+    first = run_id not in _PENDING
+    _PENDING.setdefault(run_id, []).append(items)
+    try:
+        _send_pending(client, run_id)
+    except Exception as exc:  # noqa: BLE001 - only an unreachable server is buffered
+        if not unreachable(exc):
+            raise
+        if first:
+            print(f"warning: MLflow tracking server unreachable ({str(exc)[:160]}); metrics of run {run_id} are "
+                  "buffered and sent when it is back", file=sys.stderr, flush=True)
+
+
+def flush_metrics(client: MlflowClient, run_id: str, wait_s: float | None = None) -> None:
+    """Send ``run_id``'s buffered metrics, retrying for up to ``wait_s`` (default ``RETRY_S``,
+    ``$DISTILL_TRACKING_RETRY_S``); TrackingError (how many steps are lost) if the server stays away."""
+    deadline = time.monotonic() + (RETRY_S if wait_s is None else wait_s)
+    while True:
+        try:
+            _send_pending(client, run_id)
+            return
+        except Exception as exc:  # noqa: BLE001
+            if not unreachable(exc):
+                raise
+            if time.monotonic() >= deadline:
+                lost = sorted({m.step for batch in _PENDING.pop(run_id, []) for m in batch})
+                raise TrackingError(
+                    f"the MLflow tracking server {client.tracking_uri} stayed unreachable for "
+                    f"{RETRY_S if wait_s is None else wait_s:.0f} s; run {run_id} could not log steps {lost} "
+                    f"({str(exc)[:160]})"
+                ) from exc
+            time.sleep(2)
 
 
 def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
@@ -181,6 +240,7 @@ def run_scope(
         tags = {OUTCOME: "failed", ERROR: f"{type(exc).__name__}: {exc}"[:5000]}
         raise
     finally:
+        flush_metrics(client, run_id)  # what an unreachable server could not take yet; raises if it stays away
         try:
             if close_children:
                 experiment_id = client.get_run(run_id).info.experiment_id
@@ -226,36 +286,30 @@ def pip_requirements() -> list[str]:
     return [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
 
 
-def log_model(run_id: str, model, name: str, registered_model: str | None = None, *, example=None) -> str | None:
-    """Log ``model`` under run ``run_id``; register it if a name is given.
+def log_checkpoint(client: MlflowClient, run_id: str, path: str | Path, name: str) -> str:
+    """Log this tool's checkpoint file ``path`` (tensors only) as ``<name>/checkpoint.pt`` of run ``run_id``;
+    returns its URI ``runs:/<run_id>/<name>``, which ``teachers.load_teacher`` reads without unpickling code."""
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / CHECKPOINT_ARTIFACT
+        shutil.copyfile(path, target)
+        client.log_artifact(run_id, str(target), name)
+    return f"runs:/{run_id}/{name}"
 
-    Without ``example``: ``mlflow.pytorch`` (the whole module, pickled: loads back with
-    ``mlflow.pytorch.load_model`` as a ModelOutput model, e.g. a teacher; needs this package).
-    With ``example`` (B, C, H, W) images: ONNX through ``mlflow.onnx``, images -> logits, with that
-    input example and its signature: loads with ``mlflow.pyfunc.load_model`` and predicts with only
-    mlflow and onnxruntime installed. Returns the registered version number (as a string) or None.
+
+def log_model(run_id: str, model, name: str, registered_model: str | None, *, example) -> str | None:
+    """Log ``model`` under run ``run_id`` as ONNX through ``mlflow.onnx`` (images ``example`` (B, C, H, W) ->
+    logits, with that input example and its signature); register it if a name is given. It loads with
+    ``mlflow.pyfunc.load_model`` and predicts with only mlflow and onnxruntime installed. Returns the
+    registered version number (as a string) or None. (Teachers and unregistered students are logged with
+    :func:`log_checkpoint`: no pickled module is ever logged.)
     """
-    import logging
-
     import mlflow
 
     model = model.cpu().eval()
     active = mlflow.active_run()
     ctx = contextlib.nullcontext() if active and active.info.run_id == run_id else mlflow.start_run(run_id=run_id)
     with ctx:
-        if example is None:
-            import mlflow.pytorch
-
-            logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # the pickle-format notice on every call
-            info = mlflow.pytorch.log_model(
-                model,
-                name=name,
-                pip_requirements=pip_requirements(),
-                serialization_format="pickle",  # the whole module: loads back as a ModelOutput model
-                registered_model_name=registered_model,
-            )
-        else:
-            info = _log_onnx(model, name, registered_model, example)
+        info = _log_onnx(model, name, registered_model, example)
     version = getattr(info, "registered_model_version", None)
     return None if version is None else str(version)
 

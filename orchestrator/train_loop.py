@@ -11,9 +11,12 @@ Tune trial it reports to Tune directly. Launched by :func:`orchestrator.launcher
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import signal
 import tempfile
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,6 +47,27 @@ def _test_kill(epoch: int) -> None:
     except FileExistsError:
         return
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+class StorageFullError(OSError):
+    """A checkpoint could not be written: no space left (the message says where and what is kept)."""
+
+
+@contextlib.contextmanager
+def disk_full_is_clear(epoch: int) -> Iterator[None]:
+    """ENOSPC/EDQUOT while writing or persisting epoch ``epoch``'s checkpoint -> one StorageFullError. Nothing
+    half-written is trusted: files are renamed into place when complete (atomic_files) and Ray registers a
+    checkpoint only once its copy to the storage path has finished, so a resume starts from the last whole one."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) and "No space left" not in str(exc):
+            raise
+        raise StorageFullError(
+            errno.ENOSPC, f"no space left on device while saving the checkpoint of epoch {epoch} ({exc}); free space "
+            "under sweep.storage_path (and the temp folder) or point it elsewhere, then --resume: it starts from "
+            "the last complete checkpoint",
+        ) from exc
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -97,7 +121,7 @@ def train_loop_per_worker(config: dict) -> None:
     if rank == 0 and config.get("mlflow_run_id"):
         from mlflow.tracking import MlflowClient
 
-        from orchestrator.tracking import log_metrics
+        from orchestrator.tracking import flush_metrics, log_metrics
 
         client = MlflowClient(tracking_uri=config["tracking_uri"])
         logged = max((int(m.step) for m in client.get_metric_history(config["mlflow_run_id"], "epoch")), default=0)
@@ -107,7 +131,7 @@ def train_loop_per_worker(config: dict) -> None:
         if client is not None and epoch > logged:
             log_metrics(client, config["mlflow_run_id"], metrics, step=epoch)
         _test_kill(epoch)
-        with tempfile.TemporaryDirectory() as folder:
+        with tempfile.TemporaryDirectory() as folder, disk_full_is_clear(epoch):
             ckpt = None
             if rank == 0 and config.get("checkpoint", True):
                 atomic_torch_save({"seeds": seeds, "trainers": [t.state_dict() for t in trainers]},
@@ -119,7 +143,11 @@ def train_loop_per_worker(config: dict) -> None:
                 ckpt = ray.train.Checkpoint.from_directory(folder)
             (ray.tune.report if via_tune else ray.train.report)(metrics, checkpoint=ckpt)
 
-    metrics = fit(trainers, evaluate_test=config.get("evaluate_test", False), on_epoch=report)
+    try:
+        metrics = fit(trainers, evaluate_test=config.get("evaluate_test", False), on_epoch=report)
+    finally:  # also when Tune stops the trial at a report: what the server could not take yet is sent now
+        if client is not None:
+            flush_metrics(client, config["mlflow_run_id"])
     if rank == 0 and config.get("save_student"):
         save_model_checkpoint(Path(config["save_student"]), trainers[0].student, cfg.model.student, data, metrics)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import sys
 import time
@@ -25,20 +24,12 @@ from orchestrator.config import (
     to_dict,
 )
 from orchestrator.distill import registry
-from orchestrator.teachers import TeacherCheckpointError, alone_config, default_cache_dir
+from orchestrator.teachers import TeacherCheckpointError, alone_config
 from pipelines import comparison
-from pipelines.ensemble_tasks import URI_MARK, distill_task, teacher_eval_task
+from pipelines.ensemble_tasks import distill_task, teacher_eval_task
 from pipelines.stages import Stages, cancel, cpu_share, files_exist, fingerprint, stage_hash, wait_with_progress
 from pipelines.teacher_cost import measure_teacher_cost
 from pipelines.teachers import ensure_teachers, local_cpus
-
-
-def outputs_path(source: str, cfg: Config) -> Path:
-    """Where a teacher's train-split outputs are cached (the sweep's naming, so both share the files)."""
-    from orchestrator.output_cache import data_key
-
-    stem = Path(source).stem if URI_MARK not in source else "uri-" + hashlib.sha256(source.encode()).hexdigest()[:10]
-    return (default_cache_dir() / "teacher-outputs" / f"{stem}-{data_key(cfg)}.pt").resolve()
 
 
 def data_payload(cfg: Config) -> dict:
@@ -146,10 +137,9 @@ class EnsemblePipeline:
         with self.stages.run("ensemble_eval", digest) as run_id:
             try:
                 sources = [t["source"] for t in teachers["teachers"]]
-                paths = [str(outputs_path(s, cfg)) if cache else None for s in sources]
                 task = teacher_eval_task.options(num_cpus=cpu_share(len(sources)))
-                for t, source, path in zip(teachers["teachers"], sources, paths):
-                    pending[task.remote(source, to_dict(cfg), path, self.threads)] = t["name"]
+                for t, source in zip(teachers["teachers"], sources):
+                    pending[task.remote(source, to_dict(cfg), cache, self.threads)] = t["name"]
                 results = wait_with_progress(pending, self.client, {}, {})
                 pending = {}
                 for name, res in results.items():
@@ -157,8 +147,9 @@ class EnsemblePipeline:
                         raise RuntimeError(f"evaluating teacher {name} failed: {res}") from res
                 val_labels, test_labels = data.val.labels, data.test.labels
                 rows = []
-                for t, path in zip(teachers["teachers"], paths):
+                for t in teachers["teachers"]:
                     res = results[t["name"]]
+                    path = res["outputs"]  # keyed by the teacher's content, shared with the sweep
                     rows.append({"name": t["name"], "source": t["source"], "outputs": path,
                                  "val/acc1": comparison.accuracy(res["val_logits"], val_labels),
                                  "test/acc1": comparison.accuracy(res["test_logits"], test_labels),

@@ -15,35 +15,30 @@ from orchestrator.distill import registry
 from pipelines.stages import numbers
 
 
-URI_MARK = ":/"
-
-
-@ray.remote(num_cpus=1)
-def teacher_eval_task(source: str, cfg_dict: dict, outputs_path: str | None, threads: int) -> dict:
-    """One teacher: outputs on the train split (once, cached), logits on val and test."""
+def evaluate_teacher(source: str, cfg_dict: dict, cache: bool, threads: int) -> dict:
+    """One teacher: its outputs on the train split cached by content if ``cache`` (the sweep's file: weights,
+    split, the fields the objective reads), logits on val and test."""
     from orchestrator.data import build_data
     from orchestrator.engine import compute_teacher_outputs
+    from orchestrator.output_cache import ensure_outputs
     from orchestrator.teachers import load_teacher
 
     torch.set_num_threads(threads)
     cfg = from_dict(cfg_dict)
     data = build_data(cfg.data, cfg.seed)
     model = load_teacher(source, data.num_classes, data.in_channels, data.image_size)
-    bs = cfg.data.eval_batch_size
     start = time.perf_counter()
-    computed = False
-    cached = Path(outputs_path) if outputs_path else None
-    stale = cached is not None and cached.is_file() and URI_MARK not in source and \
-        cached.stat().st_mtime_ns < Path(source).stat().st_mtime_ns  # the teacher was retrained since
-    if cached is not None and (stale or not cached.is_file()):
-        needs = registry.teacher_needs(cfg.distill) | registry.OUTPUTS  # what the objective reads
-        compute_teacher_outputs(model, data.train_eval, bs, needs=needs).save(cached)  # with source indices
-        computed = True
-    train_s = time.perf_counter() - start
+    path, seconds = None, None
+    if cache:
+        path, seconds = ensure_outputs(model, cfg, data, registry.teacher_needs(cfg.distill) | registry.OUTPUTS)
+    bs = cfg.data.eval_batch_size
     val = compute_teacher_outputs(model, data.val, bs).logits
     test = compute_teacher_outputs(model, data.test, bs).logits
-    return {"val_logits": val, "test_logits": test, "outputs_s": train_s, "computed": computed,
-            "time_s": time.perf_counter() - start}
+    return {"val_logits": val, "test_logits": test, "outputs": str(path.resolve()) if path else None,
+            "outputs_s": seconds or 0.0, "computed": seconds is not None, "time_s": time.perf_counter() - start}
+
+
+teacher_eval_task = ray.remote(num_cpus=1)(evaluate_teacher)
 
 
 @ray.remote(num_cpus=1)
@@ -77,14 +72,19 @@ def distill_task(cfg_dict: dict, teachers: list[str], outputs: list[str], checkp
         img_s.append(metrics["throughput/train_img_s"])
         tracking.log_metrics(client, run_id, metrics, step=metrics["epoch"])
 
-    metrics = fit([trainer], evaluate_test=True, on_epoch=report)  # test: the only look, at the last epoch
+    try:
+        metrics = fit([trainer], evaluate_test=True, on_epoch=report)  # test: the only look, at the last epoch
+    finally:
+        tracking.flush_metrics(client, run_id)  # epochs an unreachable server could not take yet
     save_model_checkpoint(Path(checkpoint), trainer.chosen, cfg.model.student, data, numbers(metrics))
     tracking.log_file(client, run_id, checkpoint, "checkpoint")
-    mlflow.set_tracking_uri(uri)
-    version = tracking.log_model(run_id, trainer.chosen, "student", register,
-                                 example=example_batch(data) if register else None)  # registered: ONNX
-    if register:
+    version = None
+    if register:  # registered: ONNX, loadable without this package
+        mlflow.set_tracking_uri(uri)
+        version = tracking.log_model(run_id, trainer.chosen, "student", register, example=example_batch(data))
         export_student(trainer.chosen, data, cfg.export.formats, Path(checkpoint).parent / "export", client, register, version)
+    else:  # runs:/<id>/student: tensors only (a teacher URI for later runs)
+        tracking.log_checkpoint(client, run_id, checkpoint, "student")
     return {
         "val/acc1": metrics["val/acc1"], "test/acc1": metrics["test/acc1"], "test/acc5": metrics["test/acc5"],
         "checkpoint": checkpoint, "time_s": time.perf_counter() - start,

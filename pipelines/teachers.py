@@ -7,7 +7,7 @@ task (``ScalingConfig(num_workers=0)``, no worker group, no start-up cost);
 ``train.num_workers > 1`` or ``train.use_gpu=true`` gives each teacher a DDP
 worker group instead. Each teacher is an MLflow run with tag
 ``orchestrator.kind=teacher`` (params, metrics per epoch, the checkpoint file
-and an ``mlflow.pytorch`` model named ``teacher``).
+and the same file as ``teacher/checkpoint.pt``, so ``runs:/<id>/teacher`` loads it without unpickling code).
 
 Finished teachers are cached under ``<cache>/teachers`` by a hash of what
 changes them (:func:`orchestrator.teachers.training_key`, the same cache as the
@@ -103,11 +103,9 @@ def estimated_cost(base: Config, t: ResolvedTeacher) -> float:
 def train_teacher_task(cfg_dict: dict, data_seed: int, path: str, uri: str, run_id: str, storage: str) -> dict:
     """One teacher = one TorchTrainer run (tested at its last epoch, its student written to ``path``), then
     its checkpoint and model logged to its MLflow run, all inside that run's scope."""
-    import mlflow
     from mlflow.tracking import MlflowClient
 
     from orchestrator.launcher import launch
-    from orchestrator.teachers import load_model_checkpoint
 
     cfg = from_dict(cfg_dict)
     torch.set_num_threads(cfg.train.torch_threads or cfg.train.cpus_per_worker)
@@ -118,10 +116,8 @@ def train_teacher_task(cfg_dict: dict, data_seed: int, path: str, uri: str, run_
                      "tracking_uri": uri, "mlflow_run_id": run_id},
                name=f"teacher-{Path(path).stem}", storage_path=storage, in_tune=False)
         ckpt = load_tensors(path, "teacher checkpoint")
-        model = load_model_checkpoint(path, ckpt["num_classes"], ckpt["in_channels"])
         tracking.log_file(client, run_id, path, "checkpoint")
-        mlflow.set_tracking_uri(uri)
-        tracking.log_model(run_id, model, "teacher")
+        tracking.log_checkpoint(client, run_id, path, "teacher")  # runs:/<id>/teacher, tensors only
     return {"metrics": dict(ckpt["metrics"]), "time_s": time.perf_counter() - start}
 
 

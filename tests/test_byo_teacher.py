@@ -1,4 +1,4 @@
-"""Bring your own teacher: torchvision/timm state_dicts, TorchScript files and mlflow.pytorch URIs."""
+"""Bring your own teacher: torchvision/timm state_dicts, TorchScript files and MLflow URIs of checkpoints."""
 
 from __future__ import annotations
 
@@ -107,13 +107,13 @@ def _torchscript(path):
 
 
 def _mlflow_uri(path):
+    """A torchvision state_dict logged to MLflow as ``teacher/checkpoint.pt``: imported like a file."""
     import mlflow
 
-    net = torchvision.models.resnet18(num_classes=10)
-    net.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)  # a grey-image classifier returning logits
+    torch.save({"state_dict": torchvision.models.resnet18(num_classes=10).state_dict()}, path.parent / "checkpoint.pt")
     with mlflow.start_run(experiment_id=mlflow.create_experiment("users-teachers")) as run:
-        mlflow.pytorch.log_model(net, name="teacher", pip_requirements=["torch"], serialization_format="pickle")
-    return [f"teacher.checkpoint=runs:/{run.info.run_id}/teacher"]
+        mlflow.log_artifact(str(path.parent / "checkpoint.pt"), "teacher")
+    return [f"teacher.checkpoint=runs:/{run.info.run_id}/teacher", "model.teacher=tv_resnet18"]
 
 
 @pytest.mark.slow

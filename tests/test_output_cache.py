@@ -50,27 +50,60 @@ def test_two_teachers_with_the_same_file_name_get_their_own_outputs(small, isola
     assert teacher_outputs_file(str(tmp_path / "a" / "teacher.pt"), other_seed, data) != path_a
 
 
-def test_two_runs_uris_get_their_own_outputs(small, isolated_cache, tmp_path):
-    """Every ``runs:/<id>/teacher`` URI has the same stem ("teacher"); the cache must not care."""
+def _log_teachers(tmp_path, data, models) -> list[str]:
+    """``runs:/<id>/teacher`` URIs of ``models``, each logged as this tool's checkpoint in its own run."""
     import mlflow
 
     from orchestrator import tracking
 
-    cfg, data = small
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     client = tracking.check_connection(uri)
     experiment = tracking.ensure_experiment(client, "teachers", uri)
-    sources, models = [], [_teacher(3), _teacher(4)]
-    for model in models:
+    sources = []
+    for i, model in enumerate(models):
         run_id = tracking.start_run(client, experiment, "t", "teacher")
-        tracking.log_model(run_id, model, "teacher")
+        save_model_checkpoint(tmp_path / f"logged{i}" / "teacher.pt", model, "tiny_teacher", data, {})
+        sources.append(tracking.log_checkpoint(client, run_id, tmp_path / f"logged{i}" / "teacher.pt", "teacher"))
         tracking.end_run(client, run_id, "FINISHED")
-        sources.append(f"runs:/{run_id}/teacher")
+    return sources
+
+
+def test_two_runs_uris_get_their_own_outputs(small, isolated_cache, tmp_path):
+    """Every ``runs:/<id>/teacher`` URI has the same stem ("teacher"); the cache must not care."""
+    cfg, data = small
+    models = [_teacher(3), _teacher(4)]
+    sources = _log_teachers(tmp_path, data, models)
+    assert [s.rsplit("/", 1)[1] for s in sources] == ["teacher", "teacher"]
     paths = [teacher_outputs_file(s, cfg, data) for s in sources]
     assert paths[0] != paths[1]
     for path, model in zip(paths, models):
         assert torch.allclose(CachedTeacherOutputs.load(path).logits, _expected(model, data))
+
+
+def test_pipeline_uses_each_teachers_own_outputs_and_shares_the_sweeps_files(small, isolated_cache, tmp_path):
+    """The ensemble pipeline's teacher task: same file names and same-stem URIs get their own outputs, in
+    the sweep's content-keyed file (the fields the objective reads)."""
+    from orchestrator.config import to_dict
+    from orchestrator.distill import registry
+    from pipelines.ensemble_tasks import evaluate_teacher
+
+    cfg, data = small
+    models = [_teacher(7), _teacher(8), _teacher(9), _teacher(10)]
+    for folder, model in zip("ab", models):
+        save_model_checkpoint(tmp_path / folder / "teacher.pt", model, "tiny_teacher", data, {})
+    sources = [str(tmp_path / "a" / "teacher.pt"), str(tmp_path / "b" / "teacher.pt"),
+               *_log_teachers(tmp_path, data, models[2:])]
+    needs = registry.teacher_needs(cfg.distill) | registry.OUTPUTS
+    results = [evaluate_teacher(s, to_dict(cfg), True, 1) for s in sources]
+    paths = [r["outputs"] for r in results]
+    assert len(set(paths)) == 4 and all(r["computed"] for r in results)
+    for source, path, model in zip(sources, paths, models):
+        cached = CachedTeacherOutputs.load(path)
+        assert torch.allclose(cached.logits, _expected(model, data)) and cached.embedding is not None
+        assert str(teacher_outputs_file(source, cfg, data, needs)) == path  # the sweep's file: shared
+    again = evaluate_teacher(sources[0], to_dict(cfg), True, 1)
+    assert again["outputs"] == paths[0] and not again["computed"]
 
 
 @pytest.mark.slow

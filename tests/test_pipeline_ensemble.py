@@ -147,8 +147,11 @@ def test_pipeline_end_to_end_then_rerun_reuses_every_stage(ray_session, isolated
         assert run.data.tags["mlflow.parentRunId"] == stages["teachers"].info.run_id
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc1")] == [1, 2]
         assert "checkpoint" in {a.path for a in client.list_artifacts(run.info.run_id)}
-    logged = client.search_logged_models([parent.info.experiment_id])
-    assert {m.name for m in logged} >= {"teacher", "student"}
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "teacher")] == ["teacher/checkpoint.pt"]
+    # Students: the registered one as ONNX (a logged model), the others as tensor-only checkpoints.
+    assert {m.name for m in client.search_logged_models([parent.info.experiment_id])} == {"student"}
+    for name in ("distill_best_teacher", "student_alone"):
+        assert [a.path for a in client.list_artifacts(stages[name].info.run_id, "student")] == ["student/checkpoint.pt"]
     # Distillation stages log per epoch; the ensemble stage measured teacher inference live vs cached.
     for name in ("distill_ensemble", "distill_best_teacher", "student_alone"):
         assert [m.step for m in client.get_metric_history(stages[name].info.run_id, "val/acc1")] == [1, 2]

@@ -63,3 +63,53 @@ def test_every_torch_load_is_weights_only_and_yaml_is_safe_load():
         if path.name != "safe_load.py":
             assert "torch.load(" not in text, f"{path}: read checkpoints with orchestrator.safe_load.load_tensors"
         assert not re.search(r"yaml\.(load|full_load|unsafe_load)\(", text), f"{path}: use yaml.safe_load"
+
+
+class _Carrier(torch.nn.Module):
+    """A module whose pickle carries the payload (as an mlflow.pytorch model in pickle format would)."""
+
+    def __init__(self, marker: Path):
+        super().__init__()
+        self.payload = _Payload(marker)
+
+    def forward(self, x):
+        return x
+
+
+def _uri_teacher(tmp_path, log) -> str:
+    """``runs:/<id>/teacher`` of a run in a sqlite store under tmp_path, its artifacts written by ``log()``."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    found = mlflow.get_experiment_by_name("teachers")
+    experiment = found.experiment_id if found else mlflow.create_experiment(
+        "teachers", artifact_location=(tmp_path / "mlruns").as_uri())
+    with mlflow.start_run(experiment_id=experiment) as run:
+        log()
+    return f"runs:/{run.info.run_id}/teacher"
+
+
+def test_mlflow_uri_teachers_are_never_unpickled(tmp_path, monkeypatch, capsys):
+    """An old pickled mlflow.pytorch teacher, and a checkpoint.pt artifact carrying code, are both refused
+    (exit 2, one line); the payload never runs."""
+    import mlflow.pytorch
+
+    from orchestrator.teachers import TeacherCheckpointError, load_teacher
+
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "code-ran"
+    pickled = _uri_teacher(tmp_path, lambda: mlflow.pytorch.log_model(
+        _Carrier(marker), name="teacher", pip_requirements=["torch"], serialization_format="pickle"))
+    with pytest.raises(TeacherCheckpointError, match="mlflow.pytorch model .* refused. Re-log it"):
+        load_teacher(pickled, 10, 1, 8)
+    (tmp_path / "art").mkdir()
+    torch.save({"arch": "tiny_teacher", "state_dict": {}, "payload": _Payload(marker)}, tmp_path / "art" / "checkpoint.pt")
+    carrying = _uri_teacher(tmp_path, lambda: mlflow.log_artifact(str(tmp_path / "art" / "checkpoint.pt"), "teacher"))
+    with pytest.raises(TeacherCheckpointError, match=f"'{carrying}' holds Python objects .* refused"):
+        load_teacher(carrying, 10, 1, 8)
+    capsys.readouterr()
+    for uri in (pickled, carrying):
+        assert main(["--dry-run", *TINY, f"teacher.checkpoint={uri}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "refused" in err and uri in err, err
+    assert not marker.exists()
