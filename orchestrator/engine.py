@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from orchestrator.config import Config
 from orchestrator.data import DataBundle, make_loader, set_epoch
 from orchestrator.distill import build_objective, registry
+from orchestrator.distill.stages import select_all
 from orchestrator.models import ModelOutput
 from orchestrator.models.base import Shapes, probe_shapes, stage_names
 from orchestrator.models.pretrained import build_with_weights
@@ -359,17 +360,16 @@ def compute_teacher_outputs(
     n = len(dataset)
     fields: dict[str, Tensor] = {}
     names: tuple[str, ...] = ()
+    stages: tuple[str, ...] = ()  # needs.stages are names or selectors (distill/stages.py)
     for images, _, indices in loader:
         out = teacher(images.to(device))
         if not names:
             names = stage_names(teacher, len(out.features))
-            unknown = [s for s in needs.stages if s not in names]
-            if unknown:
-                raise ValueError(f"the teacher has no stage(s) {unknown}; its stages: {list(names)}")
+            stages = select_all(needs.stages, names, "the teacher")
         values = {registry.LOGITS: out.logits, registry.EMBEDDING: out.embedding,
                   **{f"stage:{n}": f for n, f in zip(names, out.features)}}
         wanted = [f for f in (registry.LOGITS, registry.EMBEDDING) if f in needs.fields]
-        for key in wanted + [f"stage:{s}" for s in needs.stages]:
+        for key in wanted + [f"stage:{s}" for s in stages]:
             if key not in fields:
                 fields[key] = torch.empty(n, *values[key].shape[1:])
             fields[key][indices] = values[key].float().cpu()
@@ -377,5 +377,5 @@ def compute_teacher_outputs(
     return CachedTeacherOutputs(
         fields.get(registry.LOGITS), fields.get(registry.EMBEDDING),
         None if source is None else torch.as_tensor(source).clone(),
-        {s: fields[f"stage:{s}"] for s in needs.stages}, names,
+        {s: fields[f"stage:{s}"] for s in stages}, names,
     )
