@@ -14,6 +14,7 @@ NAMES = ("stem", "stage1", "stage2", "stage3")
 
 @pytest.mark.parametrize("selector, picked", [
     ("-1", ("stage3",)),
+    ("last", ("stage3",)),
     ("-2", ("stage2",)),
     ("0", ("stem",)),
     ("1:", ("stage1", "stage2", "stage3")),  # RepDistiller's feat[1:-1]

@@ -5,7 +5,7 @@ Models name their stages differently and have 2 to 5 of them (``ModelOutput.feat
 so a term's stage knob is a *selector*, resolved against each model's stage names:
 
 - a stage name: ``stage3``;
-- a position, Python-style: ``-1`` (the last stage), ``0`` (the first);
+- a position, Python-style: ``-1`` or ``last`` (the last stage), ``0`` (the first);
 - a slice, Python-style: ``1:`` (every stage but the first), ``-2:`` (the last two);
 - several of these joined by commas: ``stage2,-1``.
 
@@ -28,13 +28,13 @@ from orchestrator.models.base import Shapes
 
 _INT = r"-?\d+"
 _ITEM = re.compile(rf"^(?:(?P<index>{_INT})|(?P<start>{_INT})?:(?P<stop>{_INT})?|(?P<name>[A-Za-z_][\w.]*))$")
-ALLOWED = "a stage name, a position (-1 = last), a slice (1: = all but the first) or several joined by ','"
+ALLOWED = "a stage name, a position (-1 or last = the last), a slice (1: = all but the first) or several joined by ','"
 
 
 def _items(selector: str) -> list[re.Match]:
-    items = [s.strip() for s in str(selector).split(",")]
+    items = ["-1" if s.strip() == "last" else s.strip() for s in str(selector).split(",")]
     matches = [_ITEM.match(s) for s in items]
-    if not items or any(m is None for m in matches):
+    if any(m is None for m in matches):
         raise ValueError(f"stage selector {selector!r} is not {ALLOWED}")
     return matches
 
