@@ -26,7 +26,7 @@ from orchestrator.atomic_files import atomic_torch_save
 from orchestrator.config import Config
 from orchestrator.data import UNLABELLED, DataBundle, make_loader, set_epoch
 from orchestrator.distill import build_objective, registry
-from orchestrator.distill.features import resolve_names
+from orchestrator.distill.stages import select_all
 from orchestrator.models import ModelOutput
 from orchestrator.models.base import Shapes, probe_shapes, stage_names
 from orchestrator.models.pretrained import build_with_weights
@@ -389,12 +389,12 @@ def compute_teacher_outputs(
     n = len(dataset)
     fields: dict[str, Tensor] = {}
     names: tuple[str, ...] = ()
-    stages: tuple[str, ...] = ()
+    stages: tuple[str, ...] = ()  # needs.stages are names or selectors (distill/stages.py)
     for images, _, indices in loader:
         out = teacher(images.to(device))
         if not names:
             names = stage_names(teacher, len(out.features))
-            stages = resolve_names(needs.stages, names)  # selectors such as "last" or "-2" -> the teacher's names
+            stages = select_all(needs.stages, names, "the teacher")
         values = {registry.LOGITS: out.logits, registry.EMBEDDING: out.embedding,
                   **{f"stage:{n}": f for n, f in zip(names, out.features)}}
         wanted = [f for f in (registry.LOGITS, registry.EMBEDDING) if f in needs.fields]

@@ -8,7 +8,8 @@ import torch
 
 from orchestrator.config import Config, apply_overrides
 from orchestrator.distill import build_objective, registry
-from orchestrator.distill.features import resolve, resolve_names
+from orchestrator.distill.features import resolve
+from orchestrator.distill.stages import select_all
 from orchestrator.engine import Trainer, compute_teacher_outputs
 from orchestrator.models import build_model
 from orchestrator.models.base import probe_shapes
@@ -90,11 +91,11 @@ def test_ab_and_fsp_pre_stages_train_the_student(digits, one_thread):
 
 def test_stage_selectors_resolve_by_name_last_or_from_the_end():
     names = ("stem", "stage1", "stage2", "stage3")
-    assert [resolve(s, names) for s in ("stage1", "last", "-1", "-4", "-5", "first", "0")] == [1, 3, 3, 0, None,
-                                                                                              None, None]
-    assert resolve_names(("-1", "stage3", "-2"), names) == ("stage3", "stage2")
-    with pytest.raises(ValueError, match=r"no stage\(s\) \['-9'\]"):
-        resolve_names(("-9",), names)
+    assert [resolve(s, names) for s in ("stage1", "last", "-1", "-4", "-5", "first", "0", "1:")] == [
+        1, 3, 3, 0, None, None, 0, None]
+    assert select_all(("-1", "stage3", "-2"), names) == ("stage2", "stage3")  # model order, each once
+    with pytest.raises(ValueError, match="no stage at position -9"):
+        select_all(("-9",), names)
 
 
 def test_every_term_takes_several_teachers():

@@ -49,7 +49,7 @@ def test_config_sections_come_from_the_terms_knobs():
     for override, key in (("distill.kd.temperature=0", "distill.kd.temperature"),
                           ("distill.crd.z_mode=running", "distill.crd.z_mode"),
                           ("distill.dkd.warmup=-1", "distill.dkd.warmup"),
-                          ("distill.method=ce+fitnet", "distill.method")):
+                          ("distill.method=ce+nope", "distill.method")):
         with pytest.raises(ConfigError, match=key):
             load_config(None, [override])
 

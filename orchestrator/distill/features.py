@@ -1,25 +1,23 @@
 """Feature stages for feature-based terms: choosing them, pairing student and teacher maps, connectors.
 
-A stage selector is a stage name (``stage2``), ``last``, or ``-k`` (the k-th stage from the end), so one
+Each selector is one stage in :mod:`orchestrator.distill.stages` syntax (a name, ``last``, ``-k``), so one
 knob value works for models whose stages have different names or counts: ``-3,-2,-1`` pairs the last three
 stages of the student with the last three of the teacher (RepDistiller's ``feat[1:-1]`` on its CIFAR
-ResNets, whose features are the stem and three stages). Terms declare their selectors as teacher needs;
-the teacher-output cache resolves them against the teacher's stage names (:func:`resolve_names`).
+ResNets, whose features are the stem and three stages), in the order written. Terms declare their
+selectors as teacher needs; the teacher-output cache resolves them (``stages.select_all``).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from orchestrator.distill.checks import KnobError, check_choice
 from orchestrator.distill.registry import Needs
+from orchestrator.distill.stages import select
 
-_FROM_END = re.compile(r"^-[1-9][0-9]*$")
 CONNECTORS = ("auto", "none")  # auto: a 1x1 conv where channel counts differ; none: refuse unequal channels
 
 
@@ -38,27 +36,12 @@ def feature_needs(selectors: Sequence[str]) -> Needs:
 
 
 def resolve(selector: str, names: Sequence[str]) -> int | None:
-    """The position of ``selector`` in ``names`` (a name, ``last`` or ``-k``), None if it names no stage."""
-    if selector in names:
-        return list(names).index(selector)
-    if selector == "last" and names:
-        return len(names) - 1
-    if _FROM_END.match(selector) and int(selector[1:]) <= len(names):
-        return len(names) + int(selector)
-    return None
-
-
-def resolve_names(selectors: Sequence[str], names: Sequence[str]) -> tuple[str, ...]:
-    """The stage names the selectors choose (deduplicated, in order); ValueError if one chooses none."""
-    unknown = [s for s in selectors if resolve(s, names) is None]
-    if unknown:
-        raise ValueError(f"the teacher has no stage(s) {unknown}; its stages: {list(names)}")
-    out: list[str] = []
-    for s in selectors:
-        name = names[resolve(s, names)]
-        if name not in out:
-            out.append(name)
-    return tuple(out)
+    """The position in ``names`` of the one stage ``selector`` picks (stages.py syntax), None if it picks none or several."""
+    try:
+        picked = select(selector, names)
+    except ValueError:
+        return None
+    return list(names).index(picked[0]) if len(picked) == 1 else None
 
 
 def positions(key: str, selectors: Sequence[str], stages: dict, who: str) -> list[int]:
@@ -76,16 +59,6 @@ def positions(key: str, selectors: Sequence[str], stages: dict, who: str) -> lis
 def at_least_fp32(x: Tensor) -> Tensor:
     """x in float32, or float64 if it is (half precision is too coarse for these sums)."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-def pool_to_common(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """(B, Ca, Ha, Wa), (B, Cb, Hb, Wb) -> both at the smaller spatial size (adaptive average pooling of the
-    larger map, as RepDistiller's NST/FT/FSP do)."""
-    if a.shape[2:] == b.shape[2:]:
-        return a, b
-    if a.shape[2] * a.shape[3] > b.shape[2] * b.shape[3]:
-        return F.adaptive_avg_pool2d(a, b.shape[2:]), b
-    return a, F.adaptive_avg_pool2d(b, a.shape[2:])
 
 
 def check_connectors(key: str, value: str) -> str:

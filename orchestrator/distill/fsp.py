@@ -23,9 +23,10 @@ from torch import Tensor, nn
 from orchestrator.distill.base import Batch, Term, TermContext
 from orchestrator.distill.checks import check_epochs, check_weight, normalise_weights
 from orchestrator.distill.features import (
-    at_least_fp32, channel_connectors, check_connectors, feature_needs, parse_stages, pool_to_common, positions,
+    at_least_fp32, channel_connectors, check_connectors, feature_needs, parse_stages, positions,
 )
 from orchestrator.distill.registry import TermSpec, register_term
+from orchestrator.distill.stages import pool_to_smaller
 
 # The paper's settings (RepDistiller at commit b84f547c5db6a35318d4671d7d5c4de74c822403): 30 init epochs
 # (train_student.py --init_epochs); main-stage weight 0 (scripts/run_cifar_distill.sh passes -b 50, but
@@ -58,7 +59,7 @@ def fsp_matrices(maps: Sequence[Tensor]) -> list[Tensor]:
     """FSP matrices of consecutive maps: (B, C_i, H_i, W_i) -> (B, C_{i+1}, C_i) for each pair."""
     out = []
     for bottom, top in zip(maps[:-1], maps[1:]):
-        bottom, top = pool_to_common(at_least_fp32(bottom), at_least_fp32(top))
+        bottom, top = pool_to_smaller(at_least_fp32(bottom), at_least_fp32(top))
         out.append(top.flatten(2) @ bottom.flatten(2).transpose(1, 2) / (bottom.shape[2] * bottom.shape[3]))
     return out
 

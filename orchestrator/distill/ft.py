@@ -24,8 +24,9 @@ from torch import Tensor, nn
 
 from orchestrator.distill.base import Batch, Term, TermContext
 from orchestrator.distill.checks import KnobError, check_epochs, check_positive, check_weight, normalise_weights
-from orchestrator.distill.features import at_least_fp32, feature_needs, parse_stages, pool_to_common, positions
+from orchestrator.distill.features import at_least_fp32, feature_needs, parse_stages, positions
 from orchestrator.distill.registry import TermSpec, register_term
+from orchestrator.distill.stages import pool_to_smaller
 
 SLOPE = 0.1  # LeakyReLU slope of paraphraser and translator
 
@@ -95,7 +96,7 @@ def factor(x: Tensor) -> Tensor:
 
 def ft_loss(student_factor: Tensor, teacher_factor: Tensor) -> Tensor:
     """mean |F(s) - F(t)| after pooling the larger map to the smaller's size; no gradient to the teacher side."""
-    s, t = pool_to_common(student_factor, teacher_factor.detach())
+    s, t = pool_to_smaller(student_factor, teacher_factor.detach())
     return (factor(s) - factor(t)).abs().mean()
 
 

@@ -18,8 +18,9 @@ from torch import Tensor
 
 from orchestrator.distill.base import Batch, Term, TermContext
 from orchestrator.distill.checks import check_weight, normalise_weights
-from orchestrator.distill.features import at_least_fp32, feature_needs, parse_stages, pool_to_common, positions
+from orchestrator.distill.features import at_least_fp32, feature_needs, parse_stages, positions
 from orchestrator.distill.registry import TermSpec, register_term
+from orchestrator.distill.stages import pool_to_smaller
 
 # The paper's weight (RepDistiller scripts/run_cifar_distill.sh, NST: -a 0 -b 50, at commit
 # b84f547c5db6a35318d4671d7d5c4de74c822403). The stages, feat[1:-1] there, are "-3,-2,-1" on its ResNets.
@@ -48,7 +49,7 @@ def nst_loss(student: Tensor, teacher: Tensor) -> Tensor:
 
     The teacher side gets no gradient; zero when both maps are equal.
     """
-    s, t = pool_to_common(at_least_fp32(student), at_least_fp32(teacher.detach()))
+    s, t = pool_to_smaller(at_least_fp32(student), at_least_fp32(teacher.detach()))
     s, t = F.normalize(s.flatten(2), dim=2), F.normalize(t.flatten(2), dim=2)
     return _poly_kernel_mean(t, t) + _poly_kernel_mean(s, s) - 2 * _poly_kernel_mean(s, t)
 

@@ -27,8 +27,9 @@ METHOD_KEY = "distill.method"  # the config key that chooses the objective
 class Needs:
     """What a term reads from each teacher (and whether it reads labels).
 
-    fields: a subset of {"logits", "embedding"}; stages: names of feature stages
-    (``ModelOutput.features``, by the model's ``stage_names``). Nothing at all = label-free
+    fields: a subset of {"logits", "embedding"}; stages: feature stages (``ModelOutput.features``)
+    by name (the model's ``stage_names``) or by selector (``-1``, ``1:``; see
+    :mod:`orchestrator.distill.stages`), resolved per teacher. Nothing at all = label-free
     self-distillation terms or plain CE.
     """
 

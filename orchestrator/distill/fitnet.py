@@ -1,0 +1,125 @@
+"""FitNet hints (Romero et al., ICLR 2015), as RepDistiller runs it in the CRD paper.
+
+A connector (conv, BatchNorm, ReLU) maps the student's hint stage onto the teacher's, and the term
+is the mean squared error between the connector's output and the teacher's map. The connector's
+convolution bridges the spatial sizes as RepDistiller's ``ConvReg`` does: stride-2 3x3 conv when the
+student map is twice the teacher's height, stride-2 transposed 4x4 conv when it is half, a
+``(1 + Hs - Ht) x (1 + Ws - Wt)`` conv when it is larger otherwise (1x1 when equal); other pairs are
+refused when the term is built. FitNets' first stage (training the student up to the hint with the
+connector alone) is the optional pre-stage ``hint_epochs``; RepDistiller's CIFAR runs skip it (0).
+With M teachers: one connector per teacher, the M errors weighted by the teacher weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from orchestrator.distill.base import Batch, Term, TermContext
+from orchestrator.distill.checks import check_epochs, check_weight, normalise_weights
+from orchestrator.distill.registry import Needs, TermSpec, register_preset, register_term
+from orchestrator.distill.stages import check_selector, positions
+from orchestrator.models.base import Shapes
+
+# The paper's settings (RepDistiller scripts/run_cifar_distill.sh, FitNet: --distill hint -a 0 -b 100, and
+# train_student.py's --hint_layer 2 = our stage -2 on the CIFAR ResNets; at commit
+# b84f547c5db6a35318d4671d7d5c4de74c822403), as config keys.
+PAPER_DEFAULTS = {"distill.gamma": 1.0, "distill.fitnet.weight": 100.0, "distill.fitnet.stage": "-2",
+                  "distill.fitnet.hint_epochs": 0}
+STAGE_KEY = "distill.fitnet.stage"
+
+
+@dataclass
+class FitNetKnobs:
+    """``distill.fitnet.*``: the hint stage (a selector picking one stage of each model, see
+    ``distill/stages.py``), the hint pre-stage's epochs and the term's weight."""
+
+    stage: str = "-2"
+    hint_epochs: int = 0
+    weight: float = 100.0
+
+    def __post_init__(self):
+        self.stage = check_selector("stage", self.stage)
+        check_epochs("hint_epochs", self.hint_epochs)
+        check_weight("weight", self.weight)
+
+
+def hint_connector(student: tuple[int, ...], teacher: tuple[int, ...]) -> nn.Sequential:
+    """conv -> BatchNorm -> ReLU from a student map (Cs, Hs, Ws) to the teacher's (Ct, Ht, Wt); ValueError
+    naming both shapes when no convolution of RepDistiller's ``ConvReg`` rules bridges them."""
+    (c_s, h_s, w_s), (c_t, h_t, w_t) = student, teacher
+    if h_s == 2 * h_t:
+        conv = nn.Conv2d(c_s, c_t, 3, stride=2, padding=1)
+    elif 2 * h_s == h_t:
+        conv = nn.ConvTranspose2d(c_s, c_t, 4, stride=2, padding=1)
+    elif h_s >= h_t and w_s >= w_t:
+        conv = nn.Conv2d(c_s, c_t, (1 + h_s - h_t, 1 + w_s - w_t))
+    else:
+        conv = None
+    if conv is None or tuple(conv(torch.zeros(1, c_s, h_s, w_s)).shape[1:]) != (c_t, h_t, w_t):
+        raise ValueError(f"{STAGE_KEY}: no hint connector maps the student's {tuple(student)} map onto the "
+                         f"teacher's {tuple(teacher)} (the student map must be at least as large, or half as large); "
+                         f"choose other stages")
+    return nn.Sequential(conv, nn.BatchNorm2d(c_t), nn.ReLU(inplace=True))
+
+
+class FitNet(Term):
+    """``sum_m w_m MSE(connector_m(student[stage]), teacher_m[stage])``.
+
+    Args:
+        student: the student's Shapes; teachers: one Shapes per teacher; teacher_weights: M weights.
+        stage: a selector picking one stage of each model.
+    """
+
+    def __init__(self, student: Shapes, teachers: Sequence[Shapes], teacher_weights: Sequence[float] | None = None,
+                 stage: str = "-2"):
+        super().__init__()
+        self.teacher_weights = normalise_weights(teacher_weights, len(teachers))
+        self.pairs: list[tuple[int, int]] = []
+        connectors = []
+        for teacher in teachers:
+            (s, t) = (self._one(stage, shapes, who) for shapes, who in ((student, "the student"),
+                                                                        (teacher, "the teacher")))
+            self.pairs.append((s, t))
+            connectors.append(hint_connector(list(student.stages.values())[s], list(teacher.stages.values())[t]))
+        self.connectors = nn.ModuleList(connectors)
+
+    @staticmethod
+    def _one(stage: str, shapes: Shapes, who: str) -> int:
+        picked = positions(stage, shapes, who, STAGE_KEY)
+        if len(picked) != 1:
+            names = [list(shapes.stages)[i] for i in picked]
+            raise ValueError(f"{STAGE_KEY}: {stage!r} picks {len(picked)} stages of {who} {names}; the hint is one stage")
+        return picked[0]
+
+    def forward(self, batch: Batch) -> Tensor:
+        if len(batch.teachers) != len(self.connectors):
+            raise ValueError(f"FitNet was built for {len(self.connectors)} teacher(s), got {len(batch.teachers)}")
+        losses = [F.mse_loss(connector(batch.student.features[s]).float(), teacher.features[t].detach().float())
+                  for connector, (s, t), teacher in zip(self.connectors, self.pairs, batch.teachers)]
+        return sum(w * loss for w, loss in zip(self.teacher_weights, losses))
+
+    def pre_stage_loss(self, batch: Batch) -> Tensor:
+        """FitNets' first stage: the hint loss alone trains the student up to its hint stage and the connectors."""
+        return self.forward(batch)
+
+
+def build(ctx: TermContext, knobs: FitNetKnobs) -> FitNet:
+    return FitNet(ctx.student, ctx.teachers, ctx.teacher_weights, knobs.stage)
+
+
+register_term(TermSpec(
+    name="fitnet",
+    build=build,
+    knobs=FitNetKnobs,
+    needs=lambda knobs: Needs(stages=(knobs.stage,)),
+    multi_teacher="per_teacher",
+    parts=("hint connectors",),
+    pre_stage="hint_epochs",
+    paper_defaults={k: v for k, v in PAPER_DEFAULTS.items() if k != "distill.gamma"},
+))
+register_preset("fitnet", ("ce", "fitnet"), PAPER_DEFAULTS)
