@@ -61,7 +61,7 @@ def preset_rows() -> list[list[str]]:
             for m in registry.method_names()]
 
 
-def measure(quick: bool, repeats: int, steps: int) -> dict[str, dict[str, float]]:
+def measure(quick: bool, repeats: int, steps: int, n: int) -> dict[str, dict[str, float]]:
     """term -> {"live": ratio, "cached": ratio} of its ce+<term> step to the ce step."""
     import torch
 
@@ -69,7 +69,7 @@ def measure(quick: bool, repeats: int, steps: int) -> dict[str, dict[str, float]
     from orchestrator.distill import registry
     from orchestrator.engine import Trainer, compute_teacher_outputs
 
-    n, batch = (600, 32) if quick else (54_000, 128)
+    n, batch = (600, 32) if quick else (n, 128)
     setup = step_bench.make_setup(n, batch, "cpu", "cnn_teacher", "cnn_student_tiny", materialise=False)
     runners, methods = {}, {"ce": "ce"}
     for name in registry.term_names():
@@ -78,7 +78,8 @@ def measure(quick: bool, repeats: int, steps: int) -> dict[str, dict[str, float]
     caches = {}
     for label, method in methods.items():
         cfg = load_config(None, [f"distill.method={method}", f"data.batch_size={batch}", "train.scheduler=none",
-                                 "distill.crd.nce_k=4096" if n > 4096 else "distill.crd.nce_k=256"])
+                                 "distill.crd.nce_k=4096" if n > 4096 else "distill.crd.nce_k=256",
+                                 "distill.crd_queue.queue_size=4096" if n > 4096 else "distill.crd_queue.queue_size=256"])
         modes = ["live"]
         if registry.needs_teacher(cfg.distill) and registry.cacheable(cfg.distill):
             modes.append("cached")
@@ -114,9 +115,10 @@ def _ratio(ratios: dict[str, dict[str, float]], term: str, mode: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8, help="engine steps per measurement")
+    parser.add_argument("--n", type=int, default=54_000, help="training images (memory-bank rows, cache rows)")
     args = parser.parse_args(argv)
     common.set_threads(args.threads)
-    ratios = measure(args.quick, 2 if args.quick else args.repeats or 5, 2 if args.quick else args.steps)
+    ratios = measure(args.quick, 2 if args.quick else args.repeats or 5, 2 if args.quick else args.steps, args.n)
     terms = common.Table(
         "Terms", ["term", "weight", "reads from each teacher", "labels", "teachers", "cache", "own parts",
                   "pre-stage", "knobs (defaults)", "step x CE (live)", "step x CE (cached)"],
