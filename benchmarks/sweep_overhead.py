@@ -4,7 +4,7 @@
     python benchmarks/sweep_overhead.py --quick    # digits, 2 tiny trials, in-process only
     python benchmarks/sweep_overhead.py --append   # also append the tables to docs/BENCHMARKS.md
 
-Each mode runs one real sweep (``orchestrator.sweep.main``: Ray, Tune + Optuna + ASHA, Ray
+Each mode runs one real sweep (``orchestrator.sweep.cli.main``: Ray, Tune + Optuna + ASHA, Ray
 Train, MLflow on SQLite) with one trial at a time, so the trials' times add up. Storage,
 tracking store, caches and Ray's temp dir live in a temporary folder. The teacher is a given
 (untrained) checkpoint: teacher training is a one-off per machine, not a per-sweep cost, and

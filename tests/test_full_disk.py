@@ -16,7 +16,7 @@ from orchestrator import atomic_files, preflight
 from orchestrator.atomic_files import atomic_torch_save
 from orchestrator.config import ConfigError
 from orchestrator.safe_load import load_tensors
-from orchestrator.sweep import main
+from orchestrator.sweep.cli import main
 from orchestrator.train_loop import StorageFullError, disk_full_is_clear
 
 TINY = ["data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student", "sweep.search_space=kd"]

@@ -20,12 +20,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
-from orchestrator.distill.base import Batch, Term, TermContext
-from orchestrator.distill.checks import check_epochs, check_positive, check_weight, normalise_weights
-from orchestrator.distill.features import at_least_fp32, feature_needs, parse_stages, positions
+from orchestrator.distill.base import Batch, TermContext
+from orchestrator.distill.checks import check_epochs, check_positive, check_weight
+from orchestrator.distill.features import ConnectedStages, at_least_fp32, feature_needs, parse_stages, positions
 from orchestrator.distill.registry import TermSpec, register_term
 
 SCALE = 3 / 1000  # RepDistiller's scaling of each stage's loss
@@ -97,31 +96,20 @@ class Connector(nn.Sequential):
         super().__init__(conv, nn.BatchNorm2d(c_t))
 
 
-class AB(Term):
+class AB(ConnectedStages):
     """``sum_m w_m ab_loss(connectors_m(student stages), teacher_m stages)``; the pre-stage loss is the same.
 
-    Args:
-        student_positions, teacher_positions: the chosen stages' positions (per teacher for the latter).
-        connectors: per teacher, one :class:`Connector` per stage.
-        teacher_weights: M weights.  margin: m > 0.
+    Args: as :class:`ConnectedStages` (connectors: per teacher, one :class:`Connector` per stage), and
+    the margin m > 0.
     """
 
     def __init__(self, student_positions: Sequence[int], teacher_positions: Sequence[Sequence[int]],
                  connectors: Sequence[nn.ModuleList], teacher_weights: Sequence[float], margin: float = 1.0):
-        super().__init__()
-        self.s_pos, self.t_pos = list(student_positions), [list(p) for p in teacher_positions]
-        self.connectors = nn.ModuleList(connectors)
-        self.teacher_weights = normalise_weights(teacher_weights, len(self.t_pos))
+        super().__init__(student_positions, teacher_positions, connectors, teacher_weights)
         self.margin = check_positive("margin", margin)
 
-    def forward(self, batch: Batch) -> Tensor:
-        if len(batch.teachers) != len(self.t_pos):
-            raise ValueError(f"AB was built for {len(self.t_pos)} teacher(s), got {len(batch.teachers)}")
-        f_s = batch.student.features
-        return sum(
-            w * ab_loss([c(f_s[i]) for c, i in zip(conn, self.s_pos)], [t.features[j] for j in pos], self.margin)
-            for w, conn, pos, t in zip(self.teacher_weights, self.connectors, self.t_pos, batch.teachers)
-        )
+    def stage_loss(self, student: list[Tensor], teacher: list[Tensor]) -> Tensor:
+        return ab_loss(student, teacher, self.margin)
 
     def pre_stage_loss(self, batch: Batch) -> Tensor:
         return self.forward(batch)

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from orchestrator.distill.checks import KnobError, check_choice
+from orchestrator.distill.base import Batch, Term
+from orchestrator.distill.checks import KnobError, check_choice, normalise_weights
 from orchestrator.distill.registry import Needs
 from orchestrator.distill.stages import select
 
@@ -77,3 +78,34 @@ def channel_connectors(key: str, mode: str, student_channels: Sequence[int], tea
                          f"{list(student_channels)} and teacher {list(teacher_channels)}; set {key}=auto "
                          "(1x1 connectors) or choose other stages")
     return nn.ModuleList(nn.Identity() if s == t else nn.Conv2d(s, t, 1, bias=False) for s, t in pairs)
+
+
+class ConnectedStages(Term):
+    """Base of the terms that compare connected student stages with each teacher's stages:
+    ``sum_m w_m loss(connectors_m(student stages), teacher_m stages)`` (AB, FSP, KDSVD).
+
+    Args:
+        student_positions, teacher_positions: the chosen stages' positions (per teacher for the latter).
+        connectors: per teacher, one module per stage (identity where none is needed).
+        teacher_weights: M weights (normalised to sum 1).
+    """
+
+    def __init__(self, student_positions: Sequence[int], teacher_positions: Sequence[Sequence[int]],
+                 connectors: Sequence[nn.ModuleList], teacher_weights: Sequence[float]):
+        super().__init__()
+        self.s_pos, self.t_pos = list(student_positions), [list(p) for p in teacher_positions]
+        self.connectors = nn.ModuleList(connectors)
+        self.teacher_weights = normalise_weights(teacher_weights, len(self.t_pos))
+
+    def stage_loss(self, student: list[Tensor], teacher: list[Tensor]) -> Tensor:
+        """The term's loss for one teacher: connected student maps vs the teacher's maps."""
+        raise NotImplementedError
+
+    def forward(self, batch: Batch) -> Tensor:
+        if len(batch.teachers) != len(self.t_pos):
+            raise ValueError(f"{type(self).__name__} was built for {len(self.t_pos)} teacher(s), got {len(batch.teachers)}")
+        f_s = batch.student.features
+        return sum(
+            w * self.stage_loss([c(f_s[i]) for c, i in zip(conn, self.s_pos)], [t.features[j] for j in pos])
+            for w, conn, pos, t in zip(self.teacher_weights, self.connectors, self.t_pos, batch.teachers)
+        )

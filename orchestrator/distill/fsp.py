@@ -18,12 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from orchestrator.distill.base import Batch, Term, TermContext
-from orchestrator.distill.checks import check_epochs, check_weight, normalise_weights
+from orchestrator.distill.base import Batch, TermContext
+from orchestrator.distill.checks import check_epochs, check_weight
 from orchestrator.distill.features import (
-    at_least_fp32, channel_connectors, check_connectors, feature_needs, parse_stages, positions,
+    ConnectedStages, at_least_fp32, channel_connectors, check_connectors, feature_needs, parse_stages, positions,
 )
 from orchestrator.distill.registry import TermSpec, register_term
 from orchestrator.distill.stages import pool_to_smaller
@@ -74,22 +74,11 @@ def fsp_loss(student: Sequence[Tensor], teacher: Sequence[Tensor]) -> Tensor:
     return sum((s - t).pow(2).mean() for s, t in zip(g_s, g_t))
 
 
-class FSP(Term):
+class FSP(ConnectedStages):
     """``sum_m w_m fsp_loss(connected student stages, teacher_m stages)``; the pre-stage loss is the same."""
 
-    def __init__(self, student_positions: Sequence[int], teacher_positions: Sequence[Sequence[int]],
-                 connectors: Sequence[nn.ModuleList], teacher_weights: Sequence[float]):
-        super().__init__()
-        self.s_pos, self.t_pos = list(student_positions), [list(p) for p in teacher_positions]
-        self.connectors = nn.ModuleList(connectors)
-        self.teacher_weights = normalise_weights(teacher_weights, len(self.t_pos))
-
-    def forward(self, batch: Batch) -> Tensor:
-        if len(batch.teachers) != len(self.t_pos):
-            raise ValueError(f"FSP was built for {len(self.t_pos)} teacher(s), got {len(batch.teachers)}")
-        f_s = batch.student.features
-        return sum(w * fsp_loss([c(f_s[i]) for c, i in zip(conn, self.s_pos)], [t.features[j] for j in pos])
-                   for w, conn, pos, t in zip(self.teacher_weights, self.connectors, self.t_pos, batch.teachers))
+    def stage_loss(self, student: list[Tensor], teacher: list[Tensor]) -> Tensor:
+        return fsp_loss(student, teacher)
 
     def pre_stage_loss(self, batch: Batch) -> Tensor:
         return self.forward(batch)

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from orchestrator.distill.base import Batch, Term, TermContext
-from orchestrator.distill.checks import check_count, check_weight, normalise_weights
+from orchestrator.distill.base import TermContext
+from orchestrator.distill.checks import check_count, check_weight
 from orchestrator.distill.features import (
-    at_least_fp32, channel_connectors, check_connectors, feature_needs, parse_stages, positions,
+    ConnectedStages, at_least_fp32, channel_connectors, check_connectors, feature_needs, parse_stages, positions,
 )
 from orchestrator.distill.registry import TermSpec, register_term
 
@@ -111,26 +111,17 @@ def kdsvd_loss(student: Sequence[Tensor], teacher: Sequence[Tensor], k: int = 1)
     return total
 
 
-class KDSVD(Term):
+class KDSVD(ConnectedStages):
     """``sum_m w_m kdsvd_loss(connected student stages, teacher_m stages)``; per teacher, 1x1 connectors
     where channel counts differ (``self.connectors[m][i]``, identity elsewhere)."""
 
     def __init__(self, student_positions: Sequence[int], teacher_positions: Sequence[Sequence[int]],
                  connectors: Sequence[nn.ModuleList], teacher_weights: Sequence[float], k: int = 1):
-        super().__init__()
-        self.s_pos, self.t_pos = list(student_positions), [list(p) for p in teacher_positions]
-        self.connectors = nn.ModuleList(connectors)
-        self.teacher_weights = normalise_weights(teacher_weights, len(self.t_pos))
+        super().__init__(student_positions, teacher_positions, connectors, teacher_weights)
         self.k = check_count("k", k)
 
-    def forward(self, batch: Batch) -> Tensor:
-        if len(batch.teachers) != len(self.t_pos):
-            raise ValueError(f"KDSVD was built for {len(self.t_pos)} teacher(s), got {len(batch.teachers)}")
-        f_s = batch.student.features
-        return sum(
-            w * kdsvd_loss([c(f_s[i]) for c, i in zip(conn, self.s_pos)], [t.features[j] for j in pos], self.k)
-            for w, conn, pos, t in zip(self.teacher_weights, self.connectors, self.t_pos, batch.teachers)
-        )
+    def stage_loss(self, student: list[Tensor], teacher: list[Tensor]) -> Tensor:
+        return kdsvd_loss(student, teacher, self.k)
 
 
 def build(ctx: TermContext, knobs: KDSVDKnobs) -> KDSVD:
