@@ -143,3 +143,8 @@ def test_a_feature_term_trains_from_live_and_cached_teachers_with_its_pre_stage(
     assert term.pre_batches == len(trainer.train_loader)  # one pre-stage epoch, then distillation
     assert metrics["prestage/epochs"] == 1 and metrics["prestage/loss_toy"] > 0 and metrics["train/loss_toy"] > 0
     assert term.connector.weight.grad is not None
+
+
+def test_every_term_names_its_paper_and_the_code_it_is_checked_against():
+    missing = [name for name in registry.term_names() if not registry.term(name).reference]
+    assert not missing, f"terms without a reference: {missing}"

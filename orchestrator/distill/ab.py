@@ -130,6 +130,7 @@ def build(ctx: TermContext, knobs: ABKnobs) -> AB:
 
 register_term(TermSpec(
     name="ab",
+    reference="Heo et al., AAAI 2019; RepDistiller b84f547 distiller_zoo/AB.py",
     build=build,
     knobs=ABKnobs,
     needs=lambda k: feature_needs(parse_stages("stages", k.stages)),

@@ -76,6 +76,7 @@ def build(ctx: TermContext, knobs: ATKnobs) -> AT:
 
 register_term(TermSpec(
     name="at",
+    reference="Zagoruyko & Komodakis, ICLR 2017; RepDistiller b84f547 distiller_zoo/AT.py",
     build=build,
     knobs=ATKnobs,
     needs=lambda knobs: Needs(stages=(knobs.stages,)),

@@ -133,6 +133,7 @@ def build(ctx: TermContext, knobs: CACRKnobs) -> CACR:
 
 register_term(TermSpec(
     name="cacr",
+    reference="Zheng et al., 2021 (CACR); JegZheng/CACR-SSL fbc9d94",
     build=build,
     knobs=CACRKnobs,
     needs=Needs(frozenset({EMBEDDING})),

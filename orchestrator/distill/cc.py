@@ -76,6 +76,7 @@ def build(ctx: TermContext, knobs: CCKnobs) -> CC:
 
 register_term(TermSpec(
     name="cc",
+    reference="Peng et al., ICCV 2019; RepDistiller b84f547 distiller_zoo/CC.py",
     build=build,
     knobs=CCKnobs,
     needs=Needs(frozenset({EMBEDDING})),

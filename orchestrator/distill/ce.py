@@ -18,6 +18,7 @@ class CrossEntropy(Term):
 
 register_term(TermSpec(
     name="ce",
+    reference="cross-entropy with the labels",
     build=lambda ctx, knobs: CrossEntropy(),
     weight_key="distill.gamma",
     needs=Needs(labels=True),

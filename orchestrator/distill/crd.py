@@ -236,6 +236,7 @@ def _fewer_negatives(knobs: CRDKnobs, num_train_samples: int) -> tuple[str, Any,
 
 register_term(TermSpec(
     name="crd",
+    reference="Tian et al., ICLR 2020; RepDistiller b84f547 crd/",
     build=build,
     knobs=CRDKnobs,
     weight_key="distill.beta",

@@ -164,6 +164,7 @@ def build(ctx: TermContext, knobs: CRDQueueKnobs) -> CRDQueue:
 
 register_term(TermSpec(
     name="crd_queue",
+    reference="CRD with a MoCo-style queue (RepDistiller issue 40); values equal CRD's (RepDistiller b84f547) on the bank's rows",
     build=build,
     knobs=CRDQueueKnobs,
     needs=Needs(frozenset({EMBEDDING})),

@@ -130,6 +130,7 @@ def build(ctx: TermContext, knobs: DISTKnobs) -> DIST:
 
 register_term(TermSpec(
     name="dist",
+    reference="Huang et al., NeurIPS 2022; hunto/DIST_KD 2418f18 (image_classification_sota d9662f7 dist_kd.py)",
     build=build,
     knobs=DISTKnobs,
     needs=Needs(frozenset({LOGITS})),

@@ -146,6 +146,7 @@ def build(ctx: TermContext, knobs: DKDKnobs) -> DKD:
 
 register_term(TermSpec(
     name="dkd",
+    reference="Zhao et al., CVPR 2022; mdistiller a08d46f distillers/DKD.py",
     build=build,
     knobs=DKDKnobs,
     needs=Needs(frozenset({LOGITS}), labels=True),

@@ -114,6 +114,7 @@ def build(ctx: TermContext, knobs: FitNetKnobs) -> FitNet:
 
 register_term(TermSpec(
     name="fitnet",
+    reference="Romero et al., ICLR 2015; RepDistiller b84f547 distiller_zoo/FitNet.py",
     build=build,
     knobs=FitNetKnobs,
     needs=lambda knobs: Needs(stages=(knobs.stage,)),

@@ -100,6 +100,7 @@ def build(ctx: TermContext, knobs: FSPKnobs) -> FSP:
 
 register_term(TermSpec(
     name="fsp",
+    reference="Yim et al., CVPR 2017; RepDistiller b84f547 distiller_zoo/FSP.py",
     build=build,
     knobs=FSPKnobs,
     needs=lambda k: feature_needs(parse_stages("stages", k.stages, at_least=2)),

@@ -149,6 +149,7 @@ def build(ctx: TermContext, knobs: FTKnobs) -> FT:
 
 register_term(TermSpec(
     name="ft",
+    reference="Kim et al., NeurIPS 2018; RepDistiller b84f547 distiller_zoo/FT.py",
     build=build,
     knobs=FTKnobs,
     needs=lambda k: feature_needs(parse_stages("stage", k.stage)),

@@ -105,6 +105,7 @@ def build(ctx: TermContext, knobs: KDKnobs) -> KD:
 
 register_term(TermSpec(
     name="kd",
+    reference="Hinton et al. 2015; RepDistiller b84f547 distiller_zoo/KD.py",
     build=build,
     knobs=KDKnobs,
     weight_key="distill.alpha",

@@ -145,6 +145,7 @@ def build(ctx: TermContext, knobs: KDSVDKnobs) -> KDSVD:
 
 register_term(TermSpec(
     name="kdsvd",
+    reference="Lee et al., ECCV 2018; RepDistiller b84f547 distiller_zoo/KDSVD.py",
     build=build,
     knobs=KDSVDKnobs,
     needs=lambda k: feature_needs(parse_stages("stages", k.stages, at_least=2)),

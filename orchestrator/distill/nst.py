@@ -86,6 +86,7 @@ def build(ctx: TermContext, knobs: NSTKnobs) -> NST:
 
 register_term(TermSpec(
     name="nst",
+    reference="Huang & Wang, 2017; RepDistiller b84f547 distiller_zoo/NST.py",
     build=build,
     knobs=NSTKnobs,
     needs=lambda k: feature_needs(parse_stages("stages", k.stages)),

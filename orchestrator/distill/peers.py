@@ -115,12 +115,14 @@ def _builder(log_probs: Callable[[ModelOutput, float], Tensor], reduction: str):
 # Paper settings: DML trains 2 networks with T = 1 and weight 1 (Zhang et al. 2018, Eq. 1-2);
 # DoGo: 2 networks, similarity temperature 0.1, weight 1 (NeurAI-Lab/DoGo e303820, criterion/kl.py, train.py).
 register_term(TermSpec(
-    name="dml", build=_builder(class_log_probs, "batchmean"), knobs=PeerKnobs,
+    name="dml", reference="Zhang et al., CVPR 2018 (Deep Mutual Learning); closed form",
+    build=_builder(class_log_probs, "batchmean"), knobs=PeerKnobs,
     needs=Needs(labels=True), multi_teacher="outputs", parts=("P-1 peer networks",),
     paper_defaults={"distill.dml.peers": 2, "distill.dml.temperature": 1.0, "distill.dml.weight": 1.0},
 ))
 register_term(TermSpec(
-    name="dogo", build=_builder(similarity_log_probs, "mean"), knobs=DoGoKnobs,
+    name="dogo", reference="Bhat et al., CVPRW 2021 (Distill on the Go); NeurAI-Lab/DoGo e303820 criterion/kl.py",
+    build=_builder(similarity_log_probs, "mean"), knobs=DoGoKnobs,
     needs=Needs(labels=True), multi_teacher="outputs", parts=("P-1 peer networks",),
     paper_defaults={"distill.dogo.peers": 2, "distill.dogo.temperature": 0.1, "distill.dogo.weight": 1.0},
 ))

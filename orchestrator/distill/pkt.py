@@ -78,6 +78,7 @@ def build(ctx: TermContext, knobs: PKTKnobs) -> PKT:
 
 register_term(TermSpec(
     name="pkt",
+    reference="Passalis & Tefas, ECCV 2018; RepDistiller b84f547 distiller_zoo/PKT.py",
     build=build,
     knobs=PKTKnobs,
     needs=Needs(frozenset({EMBEDDING})),

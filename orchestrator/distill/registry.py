@@ -69,6 +69,7 @@ class TermSpec:
     paper_defaults: the paper's values of its knobs and weight, as dotted config keys.
     data_check: ``(knobs, num_train_samples) -> (key, value, allowed) | None`` for limits that
         depend on the data (e.g. fewer negatives than samples).
+    reference: the paper and the code its values are checked against (repository and commit).
     """
 
     name: str
@@ -82,6 +83,7 @@ class TermSpec:
     pre_stage: str | None = None
     paper_defaults: Mapping[str, Any] = field(default_factory=dict)
     data_check: Callable[[Any, int], tuple[str, Any, str] | None] | None = None
+    reference: str = ""
 
     def needs_for(self, knobs: Any) -> Needs:
         return self.needs(knobs) if callable(self.needs) else self.needs

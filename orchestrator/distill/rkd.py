@@ -92,6 +92,7 @@ def build(ctx: TermContext, knobs: RKDKnobs) -> RKD:
 
 register_term(TermSpec(
     name="rkd",
+    reference="Park et al., CVPR 2019; RepDistiller b84f547 distiller_zoo/RKD.py",
     build=build,
     knobs=RKDKnobs,
     needs=Needs(frozenset({EMBEDDING})),

@@ -131,6 +131,7 @@ def build(ctx: TermContext, knobs: SEEDKnobs) -> SEED:
 
 register_term(TermSpec(
     name="seed",
+    reference="Fang et al., ICLR 2021; jacobswan1/SEED f236cac",
     build=build,
     knobs=SEEDKnobs,
     needs=Needs(frozenset({EMBEDDING})),  # no labels: SEED distils unlabelled images

@@ -74,6 +74,7 @@ def build(ctx: TermContext, knobs: SPKnobs) -> SP:
 
 register_term(TermSpec(
     name="sp",
+    reference="Tung & Mori, ICCV 2019; RepDistiller b84f547 distiller_zoo/SP.py",
     build=build,
     knobs=SPKnobs,
     needs=lambda knobs: Needs(stages=(knobs.stages,)),

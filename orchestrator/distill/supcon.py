@@ -105,6 +105,7 @@ def build(ctx: TermContext, knobs: SupConKnobs) -> SupCon:
 
 register_term(TermSpec(
     name="supcon",
+    reference="Khosla et al., NeurIPS 2020; HobbitLong/SupContrast 66a8fe5 losses.py",
     build=build,
     knobs=SupConKnobs,
     needs=Needs(labels=True),  # no teacher

@@ -104,6 +104,7 @@ def build(ctx: TermContext, knobs: VIDKnobs) -> VID:
 
 register_term(TermSpec(
     name="vid",
+    reference="Ahn et al., CVPR 2019; RepDistiller b84f547 distiller_zoo/VID.py",
     build=build,
     knobs=VIDKnobs,
     needs=lambda knobs: Needs(stages=(knobs.stages,)),
