@@ -300,8 +300,10 @@ def test_resume_with_a_different_config_exits_2_naming_the_keys(tmp_path, monkey
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="known defect (docs/RELIABILITY.md): a driver killed between Tune creating a "
-                   "trial and Tune saving its experiment state re-issues that trial number to a new trial on resume")
+@pytest.mark.skipif(os.environ.get("DISTILL_RUN_DRIVER_KILL_TEST") != "1",
+                    reason="~10 min, and fails on a known defect (issue 14, docs/RELIABILITY.md): a driver killed between "
+                    "Tune creating a trial and Tune saving its experiment state re-issues that trial number on resume; "
+                    "run it with DISTILL_RUN_DRIVER_KILL_TEST=1")
 def test_driver_sigkill_three_times_then_resume_finishes(isolated_cache, tmp_path):
     """Modelled on Ray Tune's restore tests: SIGKILL the sweep driver at random points (3 times), --resume until
     it finishes; nothing is issued or run twice, progress loses at most the epoch in flight, the Optuna study
