@@ -11,6 +11,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from orchestrator.models.base import ModelOutput
+
 
 def init_conv_weights(model: nn.Module) -> None:
     """He-normal (fan-out) initialisation of every Conv2d weight; other layers keep PyTorch's defaults."""
@@ -36,3 +38,25 @@ class ReLUStage(nn.Sequential):
             preact = block(x)
             x = F.relu(preact)
         return x, preact
+
+
+class StagedNet(nn.Module):
+    """The forward of the zoo models built as stem -> stages returning (out, preact) -> pool -> fc.
+
+    Subclasses set ``stem``, ``stages`` (each returns ``(out, preact)``), ``pool``, ``fc`` and ``preact``.
+    forward(x (B, C, H, W)) -> ModelOutput(features = [stem, stage outputs (pre-ReLU with ``preact``)],
+    embedding (B, D) = the pooled last stage, logits (B, num_classes)).
+    """
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        x = self.stem(x)
+        features = [x]
+        for stage in self.stages:
+            x, preact = stage(x)
+            features.append(preact if self.preact else x)
+        embedding = self.embed(x)
+        return ModelOutput(features, embedding, self.fc(embedding))
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The last stage's output (B, C, H, W) -> the embedding (B, D)."""
+        return self.pool(x).flatten(1)

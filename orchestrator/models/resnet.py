@@ -14,8 +14,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from orchestrator.models.base import ModelOutput, register_model
-from orchestrator.models.blocks import ReLUStage, init_conv_weights, zoo_stage_names
+from orchestrator.models.base import register_model
+from orchestrator.models.blocks import ReLUStage, StagedNet, init_conv_weights, zoo_stage_names
 
 
 class BasicBlock(nn.Module):
@@ -36,7 +36,7 @@ class BasicBlock(nn.Module):
         return self.bn2(self.conv2(out)) + self.shortcut(x)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(StagedNet):
     stage_names = zoo_stage_names(3)
 
     def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int, in_channels: int) -> None:
@@ -61,15 +61,6 @@ class CifarResNet(nn.Module):
         self.embedding_dim = channels
         self.fc = nn.Linear(channels, num_classes)
         init_conv_weights(self)
-
-    def forward(self, x: Tensor) -> ModelOutput:
-        x = self.stem(x)
-        features = [x]
-        for stage in self.stages:
-            x, preact = stage(x)
-            features.append(preact if self.preact else x)
-        embedding = self.pool(x).flatten(1)
-        return ModelOutput(features, embedding, self.fc(embedding))
 
 
 def _register(name: str, depth: int, widths: tuple[int, int, int, int]) -> None:

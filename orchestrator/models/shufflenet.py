@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from orchestrator.models.base import ModelOutput, register_model
-from orchestrator.models.blocks import ReLUStage, init_conv_weights, zoo_stage_names
+from orchestrator.models.base import register_model
+from orchestrator.models.blocks import ReLUStage, StagedNet, init_conv_weights, zoo_stage_names
 
 
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
@@ -52,7 +52,7 @@ class ShuffleUnit(nn.Module):
         return out + x if self.shortcut is None else torch.cat([out, self.shortcut(x)], 1)
 
 
-class ShuffleNetV1(nn.Module):
+class ShuffleNetV1(StagedNet):
     stage_names = zoo_stage_names(3)
 
     def __init__(self, widths: tuple[int, ...], depths: tuple[int, ...], groups: int,
@@ -73,15 +73,6 @@ class ShuffleNetV1(nn.Module):
         self.embedding_dim = channels
         self.fc = nn.Linear(channels, num_classes)
         init_conv_weights(self)
-
-    def forward(self, x: Tensor) -> ModelOutput:
-        x = self.stem(x)
-        features = [x]
-        for stage in self.stages:
-            x, preact = stage(x)
-            features.append(preact if self.preact else x)
-        embedding = self.pool(x).flatten(1)
-        return ModelOutput(features, embedding, self.fc(embedding))
 
 
 class SplitUnit(nn.Module):
@@ -137,7 +128,7 @@ class ShuffleV2Stage(nn.Module):
         return x, preact
 
 
-class ShuffleNetV2(nn.Module):
+class ShuffleNetV2(StagedNet):
     stage_names = zoo_stage_names(3)
 
     def __init__(self, widths: tuple[int, ...], depths: tuple[int, ...], head_width: int,
@@ -156,14 +147,8 @@ class ShuffleNetV2(nn.Module):
         self.fc = nn.Linear(head_width, num_classes)
         init_conv_weights(self)
 
-    def forward(self, x: Tensor) -> ModelOutput:
-        x = self.stem(x)
-        features = [x]
-        for stage in self.stages:
-            x, preact = stage(x)
-            features.append(preact if self.preact else x)
-        embedding = self.pool(self.head(x)).flatten(1)
-        return ModelOutput(features, embedding, self.fc(embedding))
+    def embed(self, x: Tensor) -> Tensor:
+        return self.pool(self.head(x)).flatten(1)
 
 
 @register_model("ShuffleV1")
