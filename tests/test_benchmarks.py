@@ -144,3 +144,24 @@ def test_scaling_quick(ray_session, capsys):
     assert scaling.main(["--quick"]) == 0
     out = capsys.readouterr().out
     assert "1 and 2 Ray Train workers" in out
+
+
+def test_methods_quick_pairs_gains_resumes_and_refuses_bad_input(isolated_cache, tmp_path, capsys):
+    """Each method at its paper defaults vs the student alone on the same seeds; a second call reuses every
+    stored result; an unknown method or one that cannot fit the data exits 2 before any training."""
+    import json
+
+    import methods
+
+    out = tmp_path / "m"
+    assert methods.main(["--quick", "--methods", "kd", "ce+sp", "--seeds", "1", "2", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "6 runs to do" in text and "| `kd`" in text and "| `ce+sp`" in text and "[" in text
+    stored = json.loads((out / "results.json").read_text())
+    assert sorted(stored) == ["ce", "ce+sp", "kd"] and all(sorted(v) == ["1", "2"] for v in stored.values())
+    assert (out / "gains.png").stat().st_size > 0
+    assert methods.main(["--quick", "--methods", "kd", "--seeds", "1", "2", "--out", str(out)]) == 0
+    assert "0 runs to do" in capsys.readouterr().out
+    assert methods.main(["--quick", "--methods", "nope", "--out", str(tmp_path / "bad")]) == 2
+    assert methods.main(["--quick", "--methods", "crd", "--out", str(tmp_path / "bad")]) == 2
+    assert "distill.crd.nce_k" in capsys.readouterr().err and not (tmp_path / "bad").exists()
