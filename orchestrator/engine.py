@@ -82,6 +82,16 @@ class CachedTeacherOutputs:
         return ModelOutput([take(self.features.get(name)) for name in self.stage_names], take(self.embedding),
                            take(self.logits))
 
+    def covers(self, needs: registry.Needs) -> bool:
+        """True when every field and stage ``needs`` names is stored (stage selectors resolved on this teacher)."""
+        stored = {"logits": self.logits is not None, "embedding": self.embedding is not None}
+        if not all(stored.get(f, False) for f in needs.fields):
+            return False
+        try:
+            return set(select_all(needs.stages, self.stage_names, "the teacher")) <= set(self.features)
+        except ValueError:
+            return False
+
     def check_matches(self, dataset) -> None:
         """Raise ValueError unless the rows line up with ``dataset``'s samples."""
         if self.num_samples != len(dataset):

@@ -97,6 +97,9 @@ def train_loop_per_worker(config: dict) -> None:
     # the same validation images and precomputed teacher outputs stay aligned with the train indices.
     data = build_data(cfg.data, config.get("data_seed", cfg.seed))
     outputs = [CachedTeacherOutputs.load(p) for p in config.get("teacher_outputs") or []]
+    needs = registry.teacher_needs(cfg.distill)
+    if not (registry.cacheable(cfg.distill) and all(o.covers(needs) for o in outputs)):
+        outputs = []  # the sweep's cache lacks what this objective reads (or it must see live outputs)
     teachers = []
     if not outputs and registry.needs_teacher(cfg.distill):
         if config.get("tracking_uri"):  # runs:/ and models:/ teachers resolve against the sweep's store

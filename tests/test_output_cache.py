@@ -150,3 +150,52 @@ def test_a_cache_larger_than_the_limit_is_not_built_and_the_teacher_runs_live(sm
     assert teacher_outputs_file(str(tmp_path / "t.pt"), tight, data, needs) is None
     assert "the teacher runs live instead" in capsys.readouterr().out
     assert teacher_outputs_file(str(tmp_path / "t.pt"), cfg, data, needs) is not None
+
+
+def test_sweep_caches_the_vector_fields_when_feature_maps_exceed_the_limit(small, isolated_cache, tmp_path, capsys):
+    """A space of KD and AT whose AT feature maps exceed ``teacher.cache_max_gb``: the sweep caches logits and
+    embedding only; KD's trials are covered by it, AT's are not (they run the teacher live)."""
+    from orchestrator.config import apply_overrides
+    from orchestrator.distill import registry
+    from orchestrator.plan import make_plan
+    from orchestrator.sweep.teacher_outputs import outputs_for
+
+    cfg, data = small
+    space = tmp_path / "space.yaml"
+    space.write_text("params:\n  distill.method: {type: categorical, choices: [kd, at]}\n")
+    model = _teacher(3)
+    save_model_checkpoint(tmp_path / "t" / "teacher.pt", model, "tiny_teacher", data, {})
+    vectors = 4 * len(data.train_eval) * sum(t[0].numel() for t in (model(data.train_eval[0][0][None]).logits,
+                                                                    model(data.train_eval[0][0][None]).embedding))
+    cfg = apply_overrides(cfg, {"sweep.search_space": str(space), "sweep.storage_path": str(tmp_path / "runs"),
+                                "teacher.cache_max_gb": 2 * vectors / 2**30})  # vectors fit, feature maps don't
+    [path] = outputs_for(str(tmp_path / "t" / "teacher.pt"), make_plan(cfg, len(data.train)), data)
+    assert "trials of at read feature maps and run the teacher live" in capsys.readouterr().out
+    cache = CachedTeacherOutputs.load(path)
+    assert not cache.features
+    assert cache.covers(registry.teacher_needs(apply_overrides(cfg, {"distill.method": "kd"}).distill))
+    assert not cache.covers(registry.teacher_needs(apply_overrides(cfg, {"distill.method": "at"}).distill))
+
+
+@pytest.mark.parametrize("method", ["kd", "at"])
+def test_a_trial_uses_the_cache_only_when_it_holds_what_its_objective_reads(method, small, isolated_cache, tmp_path,
+                                                                             ray_session, monkeypatch):
+    """Given a cache of logits only, a KD trial reads it (the teacher file is never loaded) and an AT trial
+    loads the live teacher."""
+    from orchestrator import train_loop
+    from orchestrator.config import apply_overrides
+    from orchestrator.distill.registry import Needs
+    from orchestrator.launcher import launch
+
+    cfg, data = small
+    model = _teacher(4)
+    save_model_checkpoint(tmp_path / "teacher.pt", model, "tiny_teacher", data, {})
+    logits = teacher_outputs_file(str(tmp_path / "teacher.pt"), cfg, data, Needs(frozenset({"logits"})))
+    loaded = []
+    real_load = train_loop.load_teacher
+    monkeypatch.setattr(train_loop, "load_teacher", lambda *a, **k: loaded.append(a[0]) or real_load(*a, **k))
+    cfg = apply_overrides(cfg, {"distill.method": method, "train.epochs": 1})
+    result = launch(cfg, {"teachers": [str(tmp_path / "teacher.pt")], "teacher_outputs": [str(logits)]},
+                    name=f"cache-{method}", storage_path=str(tmp_path / "train"), in_tune=False)
+    assert result.error is None and result.metrics["epoch"] == 1
+    assert loaded == ([] if method == "kd" else [str(tmp_path / "teacher.pt")])
