@@ -3,6 +3,7 @@
     python benchmarks/methods.py --out /tmp/methods                       # every preset and ce+<term>, seeds 1 2 3
     python benchmarks/methods.py --methods ce+kd ce+seed --out /tmp/m -- data.labeled_fraction=0.1
     python benchmarks/methods.py --quick --out /tmp/mq                    # digits, tiny models (seconds)
+    python benchmarks/methods.py --tune 6 --out /tmp/methods              # also a short sweep per method's space
 
 Each method (a preset, or ``ce+<term>`` for a term no preset starts with) is trained with the project's
 plain-PyTorch ``Trainer`` (what every trial and confirmation job runs) at the paper defaults the registry
@@ -13,6 +14,13 @@ per set of fields the method reads (``output_cache.ensure_outputs``, the sweep's
 ``<out>/results.json`` as it finishes, so a killed run resumes where it stopped. Prints and writes
 ``<out>/table.md`` (test accuracy mean ± sd, per seed, paired gain over the student alone with its 95%
 interval, minutes per run) and ``<out>/gains.png`` (the gains with their intervals).
+
+``--tune N`` also runs, per method, the real sweep (``python -m orchestrator.sweep``, sweep seed 0, so the
+search trains on seed 0 and confirms on seeds 1, 2, 3) over the method's own search space
+(``search_spaces/<space>.yaml``, the one that fixes or chooses the method; one sweep per space) with N
+trials, the top config, the best paper default and the student alone confirmed on 3 fresh seeds, and adds a
+second table from each sweep's ``summary.json``: the chosen config, its test accuracy and its paired gains
+over the student alone and over the best paper default (``<out>/tuned/<space>.json``, resumable too).
 """
 
 from __future__ import annotations
@@ -20,12 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+import selection  # noqa: E402
 
 ALONE = "ce"
 QUICK = ["data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student", "data.batch_size=64",
@@ -39,6 +49,22 @@ def default_methods() -> list[str]:
     methods = [m for m in registry.method_names() if m != ALONE]
     covered = {"+".join(registry.method_terms(m)) for m in methods}
     return methods + [f"ce+{t}" for t in registry.term_names() if t != ALONE and f"ce+{t}" not in covered]
+
+
+def space_for(method: str) -> Path:
+    """The shipped search space of ``method``: the one fixing it, else one (not the zoo) that chooses it."""
+    import yaml
+
+    choosing = []
+    for path in sorted((common.REPO / "search_spaces").glob("*.yaml")):
+        spec = yaml.safe_load(path.read_text())
+        if (spec.get("fixed") or {}).get("distill.method") == method:
+            return path
+        if path.stem != "zoo" and method in ((spec.get("params") or {}).get("distill.method") or {}).get("choices", []):
+            choosing.append(path)
+    if not choosing:
+        raise ValueError(f"no search space in search_spaces/ fixes or chooses distill.method={method}")
+    return choosing[0]
 
 
 def method_config(base, method: str):
@@ -135,6 +161,37 @@ def plot(results: dict[str, dict[str, dict]], methods: list[str], path: Path) ->
     return path
 
 
+def tune(spaces: dict[Path, list[str]], samples: int, out: Path, overrides: list[str]) -> common.Table:
+    """One short sweep per space (resumable: a finished space's summary is kept); the table of their results."""
+    from orchestrator.atomic_files import write_json_atomic
+    from orchestrator.teachers import default_cache_dir
+
+    table = common.Table(f"After a short sweep per method ({samples} trials on seed 0, confirmed on seeds 1, 2, 3)",
+                         ["space", "methods", "chosen", "chosen test %", "alone test %", "gain vs alone [95% CI]",
+                          "gain vs best paper default [95% CI]", "minutes"])
+    (out / "tuned").mkdir(parents=True, exist_ok=True)
+    for space, methods in spaces.items():
+        stored = out / "tuned" / f"{space.stem}.json"
+        if not stored.is_file():
+            print(f"sweep over {space.name} ({', '.join(methods)}), {samples} trials ...", flush=True)
+            with tempfile.TemporaryDirectory(prefix=f"methods-{space.stem}-") as tmp:
+                summary = selection.run_sweep(0, [f"sweep.search_space={space}", f"sweep.num_samples={samples}",
+                                                  "sweep.confirm.top_k=1", "sweep.confirm.seeds=3", *overrides],
+                                              Path(tmp), default_cache_dir())
+            write_json_atomic(stored, summary)
+        summary = json.loads(stored.read_text())
+        seed_row = selection.row(0, summary)
+        chosen = next(c for c in summary["candidates"] if c["label"] == summary["chosen"])
+        params = ", ".join(f"{k}={_short(v)}" for k, v in chosen["params"].items())
+        table.add(f"`{space.stem}`", ", ".join(methods), f"{summary['chosen']}: {params}", *seed_row[3:])
+        print(" | ".join(table.rows[-1]), flush=True)
+    return table
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=None, help="methods to compare (default: every one)")
@@ -143,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--title", default="Every objective at its paper defaults vs the student alone")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--quick", action="store_true", help="digits and tiny models (seconds)")
+    parser.add_argument("--tune", type=int, default=0, metavar="N",
+                        help="also a short sweep (N trials) over each method's own search space")
     parser.add_argument("overrides", nargs="*", help="config overrides (key=value) for every run, after --")
     args = parser.parse_args(argv)
 
@@ -159,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         methods = args.methods or default_methods()
         for method in methods:
             method_config(base, method)
+        spaces: dict[Path, list[str]] = {}
+        for method in methods if args.tune else []:
+            spaces.setdefault(space_for(method), []).append(method)
     except (ConfigError, ValueError) as err:  # ValueError: an unknown method, naming the allowed ones
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -182,10 +244,13 @@ def main(argv: list[str] | None = None) -> int:
         write_json_atomic(store, results)
         print(f"[{i}/{len(todo)}] {method:<14} seed {seed}: test {100 * result['test']:.2f}% "
               f"({result['seconds'] / 60:.1f} min)", flush=True)
-    out = table(results, methods, args.seeds, args.title)
-    out.notes += [f"command: `{common.command_line()}`",
-                  f"machine: {common.machine_text()}; {common.load_text()}; date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"]
-    text = out.markdown()
+    tables = [table(results, methods, args.seeds, args.title)]
+    if args.tune:
+        tables.append(tune(spaces, args.tune, args.out, [*(QUICK if args.quick else []), *args.overrides]))
+    tables[-1].notes += [f"command: `{common.command_line()}`",
+                         f"machine: {common.machine_text()}; {common.load_text()}; "
+                         f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"]
+    text = "\n\n".join(t.markdown() for t in tables)
     (args.out / "table.md").write_text(text + "\n")
     print(text)
     print(f"plot: {plot(results, methods, args.out / 'gains.png')}")

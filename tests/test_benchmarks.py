@@ -165,3 +165,13 @@ def test_methods_quick_pairs_gains_resumes_and_refuses_bad_input(isolated_cache,
     assert methods.main(["--quick", "--methods", "nope", "--out", str(tmp_path / "bad")]) == 2
     assert methods.main(["--quick", "--methods", "crd", "--out", str(tmp_path / "bad")]) == 2
     assert "distill.crd.nce_k" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_methods_tune_finds_each_methods_own_space():
+    import methods
+
+    assert methods.space_for("kd").stem == "kd" and methods.space_for("ce+pkt").stem == "pkt"
+    assert methods.space_for("kd_ls").stem == "logit_std"  # a space choosing between kd_ls and dkd_ls
+    assert {methods.space_for(m).stem for m in methods.default_methods()} >= {"dml", "dogo", "seed", "kdsvd"}
+    with pytest.raises(ValueError, match="no search space"):
+        methods.space_for("ce+kd+dist")
