@@ -90,7 +90,7 @@ def legacy_crd_forward(self, student_emb, teacher_emb, indices, negatives):
         raise ValueError(f"nce_k ({negatives.shape[-1]}) must be smaller than N ({self.n_data})")
     mem = self.memory
     if self.training:
-        mem.sync_banks()
+        mem.sync()
     v_s = self.embed_s(student_emb).float()
     v_t = self.embed_t(teacher_emb.detach()).float()
     idx = indices.to(mem.bank_s.device, torch.long)
