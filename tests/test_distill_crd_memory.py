@@ -164,6 +164,30 @@ def test_queue_with_several_teachers_is_weighted():
     assert value.item() == pytest.approx(0.25 * parts[0] + 0.75 * parts[1], rel=1e-6)
 
 
+@pytest.mark.parametrize("queue_size", [K, K + 7])  # all rows (no sampler), or K of Q drawn per batch
+def test_queue_state_dict_round_trip(queue_size):
+    def make(seed: int):
+        torch.manual_seed(seed)
+        return build(distill_config("crd", crd__memory="queue", crd__nce_k=K, crd__queue_size=queue_size,
+                                    crd__feat_dim=D), student_dim=DS, teacher_dims=[DT],
+                     train_labels=torch.arange(40) % 4, seed=seed)
+
+    def batch(g):
+        s, t = torch.randn(B, DS, generator=g), torch.randn(B, DT, generator=g)
+        return _out(s), [_out(t)], torch.zeros(B, dtype=torch.long), torch.arange(B)
+
+    g = torch.Generator().manual_seed(0)
+    a = make(0)
+    for _ in range(2):
+        a(*batch(g))
+    b = make(9)
+    b.load_state_dict(a.state_dict())
+    assert "terms.crd.crds.0.memory.queue_s.rows" in a.state_dict()
+    step = batch(g)
+    assert torch.equal(a(*step)["crd"], b(*step)["crd"])  # same queues, Z and (with Q > K) the same draw
+    assert torch.equal(a.terms["crd"].crds[0].memory.queue_t.rows, b.terms["crd"].crds[0].memory.queue_t.rows)
+
+
 # ---------------------------------------------------------------- relaxed positives (RepDistiller's 'relax')
 
 N_REF, C_REF, K_REF, B_REF = 30, 3, 5, 4
@@ -214,6 +238,19 @@ def test_relaxed_positive_values_match_repdistiller():
         assert value.item() == pytest.approx(expected, rel=1e-5)
     sums = (crd.memory.bank_s.abs().sum().item(), crd.memory.bank_t.abs().sum().item())
     assert sums == pytest.approx(REFERENCE_BANK_SUMS, rel=1e-5)
+
+
+def test_the_relax_term_draws_same_class_positives_and_class_negatives():
+    labels = torch.arange(40) % 4
+    term = build(distill_config("crd", crd__positive="relax", crd__negatives_mode="exact", crd__nce_k=8,
+                                crd__feat_dim=D), student_dim=DS, teacher_dims=[DT], train_labels=labels).terms["crd"]
+    idx = torch.arange(0, 40, 3)
+    for _ in range(5):
+        pos = term.draw_positives(labels[idx], idx.device)
+        neg = term.draw_negatives(idx, labels[idx])
+        assert (labels[pos] == labels[idx]).all() and (labels[neg] != labels[idx][:, None]).all()
+    exact = build(distill_config("crd", crd__nce_k=8), student_dim=DS, teacher_dims=[DT], train_labels=labels)
+    assert exact.terms["crd"].draw_positives(labels[idx], idx.device) is None  # the sample's own row
 
 
 def test_relax_reads_the_positives_bank_row_and_updates_the_anchors_own():
