@@ -1,6 +1,6 @@
-"""Peak memory of a CRD training step as the memory bank (N) and the negatives (K) grow, against KD.
+"""Peak memory of a CRD training step as the dataset (N) and the negatives (K) grow, bank vs queue, against KD.
 
-    python benchmarks/memory.py            # N = 60k and 1.28M, K = 4096 and 16384 (a few minutes)
+    python benchmarks/memory.py            # N = 60k, 1.28M, 14M; K = 4096 and 16384 (a few minutes)
     python benchmarks/memory.py --quick    # small N and K (seconds)
     python benchmarks/memory.py --append   # also append the table to docs/BENCHMARKS.md
 
@@ -13,9 +13,14 @@ costs only the banks), runs one warm-up step, then resets the kernel's peak-RSS 
 (``/proc/self/clear_refs``) and runs ``--steps`` steps. Reported:
 
 - ``state``: resident memory the trainer (student, distiller, optimiser) adds, measured after the
-  warm-up step (for CRD mostly the two memory banks, 2 x N x d x 4 bytes);
+  warm-up step (for bank CRD mostly the two memory banks, 2 x N x d x 4 bytes; for queue CRD,
+  ``distill.crd.memory=queue`` with Q = K, two K x d queues whatever N);
 - ``step peak``: the peak resident memory during a step above that (the step's temporaries);
 - the CRD loss ``now`` and ``before`` the fused NCE path (``benchmarks/step.py`` explains both).
+
+Banks larger than ``--max-bank-gb`` (default 4: N = 14M needs 2 x 14M x 128 x 4 B = 14.3 GB, more
+than a shared 24 GiB machine should give one benchmark) are not allocated: their rows give the banks'
+size, computed, and are marked ``analytic``.
 """
 
 from __future__ import annotations
@@ -49,12 +54,11 @@ def child(spec: dict) -> dict:
     common.set_threads(spec["threads"])
     setup = step_bench.make_setup(
         spec["n"], spec["batch"], "cpu", spec["teacher"], spec["student"], n_batches=spec["steps"] + 1,
-        materialise=False,
+        materialise=False, cache=False,  # live teacher: no N-row output cache
     )
-    setup.cache = None  # live teacher: no N-row output cache held in memory
     rss0 = _status_kib("VmRSS")  # imports, teacher, batches: the same for every variant
     v = step_bench.Variant(spec["method"], spec.get("k"), spec.get("mode"), "live" if spec["method"] != "ce" else None,
-                           spec.get("impl", "now"))
+                           spec.get("impl", "now"), spec.get("memory", "bank"))
     trainer = step_bench.make_trainer(setup, v, spec["batch"])
     run = step_bench.step_runner(trainer, setup, v, 1, 1e9, None)
     run()  # warm-up step: first-batch Z, optimiser state, allocator pools
@@ -62,13 +66,13 @@ def child(spec: dict) -> dict:
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     times = [run() for _ in range(spec["steps"])]
     peak = _status_kib("VmHWM")
-    bank = 0
+    memory = 0
     for name, buf in trainer.objective.named_buffers():
-        if name.endswith(("bank_s", "bank_t")):
-            bank += buf.numel() * buf.element_size()
+        if name.endswith(("bank_s", "bank_t", "queue_s.rows", "queue_t.rows")):
+            memory += buf.numel() * buf.element_size()
     del torch
     return {
-        "state": (state - rss0) * 1024, "step_peak": (peak - state) * 1024, "bank": bank,
+        "state": (state - rss0) * 1024, "step_peak": (peak - state) * 1024, "memory": memory,
         "s_per_step": common.median(times),
     }
 
@@ -90,23 +94,33 @@ def variants(ns: list[int], ks: list[int], before: bool) -> list[dict]:
             for mode in ("shared", "exact"):
                 for impl in ("now", "before") if before else ("now",):
                     out.append({"method": "crd", "n": n, "k": k, "mode": mode, "impl": impl})
+            out.append({"method": "crd", "n": n, "k": k, "mode": "shared", "memory": "queue"})
     return out
+
+
+def bank_bytes(n: int, feat_dim: int = 128) -> int:
+    """Two (N, d) fp32 banks."""
+    return 2 * n * feat_dim * 4
 
 
 def label(spec: dict) -> str:
     if spec["method"] in ("ce", "kd"):
         return {"ce": "student alone (CE)", "kd": "KD (live teacher)"}[spec["method"]]
+    if spec.get("memory") == "queue":
+        return "CRD queue (Q = K)"
     tail = "" if spec.get("impl", "now") == "now" else " [before]"
-    return f"CRD {spec['mode']}{tail}"
+    return f"CRD bank, {spec['mode']}{tail}"
 
 
 def build_parser():
     p = common.base_parser(__doc__.splitlines()[0])
-    p.add_argument("--ns", type=int, nargs="+", default=[60_000, 1_280_000], help="memory-bank sizes N")
+    p.add_argument("--ns", type=int, nargs="+", default=[60_000, 1_280_000, 14_000_000], help="dataset sizes N")
     p.add_argument("--ks", type=int, nargs="+", default=[4096, 16384], help="negatives K")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=2, help="measured steps per variant")
     p.add_argument("--no-before", action="store_true", help="skip the CRD loss as it was before the fused path")
+    p.add_argument("--max-bank-gb", type=float, default=4.0,
+                   help="larger banks are not allocated: their rows are analytic (the banks' size)")
     p.add_argument("--teacher", default="cnn_teacher")
     p.add_argument("--student", default="cnn_student_tiny")
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: one variant, in a subprocess
@@ -129,10 +143,20 @@ def main(argv: list[str] | None = None) -> int:
     table = common.Table(
         f"Peak memory of one training step ({args.teacher} live -> {args.student}, batch {args.batch_size}, "
         f"feat_dim 128; each variant in a fresh process)",
-        ["variant", "N", "K", "trainer state", "of which banks", "step peak above state", "s/step (indicative)"],
+        ["variant", "N", "K", "trainer state", "of which banks/queues", "step peak above state",
+         "s/step (indicative)"],
     )
+    analytic = False
     for spec in specs:
         spec = {**base, "n": spec.get("n", min(args.ns)), **spec}
+        if spec["method"] == "crd" and spec.get("memory", "bank") == "bank" \
+                and bank_bytes(spec["n"]) > args.max_bank_gb * 1e9:
+            if spec.get("impl", "now") == "now":
+                analytic = True
+                banks = common.fmt_bytes(bank_bytes(spec["n"]))
+                table.add(label(spec), f"{spec['n']:,}", spec["k"], f">= {banks} (analytic)", f"{banks} (analytic)",
+                          "not run", "not run")
+            continue
         t0 = time.perf_counter()
         res = run_child(spec)
         print(f"  {label(spec)} N={spec['n']} K={spec.get('k', '-')}: "
@@ -141,10 +165,15 @@ def main(argv: list[str] | None = None) -> int:
             table.add(label(spec), spec["n"], spec.get("k", "-"), "error", "", res["error"][:60], "")
             continue
         table.add(label(spec), f"{spec['n']:,}", spec.get("k", "-"), common.fmt_bytes(res["state"]),
-                  common.fmt_bytes(res["bank"]) if res["bank"] else "-", common.fmt_bytes(res["step_peak"]),
+                  common.fmt_bytes(res["memory"]) if res["memory"] else "-", common.fmt_bytes(res["step_peak"]),
                   f"{res['s_per_step']:.2f}")
     table.notes += [
         "CE/KD rows: no memory bank; their N only sizes the (unstored) dataset",
+        "CRD queue: distill.crd.memory=queue, queue length Q = K, negatives shared by the batch; its N is only "
+        "the NCE noise 1/N (and the N labels of the dataset)",
+        *([f"analytic rows: banks over {args.max_bank_gb:g} GB (2 x N x 128 x 4 B) are not allocated on this "
+           "machine; the step's temporaries do not grow with N (shared) or grow as B (K+1) d (exact)"]
+          if analytic else []),
         f"{common.load_text()}; torch threads {args.threads}",
     ]
     table.print()

@@ -79,8 +79,7 @@ def measure(quick: bool, repeats: int, steps: int, n: int) -> dict[str, dict[str
     caches = {}
     for label, method in methods.items():
         cfg = load_config(None, [f"distill.method={method}", f"data.batch_size={batch}", "train.scheduler=none",
-                                 "distill.crd.nce_k=4096" if n > 4096 else "distill.crd.nce_k=256",
-                                 "distill.crd_queue.queue_size=4096" if n > 4096 else "distill.crd_queue.queue_size=256"])
+                                 "distill.crd.nce_k=4096" if n > 4096 else "distill.crd.nce_k=256"])
         modes = ["live"]
         if registry.needs_teacher(cfg.distill) and registry.cacheable(cfg.distill):
             modes.append("cached")

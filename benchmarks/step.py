@@ -45,6 +45,7 @@ class Variant:
     mode: str | None = None  # exact | shared
     teacher: str | None = None  # live | cached
     impl: str = "now"  # now | before | reference
+    memory: str = "bank"  # bank | queue (distill.crd.memory)
 
     @property
     def name(self) -> str:
@@ -55,6 +56,8 @@ class Variant:
             parts.append(self.mode)
         if self.teacher:
             parts.append(self.teacher)
+        if self.memory != "bank":
+            parts.append(self.memory)
         if self.impl != "now":
             parts.append(f"[{self.impl}]")
         return " ".join(parts)
@@ -79,18 +82,21 @@ def default_variants(ks: list[int], before: bool, kd_ks: list[int]) -> list[Vari
 # ---------------------------------------------------------------- the CRD loss as it was
 
 
-def legacy_crd_forward(self, student_emb, teacher_emb, indices, negatives):
+def legacy_crd_forward(self, student_emb, teacher_emb, indices, negatives, positives=None):
     """``CRDLoss.forward`` before the fused path (commit 4a94b01): autograd through the reference
-    functions ``contrast_scores`` and ``nce_loss``, which are unchanged."""
+    functions ``contrast_scores`` and ``nce_loss``, which are unchanged (a bank, exact positives)."""
     import torch
 
     from orchestrator.distill import nce
+
+    if positives is not None:
+        raise ValueError("the CRD loss before the fused path has no relaxed positives")
 
     if negatives.shape[-1] >= self.n_data:
         raise ValueError(f"nce_k ({negatives.shape[-1]}) must be smaller than N ({self.n_data})")
     mem = self.memory
     if self.training:
-        mem.sync_banks()
+        mem.sync()
     v_s = self.embed_s(student_emb).float()
     v_t = self.embed_t(teacher_emb.detach()).float()
     idx = indices.to(mem.bank_s.device, torch.long)
@@ -161,7 +167,7 @@ class Setup:
 
 
 def make_setup(n: int, batch: int, device: str, teacher: str, student: str, channels: int = 1, size: int = 28,
-               classes: int = 10, n_batches: int = 8, materialise: bool = True) -> Setup:
+               classes: int = 10, n_batches: int = 8, materialise: bool = True, cache: bool = True) -> Setup:
     import torch
 
     from orchestrator.engine import CachedTeacherOutputs, freeze
@@ -170,9 +176,12 @@ def make_setup(n: int, batch: int, device: str, teacher: str, student: str, chan
     data = common.synthetic_bundle(n, channels, size, classes, materialise=materialise)
     torch.manual_seed(0)
     teacher_model = freeze(build_model(teacher, classes, channels))
-    cache = CachedTeacherOutputs(logits=torch.randn(n, classes), embedding=torch.randn(n, teacher_model.embedding_dim))
+    outputs = None
+    if cache:  # (N, C + D) floats: the memory benchmark's live-teacher runs skip them (15 GB at N = 14M)
+        outputs = CachedTeacherOutputs(logits=torch.randn(n, classes),
+                                       embedding=torch.randn(n, teacher_model.embedding_dim))
     batches = common.first_batches(data.train, batch, n_batches)
-    return Setup(data, teacher_model, cache, batches, device, teacher, student)
+    return Setup(data, teacher_model, outputs, batches, device, teacher, student)
 
 
 def make_trainer(setup: Setup, v: Variant, batch: int, extra: list[str] = ()):
@@ -186,6 +195,8 @@ def make_trainer(setup: Setup, v: Variant, batch: int, extra: list[str] = ()):
     ]
     if v.k:
         overrides += [f"distill.crd.nce_k={v.k}", f"distill.crd.negatives_mode={v.mode}"]
+    if v.memory != "bank":
+        overrides.append(f"distill.crd.memory={v.memory}")
     cfg = load_config(None, overrides)
     reads_teacher = registry.needs_teacher(cfg.distill)
     live = reads_teacher and v.teacher == "live"

@@ -67,7 +67,6 @@ class DataConfig:
     batch_size: int = 128
     eval_batch_size: int = 512
     augment: bool = False
-    negatives: str = "class"  # CRD negatives: "class" (other classes, as the reference) or "uniform"
     loader_workers: int = 0
 
 
@@ -245,11 +244,18 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
     return value
 
 
+# keys that moved: old key -> where its setting lives now
+MOVED_KEYS = {"data.negatives": "distill.crd.negatives",
+              "distill.crd_queue": "distill.crd with distill.crd.memory=queue"}
+
+
 def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     types = _field_types(cls)
     unknown = sorted(set(data) - set(types))
     if unknown:
         key = prefix + unknown[0]
+        if key in MOVED_KEYS:
+            raise ConfigError(key, data[unknown[0]], f"none: it moved, use {MOVED_KEYS[key]}")
         raise ConfigError(key, data[unknown[0]], f"known keys here are {sorted(types)}")
     kwargs = {name: coerce(prefix + name, data[name], types[name]) for name in data}
     try:
@@ -470,7 +476,6 @@ def validate(cfg: Config) -> None:
     _check(0.0 < d.labeled_fraction <= 1.0, "data.labeled_fraction", d.labeled_fraction, "a fraction in (0, 1]")
     _positive("data.batch_size", d.batch_size)
     _positive("data.eval_batch_size", d.eval_batch_size)
-    _check(d.negatives in ("class", "uniform"), "data.negatives", d.negatives, "'class' or 'uniform'")
     _check(d.loader_workers >= 0, "data.loader_workers", d.loader_workers, "an integer >= 0")
     _positive("teacher.epochs", t.epochs)
     _positive("teacher.cache_max_gb", t.cache_max_gb)

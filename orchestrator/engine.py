@@ -161,7 +161,6 @@ class Trainer:
             student=self._shapes(self.student, data),
             teachers=[self._shapes(t, data) for t in self.teachers] or [c.shapes() for c in self.teacher_outputs],
             train_labels=data.train_labels,
-            negatives=cfg.data.negatives,
             seed=cfg.seed,  # same on every rank; terms draw per-rank negative streams
             make_student=lambda: build_with_weights(
                 cfg.model.student, data.num_classes, data.in_channels, cfg.model.student_weights),

@@ -35,7 +35,8 @@ from pipelines.teachers import ensure_teachers, local_cpus
 def data_payload(cfg: Config) -> dict:
     d = cfg.data
     return {"dataset": d.dataset, "root": d.root, "val_fraction": d.val_fraction, "train_subset": d.train_subset,
-            "augment": d.augment, "negatives": d.negatives, "seed": cfg.seed}
+            # "negatives": the former data.negatives, now distill.crd.negatives (kept: stage hashes unchanged)
+            "augment": d.augment, "negatives": cfg.distill.crd.negatives, "seed": cfg.seed}
 
 
 def run_payload(cfg: Config) -> dict:

@@ -99,7 +99,9 @@ def test_memory_child_measures_a_step():
     spec = {"method": "crd", "n": 500, "k": 64, "mode": "exact", "batch": 16, "steps": 1, "threads": 1,
             "teacher": "tiny_teacher", "student": "tiny_student"}
     res = memory_bench.child(spec)
-    assert res["bank"] == 2 * 500 * 128 * 4 and res["step_peak"] >= 0 and res["s_per_step"] > 0
+    assert res["memory"] == 2 * 500 * 128 * 4 and res["step_peak"] >= 0 and res["s_per_step"] > 0
+    queue = memory_bench.child({**spec, "mode": "shared", "memory": "queue"})
+    assert queue["memory"] == 2 * 64 * 128 * 4  # two (K, d) queues, not (N, d) banks
 
 
 def test_kernels_quick_times_every_kernel_and_the_floor(capsys):
@@ -127,7 +129,7 @@ def test_step_quick_full(capsys):
 def test_memory_quick(capsys):
     assert memory_bench.main(["--quick", "--ks", "128", "--ns", "2000"]) == 0
     out = capsys.readouterr().out
-    assert "Peak memory" in out and "CRD exact [before]" in out and "error" not in out
+    assert "Peak memory" in out and "CRD bank, exact [before]" in out and "CRD queue" in out and "error" not in out
 
 
 @pytest.mark.slow

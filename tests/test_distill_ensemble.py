@@ -93,9 +93,9 @@ def test_crd_term_is_weighted_sum_of_per_teacher_terms():
 
 def test_objectives_apply_their_terms_to_every_teacher():
     labels = torch.arange(40) % 4
-    kw = dict(num_classes=4, student_dim=5, teacher_dims=[8, 12, 6], train_labels=labels, negatives="uniform", seed=0)
+    kw = dict(num_classes=4, student_dim=5, teacher_dims=[8, 12, 6], train_labels=labels, seed=0)
     for method in ("kd", "crd", "crd_kd"):
-        d = build(distill_config(method, crd__nce_k=6), teacher_weights=[1, 1, 2], **kw)
+        d = build(distill_config(method, crd__nce_k=6, crd__negatives="uniform"), teacher_weights=[1, 1, 2], **kw)
         for name in set(d.terms) - {"ce"}:
             assert d.terms[name].teacher_weights == pytest.approx((0.25, 0.25, 0.5))
     assert [c.embed_t.linear.in_features for c in d.terms["crd"].crds] == [8, 12, 6]

@@ -79,7 +79,7 @@ def test_ce_objective_needs_no_teacher():
 
 def test_presets_and_term_lists_build_their_terms_and_errors():
     labels = torch.arange(20) % 4
-    kw = dict(num_classes=4, student_dim=8, teacher_dims=[6], train_labels=labels, negatives="class", seed=0)
+    kw = dict(num_classes=4, student_dim=8, teacher_dims=[6], train_labels=labels, seed=0)
     expected = {"ce": ["ce"], "kd": ["ce", "kd"], "crd": ["ce", "crd"], "crd_kd": ["ce", "kd", "crd"],
                 "ce+kd+crd": ["ce", "kd", "crd"], "kd+crd": ["kd", "crd"]}
     for method, names in expected.items():

@@ -1,4 +1,4 @@
-"""Two gloo processes: the queues of crd_queue and SEED stay identical across ranks and hold the global batches."""
+"""Two gloo processes: the queues of queue-mode CRD and SEED stay identical across ranks and hold the global batches."""
 
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ BATCHES = (5, 3)
 
 
 def _make(seed: int):
-    cfg = distill_config("crd_queue+seed", crd_queue__queue_size=QUEUE, crd_queue__feat_dim=4,
+    cfg = distill_config("crd+seed", crd__memory="queue", crd__nce_k=QUEUE, crd__feat_dim=4,
                          seed__queue_size=QUEUE, seed__head="linear")
     return build(cfg, student_dim=6, teacher_dims=[8], train_labels=torch.arange(40) % 4, seed=seed)
 
 
 def _queues(objective) -> dict[str, torch.Tensor]:
-    crd, seed = objective.terms["crd_queue"].crds[0], objective.terms["seed"].losses[0]
+    crd, seed = objective.terms["crd"].crds[0].memory, objective.terms["seed"].losses[0]
     out = {}
     for name, queue in (("crd_s", crd.queue_s), ("crd_t", crd.queue_t), ("seed", seed.queue)):
         out[name], out[name + "_ptr"] = queue.rows.clone(), queue.ptr.clone()

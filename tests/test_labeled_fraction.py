@@ -95,8 +95,8 @@ def test_a_batch_without_labels_contributes_zero_and_a_finite_gradient():
 
 def test_crd_with_class_negatives_builds_and_its_parts_get_a_gradient_without_labels():
     train_labels = torch.cat([torch.arange(40) % 4, torch.full((60,), UNLABELLED)])
-    d = build(distill_config("ce+kd+crd", crd__nce_k=16), student_dim=8, teacher_dims=[6], train_labels=train_labels,
-              num_classes=4, negatives="class")
+    d = build(distill_config("ce+kd+crd", crd__nce_k=16, crd__negatives_mode="exact", crd__negatives="class"),
+              student_dim=8, teacher_dims=[6], train_labels=train_labels, num_classes=4)
     assert d.labelled_only == {"ce", "crd"}
     for labels in (torch.tensor([0, UNLABELLED, 2, 3]), torch.full((4,), UNLABELLED)):
         s, e = torch.randn(4, 4, requires_grad=True), torch.randn(4, 8, requires_grad=True)
@@ -164,7 +164,8 @@ def test_the_semi_supervised_space_loads_with_one_percent_of_the_labels():
     cfg = load_config(None, ["data.labeled_fraction=0.01"])
     space = load_space("semi_supervised", cfg, num_train_samples=54_000)
     points = paper_points(space, cfg)
-    assert [p.method for p in points] == ["kd", "dist"] and all(p.deviations == {} for p in points)
+    assert [p.method for p in points] == ["kd", "dist", "crd_kd"] and all(p.deviations == {} for p in points)
+    assert space.fixed["distill.crd.negatives"] == "uniform"  # CRD reads no labels there
 
 
 def test_the_default_teacher_is_trained_on_every_label(monkeypatch, isolated_cache):

@@ -82,7 +82,7 @@ def test_term_values_match_the_pinned_ones(case):
     torch.manual_seed(1)  # heads and connectors draw from the global RNG when they are built
     objective = build_objective(cfg, num_classes=CLASSES, student=STUDENT, teachers=TEACHERS[: spec["teachers"]],
                                 train_labels=train_labels, teacher_weights=spec["teacher_weights"],
-                                negatives="class", seed=3, make_student=PinnedNet)
+                                seed=3, make_student=PinnedNet)
     objective.train()
     for (idx, y, student, teachers, images), expected in zip(steps, spec["expected"], strict=True):
         terms = objective(student, teachers[: spec["teachers"]], y, idx, images=images)

@@ -1,9 +1,11 @@
-"""Negative sampling for CRD (contrastive representation distillation).
+"""Negative (and relaxed positive) sampling for CRD (contrastive representation distillation).
 
 ``class`` mode draws, for each anchor, negatives uniformly among the training
 samples of *other* classes (the reference's ``cls_negative``); ``uniform``
 mode draws them uniformly among all N samples (with replacement, as the
-reference's alias sampler).
+reference's alias sampler). ``sample_positives`` draws, for each anchor, a
+random training sample of its own class (the reference's ``relax`` mode,
+``cls_positive``; it may be the anchor itself).
 
 Reproducibility: every draw re-seeds the sampler's own ``torch.Generator``
 from ``(seed, stream, draw counter)``. The state is therefore just the counter
@@ -54,9 +56,10 @@ class NegativeSampler:
         k: number of negatives per anchor (``distill.crd.nce_k``), 0 < k < N.
         mode: "class" (other-class negatives) or "uniform".
         seed: base seed.
+        same_class: also keep the class tables in uniform mode (for :meth:`sample_positives`).
     """
 
-    def __init__(self, labels: Tensor, k: int, mode: str = "class", seed: int = 0):
+    def __init__(self, labels: Tensor, k: int, mode: str = "class", seed: int = 0, same_class: bool = False):
         labels = torch.as_tensor(labels).detach().to("cpu", torch.long).reshape(-1)
         n = labels.numel()
         if mode not in MODES:
@@ -77,7 +80,7 @@ class NegativeSampler:
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(self.seed)
         self._on_device: dict[torch.device, tuple[torch.Generator, dict[str, Tensor]]] = {}
-        if mode == "class":
+        if mode == "class" or same_class:
             labelled = torch.nonzero(labels != UNLABELLED).flatten()
             counts = torch.bincount(labels[labelled])  # (C,)
             self._class_tables = {
@@ -133,6 +136,25 @@ class NegativeSampler:
         slot = (u * other[:, None]).long().minimum(other[:, None] - 1)
         slot = slot + (slot >= tables["starts"][y][:, None]).long() * same[:, None]
         return tables["order"][slot]
+
+    def sample_positives(self, labels: Tensor, device: torch.device | str = "cpu") -> Tensor:
+        """One random training sample of each anchor's class (the reference's ``relax`` positive).
+
+        Args:
+            labels: (B,) anchor labels (all known).  device: where to draw them.
+        Returns:
+            (B,) int64 dataset indices on ``device``, uniform among the labelled samples of that class.
+        """
+        if not self._class_tables:
+            raise ValueError("same-class positives need the class tables: build the sampler with same_class=True")
+        gen, tables = self._next_draw(device)
+        counts = tables["counts"]
+        y = labels.detach().to(counts.device, torch.long).reshape(-1)
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= counts.numel() or int(counts[y].min()) == 0):
+            raise ValueError("same-class positives need labelled anchors of classes in the training labels")
+        u = torch.rand(y.shape, generator=gen, dtype=torch.float64, device=gen.device)
+        slot = (u * counts[y]).long().minimum(counts[y] - 1)
+        return tables["order"][tables["starts"][y] + slot]
 
     def sample_shared(self, device: torch.device | str = "cpu") -> Tensor:
         """One set of K distinct negatives for a whole batch: (K,) int64 tensor on ``device`` (uniform)."""

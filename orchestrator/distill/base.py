@@ -37,7 +37,6 @@ class TermContext:
     num_classes: C.  student: the student's Shapes.  teachers: one Shapes per teacher.
     teacher_weights: M weights summing to 1 (ensembles).  train_labels: (N,) labels of the
     train split (N sizes memory banks), UNLABELLED (-1) where hidden.
-    negatives: "class" or "uniform" (``data.negatives``).
     seed: the training seed (same on every rank).
     make_student: builds a fresh network of the student's architecture (terms that train peers).
     """
@@ -47,7 +46,6 @@ class TermContext:
     teachers: tuple[Shapes, ...]
     teacher_weights: tuple[float, ...]
     train_labels: Tensor
-    negatives: str = "class"
     seed: int = 0
     make_student: Callable[[], nn.Module] | None = None
 

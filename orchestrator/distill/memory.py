@@ -1,7 +1,14 @@
-"""CRD's memory banks: one (N, d) bank per network, momentum-updated, and the NCE normalisers Z
-(shared with the queue of ``crd_queue``).
+"""CRD's memories and its NCE normalisers Z.
 
-Shapes: N = dataset size (bank rows), d = feat_dim, B = batch.
+Each memory holds, per network, the rows CRD's negatives are read from (``pool_s``/``pool_t``), gives the
+positives of a batch (:meth:`positives`) and takes the batch's projections afterwards (:meth:`update`):
+
+- :class:`ContrastMemory` (``distill.crd.memory: bank``, the paper): one (N, d) bank per network,
+  momentum-updated at the batch's rows; positives are bank rows;
+- :class:`QueueMemory` (``queue``): the last Q projections of each network, MoCo-style, O(Q d) at any
+  dataset size; positives are the other network's current projections of the same images.
+
+Shapes: N = dataset size, Q = queue length, d = feat_dim, B = batch.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from orchestrator.distill.distributed import all_gather_rows, dist_world
+from orchestrator.distill.queue import FeatureQueue
 
 Z_MODES = ("fixed", "ema")
 
@@ -108,8 +116,21 @@ class ContrastMemory(NCENormalisers):
             self.register_buffer(name, torch.rand(n_data, feat_dim, generator=gen).mul_(2 * stdv).sub_(stdv))
         self._synced = False
 
+    @property
+    def pool_s(self) -> Tensor:
+        return self.bank_s
+
+    @property
+    def pool_t(self) -> Tensor:
+        return self.bank_t
+
+    def positives(self, rows: Tensor, v_s: Tensor, v_t: Tensor) -> tuple[Tensor, Tensor]:
+        """The positives of the student anchors (in ``pool_t``) and of the teacher anchors (in ``pool_s``):
+        the bank rows ``rows`` (B,) in both."""
+        return rows, rows
+
     @torch.no_grad()
-    def sync_banks(self) -> None:
+    def sync(self) -> None:
         """Broadcast the banks from rank 0 once (ranks may have been seeded differently)."""
         _, world = dist_world()
         if world > 1 and not self._synced:
@@ -142,3 +163,46 @@ class ContrastMemory(NCENormalisers):
             rows = bank[indices] * self.momentum + new.to(bank.dtype) * (1 - self.momentum)
             rows = rows / rows.pow(2).sum(dim=1, keepdim=True).sqrt()
             bank.index_copy_(0, indices, rows)
+
+
+class QueueMemory(NCENormalisers):
+    """Student and teacher queues of the last Q projections (:class:`FeatureQueue`) plus Z.
+
+    Buffers: ``queue_s.rows``/``queue_t.rows`` (Q, d) and their pointers; ``z_s``/``z_t``. Nothing has N rows:
+    N is only the NCE noise 1/N (and cancels from the value, but for the reference's eps).
+
+    Args:
+        n_data: N.  size: Q.  feat_dim: d.  z_mode, z_momentum: see :class:`NCENormalisers`.
+        seed: seeds the queues' initial rows (student queue: seed, teacher queue: seed + 1).
+    """
+
+    def __init__(self, n_data: int, size: int, feat_dim: int, z_mode: str = "fixed", z_momentum: float = 0.99,
+                 seed: int = 0):
+        super().__init__(n_data, z_mode, z_momentum)
+        self.queue_s = FeatureQueue(size, feat_dim, seed)
+        self.queue_t = FeatureQueue(size, feat_dim, seed + 1)
+
+    @property
+    def pool_s(self) -> Tensor:
+        return self.queue_s.rows
+
+    @property
+    def pool_t(self) -> Tensor:
+        return self.queue_t.rows
+
+    def positives(self, rows: Tensor, v_s: Tensor, v_t: Tensor) -> tuple[Tensor, Tensor]:
+        """The positive keys (B, d): the teacher's current projection of the same image for a student anchor
+        and the student's for a teacher anchor (detached; ``rows`` is not used)."""
+        return v_t.detach(), v_s.detach()
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        """Broadcast both queues from rank 0 once (ranks may have been seeded differently)."""
+        self.queue_s.sync()
+        self.queue_t.sync()
+
+    @torch.no_grad()
+    def update(self, indices: Tensor, emb_s: Tensor, emb_t: Tensor) -> None:
+        """Enqueue the global batch's projections (B, d) of each network (``indices`` is not used)."""
+        self.queue_s.enqueue(emb_s)
+        self.queue_t.enqueue(emb_t)

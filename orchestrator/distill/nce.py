@@ -1,6 +1,7 @@
 """NCE scores and loss of the contrastive terms (CRD), plain and fused with a hand-written gradient.
 
-Shapes: N = dataset size (bank rows), d = feat_dim, B = batch, K = negatives.
+Shapes: N = dataset size (bank rows), d = feat_dim, B = batch, K = negatives. The fused path serves CRD's
+memory bank and its queue alike (``contrast_dots`` reads negatives from a pool of rows).
 """
 
 from __future__ import annotations
@@ -101,46 +102,59 @@ class Workspace:
 
 
 @torch.no_grad()
-def contrast_dots(anchor: Tensor, bank: Tensor, indices: Tensor, negatives: Tensor, work: Workspace | None = None):
-    """Raw dot products <anchor, bank row> and how to send a gradient back to the anchors.
+def contrast_dots(
+    anchor: Tensor, pool: Tensor, positives: Tensor, negatives: Tensor | None, work: Workspace | None = None
+):
+    """Raw dot products of each anchor with its positive and its negatives, and how to send a gradient back.
 
-    Args: as :func:`contrast_scores` (``anchor`` is used detached); ``work``: where the
-        (B, K+1) result and the gathered rows live (fresh tensors without it).
+    Args:
+        anchor: (B, d), used detached.
+        pool: (P, d) the rows the negatives index: a memory bank (P = N) or a queue (P = its length).
+        positives: (B,) rows of ``pool`` (the bank: the sample's own row, or a same-class one), or the
+            (B, d) positive keys themselves (a queue: the other network's current projections; shared
+            negatives only).
+        negatives: (B, K) per-anchor rows ("exact"), (K,) rows shared by the batch ("shared"), or None:
+            every row of ``pool``, shared (a queue as long as K).
+        work: where the (B, K+1) result and the gathered rows live (fresh tensors without it).
     Returns:
         dots: (B, K + 1), positive in column 0 (``contrast_scores`` = exp(dots / tau)).
             With shared negatives it is the transpose of a (K+1, B) matrix: the product
-            bank rows x anchors is 1.4x faster on CPU than anchors x bank rows^T.
+            rows x anchors is 1.4x faster on CPU than anchors x rows^T.
         back: g (B, K + 1) -> (B, d), sum_j g[b, j] * row_j: d loss / d anchor from d loss / d dots.
-            It reads the bank as it is now: call it before the bank is updated.
+            It reads ``pool`` as it is now: call it before the bank or queue is updated.
     """
-    anchor, bank = anchor.detach(), bank.detach()
+    anchor, pool = anchor.detach(), pool.detach()
     work = work or Workspace()
     b, d = anchor.shape
-    if negatives.dim() == 1:  # shared: one (K, d) @ (d, B) matmul
-        k = negatives.shape[0]
-        pos_rows = torch.index_select(bank, 0, indices)  # (B, d)
-        neg_rows = torch.index_select(bank, 0, negatives, out=work.get("rows", (k, d), bank))  # (K, d)
-        dots_t = work.get("dots", (k + 1, b), anchor)
+    if negatives is None or negatives.dim() == 1:  # shared: one (K, d) @ (d, B) matmul
+        pos_rows = positives.detach() if positives.dim() == 2 else torch.index_select(pool, 0, positives)  # (B, d)
+        if negatives is None:
+            neg_rows = pool
+        else:
+            neg_rows = torch.index_select(pool, 0, negatives, out=work.get("rows", (negatives.shape[0], d), pool))
+        dots_t = work.get("dots", (neg_rows.shape[0] + 1, b), anchor)
         torch.mm(neg_rows, anchor.t(), out=dots_t[1:])
         torch.sum(pos_rows * anchor, dim=1, out=dots_t[0])
         return dots_t.t(), lambda g: torch.addmm(g[:, :1] * pos_rows, g[:, 1:], neg_rows)
+    if positives.dim() != 1:
+        raise ValueError("per-anchor negatives read their positives from the bank: pass (B,) row indices")
     if negatives.dim() != 2:
-        raise ValueError(f"negatives must be (B, K) or (K,), got shape {tuple(negatives.shape)}")
-    idx = torch.cat([indices[:, None], negatives], dim=1)  # (B, K+1)
-    n, k1 = bank.shape[0], idx.shape[1]
+        raise ValueError(f"negatives must be (B, K), (K,) or None, got shape {tuple(negatives.shape)}")
+    idx = torch.cat([positives[:, None], negatives], dim=1)  # (B, K+1)
+    n, k1 = pool.shape[0], idx.shape[1]
     if b * n <= DENSE_MAX_ELEMENTS and n <= DENSE_MAX_RATIO * k1:  # exact, dense: all N scores, then pick
-        dots = (anchor @ bank.t()).gather(1, idx)
+        dots = (anchor @ pool.t()).gather(1, idx)
 
         def back_dense(g: Tensor) -> Tensor:
             # scatter_add: a row drawn twice for one anchor counts twice, as in the gather
-            return torch.zeros(b, n, dtype=g.dtype, device=g.device).scatter_add_(1, idx, g) @ bank
+            return torch.zeros(b, n, dtype=g.dtype, device=g.device).scatter_add_(1, idx, g) @ pool
 
         return dots, back_dense
     step = max(1, GATHER_CHUNK_ELEMENTS // (k1 * d))  # exact, gathered (the reference), in anchor chunks
 
     def rows(lo: int, hi: int) -> Tensor:
         part = idx[lo:hi]
-        return torch.index_select(bank, 0, part.reshape(-1)).view(part.shape[0], k1, d)
+        return torch.index_select(pool, 0, part.reshape(-1)).view(part.shape[0], k1, d)
 
     if b <= step:
         weights = rows(0, b)

@@ -115,7 +115,6 @@ def build_objective(
     student: Shapes,
     teachers: Sequence[Shapes],
     train_labels: Tensor,
-    negatives: str = "class",
     seed: int = 0,
     teacher_weights: Sequence[float] | None = None,
     make_student: Callable[[], nn.Module] | None = None,
@@ -127,7 +126,6 @@ def build_objective(
         student: the student's Shapes; teachers: one Shapes per teacher (several -> ensemble).
         train_labels: (N,) training labels, UNLABELLED (-1) where hidden; N sizes memory banks. With hidden
             labels, the terms that read labels see only the labelled rows of each batch.
-        negatives: contrastive negatives "class" or "uniform" (``data.negatives``).
         seed: seeds negative sampling and bank initialisation (same on every rank).
         teacher_weights: optional per-teacher weights (normalised to sum 1; default uniform).
         make_student: builds a fresh student-architecture network (for terms that train peers).
@@ -153,7 +151,7 @@ def build_objective(
     ctx = TermContext(
         num_classes=num_classes, student=student, teachers=tuple(teachers),
         teacher_weights=normalise_weights(teacher_weights, len(teachers)) if teachers else (),
-        train_labels=labels, negatives=negatives, seed=seed, make_student=make_student,
+        train_labels=labels, seed=seed, make_student=make_student,
     )
     terms = {name: registry.term(name).build(ctx, registry.knobs_of(cfg, name)) for name in names}
     pre = {name: getattr(registry.knobs_of(cfg, name), registry.term(name).pre_stage)
