@@ -301,7 +301,7 @@ def test_resume_with_a_different_config_exits_2_naming_the_keys(tmp_path, monkey
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("DISTILL_RUN_DRIVER_KILL_TEST") != "1",
-                    reason="~6 min on a loaded 2-core machine (docs/RELIABILITY.md), beyond CI's budget; the root cause "
+                    reason="4-6 min on a loaded 2-core machine (docs/RELIABILITY.md), beyond CI's budget; the root cause "
                     "it once caught is tested in tests/test_driver_kill.py; run it with DISTILL_RUN_DRIVER_KILL_TEST=1")
 def test_driver_sigkill_three_times_then_resume_finishes(isolated_cache, tmp_path):
     """Modelled on Ray Tune's restore tests: SIGKILL the sweep driver at random points (3 times), --resume until
