@@ -267,6 +267,16 @@ def close_open_children(client: MlflowClient, experiment_id: str, parent_id: str
     return closed
 
 
+def close_runs_left_open(client: MlflowClient, experiment_id: str, parent_id: str) -> int:
+    """On resume: every run under ``parent_id`` (its children and theirs, e.g. a stage's jobs) still RUNNING
+    was left open by a driver that died (or by a tracking server that went away); end it KILLED, outcome
+    ``interrupted``. A trial or stage that the resumed sweep continues reopens its own run. Returns how many."""
+    closed = 0
+    for run in child_runs(client, experiment_id, parent_id):
+        closed += close_runs_left_open(client, experiment_id, run.info.run_id)
+    return closed + close_open_children(client, experiment_id, parent_id, "KILLED", CHILD_OUTCOME["KILLED"])
+
+
 def log_text(client: MlflowClient, run_id: str, text: str, filename: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / filename

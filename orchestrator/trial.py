@@ -54,6 +54,8 @@ def run_trial(sampled: dict, ctx: TrialContext) -> None:
     run_id = _open_run(ctx, trial_id, f"trial-{number:03d}", "trial",
                        {"trial_id": trial_id, "trial_number": str(number)},
                        {**flatten(to_dict(cfg)), **{f"sampled.{k}": v for k, v in sampled.items()}})
+    if run_id is None:
+        return
     _launch(cfg, ctx, run_id, search_seeds(from_dict(ctx.base)), name=f"{cfg.name}-{trial_id}")
 
 
@@ -66,11 +68,15 @@ def run_job(config: dict, ctx: TrialContext) -> None:
     run_id = _open_run(ctx, trial_id, f"{job['label']} seed {job['seed']}", "confirm",
                        {"trial_id": trial_id, "job": job["key"], "config_label": job["label"], "seed": str(job["seed"])},
                        {**flatten(to_dict(cfg)), "seed": job["seed"]})
+    if run_id is None:
+        return
     _launch(cfg, ctx, run_id, [job["seed"]], name=f"{cfg.name}-confirm-{trial_id}", evaluate_test=True)
 
 
-def _open_run(ctx: TrialContext, trial_id: str, name: str, kind: str, tags: dict, params: dict) -> str:
-    """The MLflow child run of this Tune trial under ``ctx.parent_run_id`` (a resumed trial continues its own)."""
+def _open_run(ctx: TrialContext, trial_id: str, name: str, kind: str, tags: dict, params: dict) -> str | None:
+    """The MLflow child run of this Tune trial under ``ctx.parent_run_id`` (a resumed trial continues its own);
+    None if that run already ended FINISHED (completed, or stopped by ASHA): the trial ended before its driver
+    died and Tune's restored state, saved earlier, did not know it yet. Nothing is to be trained again."""
     from mlflow.tracking import MlflowClient
 
     from orchestrator.tracking import child_runs, log_params, start_run
@@ -78,6 +84,8 @@ def _open_run(ctx: TrialContext, trial_id: str, name: str, kind: str, tags: dict
     client = MlflowClient(tracking_uri=ctx.tracking_uri)
     for run in child_runs(client, ctx.experiment_id, ctx.parent_run_id):
         if run.data.tags.get("trial_id") == trial_id:
+            if run.info.status == "FINISHED":
+                return None
             client.update_run(run.info.run_id, status="RUNNING")
             return run.info.run_id
     run_id = start_run(client, ctx.experiment_id, name, kind, parent_id=ctx.parent_run_id, tags=tags)

@@ -70,6 +70,8 @@ def train_stage(client, parent_id, stage: str, cands: list[confirm.Candidate], s
         client, client.get_run(parent_id).info.experiment_id, stage, "stage", parent_id=parent_id,
         tags={"stage": stage, "seeds": json.dumps(seeds)},
     )
+    if state.get(f"{stage}_run_id"):  # resumed: reopened (run_scope closes it again)
+        client.update_run(stage_id, status="RUNNING")
     state[f"{stage}_run_id"] = stage_id
     write_state(exp_dir, state)
     with tracking.run_scope(client, stage_id, close_children=True):

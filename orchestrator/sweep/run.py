@@ -80,6 +80,10 @@ class SweepRunner:
             )
             if state.get("parent_run_id"):
                 client.update_run(parent_id, status="RUNNING")
+                left = tracking.close_runs_left_open(client, experiment_id, parent_id)
+                if left:
+                    print(f"resuming: {left} run(s) the stopped sweep left RUNNING closed KILLED "
+                          "(outcome interrupted); the trials and stages that resume reopen theirs", flush=True)
             with tracking.run_scope(client, parent_id, close_children=True,
                                     on_finish=lambda: self._report(client, parent_id, exp_dir)):
                 self._sweep(client, parent_id, experiment_id, teachers, exp_dir, state, uri, start)

@@ -7,12 +7,12 @@ from pathlib import Path
 import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.config import asha_grace, tpe_startup_trials
 from orchestrator.launcher import in_process
 from orchestrator.plan import Plan
 from orchestrator.sweep import tune_runs
+from orchestrator.sweep.durable import JournalSearch, save_state_before_trials_start
 from orchestrator.sweep.folder import optuna_storage
 from orchestrator.sweep.progress import ProgressPrinter
 from orchestrator.trial import TrialContext, run_trial
@@ -21,8 +21,10 @@ from orchestrator.trial import TrialContext, run_trial
 def search(plan: Plan, points: list, ctx: TrialContext, exp_dir: Path, resume: bool) -> tune.ResultGrid:
     """Run the search in ``exp_dir`` (or continue it there, when resuming); ``points``: the paper-default
     points (:func:`orchestrator.search.paper_points`) evaluated first. The Optuna study lives in the folder's
-    journal (Tune's restored searcher reopens it); a search Tune cannot restore starts a fresh one."""
+    journal (Tune's restored searcher reopens it); a search Tune cannot restore starts a fresh one. A trial
+    starts only once Tune's saved state holds it (:mod:`orchestrator.sweep.durable`)."""
     cfg = plan.cfg
+    save_state_before_trials_start()
     trainable = tune_runs.trainable(run_trial, ctx, plan)
     if resume and tune.Tuner.can_restore(str(exp_dir)):
         return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
@@ -33,7 +35,7 @@ def search(plan: Plan, points: list, ctx: TrialContext, exp_dir: Path, resume: b
     params = [p.params for p in points]
     if params:
         print("first trials: the paper defaults\n" + "\n".join(f"  {p.describe()}" for p in points), flush=True)
-    searcher = OptunaSearch(
+    searcher = JournalSearch(
         space=plan.space.define_by_run(cfg), metric=cfg.sweep.metric, mode=cfg.sweep.mode, sampler=sampler,
         points_to_evaluate=params or None, study_name=exp_dir.name, storage=optuna_storage(exp_dir, fresh=True),
     )

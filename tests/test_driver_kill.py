@@ -1,0 +1,165 @@
+"""A driver killed between Tune creating a trial and saving its experiment state (issue #14): nothing is
+issued or run twice on resume. The end-to-end check (3 SIGKILLs of a real sweep) is
+tests/test_sweep.py::test_driver_sigkill_three_times_then_resume_finishes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from orchestrator import tracking
+from orchestrator.sweep.durable import JournalSearch
+from orchestrator.sweep.folder import optuna_storage
+from orchestrator.trial import TrialContext, _open_run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _space(trial):
+    trial.suggest_float("x", 0.0, 1.0)
+    if trial.suggest_categorical("method", ["a", "b"]) == "b":
+        trial.suggest_int("k", 1, 9)
+
+
+def _searcher(folder: Path, fresh: bool = False) -> JournalSearch:
+    """As Tune builds it (tuner.pkl holds the searcher as constructed; a restore then loads its saved state)."""
+    return JournalSearch(space=_space, metric="score", mode="max", sampler=optuna.samplers.TPESampler(seed=0),
+                         study_name="s", storage=optuna_storage(folder, fresh=fresh))
+
+
+def test_optuna_trial_orphaned_by_a_killed_driver_goes_to_the_next_tune_trial(tmp_path):
+    saved = str(tmp_path / "searcher-state.pkl")
+    first = _searcher(tmp_path, fresh=True)
+    first.suggest("t1")
+    first.on_trial_complete("t1", {"score": 1.0})
+    first.suggest("t2")
+    first.save(saved)  # Tune's last experiment state: t1 finished, t2 created
+    orphaned = first.suggest("t3")  # asked (in the journal), then the driver dies before Tune saves again
+
+    restored = _searcher(tmp_path)
+    restored.restore(saved)
+    assert [t.number for t in restored.orphans()] == [2]
+    assert restored.suggest("t3-new") == orphaned  # the restored Tune's next trial: the same Optuna trial
+    assert restored._ot_trials["t3-new"].number == 2 and not restored.orphans()
+    fresh = restored.suggest("t4")  # then new ones
+    assert restored._ot_trials["t4"].number == 3 and fresh
+    for trial_id, score in (("t2", 0.5), ("t3-new", 2.0), ("t4", 0.1)):
+        restored.on_trial_complete(trial_id, {"score": score})
+
+    study = optuna.load_study(study_name="s", storage=optuna_storage(tmp_path, fresh=False))
+    assert [(t.number, t.state) for t in study.trials] == [(n, TrialState.COMPLETE) for n in range(4)]
+
+
+def test_trials_the_journal_finished_are_not_reported_to_after_a_restore(tmp_path):
+    saved = str(tmp_path / "searcher-state.pkl")
+    first = _searcher(tmp_path, fresh=True)
+    first.suggest("t1")
+    first.on_trial_result("t1", {"score": 0.5, "training_iteration": 1})
+    first.save(saved)  # Tune saved while t1 ran
+    first.on_trial_complete("t1", {"score": 0.6})  # t1 finished (the journal has it), then the driver died
+
+    restored = _searcher(tmp_path)
+    restored.restore(saved)  # Tune still has t1 running and resumes it: its reports are ignored
+    restored.on_trial_result("t1", {"score": 0.7, "training_iteration": 2})
+    restored.on_trial_complete("t1", {"score": 0.7})
+    (trial,) = optuna.load_study(study_name="s", storage=optuna_storage(tmp_path, fresh=False)).trials
+    assert trial.state == TrialState.COMPLETE and trial.value == 0.6 and set(trial.intermediate_values) == {1}
+
+
+def test_runs_left_running_are_closed_killed_on_resume_and_finished_trials_are_not_reopened(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = tracking.check_connection(uri)
+    exp = tracking.ensure_experiment(client, "kill", uri)
+    parent = tracking.start_run(client, exp, "sweep", "sweep")
+    running = tracking.start_run(client, exp, "trial-001", "trial", parent_id=parent, tags={"trial_id": "a"})
+    done = tracking.start_run(client, exp, "trial-002", "trial", parent_id=parent, tags={"trial_id": "b"})
+    tracking.end_run(client, done, "FINISHED", {tracking.OUTCOME: "early_stopped"})
+    stage = tracking.start_run(client, exp, "confirm", "stage", parent_id=parent)
+    job = tracking.start_run(client, exp, "job", "confirm", parent_id=stage, tags={"trial_id": "c"})
+
+    assert tracking.close_runs_left_open(client, exp, parent) == 3  # the driver died with these open
+    for run_id in (running, stage, job):
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED" and run.data.tags[tracking.OUTCOME] == "interrupted"
+    assert client.get_run(done).info.status == "FINISHED"
+    assert client.get_run(parent).info.status == "RUNNING"  # the resumed driver's own
+
+    ctx = TrialContext(base={}, teachers=[], teacher_outputs=[], storage_path=str(tmp_path), tracking_uri=uri,
+                       experiment_id=exp, parent_run_id=parent)
+    assert _open_run(ctx, "a", "trial-001", "trial", {}, {}) == running  # a resumed trial continues its run
+    assert client.get_run(running).info.status == "RUNNING"
+    assert _open_run(ctx, "b", "trial-002", "trial", {}, {}) is None  # one that had ended is not run again
+    assert client.get_run(done).info.status == "FINISHED"
+
+
+def _trainable_that_checks_it_is_saved(config, folder: str):
+    """Reports whether Tune's experiment state in ``folder`` (on the storage path, what a restore reads) held
+    this trial when its function started."""
+    from ray import tune
+
+    states = list(Path(folder).glob("experiment_state-*.json"))  # one per driver session
+    saved = len(states) == 1 and tune.get_context().get_trial_id() in states[0].read_text()
+    tune.report({"score": config["x"], "saved_before_start": saved})
+
+
+@pytest.mark.slow
+def test_a_trial_starts_only_once_tunes_saved_state_holds_it(ray_session, tmp_path):
+    """The root cause, without killing anything: Tune saves its experiment state at trial checkpoints and every
+    >= 10 s, so a trial created in between ran unknown to any saved state; a driver killed then lost it."""
+    import ray.cloudpickle
+    from ray import tune
+
+    from orchestrator.sweep.durable import save_state_before_trials_start
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import test modules
+    save_state_before_trials_start()
+    searcher = _searcher(tmp_path, fresh=True)
+    results = tune.Tuner(
+        tune.with_parameters(_trainable_that_checks_it_is_saved, folder=str(tmp_path / "runs" / "exp")),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=3, max_concurrent_trials=1, reuse_actors=True),
+        run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path / "runs"), verbose=0),
+    ).fit()
+    assert [r.metrics["saved_before_start"] for r in results] == [True] * 3
+
+
+@pytest.mark.slow
+def test_trial_started_before_tunes_save_resumes_under_its_own_id_and_number(tmp_path):
+    """The root cause of the duplicate trial numbers: Tune started trial 2 and the driver was SIGKILLed
+    before Tune saved a state holding it. The trial must be resumed under its id and number, not created
+    again next to an orphaned Optuna trial (before the fix: `..._2_` twice, with two ids)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    script = [sys.executable, str(Path(__file__).parent / "data" / "tune_driver.py"), str(tmp_path)]
+    ray_temp = f"/tmp/distill-ray-driverkill-{os.getpid()}"  # short: Ray's socket paths have a length limit
+    with open(tmp_path / "fresh.log", "w") as log:
+        proc = subprocess.Popen([*script, "fresh", ray_temp], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "paused").exists():
+        assert proc.poll() is None and time.time() < deadline, (tmp_path / "fresh.log").read_text()[-3000:]
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+    proc.wait()
+
+    try:
+        done = subprocess.run([*script, "resume", ray_temp], env=env, capture_output=True, text=True, timeout=180)
+    finally:
+        shutil.rmtree(ray_temp, ignore_errors=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(done.stdout.split("RESULTS ", 1)[1].splitlines()[0])
+    starts = [line.split() for line in (tmp_path / "starts.log").read_text().splitlines()]
+    numbers = {trial_id: name.split(f"{trial_id}_", 1)[1].split("_", 1)[0] for trial_id, name in starts}
+    assert sorted(numbers.values()) == ["1", "2"], starts  # each number issued to one trial id
+    assert [trial_id for trial_id, _ in starts].count(next(i for i, n in numbers.items() if n == "2")) == 2
+    assert {name.split("_")[1] for name in results} == set(numbers)  # the trial that started is the one resumed
+    study = optuna.load_study(study_name="exp", storage=optuna_storage(tmp_path / "runs" / "exp", fresh=False))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2  # no orphan
