@@ -71,17 +71,23 @@ class ViewMeta:
     embedding_dim: int
 
     def bytes_per_epoch(self) -> int:
-        per_row = 0
-        if LOGITS in self.fields:
-            per_row += self.topk * (2 + (2 if self.num_classes < 2**15 else 4)) + 4 if self.topk else 2 * self.num_classes
-        if EMBEDDING in self.fields:
-            per_row += 2 * self.embedding_dim
-        return per_row * self.num_samples
+        return bytes_per_epoch(self.num_samples, self.fields, self.topk, self.num_classes, self.embedding_dim)
 
-    def describe(self) -> str:
+    def stored(self) -> str:
+        """What each view's row holds, e.g. "top-5 logits + embedding in fp16"."""
         logits = f"top-{self.topk} logits" if self.topk else "logits"
-        fields = [logits if f == LOGITS else f for f in self.fields]
-        return f"{' + '.join(fields)} in fp16 of {self.num_samples} views per epoch, seed {self.seed} ({self.augment})"
+        return " + ".join(logits if f == LOGITS else f for f in self.fields) + " in fp16"
+
+
+def bytes_per_epoch(num_samples: int, fields, topk: int, num_classes: int, embedding_dim: int) -> int:
+    """Bytes of one epoch of views (tensor data, without the file's few KiB of framing)."""
+    per_row = 0
+    if LOGITS in fields:
+        topk = topk if 0 < topk < num_classes else 0
+        per_row += topk * (2 + (2 if num_classes < 2**15 else 4)) + 4 if topk else 2 * num_classes
+    if EMBEDDING in fields:
+        per_row += 2 * embedding_dim
+    return per_row * num_samples
 
 
 def store_logits(logits: Tensor, topk: int) -> dict[str, Tensor]:
