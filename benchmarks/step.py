@@ -4,6 +4,7 @@
     python benchmarks/step.py --quick         # tiny sizes (seconds)
     python benchmarks/step.py --accuracy      # exact vs shared negatives on Fashion-MNIST (val acc1)
     python benchmarks/step.py --augmented     # augmented steps: live vs view-cached teacher (+ cache build)
+    python benchmarks/step.py --topk-accuracy # top-k view caches: KD loss error and val acc1 (digits)
     python benchmarks/step.py --append        # also append the tables to docs/BENCHMARKS.md
 
 Every variant is a real :class:`orchestrator.engine.Trainer` (default teacher ``cnn_teacher``,
@@ -521,6 +522,70 @@ def aug_runner(trainer, device: str, steps: int) -> Callable[[], float]:
     return run
 
 
+# ---------------------------------------------------------------- top-k views: what is lost
+
+
+def topk_accuracy(args) -> common.Table:
+    """Augmented KD on digits (tiny_teacher -> tiny_student, same seed) fed the live teacher, the fp16 view cache
+    and top-k view caches: the KD loss's error on the same batches and the student's validation accuracy."""
+    import tempfile
+
+    import torch
+
+    from orchestrator.config import load_config
+    from orchestrator.data import build_data
+    from orchestrator.distill.kd import kd_loss
+    from orchestrator.distill.registry import LOGITS, Needs
+    from orchestrator.engine import Trainer
+    from orchestrator.teacher_views import build_views
+    from orchestrator.teachers import train_alone
+
+    epochs = args.topk_epochs
+    cfg = load_config(None, ["data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student",
+                             "data.batch_size=64", "train.lr=0.1", "distill.method=kd", "data.augment=true",
+                             f"train.epochs={epochs}"])
+    data = build_data(cfg.data, cfg.seed)
+    teacher, tm = train_alone(cfg, data, "tiny_teacher", 6, 0.1, label="teacher")
+    folder = Path(tempfile.mkdtemp(prefix="views-topk-"))
+    temperature = cfg.distill.kd.temperature
+    table = common.Table(
+        f"Top-k view caches: augmented KD on digits, tiny_teacher (test acc1 {tm['test/acc1']:.3f}) -> tiny_student, "
+        f"T={temperature:g}, {epochs} epochs, seed {cfg.seed}, {len(data.train)} train / {len(data.val)} val images",
+        ["teacher outputs", "bytes per view", "KD loss rel. error (mean, max over batches)", "val acc1",
+         "val acc1 - live", "final train/loss_kd"])
+    runs: dict[str, float] = {}
+    for label, topk in (("live teacher", None), ("view cache, fp16 logits", 0), *[
+            (f"view cache, top-{k} logits", k) for k in args.topk_ks]):
+        views = None
+        if topk is not None:
+            views = build_views(teacher, data.train, cfg.seed, epochs, Needs(frozenset({LOGITS})), folder / f"top{topk}",
+                                topk=topk)
+        errors = []
+        if views is not None:  # the KD loss of an untrained student's logits against the stored vs exact logits
+            torch.manual_seed(0)
+            probe = Trainer(cfg, data, teacher_outputs=[views])
+            for images, _, indices in probe.train_loader:
+                with torch.no_grad():
+                    s = probe.student(images).logits
+                    exact = kd_loss(s, teacher(images).logits, temperature)
+                    stored = kd_loss(s, views.rows(indices, torch.device("cpu"), 0).logits, temperature)
+                errors.append(abs(float(stored - exact)) / float(exact))
+        trainer = Trainer(cfg, data, [teacher] if views is None else [], teacher_outputs=[views] if views else None)
+        last = {}
+        for _ in range(epochs):
+            last = trainer.train_one_epoch()
+        acc = trainer.evaluate("val")["acc1"]
+        runs[label] = acc
+        size = views.meta.bytes_per_epoch() / len(data.train) if views else 0
+        table.add(label, f"{size:.0f}" if views else "-",
+                  f"{100 * common.median(errors):.3f}%, {100 * max(errors):.3f}%" if errors else "-",
+                  f"{acc:.4f}", f"{acc - runs['live teacher']:+.4f}", f"{last.get('train/loss_kd', 0):.4f}")
+        print(f"  {label}: val acc1 {acc:.4f}", flush=True)
+    table.notes.append("top-k: the k largest logits (fp16) and the log-sum-exp of all (fp32); the other logits are "
+                       "filled so that softmax at T=1 keeps the top-k probabilities and spreads the rest evenly")
+    return table
+
+
 # ---------------------------------------------------------------- accuracy: exact vs shared
 
 
@@ -584,6 +649,10 @@ def build_parser():
                    help="only the augmented steps: live vs view-cached teacher, and the view cache's build")
     p.add_argument("--aug-k", type=int, default=4096, help="CRD negatives K of the augmented rows")
     p.add_argument("--aug-topk", type=int, default=5, help="top-k of the top-k view cache row")
+    p.add_argument("--topk-accuracy", action="store_true",
+                   help="only the top-k view caches' loss of accuracy (augmented KD on digits)")
+    p.add_argument("--topk-ks", type=int, nargs="+", default=[5, 2, 1])
+    p.add_argument("--topk-epochs", type=int, default=8)
     return p
 
 
@@ -609,8 +678,14 @@ def main(argv: list[str] | None = None) -> int:
         args.aug_k = 256
         if args.augmented:  # the view caches' build is a teacher pass over N views each
             args.n = 600
+        args.topk_epochs, args.topk_ks = 1, [2]
     repeats = args.repeats or (2 if args.quick else 5)
     tables: list[common.Table] = []
+    if args.topk_accuracy:
+        table = topk_accuracy(args)
+        table.print()
+        common.report([table], append=args.append, title="step.py --topk-accuracy: top-k view caches")
+        return 0
     if args.augmented:
         tables = augmented_steps(args, repeats)
         for table in tables:
