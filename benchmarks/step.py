@@ -551,7 +551,7 @@ def topk_accuracy(args) -> common.Table:
     table = common.Table(
         f"Top-k view caches: augmented KD on digits, tiny_teacher (test acc1 {tm['test/acc1']:.3f}) -> tiny_student, "
         f"T={temperature:g}, {epochs} epochs, seed {cfg.seed}, {len(data.train)} train / {len(data.val)} val images",
-        ["teacher outputs", "bytes per view", "KD loss rel. error (mean, max over batches)", "val acc1",
+        ["teacher outputs", "bytes per view", "KD loss rel. error (median, max over batches)", "val acc1",
          "val acc1 - live", "final train/loss_kd"])
     runs: dict[str, float] = {}
     for label, topk in (("live teacher", None), ("view cache, fp16 logits", 0), *[
