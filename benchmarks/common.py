@@ -288,12 +288,13 @@ class SyntheticImages:
 
 
 def synthetic_bundle(n: int, channels: int = 1, size: int = 28, num_classes: int = 10, *, materialise: bool = True,
-                     n_eval: int = 512, seed: int = 0):
+                     n_eval: int = 512, seed: int = 0, augment=None):
     """A :class:`DataBundle` of random images with the shapes of a real dataset.
 
     ``materialise``: uint8 images held in memory behind the project's own
     ``InMemoryDataset`` (the real batch-gather/normalise path); otherwise
-    :class:`SyntheticImages` (nothing stored, any N).
+    :class:`SyntheticImages` (nothing stored, any N). ``augment``: a ``CropFlip``
+    for the (materialised) train split, whose loader then gives keyed views.
     """
     import torch
 
@@ -312,16 +313,18 @@ def synthetic_bundle(n: int, channels: int = 1, size: int = 28, num_classes: int
             test_pool=torch.arange(n + n_eval, total),
             num_classes=num_classes,
         )
-        train = InMemoryDataset(source, torch.arange(n), augment=None, mean=mean, std=std)
+        train = InMemoryDataset(source, torch.arange(n), augment=augment, mean=mean, std=std)
         val = InMemoryDataset(source, torch.arange(n, n + n_eval), augment=None, mean=mean, std=std)
         test = InMemoryDataset(source, source.test_pool, augment=None, mean=mean, std=std)
         labels = train.labels.clone()
+        train_eval = InMemoryDataset(source, torch.arange(n), augment=None, mean=mean, std=std) if augment else train
     else:
         train = SyntheticImages(n, channels, size, num_classes, seed)
         val = test = SyntheticImages(n_eval, channels, size, num_classes, seed + 1)
         labels = train.labels.clone()
+        train_eval = train
     return DataBundle(
-        train=train, train_eval=train, val=val, test=test, num_classes=num_classes, in_channels=channels,
+        train=train, train_eval=train_eval, val=val, test=test, num_classes=num_classes, in_channels=channels,
         image_size=size, train_labels=labels, name="synthetic", mean=mean, std=std,
     )
 

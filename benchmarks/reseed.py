@@ -27,14 +27,16 @@ from orchestrator.distill import registry
 from orchestrator.engine import CachedTeacherOutputs, Trainer
 from orchestrator.output_cache import teacher_outputs_file
 from orchestrator.stats import mean_sd, paired_gain
-from orchestrator.teachers import ensure_teacher
+from orchestrator.teachers import ensure_teacher, load_teacher
 from orchestrator.tracking import resolve_tracking_uri
 
 
-def train(cfg, data, outputs, seed: int) -> float:
-    """Test acc1 of one student trained with ``cfg`` and ``seed`` (teacher outputs unless CE only)."""
+def train(cfg, data, outputs, teachers, seed: int) -> float:
+    """Test acc1 of one student trained with ``cfg`` and ``seed`` (teacher outputs, or live ``teachers``,
+    unless CE only)."""
     cfg = apply_overrides(cfg, {"seed": seed})
-    trainer = Trainer(cfg, data, teacher_outputs=outputs if registry.needs_teacher(cfg.distill) else None)
+    reads = registry.needs_teacher(cfg.distill)
+    trainer = Trainer(cfg, data, teachers if reads else [], teacher_outputs=outputs if reads else None)
     for _ in range(cfg.train.epochs):
         trainer.train_one_epoch()
     return trainer.evaluate("test")["acc1"]
@@ -58,12 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     alone = apply_overrides(base, {**fixed, **optimiser_params(summary["best_params"]), **ALONE})
     data = build_data(base.data, base.seed)  # the sweep's split
     teacher = base.teacher.checkpoint or ensure_teacher(base, resolve_tracking_uri(base.tracking.uri))
-    outputs = [CachedTeacherOutputs.load(teacher_outputs_file(teacher, base, data))]
+    if base.data.augment:  # views of unseen seeds were never computed: the teacher runs live
+        outputs, teachers = None, [load_teacher(teacher, data.num_classes, data.in_channels, data.image_size)]
+    else:
+        outputs, teachers = [CachedTeacherOutputs.load(teacher_outputs_file(teacher, base, data))], []
     results: dict[str, dict[int, float]] = {"chosen": {}, "alone": {}}
     for seed in args.seeds:
         for name, cfg in (("chosen", chosen), ("alone", alone)):
             start = time.perf_counter()
-            results[name][seed] = train(cfg, data, outputs, seed)
+            results[name][seed] = train(cfg, data, outputs, teachers, seed)
             print(f"{name:<7} seed {seed}: test {100 * results[name][seed]:.2f}% ({time.perf_counter() - start:.0f} s)",
                   flush=True)
     gain = paired_gain(results["chosen"], results["alone"])

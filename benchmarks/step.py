@@ -3,6 +3,8 @@
     python benchmarks/step.py                 # the table + a CRD step broken down (a few minutes)
     python benchmarks/step.py --quick         # tiny sizes (seconds)
     python benchmarks/step.py --accuracy      # exact vs shared negatives on Fashion-MNIST (val acc1)
+    python benchmarks/step.py --augmented     # augmented steps: live vs view-cached teacher (+ cache build)
+    python benchmarks/step.py --topk-accuracy # top-k view caches: KD loss error and val acc1 (digits)
     python benchmarks/step.py --append        # also append the tables to docs/BENCHMARKS.md
 
 Every variant is a real :class:`orchestrator.engine.Trainer` (default teacher ``cnn_teacher``,
@@ -409,6 +411,192 @@ def breakdown(setup: Setup, variants: list[Variant], batch: int, repeats: int, e
     return table
 
 
+# ---------------------------------------------------------------- augmented steps: live vs view-cached teacher
+
+
+@dataclass(frozen=True)
+class AugVariant:
+    label: str
+    method: str  # ce | kd | crd
+    augment: bool
+    teacher: str | None = None  # live | views | views-topK
+
+
+def aug_variants(k: int, topk: int) -> list[AugVariant]:
+    return [
+        AugVariant("student alone (CE), plain data", "ce", False),
+        AugVariant("student alone (CE), augmented", "ce", True),
+        AugVariant("KD, augmented, live teacher", "kd", True, "live"),
+        AugVariant("KD, augmented, view cache", "kd", True, "views"),
+        AugVariant(f"KD, augmented, view cache top-{topk}", "kd", True, f"views-top{topk}"),
+        AugVariant(f"CRD K={k} shared, augmented, live teacher", "crd", True, "live"),
+        AugVariant(f"CRD K={k} shared, augmented, view cache", "crd", True, "views"),
+    ]
+
+
+class LoaderSlice:
+    """``steps`` batches at a time from a real DataLoader (augmentation and all), epoch 0's views over and over."""
+
+    def __init__(self, loader, steps: int):
+        self.loader, self.steps, self._it = loader, steps, iter(loader)
+
+    def set_epoch(self, epoch: int) -> None:  # the views of epoch 0 only (the view cache holds one epoch)
+        pass
+
+    def __iter__(self):
+        for _ in range(self.steps):
+            try:
+                yield next(self._it)
+            except StopIteration:
+                self._it = iter(self.loader)
+                yield next(self._it)
+
+
+def augmented_steps(args, repeats: int) -> list[common.Table]:
+    """Steps through the real loader (views cropped/flipped per batch): student alone, KD and CRD with a live
+    or a view-cached teacher; the view caches' build time and size per epoch."""
+    import tempfile
+
+    import torch
+
+    from orchestrator.config import load_config
+    from orchestrator.data.transforms import IN_MEMORY_AUGMENT
+    from orchestrator.distill.registry import LOGITS, OUTPUTS, Needs
+    from orchestrator.engine import Trainer, freeze
+    from orchestrator.models import build_model
+    from orchestrator.teacher_views import build_views
+
+    k, topk = args.aug_k, args.aug_topk
+    aug = common.synthetic_bundle(args.n, augment=IN_MEMORY_AUGMENT["fashion_mnist"])
+    plain = common.synthetic_bundle(args.n)
+    torch.manual_seed(0)
+    teacher = freeze(build_model(args.teacher, 10, 1))
+    folder = Path(tempfile.mkdtemp(prefix="views-bench-"))
+    build = common.Table(
+        f"View cache build: {args.teacher} on {args.n} augmented 1x28x28 views (one epoch), batch 512, "
+        f"{args.threads} torch thread(s), {args.device}",
+        ["stores", "build s/epoch", "views/s", "MiB per epoch", "bytes per view"])
+    caches = {}
+    for name, needs, top in (("views", OUTPUTS, 0), (f"views-top{topk}", Needs(frozenset({LOGITS})), topk)):
+        t0 = time.perf_counter()
+        caches[name] = build_views(teacher, aug.train, 0, 1, needs, folder / name, topk=top, device=args.device)
+        seconds = time.perf_counter() - t0
+        size = (folder / name / "epoch-00000.pt").stat().st_size
+        build.add(caches[name].meta.stored(), f"{seconds:.1f}", f"{args.n / seconds:,.0f}", f"{size / 2**20:.2f}",
+                  f"{size / args.n:.0f}")
+
+    variants = aug_variants(k, topk)
+    runners = {}
+    for v in variants:
+        overrides = [f"distill.method={v.method}", f"data.batch_size={args.batch_size}", "train.scheduler=none",
+                     "train.epochs=1", f"model.teacher={args.teacher}", f"model.student={args.student}",
+                     f"distill.crd.nce_k={k}", "distill.crd.negatives_mode=shared"]
+        cfg = load_config(None, overrides)
+        data = aug if v.augment else plain
+        trainer = Trainer(cfg, data, [teacher] if v.teacher == "live" else [], device=args.device,
+                          teacher_outputs=[caches[v.teacher]] if v.teacher and v.teacher != "live" else None)
+        trainer.train_loader = LoaderSlice(trainer.train_loader, args.steps)
+        runners[v.label] = aug_runner(trainer, args.device, args.steps)
+    times = common.interleave(
+        runners, repeats, warmup=1,
+        on_round=lambda r: print(f"  augmented round {r + 1}/{repeats} done ({common.load_text()})", flush=True))
+    med = {label: common.median(t) for label, t in times.items()}
+    alone_aug, alone = med[variants[1].label], med[variants[0].label]
+    live = {v.method: med[v.label] for v in variants if v.teacher == "live"}
+    table = common.Table(
+        f"Augmented training step incl. the data loader (crop+flip per batch), {args.teacher} -> {args.student}, "
+        f"batch {args.batch_size}, N={args.n}, {args.threads} torch thread(s), {args.device}: median of {repeats} "
+        "interleaved rounds",
+        ["variant", "ms/step", "img/s", "x student alone, augmented", "x student alone, plain", "x live (same term)",
+         "noise"])
+    for v in variants:
+        m = med[v.label]
+        table.add(v.label, common.fmt_ms(m), f"{args.batch_size / m:.0f}", common.fmt_ratio(m / alone_aug),
+                  common.fmt_ratio(m / alone), common.fmt_ratio(m / live[v.method]) if v.method in live else "-",
+                  f"±{100 * common.spread(times[v.label]):.0f}%")
+    table.notes.append("views: the teacher's fp16 logits + embedding of each view (seed, epoch, index), built once "
+                       "(table above); live: the teacher runs on every augmented batch")
+    return [build, table]
+
+
+def aug_runner(trainer, device: str, steps: int) -> Callable[[], float]:
+    sync = common.Sync(device)
+
+    def run() -> float:
+        trainer.epoch = 0  # epoch 0's views (what the caches hold); no scheduler, no pre-stage here
+        sync()
+        t0 = time.perf_counter()
+        trainer.train_one_epoch()
+        sync()
+        return (time.perf_counter() - t0) / steps
+
+    return run
+
+
+# ---------------------------------------------------------------- top-k views: what is lost
+
+
+def topk_accuracy(args) -> common.Table:
+    """Augmented KD on digits (tiny_teacher -> tiny_student, same seed) fed the live teacher, the fp16 view cache
+    and top-k view caches: the KD loss's error on the same batches and the student's validation accuracy."""
+    import tempfile
+
+    import torch
+
+    from orchestrator.config import load_config
+    from orchestrator.data import build_data
+    from orchestrator.distill.kd import kd_loss
+    from orchestrator.distill.registry import LOGITS, Needs
+    from orchestrator.engine import Trainer
+    from orchestrator.teacher_views import build_views
+    from orchestrator.teachers import train_alone
+
+    epochs = args.topk_epochs
+    cfg = load_config(None, ["data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student",
+                             "data.batch_size=64", "train.lr=0.1", "distill.method=kd", "data.augment=true",
+                             f"train.epochs={epochs}"])
+    data = build_data(cfg.data, cfg.seed)
+    teacher, tm = train_alone(cfg, data, "tiny_teacher", 6, 0.1, label="teacher")
+    folder = Path(tempfile.mkdtemp(prefix="views-topk-"))
+    temperature = cfg.distill.kd.temperature
+    table = common.Table(
+        f"Top-k view caches: augmented KD on digits, tiny_teacher (test acc1 {tm['test/acc1']:.3f}) -> tiny_student, "
+        f"T={temperature:g}, {epochs} epochs, seed {cfg.seed}, {len(data.train)} train / {len(data.val)} val images",
+        ["teacher outputs", "bytes per view", "KD loss rel. error (median, max over batches)", "val acc1",
+         "val acc1 - live", "final train/loss_kd"])
+    runs: dict[str, float] = {}
+    for label, topk in (("live teacher", None), ("view cache, fp16 logits", 0), *[
+            (f"view cache, top-{k} logits", k) for k in args.topk_ks]):
+        views = None
+        if topk is not None:
+            views = build_views(teacher, data.train, cfg.seed, epochs, Needs(frozenset({LOGITS})), folder / f"top{topk}",
+                                topk=topk)
+        errors = []
+        if views is not None:  # the KD loss of an untrained student's logits against the stored vs exact logits
+            torch.manual_seed(0)
+            probe = Trainer(cfg, data, teacher_outputs=[views])
+            for images, _, indices in probe.train_loader:
+                with torch.no_grad():
+                    s = probe.student(images).logits
+                    exact = kd_loss(s, teacher(images).logits, temperature)
+                    stored = kd_loss(s, views.rows(indices, torch.device("cpu"), 0).logits, temperature)
+                errors.append(abs(float(stored - exact)) / float(exact))
+        trainer = Trainer(cfg, data, [teacher] if views is None else [], teacher_outputs=[views] if views else None)
+        last = {}
+        for _ in range(epochs):
+            last = trainer.train_one_epoch()
+        acc = trainer.evaluate("val")["acc1"]
+        runs[label] = acc
+        size = views.meta.bytes_per_epoch() / len(data.train) if views else 0
+        table.add(label, f"{size:.0f}" if views else "-",
+                  f"{100 * common.median(errors):.3f}%, {100 * max(errors):.3f}%" if errors else "-",
+                  f"{acc:.4f}", f"{acc - runs['live teacher']:+.4f}", f"{last.get('train/loss_kd', 0):.4f}")
+        print(f"  {label}: val acc1 {acc:.4f}", flush=True)
+    table.notes.append("top-k: the k largest logits (fp16) and the log-sum-exp of all (fp32); the other logits are "
+                       "filled so that softmax at T=1 keeps the top-k probabilities and spreads the rest evenly")
+    return table
+
+
 # ---------------------------------------------------------------- accuracy: exact vs shared
 
 
@@ -468,6 +656,14 @@ def build_parser():
     p.add_argument("--acc-epochs", type=int, default=3)
     p.add_argument("--acc-teacher-epochs", type=int, default=2)
     p.add_argument("--acc-k", type=int, default=4096)
+    p.add_argument("--augmented", action="store_true",
+                   help="only the augmented steps: live vs view-cached teacher, and the view cache's build")
+    p.add_argument("--aug-k", type=int, default=4096, help="CRD negatives K of the augmented rows")
+    p.add_argument("--aug-topk", type=int, default=5, help="top-k of the top-k view cache row")
+    p.add_argument("--topk-accuracy", action="store_true",
+                   help="only the top-k view caches' loss of accuracy (augmented KD on digits)")
+    p.add_argument("--topk-ks", type=int, nargs="+", default=[5, 2, 1])
+    p.add_argument("--topk-epochs", type=int, default=8)
     return p
 
 
@@ -490,8 +686,24 @@ def main(argv: list[str] | None = None) -> int:
         args.n, args.batch_size, args.ks, args.kd_ks = 2000, 32, [64, 256], [256]
         args.steps, args.budget = 1, 0.2
         args.acc_subset, args.acc_epochs, args.acc_teacher_epochs, args.acc_k = 2000, 1, 1, 256
+        args.aug_k = 256
+        if args.augmented:  # the view caches' build is a teacher pass over N views each
+            args.n = 600
+        args.topk_epochs, args.topk_ks = 1, [2]
     repeats = args.repeats or (2 if args.quick else 5)
     tables: list[common.Table] = []
+    if args.topk_accuracy:
+        table = topk_accuracy(args)
+        table.print()
+        common.report([table], append=args.append, title="step.py --topk-accuracy: top-k view caches")
+        return 0
+    if args.augmented:
+        tables = augmented_steps(args, repeats)
+        for table in tables:
+            table.print()
+        common.report(tables, append=args.append, title="step.py --augmented: live vs view-cached teacher",
+                      device=args.device)
+        return 0
     if args.accuracy:
         table = accuracy(args)
         table.print()

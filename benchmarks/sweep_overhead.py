@@ -3,6 +3,7 @@
     python benchmarks/sweep_overhead.py            # in-process vs 1-worker vs 2-worker group (minutes)
     python benchmarks/sweep_overhead.py --quick    # digits, 2 tiny trials, in-process only
     python benchmarks/sweep_overhead.py --append   # also append the tables to docs/BENCHMARKS.md
+    python benchmarks/sweep_overhead.py --views    # augmented sweeps: live teacher vs shared view cache
 
 Each mode runs one real sweep (``orchestrator.sweep.cli.main``: Ray, Tune + Optuna + ASHA, Ray
 Train, MLflow on SQLite) with one trial at a time, so the trials' times add up. Storage,
@@ -45,6 +46,13 @@ MODES = {
     "1-worker group": ["train.in_process=false", "train.num_workers=1"],
     "2-worker group": ["train.in_process=false", "train.num_workers=2"],
 }
+# --views: where the teacher outputs come from (in-process trials; the search only: no confirmation stage)
+VIEW_MODES = {
+    "plain data, cached outputs": ["data.augment=false"],
+    "augmented, live teacher": ["data.augment=true", "teacher.cache_outputs=false"],
+    "augmented, shared views": ["data.augment=true"],
+}
+SEARCH_ONLY = ["train.in_process=true", "train.num_workers=1", "sweep.confirm.top_k=0"]
 
 SPACE = """description: sweep-overhead benchmark (KD or CRD+KD, a few knobs)
 params:
@@ -177,7 +185,7 @@ def run_mode(mode: str, args, folder: Path, teacher: str, space: Path, log) -> d
         "--storage-path", str(folder / "runs"), "--tracking-uri", uri,
         *data_overrides(args), f"train.epochs={args.epochs}", f"sweep.asha.grace_period={args.epochs}",
         "sweep.baseline=false", f"sweep.search_space={space}", f"teacher.checkpoint={teacher}",
-        f"train.torch_threads={args.threads}", *MODES[mode],
+        f"train.torch_threads={args.threads}", *(MODES[mode] if mode in MODES else [*SEARCH_ONLY, *VIEW_MODES[mode]]),
     ]
     phases: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -292,10 +300,32 @@ def tables_for(results: list[dict], args) -> list[common.Table]:
     return [summary, detail, phases]
 
 
+def views_table(results: list[dict], args) -> common.Table:
+    """--views: each mode's wall time as a ratio to the un-augmented cached sweep and to the augmented live one."""
+    wall = {r["mode"]: r["wall"] for r in results}
+    plain, live = wall.get("plain data, cached outputs"), wall.get("augmented, live teacher")
+    table = common.Table(
+        f"Augmented sweep: live teacher vs shared view cache ({args.num_samples} trials x {args.epochs} epoch(s), "
+        f"in-process, one at a time, search only; {args.dataset}"
+        + (f", {args.train_subset} training images" if args.dataset != "digits" else "") + ")",
+        ["mode", "sweep wall s", "teacher outputs / views s", "Tune phase s", "x plain cached", "x augmented live"])
+    for r in results:
+        table.add(r["mode"], f"{r['wall']:.1f}",
+                  f"{r['phases'].get('teacher outputs (once per sweep; cached across sweeps)', 0.0):.1f}",
+                  f"{r['phases'].get('Tune: all trials', float('nan')):.1f}",
+                  common.fmt_ratio(r["wall"] / plain) if plain else "-",
+                  common.fmt_ratio(r["wall"] / live) if live else "-")
+    table.notes.append("teacher outputs / views: computing them before the first trial (the views: every seed x "
+                       "epoch x image, one teacher pass each); the live sweep runs the teacher in every trial instead")
+    return table
+
+
 def build_parser():
     p = common.base_parser(__doc__.splitlines()[0])
-    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES), metavar="MODE",
-                   help=f"any of {list(MODES)}")
+    p.add_argument("--modes", nargs="+", default=None, choices=[*MODES, *VIEW_MODES], metavar="MODE",
+                   help=f"any of {list(MODES)} (default), or with --views of {list(VIEW_MODES)}")
+    p.add_argument("--views", action="store_true",
+                   help="augmented sweeps: live teacher vs the shared view cache (and plain data, cached outputs)")
     p.add_argument("--num-samples", type=int, default=3, help="trials per sweep")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "digits"])
@@ -308,9 +338,11 @@ def build_parser():
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     common.set_threads(args.threads)
+    if args.modes is None:
+        args.modes = list(VIEW_MODES) if args.views else list(MODES)
     if args.quick:
         args.dataset, args.num_samples, args.epochs = "digits", 2, 1
-        if argv is None or "--modes" not in (argv or []):
+        if not args.views and "--modes" not in (argv or []):
             args.modes = ["in-process"]
     resolve_dataset(args)
     folder = Path(tempfile.mkdtemp(prefix="distill-bench-sweep-"))
@@ -335,13 +367,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  done in {result['wall']:.1f} s", flush=True)
             results.append(result)
     tables = tables_for(results, args)
+    if args.views:
+        tables.insert(0, views_table(results, args))
     tables[0].notes.append(f"importing orchestrator.sweep.run (ray.tune, optuna, mlflow) took {import_s:.1f} s once in "
                            "this process, before the first sweep; not in the figures above")
     if not args.no_pieces:
         tables.append(startup_pieces(args, teacher, folder))
     for table in tables:
         table.print()
-    common.report(tables, append=args.append, title="sweep_overhead.py: fixed cost per trial")
+    common.report(tables, append=args.append, title="sweep_overhead.py --views: augmented sweeps, live teacher vs "
+                  "shared views" if args.views else "sweep_overhead.py: fixed cost per trial")
     if not args.keep:
         import shutil
 

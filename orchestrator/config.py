@@ -85,7 +85,8 @@ class TeacherConfig:
     epochs: int = 5  # cnn_teacher: 92.65% test at 5 epochs, 91.98% with a 4-epoch schedule
     lr: float = 0.05
     cache_dir: str | None = None  # None -> ~/.cache/distill-orchestrator/teachers
-    cache_outputs: bool = True  # precompute teacher outputs on un-augmented train data
+    cache_outputs: bool = True  # precompute teacher outputs once: on the train split, or per view with data.augment
+    view_topk: int = 0  # data.augment: the view cache keeps the k largest logits per view (FKD); 0 = all
     cache_max_gb: float = 2.0  # larger caches (e.g. feature maps of every training image) are not built: live teacher
 
 
@@ -479,6 +480,7 @@ def validate(cfg: Config) -> None:
     _check(d.loader_workers >= 0, "data.loader_workers", d.loader_workers, "an integer >= 0")
     _positive("teacher.epochs", t.epochs)
     _positive("teacher.cache_max_gb", t.cache_max_gb)
+    _check(t.view_topk >= 0, "teacher.view_topk", t.view_topk, "an integer >= 0 (0 = all logits)")
     _positive("teacher.lr", t.lr)
     try:
         normalize_stats(t.normalize)

@@ -31,6 +31,7 @@ from orchestrator.models import ModelOutput
 from orchestrator.models.base import Shapes, probe_shapes, stage_names
 from orchestrator.models.pretrained import build_with_weights
 from orchestrator.safe_load import load_tensors
+from orchestrator.teacher_views import TeacherViews
 
 
 class NonFiniteLossError(RuntimeError):
@@ -74,8 +75,9 @@ class CachedTeacherOutputs:
                       {name: tuple(self.features[name].shape[1:]) if name in self.features else ()
                        for name in self.stage_names})
 
-    def rows(self, indices: Tensor, device: torch.device) -> ModelOutput:
-        """The batch's rows as a ModelOutput (every stage at its position; fields not stored are empty tensors)."""
+    def rows(self, indices: Tensor, device: torch.device, epoch: int = 0) -> ModelOutput:
+        """The batch's rows as a ModelOutput (every stage at its position; fields not stored are empty tensors).
+        ``epoch`` is not used: un-augmented outputs are the same every epoch."""
         def take(t: Tensor | None) -> Tensor:
             return torch.empty(0, device=device) if t is None else t[indices].to(device)
 
@@ -93,7 +95,12 @@ class CachedTeacherOutputs:
             return False
 
     def check_matches(self, dataset) -> None:
-        """Raise ValueError unless the rows line up with ``dataset``'s samples."""
+        """Raise ValueError unless the rows line up with ``dataset``'s samples (un-augmented ones)."""
+        if getattr(dataset, "keyed_views", False):
+            raise ValueError(
+                "teacher output cache holds outputs on un-augmented images, but the train split is augmented "
+                "(data.augment=true): use a teacher view cache (teacher_views.py) or run the teacher live"
+            )
         if self.num_samples != len(dataset):
             raise ValueError(
                 f"teacher output cache holds {self.num_samples} samples but the train split has "
@@ -142,8 +149,11 @@ class Trainer:
         device: torch.device | str = "cpu",
         rank: int = 0,
         world_size: int = 1,
-        teacher_outputs: Sequence[CachedTeacherOutputs] | None = None,
+        teacher_outputs: Sequence[CachedTeacherOutputs | TeacherViews] | None = None,
     ):
+        """``teacher_outputs``: precomputed teacher outputs instead of ``teachers``: on the un-augmented train
+        split (:class:`CachedTeacherOutputs`), or per view of the augmented one (:class:`TeacherViews`, which
+        must hold this seed's views for every epoch; refused, naming the difference, otherwise)."""
         self.cfg, self.data = cfg, data
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size
@@ -151,7 +161,10 @@ class Trainer:
         self.teachers = [freeze(t.to(self.device)) for t in teachers]
         self.teacher_outputs = list(teacher_outputs or [])
         for cache in self.teacher_outputs:
-            cache.check_matches(data.train)
+            if isinstance(cache, TeacherViews):  # (pre-stage epochs beyond train.epochs: refused when read)
+                cache.check_matches(data.train, cfg.seed, cfg.train.epochs, registry.teacher_needs(cfg.distill))
+            else:
+                cache.check_matches(data.train)
         self.student = build_with_weights(
             cfg.model.student, data.num_classes, data.in_channels, cfg.model.student_weights
         ).to(self.device)
@@ -166,6 +179,7 @@ class Trainer:
                 cfg.model.student, data.num_classes, data.in_channels, cfg.model.student_weights),
         ).to(self.device)
         self.chosen_name = "student"
+        self._loader_epoch = 0  # the epoch whose views the loader gives now (what a view cache is read at)
 
         self._student_step = self.student
         self._objective_step = self.objective
@@ -221,7 +235,7 @@ class Trainer:
     def _teacher_forward(self, images: Tensor, indices: Tensor) -> list[ModelOutput]:
         if self.teacher_outputs:
             idx = indices.cpu()
-            return [c.rows(idx, self.device) for c in self.teacher_outputs]
+            return [c.rows(idx, self.device, self._loader_epoch) for c in self.teacher_outputs]
         with torch.no_grad():
             return [t(images) for t in self.teachers]
 
@@ -262,6 +276,7 @@ class Trainer:
         self.student.train()
         self.objective.train()
         set_epoch(self.train_loader, epoch)
+        self._loader_epoch = epoch
         sums: dict[str, float] = {}
         seen, start = 0, time.perf_counter()
         for step, (images, labels, indices) in enumerate(self.train_loader):

@@ -1,4 +1,5 @@
-"""Teacher-output cache files keyed by content: the teacher's weights, the data split and the fields stored.
+"""Teacher-output caches keyed by content: the teacher's weights, the data split and the fields stored; for a
+view cache (``data.augment``) also the augmentation, the top-k and the training seed.
 
 Two teachers with the same file name (``a/teacher.pt``, ``b/teacher.pt``) or two
 ``runs:/<id>/teacher`` URIs get different files; the same weights reached through
@@ -19,7 +20,8 @@ from torch.utils.data import Subset
 from orchestrator.config import Config
 from orchestrator.data import DataBundle
 from orchestrator.distill.registry import OUTPUTS, Needs
-from orchestrator.engine import compute_teacher_outputs
+from orchestrator.engine import compute_teacher_outputs, freeze
+from orchestrator.teacher_views import META, TeacherViews, augment_key, build_views
 from orchestrator.teachers import default_cache_dir, load_teacher
 
 def weights_digest(model: nn.Module) -> str:
@@ -85,3 +87,28 @@ def teacher_outputs_file(teacher: str, cfg: Config, data: DataBundle, needs: Nee
         print(f"teacher outputs for {len(data.train_eval)} training images computed once ({seconds:.1f} s) -> {path}",
               flush=True)
     return path
+
+
+def views_folder(model: nn.Module, cfg: Config, data: DataBundle, needs: Needs, seed: int) -> Path:
+    """``<cache>/teacher-views/<weights>-<split>-<fields>-<augmentation>-top<k>-seed<s>/`` (one folder per
+    (teacher, split, fields, views of ``seed``); its epochs are files inside, added as sweeps need them)."""
+    aug = hashlib.sha256(str(augment_key(data.train)).encode()).hexdigest()[:6]
+    name = (f"{weights_digest(model)[:16]}-{data_key(cfg)}-{fields_key(needs)}-{aug}-top{cfg.teacher.view_topk}"
+            f"-seed{seed}")
+    return default_cache_dir() / "teacher-views" / name
+
+
+def ensure_views(model: nn.Module, cfg: Config, data: DataBundle, needs: Needs, seeds,
+                 device="cpu") -> tuple[list[Path], int]:
+    """(the view caches of ``model`` for ``seeds``, one folder each holding ``train.epochs`` epochs, the number
+    of epochs of views computed now, on ``device``, because they were missing)."""
+    freeze(model.to(device))
+    folders, built = [], 0
+    for seed in seeds:
+        folder = views_folder(model, cfg, data, needs, seed)
+        before = TeacherViews(folder).epochs() if (folder / META).is_file() else 0
+        build_views(model, data.train, seed, cfg.train.epochs, needs, folder, topk=cfg.teacher.view_topk,
+                    batch_size=cfg.data.eval_batch_size, device=device)
+        folders.append(folder)
+        built += max(0, cfg.train.epochs - before)
+    return folders, built

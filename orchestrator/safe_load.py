@@ -17,10 +17,11 @@ class UnsafeFileError(ValueError):
     """A checkpoint or cache file holds pickled objects other than tensors and plain containers."""
 
 
-def load_tensors(path: str | Path, what: str, map_location="cpu"):
-    """``torch.load(path, weights_only=True)``; ``what`` names the file in the refusal (e.g. "teacher checkpoint")."""
+def load_tensors(path: str | Path, what: str, map_location="cpu", mmap: bool = False):
+    """``torch.load(path, weights_only=True)``; ``what`` names the file in the refusal (e.g. "teacher checkpoint");
+    ``mmap``: tensors stay in the file's pages (read on access, shared between processes) instead of copied."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         raise UnsafeFileError(
             f"{what} '{path}' holds Python objects other than tensors and plain containers; refused, because "

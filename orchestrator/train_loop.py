@@ -31,6 +31,7 @@ from orchestrator.engine import CachedTeacherOutputs, Trainer
 from orchestrator.loop import fit
 from orchestrator.safe_load import load_tensors
 from orchestrator.atomic_files import atomic_torch_save
+from orchestrator.teacher_views import TeacherViews
 from orchestrator.teachers import load_teacher, save_model_checkpoint
 
 STATE_FILE = "state.pt"  # full trainer state (resume)
@@ -70,9 +71,37 @@ def disk_full_is_clear(epoch: int) -> Iterator[None]:
         ) from exc
 
 
+def load_outputs(path: str) -> CachedTeacherOutputs | TeacherViews:
+    """A precomputed teacher-output file (un-augmented split), or a view cache folder (augmented views)."""
+    return TeacherViews(path) if Path(path).is_dir() else CachedTeacherOutputs.load(path)
+
+
+def outputs_for_seed(caches: list, seed: int, num_teachers: int, distill_cfg) -> list:
+    """What a Trainer training with ``seed`` reads instead of its teachers: the un-augmented caches, if they hold
+    everything ``distill_cfg``'s objective reads; or the view caches of ``seed``, one per teacher ([]: none
+    holds this seed's views, e.g. a confirmation seed the sweep built no views for, so the teachers run live).
+    A cache of another seed is never used."""
+    plain = [c for c in caches if isinstance(c, CachedTeacherOutputs)]
+    if plain:
+        needs = registry.teacher_needs(distill_cfg)
+        return plain if registry.cacheable(distill_cfg) and all(c.covers(needs) for c in plain) else []
+    views = [c for c in caches if c.meta.seed == seed]
+    return views if views and len(views) == max(num_teachers, 1) else []
+
+
+def teacher_inputs_tag(inputs: dict[int, list]) -> str:
+    """Where each seed's teacher outputs come from, e.g. "seed 0: view cache" (the trial run's tag)."""
+    def kind(caches: list) -> str:
+        if not caches:
+            return "live teacher"
+        return "precomputed outputs" if isinstance(caches[0], CachedTeacherOutputs) else "view cache"
+
+    return ", ".join(f"seed {seed}: {kind(caches)}" for seed, caches in inputs.items())
+
+
 def train_loop_per_worker(config: dict) -> None:
     """``config``: cfg (resolved Config as dict), seeds (training seeds; default [cfg.seed]), teachers
-    (paths/URIs), teacher_outputs (paths), in_process (bool), in_tune (reports go to Tune; default true),
+    (paths/URIs), teacher_outputs (paths: output files, or view cache folders per (teacher, seed)), in_process (bool), in_tune (reports go to Tune; default true),
     tracking_uri and mlflow_run_id (rank 0 logs there), data_seed (the split's seed; default cfg.seed),
     evaluate_test (add ``test/*`` at the last epoch), checkpoint (a Train checkpoint every epoch; default
     true), save_student (a file rank 0 writes the first seed's student to at the end).
@@ -96,20 +125,18 @@ def train_loop_per_worker(config: dict) -> None:
     # The split is seeded by the sweep's seed (data_seed), not the training seed: every trial is scored on
     # the same validation images and precomputed teacher outputs stay aligned with the train indices.
     data = build_data(cfg.data, config.get("data_seed", cfg.seed))
-    outputs = [CachedTeacherOutputs.load(p) for p in config.get("teacher_outputs") or []]
-    needs = registry.teacher_needs(cfg.distill)
-    if not (registry.cacheable(cfg.distill) and all(o.covers(needs) for o in outputs)):
-        outputs = []  # the sweep's cache lacks what this objective reads (or it must see live outputs)
+    caches = [load_outputs(p) for p in config.get("teacher_outputs") or []]
+    inputs = {seed: outputs_for_seed(caches, seed, len(config.get("teachers") or []), cfg.distill) for seed in seeds}
     teachers = []
-    if not outputs and registry.needs_teacher(cfg.distill):
+    if not all(inputs.values()) and registry.needs_teacher(cfg.distill):
         if config.get("tracking_uri"):  # runs:/ and models:/ teachers resolve against the sweep's store
             import mlflow
 
             mlflow.set_tracking_uri(config["tracking_uri"])
         teachers = [load_teacher(t, data.num_classes, data.in_channels, data.image_size) for t in config["teachers"]]
     trainers = [
-        Trainer(replace(cfg, seed=seed), data, teachers, device=device, rank=rank, world_size=world_size,
-                teacher_outputs=outputs or None)
+        Trainer(replace(cfg, seed=seed), data, [] if inputs[seed] else teachers, device=device, rank=rank,
+                world_size=world_size, teacher_outputs=inputs[seed] or None)
         for seed in seeds
     ]
 
@@ -124,10 +151,13 @@ def train_loop_per_worker(config: dict) -> None:
     if rank == 0 and config.get("mlflow_run_id"):
         from mlflow.tracking import MlflowClient
 
-        from orchestrator.tracking import flush_metrics, log_metrics
+        from orchestrator.tracking import flush_metrics, log_metrics, set_tags
 
         client = MlflowClient(tracking_uri=config["tracking_uri"])
         logged = max((int(m.step) for m in client.get_metric_history(config["mlflow_run_id"], "epoch")), default=0)
+        if not logged and registry.needs_teacher(cfg.distill):
+            with contextlib.suppress(Exception):  # informative only: never fail a trial for it
+                set_tags(client, config["mlflow_run_id"], {"teacher_inputs": teacher_inputs_tag(inputs)})
 
     def report(metrics: dict, per_seed: list[dict]) -> None:
         epoch = metrics["epoch"]

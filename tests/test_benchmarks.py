@@ -95,6 +95,13 @@ def test_step_quick(doc, capsys):
     assert "Training step" in doc.read_text()
 
 
+def test_step_augmented_quick(doc, capsys):
+    assert step.main(["--quick", "--augmented", "--repeats", "1", "--append"]) == 0
+    out = capsys.readouterr().out
+    assert "View cache build" in out and "KD, augmented, view cache top-5" in out and "x student alone, augmented" in out
+    assert "live vs view-cached teacher" in doc.read_text()
+
+
 def test_memory_child_measures_a_step():
     spec = {"method": "crd", "n": 500, "k": 64, "mode": "exact", "batch": 16, "steps": 1, "threads": 1,
             "teacher": "tiny_teacher", "student": "tiny_student"}
@@ -139,6 +146,15 @@ def test_sweep_overhead_quick(ray_session, tmp_path, monkeypatch, capsys):
     assert sweep_overhead.main(["--quick", "--no-pieces"]) == 0
     out = capsys.readouterr().out
     assert "fixed cost per trial" in out and "in-process" in out
+
+
+@pytest.mark.slow
+def test_sweep_overhead_views_quick(ray_session, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    assert sweep_overhead.main(["--quick", "--views", "--no-pieces"]) == 0
+    out = capsys.readouterr().out
+    assert "live teacher vs shared view cache" in out and "augmented, shared views" in out
 
 
 @pytest.mark.slow

@@ -169,7 +169,7 @@ def test_sweep_caches_the_vector_fields_when_feature_maps_exceed_the_limit(small
                                                                     model(data.train_eval[0][0][None]).embedding))
     cfg = apply_overrides(cfg, {"sweep.search_space": str(space), "sweep.storage_path": str(tmp_path / "runs"),
                                 "teacher.cache_max_gb": 2 * vectors / 2**30})  # vectors fit, feature maps don't
-    [path] = outputs_for(str(tmp_path / "t" / "teacher.pt"), make_plan(cfg, len(data.train)), data)
+    [path] = outputs_for([str(tmp_path / "t" / "teacher.pt")], make_plan(cfg, len(data.train)), data)
     assert "trials of at read feature maps and run the teacher live" in capsys.readouterr().out
     cache = CachedTeacherOutputs.load(path)
     assert not cache.features

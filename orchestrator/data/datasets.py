@@ -14,7 +14,9 @@ see every image). Validation and test keep all their labels.
 
 In-memory datasets (Fashion-MNIST, digits, CIFAR) index one shared uint8
 tensor and implement ``__getitems__``, which the DataLoader calls with a whole
-batch of indices: gather, crop/flip and normalise happen once per batch.
+batch of indices: gather, crop/flip and normalise happen once per batch. An
+augmenting one gets :class:`~orchestrator.data.views.ViewKey` s from the loader:
+each sample's crop/flip is a function of (seed, epoch, index) alone.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import Dataset
 
+from orchestrator.data import views
 from orchestrator.data.bundle import DataBundle
 from orchestrator.data.common import ImageSource, resolve_root
 from orchestrator.data.split import carve_validation, hide_labels, take_subset
@@ -93,14 +96,39 @@ class InMemoryDataset(Dataset):
             raw = self._per_sample(raw)
         return self._normalise(raw[None])[0], int(self.labels[i]), i
 
-    def __getitems__(self, positions: list[int]) -> SampleBatch:
-        pos = torch.as_tensor(positions, dtype=torch.long)
-        if pos.numel() and (pos.min() < 0 or pos.max() >= len(self)):
-            raise IndexError(f"batch indices out of range for a dataset of {len(self)}")
+    @property
+    def keyed_views(self) -> bool:
+        """Whether the loader should hand this dataset :class:`~orchestrator.data.views.ViewKey` s (it augments)."""
+        return self.augment is not None
+
+    def __getitems__(self, positions: list) -> SampleBatch:
+        """A batch of ``positions`` (ints), or of ``ViewKey`` s: each sample then cropped/flipped as its key says."""
+        if positions and isinstance(positions[0], tuple):
+            seeds, epochs, pos = views.key_arrays(positions)
+            return SampleBatch(self._views(seeds, epochs, pos), self.labels[pos], pos)
+        pos = self._checked(positions)
         raw = self.source.images.index_select(0, self.source_indices[pos])
         if self.augment is not None:
             raw = self.augment.batch(raw)
         return SampleBatch(self._normalise(raw), self.labels[pos], pos)
+
+    def view_images(self, seed: int, epoch: int, positions) -> torch.Tensor:
+        """The normalised views (B, C, S, S) of samples ``positions`` (B,) in epoch ``epoch`` of stream ``seed``:
+        what the training loader gives for them (and what a teacher view cache is computed on)."""
+        return self._views(seed, epoch, positions)
+
+    def _views(self, seeds, epochs, pos: torch.Tensor) -> torch.Tensor:
+        if self.augment is None:
+            raise ValueError("this dataset does not augment: it has no views")
+        pos = self._checked(pos)
+        raw = self.source.images.index_select(0, self.source_indices[pos])
+        return self._normalise(self.augment.apply_params(raw, *self.augment.view_params(seeds, epochs, pos.numpy())))
+
+    def _checked(self, positions) -> torch.Tensor:
+        pos = torch.as_tensor(positions, dtype=torch.long)
+        if pos.numel() and (pos.min() < 0 or pos.max() >= len(self)):
+            raise IndexError(f"batch indices out of range for a dataset of {len(self)}")
+        return pos
 
 
 def load_source(name: str, root) -> ImageSource:

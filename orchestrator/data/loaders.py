@@ -3,7 +3,8 @@
 Batches are ``(images (B, C, H, W) float, labels (B,) long, indices (B,) long)``.
 Call :func:`set_epoch` before each epoch: the order is a function of
 ``(seed, epoch)`` only, like ``DistributedSampler`` (which is used when
-``world_size > 1``).
+``world_size > 1``); so are the views of an augmenting in-memory dataset
+(:mod:`orchestrator.data.views`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torch.utils.data._utils.collate import default_collate
 
 from orchestrator.data.datasets import SampleBatch
+from orchestrator.data.views import ViewKey
 
 
 class SeededSampler(Sampler[int]):
@@ -37,6 +39,24 @@ class SeededSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class ViewKeys(Sampler):
+    """The wrapped sampler's indices as ``ViewKey(seed, epoch, index)``: what an augmenting dataset needs to
+    draw each sample's view from its key alone (in the main process or a worker, at any batch size)."""
+
+    def __init__(self, sampler: Sampler, seed: int):
+        self.sampler, self.seed = sampler, int(seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[ViewKey]:
+        epoch = int(self.sampler.epoch)
+        return (ViewKey(self.seed, epoch, int(i)) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 def collate(batch: Sequence) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -65,9 +85,10 @@ def make_loader(
     shuffle=shuffle, seed=seed, drop_last=drop_last)``; note that without
     ``drop_last`` it pads the set with repeated samples up to a multiple of
     ``world_size``. Otherwise a :class:`SeededSampler`. Either way call
-    :func:`set_epoch` each epoch. Augmentation draws from the torch RNG: seed it
-    (``torch.manual_seed``) for identical batches; with ``num_workers > 0`` each
-    worker is seeded from it by the DataLoader. ``pin_memory`` (extra, default
+    :func:`set_epoch` each epoch. An augmenting in-memory dataset gets
+    ``ViewKey(seed, epoch, index)`` s (:class:`ViewKeys`): its views depend on
+    ``seed``, the epoch and each index only, never on the torch RNG, the worker
+    or the batch. ``pin_memory`` (extra, default
     False) is passed to the DataLoader for faster host-to-GPU copies.
     """
     if batch_size <= 0:
@@ -80,6 +101,8 @@ def make_loader(
         )
     else:
         sampler = SeededSampler(dataset, shuffle=shuffle, seed=seed)
+    if getattr(dataset, "keyed_views", False):
+        sampler = ViewKeys(sampler, seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -15,9 +15,10 @@ same distribution: :meth:`CropFlip.per_sample` (a ``v2.Compose``, used by
 DataLoader uses, because the per-sample v2 call costs ~250 us per image,
 slower than the ~3,000 img/s a student trains at). ``CropFlip.apply_params``
 is the batch kernel with explicit offsets/flips; the tests check it equals
-``v2.functional`` pad+crop+hflip image by image. Randomness comes from the
-torch global RNG (seeded by the caller, per worker by the DataLoader), so the
-same seed gives the same augmented batches.
+``v2.functional`` pad+crop+hflip image by image. The training loader's views
+take their offsets/flips from :meth:`CropFlip.view_params`, a pure function of
+``(seed, epoch, index)`` (:mod:`orchestrator.data.views`); ``per_sample`` and
+``batch`` draw from the torch global RNG.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
+
+from orchestrator.data import views
 
 # (mean, std) per channel, of pixels scaled to [0, 1], over the training set
 STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -64,6 +67,20 @@ class CropFlip:
         else:
             flip = torch.zeros(batch, dtype=torch.bool)
         return top, left, flip
+
+    def view_params(self, seed, epoch, index) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(top, left, flip) of the views ``(seed, epoch, index)`` (broadcast; ``index`` (B,)): the same
+        distribution as :meth:`sample_params`, but each a function of its key alone."""
+        span = 2 * self.padding + 1
+        top = views.uniform_ints(seed, epoch, index, 0, span)
+        left = views.uniform_ints(seed, epoch, index, 1, span)
+        flip = views.coins(seed, epoch, index, 2) if self.flip else torch.zeros(top.shape, dtype=torch.bool)
+        return top, left, flip
+
+    @property
+    def view_key(self) -> str:
+        """What a view cache of these views must match: the transform and the stream's version."""
+        return f"crop{self.size}-pad{self.padding}-{'flip' if self.flip else 'noflip'}-stream{views.STREAM_VERSION}"
 
     def apply_params(
         self, images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor

@@ -4,7 +4,7 @@ A term module calls :func:`register_term` once at import (every module of this p
 imported by ``orchestrator.distill``, so adding a term is adding a file). Everything outside
 ``distill/`` asks this registry instead of comparing method names: config validation (the
 term's knob dataclass), search-space validation (:func:`data_problem`), the sweep's
-teacher-output cache (:func:`teacher_needs`, :func:`cacheable`), the Trainer (build) and the
+teacher-output caches (:func:`teacher_needs`, :func:`cacheable`, :func:`live_with_views`), the Trainer (build) and the
 pipelines (:func:`supports_teachers`).
 
 An objective (``distill.method``) is a weighted sum of terms: a preset name (``kd``,
@@ -62,6 +62,10 @@ class TermSpec:
     needs: what it reads (constant, or a function of its knobs, e.g. a chosen feature stage).
     cacheable: its teacher inputs may be precomputed once on un-augmented data (False: the
         teacher runs live, e.g. a term that needs augmented spatial features).
+    view_cacheable: with augmentation, its teacher inputs may come from the view cache (the
+        teacher's fp16 logits/embedding per (seed, epoch, index), ``orchestrator/teacher_views.py``);
+        None (default): yes when it is ``cacheable`` and reads no feature stages (the view
+        cache stores none: FitNet, AT and the other feature terms run their teacher live).
     multi_teacher: "outputs" (applied to the ensemble's combined outputs), "per_teacher"
         (one copy per teacher, weighted) or None (one teacher only: the pipeline refuses it).
     parts: its own trainable or stateful parts, for listings (e.g. "embedding heads", "memory banks").
@@ -78,6 +82,7 @@ class TermSpec:
     weight_key: str = ""
     needs: Needs | Callable[[Any], Needs] = field(default_factory=Needs)
     cacheable: bool = True
+    view_cacheable: bool | None = None
     multi_teacher: str | None = None
     parts: tuple[str, ...] = ()
     pre_stage: str | None = None
@@ -87,6 +92,12 @@ class TermSpec:
 
     def needs_for(self, knobs: Any) -> Needs:
         return self.needs(knobs) if callable(self.needs) else self.needs
+
+    def views_for(self, knobs: Any) -> bool:
+        """Whether its teacher inputs may come from the view cache (see ``view_cacheable``)."""
+        if self.view_cacheable is not None:
+            return self.view_cacheable
+        return self.cacheable and not self.needs_for(knobs).stages
 
 
 @dataclass(frozen=True)
@@ -215,6 +226,13 @@ def cacheable(distill_cfg: Any) -> bool:
                if term(n).needs_for(knobs_of(distill_cfg, n)).teacher)
 
 
+def live_with_views(distill_cfg: Any) -> list[str]:
+    """The enabled terms that read a teacher but do not accept view-cached inputs (with augmentation they
+    need the teacher live); [] when the view cache serves the whole objective."""
+    return [n for n in method_terms(distill_cfg.method)
+            if term(n).needs_for(knobs_of(distill_cfg, n)).teacher and not term(n).views_for(knobs_of(distill_cfg, n))]
+
+
 def supports_teachers(distill_cfg: Any, count: int) -> str | None:
     """None if ``distill_cfg.method`` can distil from ``count`` teachers, else a message naming the terms that cannot."""
     if count <= 1:
@@ -244,11 +262,13 @@ def describe(method: str) -> str:
     lines = []
     for name in method_terms(method):
         s = term(name)
-        needs = s.needs_for(s.knobs() if s.knobs is not None else None)
+        knobs = s.knobs() if s.knobs is not None else None
+        needs = s.needs_for(knobs)
         reads = sorted(needs.fields) + [f"features[{st}]" for st in needs.stages]
         lines.append(
             f"  {name}: weight {s.weight_key}; reads {', '.join(reads) or 'no teacher'}"
-            f"{' + labels' if needs.labels else ''}; {'cacheable' if s.cacheable else 'live teacher'}; "
+            f"{' + labels' if needs.labels else ''}; {'cacheable' if s.cacheable else 'live teacher'}"
+            f"{'' if not needs.teacher else ' (views too)' if s.views_for(knobs) else ' (augmented: live)'}; "
             f"teachers: {s.multi_teacher or 'one'}"
             + (f"; parts: {', '.join(s.parts)}" if s.parts else "")
             + (f"; pre-stage: distill.{name}.{s.pre_stage}" if s.pre_stage else "")

@@ -113,7 +113,7 @@ class SweepRunner:
         if self.given_outputs is not None:
             outputs = list(self.given_outputs)
         else:
-            outputs = [path for teacher in teachers for path in teacher_outputs.outputs_for(teacher, self.plan, self.data)]
+            outputs = teacher_outputs.outputs_for(teachers, self.plan, self.data, uri)
         ctx = TrialContext(
             base=to_dict(cfg), teachers=teachers, teacher_outputs=outputs, storage_path=str(exp_dir),
             tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent_id,

@@ -1,36 +1,104 @@
-"""The teacher outputs a sweep precomputes once: the fields every objective its space can choose reads."""
+"""The teacher outputs a sweep precomputes once: the fields every objective its space can choose reads.
+
+Without augmentation: on the un-augmented train split (cached by content across sweeps). With
+``data.augment``: per augmented view, for every seed trials train with (``teacher_inputs.py``),
+built before the first trial by one Ray task per teacher (on a GPU when the cluster has one), or in
+this process when trials run in-process on the CPU.
+"""
 
 from __future__ import annotations
 
-from orchestrator.data import DataBundle
+import time
+
+import ray
+import torch
+
+from orchestrator.config import Config, from_dict, to_dict
+from orchestrator.data import DataBundle, build_data
 from orchestrator.distill import registry
-from orchestrator.output_cache import teacher_outputs_file
+from orchestrator.launcher import in_process
+from orchestrator.output_cache import ensure_views, teacher_outputs_file
 from orchestrator.plan import Plan
 from orchestrator.search import possible_configs
+from orchestrator.teacher_inputs import TeacherInputs, choose, views_bytes
+from orchestrator.teacher_views import TeacherViews
+from orchestrator.teachers import load_teacher
 
 
-def outputs_for(teacher: str, plan: Plan, data: DataBundle) -> list[str]:
-    """Precompute, once, the teacher outputs the space's objectives read, on the un-augmented train split
-    (cached by content across sweeps); none when the teacher must run live.
+def outputs_for(teachers: list[str], plan: Plan, data: DataBundle, tracking_uri: str | None = None) -> list[str]:
+    """Precompute, once, what every objective the space can choose reads from ``teachers``: output files (one
+    per teacher) or view cache folders (one per teacher and seed); [] when the teachers run live.
 
-    When every field and feature stage they read would exceed ``teacher.cache_max_gb``, only the vector
-    fields (logits, embedding) are cached: trials whose objective reads no feature map use them, the others
-    run the teacher live (each trial checks, :meth:`CachedTeacherOutputs.covers`)."""
+    When every field and feature stage they read would exceed ``teacher.cache_max_gb`` on the un-augmented
+    split, only the vector fields (logits, embedding) are cached: trials whose objective reads no feature map
+    use them, the others run the teacher live (each trial checks, :meth:`CachedTeacherOutputs.covers`)."""
     cfg = plan.cfg
-    if cfg.data.augment or not cfg.teacher.cache_outputs:
+    configs = possible_configs(plan.space, cfg)
+    choice = choose(cfg, configs)
+    if choice.kind == "cached":
+        paths = [teacher_outputs_file(t, cfg, data, choice.needs) for t in teachers]
+        if None in paths and choice.needs.stages and choice.needs.fields:  # feature maps too big: vectors only
+            vectors = registry.Needs(choice.needs.fields)
+            paths = [teacher_outputs_file(t, cfg, data, vectors) for t in teachers]
+            if None not in paths:
+                live = sorted({c.distill.method for c in configs if registry.teacher_needs(c.distill).stages})
+                print(f"cached the teacher's {', '.join(sorted(vectors.fields))} only: trials of {', '.join(live)} "
+                      "read feature maps and run the teacher live", flush=True)
+        return [] if None in paths else [str(p) for p in paths]
+    if choice.kind == "views":
+        return shared_views(teachers, cfg, data, choice, tracking_uri)
+    if choice.kind == "live" and cfg.data.augment:
+        print(f"teacher outputs: live, on every batch of every trial ({choice.reason})", flush=True)
+    return []
+
+
+def shared_views(teachers: list[str], cfg: Config, data: DataBundle, choice: TeacherInputs,
+                 tracking_uri: str | None) -> list[str]:
+    """Build (or find) the view caches of every teacher for ``choice.seeds``; print what they hold."""
+    gpu = ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1
+    start = time.perf_counter()
+    if gpu or not in_process(cfg):
+        cpus = max(1, int(cfg.train.cpus_per_worker * cfg.train.num_workers))
+        task = ray.remote(num_cpus=0 if gpu else cpus, num_gpus=1 if gpu else 0)(build_teacher_views)
+        where = f"{len(teachers)} Ray task(s), one per teacher, on {'a GPU' if gpu else f'{cpus} CPU(s)'}"
+        results = ray.get([task.remote(t, to_dict(cfg), choice, tracking_uri, gpu, cpus) for t in teachers])
+    else:
+        where = "in this process (trials run in-process)"
+        results = [build_teacher_views(t, cfg, choice, None, False, None, data) for t in teachers]
+    seconds = time.perf_counter() - start
+    if any(r is None for r in results):
         return []
-    cacheable = [c for c in possible_configs(plan.space, cfg) if registry.cacheable(c.distill)]
-    needs = registry.Needs()
-    for c in cacheable:
-        needs = needs | registry.teacher_needs(c.distill)
-    if not needs.teacher:
-        return []
-    path = teacher_outputs_file(teacher, cfg, data, needs)
-    if path is None and needs.stages and needs.fields:
-        vectors = registry.Needs(needs.fields)
-        path = teacher_outputs_file(teacher, cfg, data, vectors)
-        if path is not None:
-            live = sorted({c.distill.method for c in cacheable if registry.teacher_needs(c.distill).stages})
-            print(f"cached the teacher's {', '.join(sorted(vectors.fields))} only: trials of {', '.join(live)} "
-                  "read feature maps and run the teacher live", flush=True)
-    return [] if path is None else [str(path)]
+    folders = [f for folders, _, _ in results for f in folders]
+    built = sum(b for _, b, _ in results)
+    per_epoch = results[0][2]
+    total = sum(b for _, _, b in results) * cfg.train.epochs * len(choice.seeds)
+    what = TeacherViews(folders[0]).meta.stored()
+    how = f"built {built} epoch(s) of views in {seconds:.1f} s, {where}" if built else "found in the cache"
+    print(f"teacher outputs: shared view cache ({what}), seeds {list(choice.seeds)} x {cfg.train.epochs} epochs x "
+          f"{len(data.train)} views, {per_epoch / 2**20:.2f} MiB per epoch per seed per teacher, "
+          f"{total / 2**20:.1f} MiB in all; {how}; every trial reads it -> {folders[0].rsplit('-seed', 1)[0]}-seed*",
+          flush=True)
+    return folders
+
+
+def build_teacher_views(teacher: str, cfg, choice: TeacherInputs, tracking_uri: str | None, gpu: bool,
+                        threads: int | None, data: DataBundle | None = None) -> tuple[list[str], int, int] | None:
+    """One teacher's view caches for ``choice.seeds``: (folders, epochs built now, bytes per epoch), or None when
+    they would exceed ``teacher.cache_max_gb`` (the teacher then runs live). Runs in a Ray task or in process."""
+    cfg = from_dict(cfg) if isinstance(cfg, dict) else cfg
+    if threads:
+        torch.set_num_threads(threads)
+    if tracking_uri:  # runs:/ and models:/ teachers resolve against the sweep's store
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri)
+    data = data or build_data(cfg.data, cfg.seed)
+    model = load_teacher(teacher, data.num_classes, data.in_channels, data.image_size)
+    per_epoch = views_bytes(cfg, choice, len(data.train), data.num_classes, int(model.embedding_dim))
+    total = per_epoch * cfg.train.epochs * len(choice.seeds)
+    if total > cfg.teacher.cache_max_gb * 2**30:
+        print(f"teacher views would take {total / 2**30:.1f} GiB (> teacher.cache_max_gb="
+              f"{cfg.teacher.cache_max_gb:g}): the teacher runs live instead", flush=True)
+        return None
+    folders, built = ensure_views(model, cfg, data, choice.needs, choice.seeds, device="cuda" if gpu else "cpu")
+    return [str(f) for f in folders], built, per_epoch
