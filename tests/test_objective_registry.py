@@ -149,3 +149,16 @@ def test_a_feature_term_trains_from_live_and_cached_teachers_with_its_pre_stage(
 def test_every_term_names_its_paper_and_the_code_it_is_checked_against():
     missing = [name for name in registry.term_names() if not registry.term(name).reference]
     assert not missing, f"terms without a reference: {missing}"
+
+
+def test_objectives_doc_lists_exactly_the_registered_terms_and_presets():
+    """docs/OBJECTIVES.md is generated (benchmarks/objectives.py); it must be regenerated when terms change."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "OBJECTIVES.md").read_text()
+    terms_part = doc.split("**Terms**", 1)[1]
+    presets_part = doc.split("**Terms**", 1)[0]
+    rows = lambda text: set(re.findall(r"^\| `([a-z_0-9]+)`", text, flags=re.M))  # noqa: E731
+    assert rows(terms_part) == set(registry.term_names())
+    assert rows(presets_part) == set(registry.method_names())
