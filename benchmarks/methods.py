@@ -67,12 +67,12 @@ def space_for(method: str) -> Path:
     return choosing[0]
 
 
-def method_config(base, method: str):
-    """``base`` with ``distill.method=method`` at its paper defaults."""
+def method_config(base, method: str, after: dict | None = None):
+    """``base`` with ``distill.method=method`` at its paper defaults, then ``after`` (``--set``)."""
     from orchestrator.config import apply_overrides
     from orchestrator.distill import registry
 
-    return apply_overrides(base, {"distill.method": method, **registry.paper_defaults(method)})
+    return apply_overrides(base, {"distill.method": method, **registry.paper_defaults(method), **(after or {})})
 
 
 def teacher_inputs(cfg, data, teacher_path: str):
@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="digits and tiny models (seconds)")
     parser.add_argument("--tune", type=int, default=0, metavar="N",
                         help="also a short sweep (N trials) over each method's own search space")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="values applied after the paper defaults (e.g. a knob a paper default cannot fit)")
     parser.add_argument("overrides", nargs="*", help="config overrides (key=value) for every run, after --")
     args = parser.parse_args(argv)
 
@@ -215,9 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     common.set_threads(args.threads)
     try:
         base = load_config(None, [*(QUICK if args.quick else []), *args.overrides])
+        if any("=" not in item for item in args.set):
+            raise ConfigError("--set", args.set, "items of the form key.sub=value")
+        after = dict(item.split("=", 1) for item in args.set)
         methods = args.methods or default_methods()
         for method in methods:
-            method_config(base, method)
+            method_config(base, method, after)
         spaces: dict[Path, list[str]] = {}
         for method in methods if args.tune else []:
             spaces.setdefault(space_for(method), []).append(method)
@@ -226,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     data = build_data(base.data, base.seed)
     for method in methods:
-        problem = registry.data_problem(method_config(base, method).distill, len(data.train))
+        problem = registry.data_problem(method_config(base, method, after).distill, len(data.train))
         if problem:
             key, value, allowed = problem
             print(f"error: {method} at its paper defaults: {key}={value!r} does not fit this data ({allowed})",
@@ -239,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     todo = [(m, s) for m in [ALONE, *methods] for s in args.seeds if str(s) not in results.get(m, {})]
     print(f"{len(todo)} runs to do ({sum(len(v) for v in results.values())} already in {store})", flush=True)
     for i, (method, seed) in enumerate(todo, 1):
-        result = train(method_config(base, method), data, teacher, seed)
+        result = train(method_config(base, method, after), data, teacher, seed)
         results.setdefault(method, {})[str(seed)] = result
         write_json_atomic(store, results)
         print(f"[{i}/{len(todo)}] {method:<14} seed {seed}: test {100 * result['test']:.2f}% "
@@ -247,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     tables = [table(results, methods, args.seeds, args.title)]
     if args.tune:
         tables.append(tune(spaces, args.tune, args.out, [*(QUICK if args.quick else []), *args.overrides]))
-    tables[-1].notes += [f"command: `{common.command_line()}`",
+    tables[-1].notes += [f"command: `{common.command_line()}`" + (f"; after the paper defaults: {', '.join(args.set)}"
+                                                                   if args.set else ""),
                          f"machine: {common.machine_text()}; {common.load_text()}; "
                          f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"]
     text = "\n\n".join(t.markdown() for t in tables)
