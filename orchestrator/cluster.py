@@ -15,6 +15,9 @@ class ClusterError(RuntimeError):
     """A trial cannot be scheduled on this cluster (checked up front)."""
 
 
+REUSE_WAIT = "TUNE_FUNCTION_THREAD_TIMEOUT_S"
+
+
 def resolve_address(address: str | None) -> str | None:
     """``--address``, else ``$RAY_ADDRESS``, else None (start a local Ray)."""
     return address or os.environ.get("RAY_ADDRESS") or None
@@ -29,11 +32,15 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines instead of Tune's tables
     # With checkpoint retention (num_to_keep) Tune snapshots its state at every report and warns each time.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # A reused trial actor (in-process trials) waits this long for the previous trial's thread (its
+    # TorchTrainer winding down, its MLflow run closing) before starting the next trial. Tune's default,
+    # 2 s, is too short on a loaded machine: the reset fails, the new trial errors and the sweep stalls.
+    os.environ.setdefault(REUSE_WAIT, "300")  # a local cluster's workers inherit it
     if ray.is_initialized():
         return False
     common = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
     if address:
-        ray.init(address=address, **common)
+        ray.init(address=address, runtime_env={"env_vars": {REUSE_WAIT: os.environ[REUSE_WAIT]}}, **common)
         handle_signals()
         return True
     ray.init(
