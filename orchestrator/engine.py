@@ -204,9 +204,22 @@ class Trainer:
             rank=rank,
             world_size=world_size,
             num_workers=cfg.data.loader_workers,
+            pool=self._labelled_pool(),
         )
 
     # ------------------------------------------------------------------ build
+
+    def _labelled_pool(self) -> Tensor | None:
+        """The labelled training indices when labels are hidden and every enabled term reads labels (the student
+        alone, DKD, ...): batches then hold labelled images only, as many steps per epoch as on the whole split.
+        None otherwise (every image is drawn; label-free terms read the unlabelled ones)."""
+        labels = self.data.train_labels
+        hidden = bool((labels == UNLABELLED).any())
+        terms = registry.method_terms(self.cfg.distill.method)
+        if not hidden or not all(registry.term(n).needs_for(registry.knobs_of(self.cfg.distill, n)).labels
+                                 for n in terms):
+            return None
+        return torch.nonzero(labels != UNLABELLED).flatten()
 
     def _shapes(self, model: nn.Module, data: DataBundle) -> Shapes:
         """The model's embedding size, and its stage shapes when an enabled term reads features (one probe)."""

@@ -145,19 +145,20 @@ def _semi_supervised_accuracies(digits, seed: int) -> dict[str, float]:
 
 def test_kd_on_all_images_beats_ce_on_the_labelled_tenth_on_digits(digits):
     """SimCLRv2's step 3 (``distill.method=kd data.labeled_fraction=0.1``): a student distilled on every image
-    beats CE on the labelled 10% alone (seed 0 measured: CE 0.69, KD 0.92 test top-1)."""
+    beats CE on the labelled 10% alone, trained on those images with as many steps (seed 0 measured: CE 0.83,
+    KD 0.92 test top-1; before CE's batches were restricted to labelled images: CE 0.69)."""
     acc = _semi_supervised_accuracies(digits, 0)
-    assert acc["kd"] > 0.8 and acc["kd"] - acc["ce"] > 0.1, acc
+    assert acc["kd"] > 0.8 and acc["kd"] - acc["ce"] > 0.05, acc
 
 
 @pytest.mark.slow
 def test_kd_on_all_images_beats_ce_on_the_labelled_tenth_over_three_seeds(digits):
-    """The same, paired over seeds 0, 1, 2 (measured: CE 0.69, 0.71, 0.79; KD 0.92, 0.93, 0.92)."""
+    """The same, paired over seeds 0, 1, 2 (measured: CE 0.83, 0.80, 0.82; KD 0.92, 0.93, 0.92)."""
     gains = []
     for seed in (0, 1, 2):
         acc = _semi_supervised_accuracies(digits, seed)
         gains.append(acc["kd"] - acc["ce"])
-    assert min(gains) > 0 and sum(gains) / 3 > 0.1, gains
+    assert min(gains) > 0 and sum(gains) / 3 > 0.05, gains
 
 
 def test_the_semi_supervised_space_loads_with_one_percent_of_the_labels():
@@ -182,3 +183,33 @@ def test_the_default_teacher_is_trained_on_every_label(monkeypatch, isolated_cac
     with pytest.raises(RuntimeError, match="stop before training"):
         teachers.ensure_teacher(cfg, "unused")
     assert (seen["labels"] != UNLABELLED).all()
+
+
+def test_pooled_sampler_draws_a_full_epoch_from_the_pool_seeded_and_split_by_rank():
+    from orchestrator.data.loaders import PooledSampler
+
+    data, pool = list(range(50)), torch.tensor([3, 7, 11, 20, 41])
+    sampler = PooledSampler(data, pool, seed=4)
+    first = list(sampler)
+    assert len(first) == len(sampler) == 50 and set(first) == set(pool.tolist())
+    assert [first[i * 5:(i + 1) * 5] for i in range(10)] != [first[:5]] * 10  # reshuffled every round
+    assert sorted(first[:5]) == pool.tolist() and first == list(PooledSampler(data, pool, seed=4))
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    ranks = [list(PooledSampler(data, pool, seed=4, rank=r, world_size=3)) for r in range(3)]
+    assert all(len(r) == 17 for r in ranks)  # 50 padded to 51
+    with pytest.raises(ValueError, match="empty"):
+        PooledSampler(data, torch.tensor([], dtype=torch.long), seed=0)
+
+
+@pytest.mark.parametrize("method, labelled_only", [("ce", True), ("ce+dkd", True), ("kd", False), ("ce+kd", False)])
+def test_batches_hold_labelled_images_only_when_no_term_reads_the_others(digits, method, labelled_only):
+    """The student alone (and any objective whose every term reads labels) trains on the labelled images, as many
+    steps per epoch as on the whole split; a label-free term (KD) keeps every image in the batches."""
+    cfg, _, teacher = digits
+    cfg = apply_overrides(cfg, {"data.labeled_fraction": 0.1, "distill.method": method})
+    data = build_data(cfg.data, cfg.seed)
+    trainer = Trainer(cfg, data, [teacher] if method != "ce" else [])
+    labels = torch.cat([batch[1] for batch in trainer.train_loader])
+    assert len(labels) == len(data.train)
+    assert bool((labels != UNLABELLED).all()) == labelled_only

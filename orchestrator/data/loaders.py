@@ -41,6 +41,35 @@ class SeededSampler(Sampler[int]):
         return self.num_samples
 
 
+class PooledSampler(Sampler[int]):
+    """``len(dataset)`` indices per epoch drawn from ``pool`` only: shuffled permutations of the pool (from
+    ``seed + epoch``) laid end to end, rank ``r`` of ``world_size`` taking every ``world_size``-th one.
+
+    For training on a subset (e.g. the labelled images when no objective term reads the others) with as many
+    steps per epoch as on the whole split, so that runs with and without the subset get the same compute.
+    """
+
+    def __init__(self, dataset: Dataset, pool: torch.Tensor, *, seed: int, rank: int = 0, world_size: int = 1):
+        if len(pool) == 0:
+            raise ValueError("the pool of indices to draw from is empty")
+        self.pool = torch.as_tensor(pool, dtype=torch.long)
+        self.total = -(-len(dataset) // world_size) * world_size  # padded to a multiple of world_size
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        rounds = -(-self.total // len(self.pool))
+        order = torch.cat([self.pool[torch.randperm(len(self.pool), generator=gen)] for _ in range(rounds)])
+        return iter(order[: self.total][self.rank :: self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return self.total // self.world_size
+
+
 class ViewKeys(Sampler):
     """The wrapped sampler's indices as ``ViewKey(seed, epoch, index)``: what an augmenting dataset needs to
     draw each sample's view from its key alone (in the main process or a worker, at any batch size)."""
@@ -78,13 +107,15 @@ def make_loader(
     num_workers: int = 0,
     drop_last: bool = False,
     pin_memory: bool = False,
+    pool: torch.Tensor | None = None,
 ) -> DataLoader:
     """A DataLoader over ``dataset`` (items ``(image, label, index)``).
 
     ``world_size > 1``: a ``DistributedSampler(num_replicas=world_size, rank=rank,
     shuffle=shuffle, seed=seed, drop_last=drop_last)``; note that without
     ``drop_last`` it pads the set with repeated samples up to a multiple of
-    ``world_size``. Otherwise a :class:`SeededSampler`. Either way call
+    ``world_size``. Otherwise a :class:`SeededSampler`. With ``pool`` (shuffled training only): a
+    :class:`PooledSampler` drawing ``len(dataset)`` samples per epoch from those indices. Either way call
     :func:`set_epoch` each epoch. An augmenting in-memory dataset gets
     ``ViewKey(seed, epoch, index)`` s (:class:`ViewKeys`): its views depend on
     ``seed``, the epoch and each index only, never on the torch RNG, the worker
@@ -95,8 +126,12 @@ def make_loader(
         raise ValueError(f"batch_size must be > 0, got {batch_size}")
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-    if world_size > 1:
-        sampler: Sampler = DistributedSampler(
+    if pool is not None:
+        if not shuffle:
+            raise ValueError("a pool of indices is for shuffled training only")
+        sampler: Sampler = PooledSampler(dataset, pool, seed=seed, rank=rank, world_size=world_size)
+    elif world_size > 1:
+        sampler = DistributedSampler(
             dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
         )
     else:
