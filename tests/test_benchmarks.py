@@ -171,14 +171,14 @@ def test_methods_quick_pairs_gains_resumes_and_refuses_bad_input(isolated_cache,
 
     import methods
 
-    out = tmp_path / "m"
-    assert methods.main(["--quick", "--methods", "kd", "ce+sp", "--seeds", "1", "2", "--out", str(out)]) == 0
+    out, store = tmp_path / "m", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"  # the teacher's run goes here
+    assert methods.main(["--quick", "--methods", "kd", "ce+sp", "--seeds", "1", "2", "--out", str(out), store]) == 0
     text = capsys.readouterr().out
     assert "6 runs to do" in text and "| `kd`" in text and "| `ce+sp`" in text and "[" in text
     stored = json.loads((out / "results.json").read_text())
     assert sorted(stored) == ["ce", "ce+sp", "kd"] and all(sorted(v) == ["1", "2"] for v in stored.values())
     assert (out / "gains.png").stat().st_size > 0
-    assert methods.main(["--quick", "--methods", "kd", "--seeds", "1", "2", "--out", str(out)]) == 0
+    assert methods.main(["--quick", "--methods", "kd", "--seeds", "1", "2", "--out", str(out), store]) == 0
     assert "0 runs to do" in capsys.readouterr().out
     assert methods.main(["--quick", "--methods", "nope", "--out", str(tmp_path / "bad")]) == 2
     assert methods.main(["--quick", "--methods", "crd", "--out", str(tmp_path / "bad")]) == 2
