@@ -213,11 +213,8 @@ class Trainer:
         """The labelled training indices when labels are hidden and every enabled term reads labels (the student
         alone, DKD, ...): batches then hold labelled images only, as many steps per epoch as on the whole split.
         None otherwise (every image is drawn; label-free terms read the unlabelled ones)."""
-        labels = self.data.train_labels
-        hidden = bool((labels == UNLABELLED).any())
-        terms = registry.method_terms(self.cfg.distill.method)
-        if not hidden or not all(registry.term(n).needs_for(registry.knobs_of(self.cfg.distill, n)).labels
-                                 for n in terms):
+        labels, terms = self.data.train_labels, registry.method_terms(self.cfg.distill.method)
+        if not bool((labels == UNLABELLED).any()) or registry.label_readers(self.cfg.distill) != list(terms):
             return None
         return torch.nonzero(labels != UNLABELLED).flatten()
 

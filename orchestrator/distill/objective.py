@@ -157,5 +157,5 @@ def build_objective(
     pre = {name: getattr(registry.knobs_of(cfg, name), registry.term(name).pre_stage)
            for name in names if registry.term(name).pre_stage}
     partial = bool(known.numel() < labels.numel())  # some labels hidden: label-reading terms see labelled rows
-    labelled_only = [n for n in names if partial and registry.term(n).needs_for(registry.knobs_of(cfg, n)).labels]
+    labelled_only = registry.label_readers(cfg) if partial else []
     return Objective(terms, registry.weights(cfg), needs, pre, labelled_only)

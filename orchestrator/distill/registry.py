@@ -208,6 +208,11 @@ def weights(distill_cfg: Any) -> dict[str, float]:
     return out
 
 
+def label_readers(distill_cfg: Any) -> list[str]:
+    """The enabled terms that read labels (with hidden labels they see the labelled rows only)."""
+    return [n for n in method_terms(distill_cfg.method) if term(n).needs_for(knobs_of(distill_cfg, n)).labels]
+
+
 def teacher_needs(distill_cfg: Any) -> Needs:
     """What the enabled terms read from each teacher (the union)."""
     out = Needs()
