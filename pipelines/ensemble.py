@@ -10,6 +10,9 @@ same inputs is reused on rerun, see :mod:`pipelines.stages`):
                             teacher's outputs on the un-augmented train split computed ONCE and
                             cached (Ray tasks, one per teacher); the best single teacher chosen on
                             val; the cost of teacher inference per step measured live vs cached.
+                            With ``data.augment``, the distillation stages read instead each
+                            teacher's view cache (built once per teacher and seed before them,
+                            ``sweep/teacher_outputs.py``), or run the teachers live (feature maps).
 3. ``distill_ensemble``     the student distilled from the ensemble: one run with the configured
                             values, or with ``--sweep`` the sweep (Ray Tune + Optuna + ASHA, every
                             trial a Ray Train run) over ``search_spaces/ensemble.yaml``.

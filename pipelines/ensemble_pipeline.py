@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from orchestrator.config import (
     to_dict,
 )
 from orchestrator.distill import registry
+from orchestrator.teacher_inputs import TeacherInputs, choose
 from orchestrator.teachers import TeacherCheckpointError, alone_config
 from pipelines import comparison
 from pipelines.ensemble_tasks import distill_task, teacher_eval_task
@@ -234,18 +237,25 @@ class EnsemblePipeline:
 
         todo, pending, runs, epochs = {}, {}, {}, {}
         for stage, (run_cfg, sources, outputs, extra) in plan.items():
-            digest = stage_hash({**extra, "run": run_payload(run_cfg)})
+            payload = {**extra, "run": run_payload(run_cfg)}
+            if sources and self._inputs_for(run_cfg).kind == "views":  # fp16 (top-k) teacher outputs: other results
+                payload["views"] = {"topk": run_cfg.teacher.view_topk}
+            digest = stage_hash(payload)
             found = self.stages.lookup(stage, digest, lambda r: files_exist([r["checkpoint"]]))
             if found is not None:
-                self.stages.reuse(stage, digest, found, self._student_metrics(found))
+                run_id = self.stages.reuse(stage, digest, found, self._student_metrics(found))
+                if found.get("teacher_inputs"):
+                    tracking.set_tags(self.client, run_id, {"teacher_inputs": found["teacher_inputs"]})
                 results[stage] = found
                 continue
             todo[stage] = (digest, run_cfg)
+        views = self._build_views({stage: (run_cfg, plan[stage][1]) for stage, (_, run_cfg) in todo.items()})
         task = distill_task.options(num_cpus=cpu_share(len(todo))) if todo else distill_task
         with contextlib.ExitStack() as scopes:  # runs not closed below (interrupted, cancelled) end here
             try:
                 for stage, (digest, run_cfg) in todo.items():
                     _, sources, outputs, _ = plan[stage]
+                    outputs = views.get(stage, outputs)
                     run_id = scopes.enter_context(self.stages.scope(self.stages.begin(stage, digest, flatten(to_dict(run_cfg)))))
                     checkpoint = str(self.out / "students" / f"{stage}-{digest}.pt")
                     register = cfg.tracking.registered_model if stage == "distill_ensemble" else None
@@ -263,6 +273,8 @@ class EnsemblePipeline:
                     self.stages.fail(runs[stage], res)
                     failed.append((stage, res))
                     continue
+                if res.get("teacher_inputs"):
+                    print(f"  {stage}: teacher inputs: {res['teacher_inputs']}", flush=True)
                 digest = todo[stage][0]
                 # val/test accuracies are already in the run (per epoch, and test once at the last step)
                 extra = {k: v for k, v in self._student_metrics(res).items() if not k.startswith(("val/", "test/"))}
@@ -272,6 +284,47 @@ class EnsemblePipeline:
                 stage, exc = failed[0]
                 raise RuntimeError(f"stage {stage} failed: {exc}") from exc
         return results
+
+    def _inputs_for(self, run_cfg: Config) -> TeacherInputs:
+        """What a distillation run of the pipeline reads from its teachers (``teacher_inputs.choose``); with views,
+        the fields every run of the pipeline may read (with ``--sweep``, every config of its space), so that one
+        view cache per teacher and seed serves them all."""
+        own = choose(run_cfg, [run_cfg])
+        if own.kind != "views":
+            return own
+        shared = self._pipeline_inputs
+        needs = shared.needs if shared.kind == "views" else own.needs
+        return replace(own, needs=needs, seeds=(run_cfg.seed,))
+
+    @functools.cached_property
+    def _pipeline_inputs(self) -> TeacherInputs:
+        """``choose`` over every config a distillation run of this pipeline can train with."""
+        configs = [self.cfg]
+        if self.cfg.pipeline.sweep:
+            from orchestrator.search import load_space, possible_configs
+
+            space = load_space(self.cfg.sweep.search_space, self.cfg, len(self.data.train))
+            configs = possible_configs(space, self.cfg)
+        return choose(self.cfg, configs)
+
+    def _build_views(self, runs: dict[str, tuple[Config, list[str]]]) -> dict[str, list[str]]:
+        """stage -> its teachers' view caches (``data.augment``), for the runs (stage -> (config, teachers)) that
+        read them: built once per teacher and seed by ``sweep.teacher_outputs.shared_views`` (one Ray task per
+        teacher, on a GPU if the cluster has one; found in the cache when an earlier stage or sweep built them)."""
+        from orchestrator.sweep.teacher_outputs import shared_views
+
+        wanted: dict[int, tuple[TeacherInputs, dict[str, None]]] = {}  # seed -> (inputs, teachers in order)
+        for run_cfg, sources in runs.values():
+            inputs = self._inputs_for(run_cfg)
+            if sources and inputs.kind == "views":
+                wanted.setdefault(run_cfg.seed, (inputs, {}))[1].update(dict.fromkeys(sources))
+        folders: dict[tuple[str, int], str] = {}
+        for seed, (inputs, teachers) in wanted.items():
+            built = shared_views(list(teachers), self.cfg, self.data, inputs, self.uri, "each distillation stage")
+            folders.update({(t, seed): f for t, f in zip(teachers, built)})  # []: too large, the teachers run live
+        return {stage: [folders[(t, run_cfg.seed)] for t in sources]
+                for stage, (run_cfg, sources) in runs.items()
+                if sources and all((t, run_cfg.seed) in folders for t in sources)}
 
     def _sweep_stage(self, ens: dict, sources: list[str], outputs: list[str]) -> dict:
         """distill_ensemble through the sweep machinery (SweepRunner) over ``sweep.search_space``."""
@@ -284,6 +337,8 @@ class EnsemblePipeline:
         space_text = space_path(cfg.sweep.search_space).read_text()
         payload = {"ensemble": ens["hash"], "run": run_payload(cfg), "space": space_text, "sweep": to_dict(cfg.sweep)}
         payload["sweep"].pop("storage_path", None)
+        if self._pipeline_inputs.kind == "views":  # as for the single runs: fp16 (top-k) teacher outputs
+            payload["views"] = {"topk": cfg.teacher.view_topk}
         digest = stage_hash(payload)
         stage = "distill_ensemble"
         found = self.stages.lookup(stage, digest, lambda r: files_exist([r["checkpoint"]]))
@@ -292,7 +347,8 @@ class EnsemblePipeline:
             return found
         with self.stages.run(stage, digest, {**flatten(to_dict(cfg)), "search_space_file": space_text[:5000]}) as run_id:
             plan = make_plan(cfg, len(self.data.train))
-            runner = SweepRunner(plan, self.data, teachers=sources, teacher_outputs=outputs,
+            given = None if cfg.data.augment else outputs  # augmented: the sweep builds (or finds) its view caches
+            runner = SweepRunner(plan, self.data, teachers=sources, teacher_outputs=given,
                                  parent_tags={tracking.PARENT: run_id})
             code = runner.run()
             if code != 0:

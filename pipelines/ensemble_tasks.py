@@ -1,4 +1,5 @@
-"""The ensemble pipeline's Ray tasks: one teacher evaluated (outputs cached once), one student run trained."""
+"""The ensemble pipeline's Ray tasks: one teacher evaluated (outputs cached once), one student run trained
+(reading the cached outputs or the shared view caches when they serve it)."""
 
 from __future__ import annotations
 
@@ -41,30 +42,38 @@ def evaluate_teacher(source: str, cfg_dict: dict, cache: bool, threads: int) -> 
 teacher_eval_task = ray.remote(num_cpus=1)(evaluate_teacher)
 
 
-@ray.remote(num_cpus=1)
-def distill_task(cfg_dict: dict, teachers: list[str], outputs: list[str], checkpoint: str, uri: str, run_id: str,
-                 register: str | None = None) -> dict:
+def distill(cfg_dict: dict, teachers: list[str], outputs: list[str], checkpoint: str, uri: str, run_id: str,
+            register: str | None = None) -> dict:
     """One student run through the training loop (:func:`orchestrator.loop.fit`): epochs (val each), test at
-    the last, logged to MLflow run ``run_id``; then its checkpoint and model (registered and exported if named)."""
+    the last, logged to MLflow run ``run_id``; then its checkpoint and model (registered and exported if named).
+
+    ``outputs``: the teachers' precomputed outputs (un-augmented split) or view caches (``data.augment``), read
+    as a sweep's trial reads them (:func:`orchestrator.train_loop.outputs_for_seed`); without them, or when they
+    do not serve this run, the teachers run live. The run's tag ``teacher_inputs`` says which."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
     from orchestrator.data import build_data
-    from orchestrator.engine import CachedTeacherOutputs, Trainer
+    from orchestrator.engine import Trainer
     from orchestrator.export import example_batch, export_student
     from orchestrator.loop import fit
     from orchestrator.teachers import load_teacher, save_model_checkpoint
+    from orchestrator.train_loop import load_outputs, outputs_for_seed, teacher_inputs_tag
 
     cfg = from_dict(cfg_dict)
     torch.set_num_threads(cfg.train.torch_threads or cfg.train.cpus_per_worker)
     data = build_data(cfg.data, cfg.seed)
     uses_teacher = registry.needs_teacher(cfg.distill)
-    caches = [CachedTeacherOutputs.load(p) for p in outputs] if uses_teacher else []
+    caches = [load_outputs(p) for p in outputs] if uses_teacher else []
+    inputs = outputs_for_seed(caches, cfg.seed, len(teachers), cfg.distill) if caches else []
     models = []
-    if not caches and uses_teacher:  # augmentation on: the teachers run live (no grad, eval)
+    if not inputs and uses_teacher:  # nothing precomputed serves this run: the teachers run live (no grad, eval)
         models = [load_teacher(t, data.num_classes, data.in_channels, data.image_size) for t in teachers]
-    trainer = Trainer(cfg, data, models, teacher_outputs=caches or None)
+    trainer = Trainer(cfg, data, models, teacher_outputs=inputs or None)
     client = MlflowClient(tracking_uri=uri)
+    used = teacher_inputs_tag({cfg.seed: inputs}) if uses_teacher else None
+    if used:
+        tracking.set_tags(client, run_id, {"teacher_inputs": used})
     start, epoch_s, img_s = time.perf_counter(), [], []
 
     def report(metrics: dict, _per_seed: list[dict]) -> None:
@@ -89,5 +98,8 @@ def distill_task(cfg_dict: dict, teachers: list[str], outputs: list[str], checkp
         "val/acc1": metrics["val/acc1"], "test/acc1": metrics["test/acc1"], "test/acc5": metrics["test/acc5"],
         "checkpoint": checkpoint, "time_s": time.perf_counter() - start,
         "epoch_s": statistics.mean(epoch_s), "train_img_s": statistics.mean(img_s),
-        "teachers_live": bool(models), "registered_version": version,
+        "teachers_live": bool(models), "teacher_inputs": used, "registered_version": version,
     }
+
+
+distill_task = ray.remote(num_cpus=1)(distill)

@@ -155,6 +155,8 @@ def test_pipeline_end_to_end_then_rerun_reuses_every_stage(ray_session, isolated
     # Distillation stages log per epoch; the ensemble stage measured teacher inference live vs cached.
     for name in ("distill_ensemble", "distill_best_teacher", "student_alone"):
         assert [m.step for m in client.get_metric_history(stages[name].info.run_id, "val/acc1")] == [1, 2]
+    for name in ("distill_ensemble", "distill_best_teacher"):  # un-augmented: the outputs computed once
+        assert stages[name].data.tags["teacher_inputs"] == "seed 0: precomputed outputs"
     cost = stages["ensemble_eval"].data.metrics
     assert cost["cost/teacher_cached_ms_per_batch"] < cost["cost/teacher_live_ms_per_batch"]
     # The comparison: printed, CSV + PNG on the parent run.

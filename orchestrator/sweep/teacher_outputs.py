@@ -53,8 +53,9 @@ def outputs_for(teachers: list[str], plan: Plan, data: DataBundle, tracking_uri:
 
 
 def shared_views(teachers: list[str], cfg: Config, data: DataBundle, choice: TeacherInputs,
-                 tracking_uri: str | None) -> list[str]:
-    """Build (or find) the view caches of every teacher for ``choice.seeds``; print what they hold."""
+                 tracking_uri: str | None, readers: str = "every trial") -> list[str]:
+    """Build (or find) the view caches of every teacher for ``choice.seeds``; print what they hold and who reads
+    them (``readers``: the sweep's trials, or the ensemble pipeline's distillation stages)."""
     gpu = ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1
     start = time.perf_counter()
     if gpu or not in_process(cfg):
@@ -63,7 +64,7 @@ def shared_views(teachers: list[str], cfg: Config, data: DataBundle, choice: Tea
         where = f"{len(teachers)} Ray task(s), one per teacher, on {'a GPU' if gpu else f'{cpus} CPU(s)'}"
         results = ray.get([task.remote(t, to_dict(cfg), choice, tracking_uri, gpu, cpus) for t in teachers])
     else:
-        where = "in this process (trials run in-process)"
+        where = "in this process (one CPU worker per run)"
         results = [build_teacher_views(t, cfg, choice, None, False, None, data) for t in teachers]
     seconds = time.perf_counter() - start
     if any(r is None for r in results):
@@ -76,7 +77,7 @@ def shared_views(teachers: list[str], cfg: Config, data: DataBundle, choice: Tea
     how = f"built {built} epoch(s) of views in {seconds:.1f} s, {where}" if built else "found in the cache"
     print(f"teacher outputs: shared view cache ({what}), seeds {list(choice.seeds)} x {cfg.train.epochs} epochs x "
           f"{len(data.train)} views, {per_epoch / 2**20:.2f} MiB per epoch per seed per teacher, "
-          f"{total / 2**20:.1f} MiB in all; {how}; every trial reads it -> {folders[0].rsplit('-seed', 1)[0]}-seed*",
+          f"{total / 2**20:.1f} MiB in all; {how}; {readers} reads it -> {folders[0].rsplit('-seed', 1)[0]}-seed*",
           flush=True)
     return folders
 
