@@ -21,6 +21,9 @@ class Batch(NamedTuple):
         (``data.labeled_fraction``); a term whose ``Needs.labels`` is set only ever gets the labelled rows.
     indices: (B,) dataset indices of the samples.
     images: (B, C, H, W) the student's input batch (terms with networks of their own, e.g. peers, run them on it).
+    student_views: the student's outputs on further augmentations of the same images (row i: image i), only
+        for a term whose ``Needs.student_views`` > 1 and only with augmented data (else empty): with
+        ``student_views=2``, one ModelOutput (the second view). The teachers never see these views.
     """
 
     student: ModelOutput
@@ -28,6 +31,7 @@ class Batch(NamedTuple):
     labels: Tensor
     indices: Tensor
     images: Tensor | None = None
+    student_views: tuple[ModelOutput, ...] = ()
 
 
 @dataclass(frozen=True)
