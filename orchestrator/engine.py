@@ -26,6 +26,7 @@ from orchestrator.atomic_files import atomic_torch_save
 from orchestrator.config import Config
 from orchestrator.data import UNLABELLED, DataBundle, make_loader, set_epoch
 from orchestrator.distill import build_objective, registry
+from orchestrator.distill.base import split_views
 from orchestrator.distill.stages import select_all
 from orchestrator.models import ModelOutput
 from orchestrator.models.base import Shapes, probe_shapes, stage_names
@@ -259,18 +260,18 @@ class Trainer:
             return [t(images) for t in self.teachers]
 
     def _student_forward(self, images: Tensor, indices: Tensor, epoch: int
-                         ) -> tuple[ModelOutput, tuple[ModelOutput, ...]]:
-        """The student's outputs on the batch, and on its ``extra_views`` further views: the same images (dataset
-        positions ``indices``, on the CPU) augmented by views 1, 2, ... of the view stream at ``(seed, epoch)``.
-        All views go through one forward, as SupContrast's training script does (one DDP forward per step;
-        BatchNorm normalises over every view of the batch)."""
+                         ) -> tuple[ModelOutput, tuple[ModelOutput, ...], tuple[Tensor, ...]]:
+        """The student's outputs on the batch, and on its ``extra_views`` further views (with those views' images):
+        the same images (dataset positions ``indices``, on the CPU) augmented by views 1, 2, ... of the view
+        stream at ``(seed, epoch)``. All views go through one forward, as SupContrast's training script does
+        (one DDP forward per step; BatchNorm normalises over every view of the batch)."""
         if not self.extra_views:
-            return self._student_step(images), ()
+            return self._student_step(images), (), ()
         train = self.data.train
-        more = [train.view_images(self.cfg.seed, epoch, indices, view).to(self.device, non_blocking=True)
-                for view in range(1, self.extra_views + 1)]
+        more = tuple(train.view_images(self.cfg.seed, epoch, indices, view).to(self.device, non_blocking=True)
+                     for view in range(1, self.extra_views + 1))
         first, *rest = split_views(self._student_step(torch.cat([images, *more])), 1 + self.extra_views)
-        return first, tuple(rest)
+        return first, tuple(rest), more
 
     def train_one_epoch(self) -> dict[str, float]:
         """One pass over the train split; returns ``train/loss``, ``train/loss_<term>``, time, throughput.
@@ -316,13 +317,13 @@ class Trainer:
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             indices = positions.to(self.device, non_blocking=True)
             teacher_out = self._teacher_forward(images, indices) if self.objective.needs_teacher else []
-            student_out, views = self._student_forward(images, positions, epoch)
+            student_out, views, view_images = self._student_forward(images, positions, epoch)
+            more = {"images": images, "student_views": views, "view_images": view_images}
             if pre_stage_epoch is None:
-                terms = self._objective_step(student_out, teacher_out, labels, indices, images=images,
-                                             student_views=views)
+                terms = self._objective_step(student_out, teacher_out, labels, indices, **more)
             else:
                 terms = self._objective_step(student_out, teacher_out, labels, indices, pre_stage_epoch=pre_stage_epoch,
-                                             images=images, student_views=views)
+                                             **more)
             loss = sum(terms.values())
             if not torch.isfinite(loss):
                 values = {k: float(v.detach()) for k, v in terms.items()}
@@ -400,13 +401,6 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"].cpu())  # also from a checkpoint loaded onto a GPU
         np.random.set_state(_numpy_state_from_tensors(state["rng"]["numpy"]))
         random.setstate(state["rng"]["python"])
-
-
-def split_views(out: ModelOutput, count: int) -> list[ModelOutput]:
-    """The outputs of a forward over ``count`` stacked views (each B rows, view-major) as one ModelOutput per view."""
-    features = [f.chunk(count) for f in out.features]
-    embedding, logits = out.embedding.chunk(count), out.logits.chunk(count)
-    return [ModelOutput([f[v] for f in features], embedding[v], logits[v]) for v in range(count)]
 
 
 def _numpy_state_to_tensors(state: tuple) -> dict:

@@ -21,7 +21,8 @@ class Objective(nn.Module):
     ``terms`` (a ModuleDict) holds the terms' trainable parts and state. The terms named in
     ``labelled_only`` (those that read labels, when some training labels are hidden) get the batch's
     labelled rows only, and contribute 0 (with a gradient path to their parts) to a batch without any.
-    Only the terms named in ``view_readers`` (``Needs.student_views`` > 1) see ``Batch.student_views``.
+    Only the terms named in ``view_readers`` (``Needs.student_views`` > 1) see ``Batch.student_views`` and
+    ``Batch.view_images``.
     """
 
     def __init__(
@@ -61,20 +62,23 @@ class Objective(nn.Module):
     def forward(
         self, student: ModelOutput, teachers: ModelOutput | Sequence[ModelOutput], labels: Tensor, indices: Tensor,
         pre_stage_epoch: int | None = None, images: Tensor | None = None,
-        student_views: Sequence[ModelOutput] = (),
+        student_views: Sequence[ModelOutput] = (), view_images: Sequence[Tensor] = (),
     ) -> dict[str, Tensor]:
         """The weighted terms; with ``pre_stage_epoch`` (0-based) instead the pre-stage losses of the terms
         still in their pre-stage (unweighted), e.g. connector initialisation. ``images``: the input batch;
-        ``student_views``: the student's outputs on further augmentations of it (for ``view_readers``)."""
+        ``student_views``, ``view_images``: the student's outputs on further augmentations of it and those
+        augmentations (for ``view_readers``)."""
         teachers = [teachers] if isinstance(teachers, ModelOutput) else list(teachers)  # one teacher may come bare
-        batch = Batch(student, teachers, labels, indices, images, tuple(student_views))
+        batch = Batch(student, teachers, labels, indices, images, tuple(student_views), tuple(view_images))
         labelled = labelled_rows(batch) if self.labelled_only else batch
 
         def run(name: str, fn) -> Tensor:
             b = batch if name not in self.labelled_only else labelled
             if b is None:
                 return _zero(self.terms[name], batch)
-            return fn(b if name in self.view_readers or not b.student_views else b._replace(student_views=()))
+            if name in self.view_readers or not (b.student_views or b.view_images):
+                return fn(b)
+            return fn(b._replace(student_views=(), view_images=()))
 
         if pre_stage_epoch is not None:
             return {name: run(name, self.terms[name].pre_stage_loss)
@@ -103,7 +107,7 @@ def labelled_rows(batch: Batch) -> Batch | None:
 
     images = None if batch.images is None else batch.images[keep]
     return Batch(rows(batch.student), [rows(t) for t in batch.teachers], batch.labels[keep], batch.indices[keep],
-                 images, tuple(rows(v) for v in batch.student_views))
+                 images, tuple(rows(v) for v in batch.student_views), tuple(v[keep] for v in batch.view_images))
 
 
 def _zero(term: nn.Module, batch: Batch) -> Tensor:
