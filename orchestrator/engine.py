@@ -26,6 +26,7 @@ from orchestrator.atomic_files import atomic_torch_save
 from orchestrator.config import Config
 from orchestrator.data import UNLABELLED, DataBundle, make_loader, set_epoch
 from orchestrator.distill import build_objective, registry
+from orchestrator.distill.base import split_views
 from orchestrator.distill.stages import select_all
 from orchestrator.models import ModelOutput
 from orchestrator.models.base import Shapes, probe_shapes, stage_names
@@ -179,6 +180,7 @@ class Trainer:
                 cfg.model.student, data.num_classes, data.in_channels, cfg.model.student_weights),
         ).to(self.device)
         self.chosen_name = "student"
+        self.extra_views = self._extra_views()
         self._loader_epoch = 0  # the epoch whose views the loader gives now (what a view cache is read at)
 
         self._student_step = self.student
@@ -218,6 +220,14 @@ class Trainer:
             return None
         return torch.nonzero(labels != UNLABELLED).flatten()
 
+    def _extra_views(self) -> int:
+        """How many further augmentations of each batch the student runs on: ``Needs.student_views`` - 1 when an
+        enabled term asks for more views (SupCon) and the train split has keyed views (``data.augment`` on an
+        in-memory dataset); 0 otherwise (such a term then gets the one view)."""
+        if not registry.view_readers(self.cfg.distill) or not getattr(self.data.train, "keyed_views", False):
+            return 0
+        return registry.teacher_needs(self.cfg.distill).student_views - 1
+
     def _shapes(self, model: nn.Module, data: DataBundle) -> Shapes:
         """The model's embedding size, and its stage shapes when an enabled term reads features (one probe)."""
         if not registry.teacher_needs(self.cfg.distill).stages:
@@ -248,6 +258,20 @@ class Trainer:
             return [c.rows(idx, self.device, self._loader_epoch) for c in self.teacher_outputs]
         with torch.no_grad():
             return [t(images) for t in self.teachers]
+
+    def _student_forward(self, images: Tensor, indices: Tensor, epoch: int
+                         ) -> tuple[ModelOutput, tuple[ModelOutput, ...], tuple[Tensor, ...]]:
+        """The student's outputs on the batch, and on its ``extra_views`` further views (with those views' images):
+        the same images (dataset positions ``indices``, on the CPU) augmented by views 1, 2, ... of the view
+        stream at ``(seed, epoch)``. All views go through one forward, as SupContrast's training script does
+        (one DDP forward per step; BatchNorm normalises over every view of the batch)."""
+        if not self.extra_views:
+            return self._student_step(images), (), ()
+        train = self.data.train
+        more = tuple(train.view_images(self.cfg.seed, epoch, indices, view).to(self.device, non_blocking=True)
+                     for view in range(1, self.extra_views + 1))
+        first, *rest = split_views(self._student_step(torch.cat([images, *more])), 1 + self.extra_views)
+        return first, tuple(rest), more
 
     def train_one_epoch(self) -> dict[str, float]:
         """One pass over the train split; returns ``train/loss``, ``train/loss_<term>``, time, throughput.
@@ -289,16 +313,17 @@ class Trainer:
         self._loader_epoch = epoch
         sums: dict[str, float] = {}
         seen, start = 0, time.perf_counter()
-        for step, (images, labels, indices) in enumerate(self.train_loader):
+        for step, (images, labels, positions) in enumerate(self.train_loader):
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-            indices = indices.to(self.device, non_blocking=True)
+            indices = positions.to(self.device, non_blocking=True)
             teacher_out = self._teacher_forward(images, indices) if self.objective.needs_teacher else []
-            student_out = self._student_step(images)
+            student_out, views, view_images = self._student_forward(images, positions, epoch)
+            more = {"images": images, "student_views": views, "view_images": view_images}
             if pre_stage_epoch is None:
-                terms = self._objective_step(student_out, teacher_out, labels, indices, images=images)
+                terms = self._objective_step(student_out, teacher_out, labels, indices, **more)
             else:
                 terms = self._objective_step(student_out, teacher_out, labels, indices, pre_stage_epoch=pre_stage_epoch,
-                                             images=images)
+                                             **more)
             loss = sum(terms.values())
             if not torch.isfinite(loss):
                 values = {k: float(v.detach()) for k, v in terms.items()}

@@ -3,7 +3,8 @@ peers evaluated and chosen by the Trainer, a digits run.
 
 DoGo reference: NeurAI-Lab/DoGo at commit e303820 (``criterion/kl.py``, ``KLLoss``), evaluated in float64
 on the inputs of :func:`_embeddings` with both views equal (``KLLoss()(s, s, p, p, temperature=T)``):
-it returns (loss_s, loss_t), the student's and the peer's KL.
+it returns (loss_s, loss_t), the student's and the peer's KL. With two augmented views (``data.augment``) the
+reference is ``KLLoss()(s_x, s_y, p_x, p_y, temperature=T)`` on the inputs of :func:`_two_views`.
 """
 
 from __future__ import annotations
@@ -17,12 +18,24 @@ from torch import nn
 
 from distill_helpers import distill_config
 from orchestrator.config import apply_overrides
+from orchestrator.data import build_data
+from orchestrator.distill import registry
 from orchestrator.distill.base import Batch
 from orchestrator.distill.peers import MutualLearning, PeerKnobs, class_log_probs, similarity_log_probs
 from orchestrator.engine import Trainer
 from orchestrator.models.base import ModelOutput
 
 DOGO_REFERENCE = {0.1: (0.1879021941495069, 0.060972953100426226), 0.5: (0.06385664638947514, 0.05313445659474821)}
+
+
+DOGO_TWO_VIEWS = {0.1: (1.0833638335337574, 0.8816308485464008), 0.5: (0.09948570649025791, 0.10414196260738952)}
+
+
+def _two_views():
+    """(s_x, p_x, s_y, p_y): student and peer embeddings of 6 images, views x (those of _embeddings) and y."""
+    g = torch.Generator().manual_seed(8)
+    return (*_embeddings(), torch.randn(6, 5, generator=g, dtype=torch.float64),
+            torch.randn(6, 5, generator=g, dtype=torch.float64))
 
 
 def _embeddings():
@@ -41,6 +54,18 @@ class Fixed(nn.Module):
         return ModelOutput([], self.embedding, self.logits)
 
 
+class Lookup(nn.Module):
+    """A 'network' whose embedding of image k (images (N, 1) holding k) is row k of its parameter."""
+
+    def __init__(self, table: torch.Tensor, classes: int):
+        super().__init__()
+        self.table, self.classes = nn.Parameter(table.clone()), classes
+
+    def forward(self, images):
+        k = images.flatten().long()
+        return ModelOutput([], self.table[k], torch.zeros(len(k), self.classes, dtype=self.table.dtype))
+
+
 def _term(kind: str, peer: nn.Module, temperature: float, peers: int = 2) -> MutualLearning:
     log_probs, reduction = (class_log_probs, "batchmean") if kind == "dml" else (similarity_log_probs, "mean")
     return MutualLearning(lambda: peer, peers, temperature, log_probs, reduction)
@@ -56,6 +81,23 @@ def test_dogo_equals_the_authors_kl(temperature):
     ce_peer = F.cross_entropy(logits, labels)
     loss_s, loss_t = DOGO_REFERENCE[temperature]
     assert (value - ce_peer).item() == pytest.approx(loss_s + loss_t, rel=1e-6)  # fp32 inside the term
+
+
+@pytest.mark.parametrize("temperature", sorted(DOGO_TWO_VIEWS))
+def test_dogo_with_two_views_equals_the_authors_kl_view_x_against_view_y(temperature):
+    s_x, p_x, s_y, p_y = _two_views()
+    peer = Lookup(torch.cat([p_x, p_y]), classes=3)  # image k < 6: view x of image k; 6 + k: its view y
+    term = _term("dogo", peer, temperature)
+    logits = torch.zeros(6, 3, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    batch = Batch(ModelOutput([], s_x, logits), [], labels, torch.arange(6), torch.arange(6.0)[:, None],
+                  (ModelOutput([], s_y, logits),), (torch.arange(6.0, 12.0)[:, None],))
+    loss_s, loss_t = DOGO_TWO_VIEWS[temperature]
+    assert (term(batch) - F.cross_entropy(logits, labels)).item() == pytest.approx(loss_s + loss_t, rel=1e-6)
+    term(batch).backward()
+    assert peer.table.grad[6:].abs().sum() > 0  # the peer's view y is trained too
+    assert registry.view_readers(distill_config("ce+dogo")) == ["dogo"]
+    assert registry.view_readers(distill_config("ce+dml")) == []  # DML's paper: one view
 
 
 def _kl(p: list[float], q: list[float]) -> float:
@@ -121,6 +163,17 @@ def test_peers_train_on_digits_every_peer_is_evaluated_and_the_best_chosen(digit
     assert restored.chosen_name == trainer.chosen_name
     for a, b in zip(trainer.chosen.state_dict().values(), restored.chosen.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_dogo_with_augmentation_contrasts_two_views_and_learns_digits(digits):
+    cfg, _, _ = digits
+    cfg = apply_overrides(cfg, {"distill.method": "ce+dogo", "train.epochs": 3, "data.augment": True})
+    trainer = Trainer(cfg, build_data(cfg.data, cfg.seed))
+    assert trainer.extra_views == 1  # the student's and the peer's second view
+    for _ in range(cfg.train.epochs):
+        metrics = trainer.train_one_epoch()
+    assert math.isfinite(metrics["train/loss_dogo"])
+    assert trainer.evaluate("val")["acc1"] > 0.3  # chance is 0.1; CE alone: 0.33 after 3 augmented epochs
 
 
 @pytest.mark.slow  # a Ray Train worker group of 2 gloo workers: ~1-2 min on 2 cores

@@ -112,17 +112,19 @@ class InMemoryDataset(Dataset):
             raw = self.augment.batch(raw)
         return SampleBatch(self._normalise(raw), self.labels[pos], pos)
 
-    def view_images(self, seed: int, epoch: int, positions) -> torch.Tensor:
+    def view_images(self, seed: int, epoch: int, positions, view: int = 0) -> torch.Tensor:
         """The normalised views (B, C, S, S) of samples ``positions`` (B,) in epoch ``epoch`` of stream ``seed``:
-        what the training loader gives for them (and what a teacher view cache is computed on)."""
-        return self._views(seed, epoch, positions)
+        with ``view`` 0 what the training loader gives for them (and what a teacher view cache is computed
+        on); ``view`` 1 a second augmentation of the same images (the Trainer's, for terms that want two)."""
+        return self._views(seed, epoch, positions, view)
 
-    def _views(self, seeds, epochs, pos: torch.Tensor) -> torch.Tensor:
+    def _views(self, seeds, epochs, pos: torch.Tensor, view: int = 0) -> torch.Tensor:
         if self.augment is None:
             raise ValueError("this dataset does not augment: it has no views")
         pos = self._checked(pos)
         raw = self.source.images.index_select(0, self.source_indices[pos])
-        return self._normalise(self.augment.apply_params(raw, *self.augment.view_params(seeds, epochs, pos.numpy())))
+        params = self.augment.view_params(seeds, epochs, pos.numpy(), view)
+        return self._normalise(self.augment.apply_params(raw, *params))
 
     def _checked(self, positions) -> torch.Tensor:
         pos = torch.as_tensor(positions, dtype=torch.long)

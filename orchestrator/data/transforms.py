@@ -68,13 +68,15 @@ class CropFlip:
             flip = torch.zeros(batch, dtype=torch.bool)
         return top, left, flip
 
-    def view_params(self, seed, epoch, index) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def view_params(self, seed, epoch, index, view: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(top, left, flip) of the views ``(seed, epoch, index)`` (broadcast; ``index`` (B,)): the same
-        distribution as :meth:`sample_params`, but each a function of its key alone."""
+        distribution as :meth:`sample_params`, but each a function of its key alone. ``view``: which view
+        of the sample (0: the loader's; 1: a second, independent one, e.g. SupCon's)."""
         span = 2 * self.padding + 1
-        top = views.uniform_ints(seed, epoch, index, 0, span)
-        left = views.uniform_ints(seed, epoch, index, 1, span)
-        flip = views.coins(seed, epoch, index, 2) if self.flip else torch.zeros(top.shape, dtype=torch.bool)
+        top = views.uniform_ints(seed, epoch, index, views.view_param(view, 0), span)
+        left = views.uniform_ints(seed, epoch, index, views.view_param(view, 1), span)
+        flip = (views.coins(seed, epoch, index, views.view_param(view, 2)) if self.flip
+                else torch.zeros(top.shape, dtype=torch.bool))
         return top, left, flip
 
     @property

@@ -8,6 +8,10 @@ order, the batch size, the process (DataLoader worker, DDP rank) nor anything dr
 it: the teacher's outputs on it can be computed once per sweep, without the pixels of any
 trial's batches, and every trial with the same seed sees the same views.
 
+A sample can have several views in one epoch (SupCon's two crops of each image): view ``v``'s
+parameters are numbered ``v * PARAMS_PER_VIEW + k`` (:func:`view_param`), so view 0 is the stream
+the loader has always given and view 1 is another, independent one, also a function of the key alone.
+
 :class:`ViewKey` is what an augmenting dataset's ``__getitems__`` receives from the loader
 (:class:`orchestrator.data.loaders.ViewKeys`) instead of a bare index.
 """
@@ -21,6 +25,7 @@ import torch
 
 STREAM_VERSION = 1  # bump when the hash or a parameter's number changes: view caches then no longer match
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+PARAMS_PER_VIEW = 16  # a view's random parameters are numbered k < 16 (crop/flip use 0, 1, 2)
 
 
 class ViewKey(NamedTuple):
@@ -49,6 +54,13 @@ def random_bits(seed, epoch, index, param: int) -> np.ndarray:
         h = _mix(h ^ (_u64(epoch) + _GOLDEN))
         h = _mix(h ^ (_u64(param) * _GOLDEN))
         return _mix(h ^ (_u64(index) + _GOLDEN))
+
+
+def view_param(view: int, k: int) -> int:
+    """The number of view ``view``'s parameter ``k`` (view 0's are ``k`` itself: the loader's stream)."""
+    if view < 0 or not 0 <= k < PARAMS_PER_VIEW:
+        raise ValueError(f"need view >= 0 and 0 <= k < {PARAMS_PER_VIEW}, got view={view}, k={k}")
+    return view * PARAMS_PER_VIEW + k
 
 
 def uniform_ints(seed, epoch, index, param: int, span: int) -> torch.Tensor:

@@ -21,6 +21,10 @@ class Batch(NamedTuple):
         (``data.labeled_fraction``); a term whose ``Needs.labels`` is set only ever gets the labelled rows.
     indices: (B,) dataset indices of the samples.
     images: (B, C, H, W) the student's input batch (terms with networks of their own, e.g. peers, run them on it).
+    student_views: the student's outputs on further augmentations of the same images (row i: image i), only
+        for a term whose ``Needs.student_views`` > 1 and only with augmented data (else empty): with
+        ``student_views=2``, one ModelOutput (the second view). The teachers never see these views.
+    view_images: those views' input images, (B, C, H, W) each (terms with networks of their own run them too).
     """
 
     student: ModelOutput
@@ -28,6 +32,15 @@ class Batch(NamedTuple):
     labels: Tensor
     indices: Tensor
     images: Tensor | None = None
+    student_views: tuple[ModelOutput, ...] = ()
+    view_images: tuple[Tensor, ...] = ()
+
+
+def split_views(out: ModelOutput, count: int) -> list[ModelOutput]:
+    """The outputs of a forward over ``count`` stacked views (each B rows, view-major) as one ModelOutput per view."""
+    features = [f.chunk(count) for f in out.features]
+    embedding, logits = out.embedding.chunk(count), out.logits.chunk(count)
+    return [ModelOutput([f[v] for f in features], embedding[v], logits[v]) for v in range(count)]
 
 
 @dataclass(frozen=True)

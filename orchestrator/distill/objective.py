@@ -21,11 +21,14 @@ class Objective(nn.Module):
     ``terms`` (a ModuleDict) holds the terms' trainable parts and state. The terms named in
     ``labelled_only`` (those that read labels, when some training labels are hidden) get the batch's
     labelled rows only, and contribute 0 (with a gradient path to their parts) to a batch without any.
+    Only the terms named in ``view_readers`` (``Needs.student_views`` > 1) see ``Batch.student_views`` and
+    ``Batch.view_images``.
     """
 
     def __init__(
         self, terms: dict[str, nn.Module], weights: dict[str, float], needs: registry.Needs,
         pre_stage_epochs: dict[str, int] | None = None, labelled_only: Sequence[str] = (),
+        view_readers: Sequence[str] = (),
     ):
         super().__init__()
         if set(terms) != set(weights):
@@ -35,6 +38,7 @@ class Objective(nn.Module):
         self.needs = needs
         self.pre_stage_epochs = {name: int(e) for name, e in (pre_stage_epochs or {}).items() if e > 0}
         self.labelled_only = frozenset(labelled_only)
+        self.view_readers = frozenset(view_readers)
 
     def networks(self) -> dict[str, nn.Module]:
         """The networks the terms train besides the student (e.g. peers), by name."""
@@ -58,17 +62,23 @@ class Objective(nn.Module):
     def forward(
         self, student: ModelOutput, teachers: ModelOutput | Sequence[ModelOutput], labels: Tensor, indices: Tensor,
         pre_stage_epoch: int | None = None, images: Tensor | None = None,
+        student_views: Sequence[ModelOutput] = (), view_images: Sequence[Tensor] = (),
     ) -> dict[str, Tensor]:
         """The weighted terms; with ``pre_stage_epoch`` (0-based) instead the pre-stage losses of the terms
-        still in their pre-stage (unweighted), e.g. connector initialisation. ``images``: the input batch."""
+        still in their pre-stage (unweighted), e.g. connector initialisation. ``images``: the input batch;
+        ``student_views``, ``view_images``: the student's outputs on further augmentations of it and those
+        augmentations (for ``view_readers``)."""
         teachers = [teachers] if isinstance(teachers, ModelOutput) else list(teachers)  # one teacher may come bare
-        batch = Batch(student, teachers, labels, indices, images)
+        batch = Batch(student, teachers, labels, indices, images, tuple(student_views), tuple(view_images))
         labelled = labelled_rows(batch) if self.labelled_only else batch
 
         def run(name: str, fn) -> Tensor:
-            if name not in self.labelled_only:
-                return fn(batch)
-            return fn(labelled) if labelled is not None else _zero(self.terms[name], batch)
+            b = batch if name not in self.labelled_only else labelled
+            if b is None:
+                return _zero(self.terms[name], batch)
+            if name in self.view_readers or not (b.student_views or b.view_images):
+                return fn(b)
+            return fn(b._replace(student_views=(), view_images=()))
 
         if pre_stage_epoch is not None:
             return {name: run(name, self.terms[name].pre_stage_loss)
@@ -79,8 +89,8 @@ class Objective(nn.Module):
 def labelled_rows(batch: Batch) -> Batch | None:
     """``batch`` restricted to its labelled samples (itself when all are; None when none is).
 
-    Every per-sample tensor (B leading rows) of the student and the teachers is sliced; fields that no
-    term reads (empty tensors) stay as they are.
+    Every per-sample tensor (B leading rows) of the student, its other views and the teachers is sliced;
+    fields that no term reads (empty tensors) stay as they are.
     """
     keep = batch.labels != UNLABELLED  # (B,)
     count = int(keep.sum())
@@ -96,7 +106,8 @@ def labelled_rows(batch: Batch) -> Batch | None:
         return ModelOutput([take(f) for f in out.features], take(out.embedding), take(out.logits))
 
     images = None if batch.images is None else batch.images[keep]
-    return Batch(rows(batch.student), [rows(t) for t in batch.teachers], batch.labels[keep], batch.indices[keep], images)
+    return Batch(rows(batch.student), [rows(t) for t in batch.teachers], batch.labels[keep], batch.indices[keep],
+                 images, tuple(rows(v) for v in batch.student_views), tuple(v[keep] for v in batch.view_images))
 
 
 def _zero(term: nn.Module, batch: Batch) -> Tensor:
@@ -158,4 +169,4 @@ def build_objective(
            for name in names if registry.term(name).pre_stage}
     partial = bool(known.numel() < labels.numel())  # some labels hidden: label-reading terms see labelled rows
     labelled_only = registry.label_readers(cfg) if partial else []
-    return Objective(terms, registry.weights(cfg), needs, pre, labelled_only)
+    return Objective(terms, registry.weights(cfg), needs, pre, labelled_only, registry.view_readers(cfg))

@@ -4,9 +4,11 @@ Deep Mutual Learning (DML; Zhang et al., CVPR 2018): each network minimises its 
 mean KL from the other networks' (detached) class distributions to its own (summed over classes, averaged
 over the batch). Distill-on-the-Go (DoGo; Bhat et al., CVPRW 2021; code NeurAI-Lab/DoGo) matches in-batch
 similarity distributions instead: row i of softmax_j(cos(z_i, z_j) / tau) over the batch, the KL averaged
-over all B x B entries as the authors' ``criterion/kl.py``. The authors contrast two augmented views
-(z_x against z_y); our trials see one view per step, so both sides are the same batch (self-similarity
-included, as theirs includes the positive pair).
+over all B x B entries as the authors' ``criterion/kl.py``. The authors contrast two augmented views: row i
+is z_x(i) of one view against z_y(j) of the other. DoGo asks for two views (``Needs.student_views=2``); with
+``data.augment`` the Trainer gives the student's second view and its images (every peer runs on both views
+stacked, as the student), so it is theirs. Without augmentation both sides are the batch's one view
+(self-similarity included, as theirs includes the positive pair).
 
 The student is network 0 (its cross-entropy is the objective's ``ce`` term); the term holds the other P - 1
 networks (its parts) and returns the student's KL to them plus each peer's own loss (CE + KL to the others),
@@ -19,10 +21,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from orchestrator.distill.base import Batch, Term, TermContext
+from orchestrator.distill.base import Batch, Term, TermContext, split_views
 from orchestrator.distill.checks import KnobError, check_positive, check_weight
 from orchestrator.distill.registry import Needs, TermSpec, register_term
 from orchestrator.models.base import ModelOutput
@@ -56,10 +59,12 @@ def class_log_probs(out: ModelOutput, temperature: float) -> Tensor:
     return F.log_softmax(out.logits.float() / temperature, dim=1)
 
 
-def similarity_log_probs(out: ModelOutput, temperature: float) -> Tensor:
-    """(B, B) row-wise log-softmax of the cosine similarities of the embeddings / T (DoGo)."""
+def similarity_log_probs(out: ModelOutput, temperature: float, other: ModelOutput | None = None) -> Tensor:
+    """(B, B) row-wise log-softmax of the cosine similarities of ``out``'s embeddings (rows) to ``other``'s
+    (columns: the same images' other view; default ``out`` itself) / T (DoGo)."""
     z = F.normalize(out.embedding.float().flatten(1), dim=1)
-    return F.log_softmax(z @ z.t() / temperature, dim=1)
+    y = z if other is None else F.normalize(other.embedding.float().flatten(1), dim=1)
+    return F.log_softmax(z @ y.t() / temperature, dim=1)
 
 
 def mutual_kl(log_probs: list[Tensor], k: int, reduction: str) -> Tensor:
@@ -78,7 +83,8 @@ class MutualLearning(Term):
         make_peer: builds one network of the student's architecture.
         peers: P, networks trained together (the student included).
         temperature: T of the distributions.
-        log_probs: ``(ModelOutput, T) -> (B, K)`` log-distribution (class_log_probs or similarity_log_probs).
+        log_probs: ``(ModelOutput, T) -> (B, K)`` log-distribution (class_log_probs or similarity_log_probs;
+            the latter also ``(ModelOutput, T, other view's ModelOutput)``, for the term that asks for views).
         reduction: of each KL: "batchmean" (DML) or "mean" over all entries (DoGo).
     """
 
@@ -95,8 +101,14 @@ class MutualLearning(Term):
     def forward(self, batch: Batch) -> Tensor:
         if batch.images is None:
             raise ValueError("mutual learning needs the input images in the batch (the peers run on them)")
-        outs = [batch.student] + [peer(batch.images) for peer in self.peers]
-        log_probs = [self.log_probs(o, self.temperature) for o in outs]
+        if batch.student_views:  # DoGo with augmentation: every network on both views, one against the other
+            pairs = [split_views(peer(torch.cat([batch.images, batch.view_images[0]])), 2) for peer in self.peers]
+            outs = [batch.student] + [x for x, _ in pairs]
+            others = [batch.student_views[0]] + [y for _, y in pairs]
+            log_probs = [self.log_probs(o, self.temperature, y) for o, y in zip(outs, others)]
+        else:
+            outs = [batch.student] + [peer(batch.images) for peer in self.peers]
+            log_probs = [self.log_probs(o, self.temperature) for o in outs]
         loss = mutual_kl(log_probs, 0, self.reduction)
         for k, out in enumerate(outs[1:], start=1):
             loss = loss + F.cross_entropy(out.logits, batch.labels) + mutual_kl(log_probs, k, self.reduction)
@@ -123,6 +135,6 @@ register_term(TermSpec(
 register_term(TermSpec(
     name="dogo", reference="Bhat et al., CVPRW 2021 (Distill on the Go); NeurAI-Lab/DoGo e303820 criterion/kl.py",
     build=_builder(similarity_log_probs, "mean"), knobs=DoGoKnobs,
-    needs=Needs(labels=True), multi_teacher="outputs", parts=("P-1 peer networks",),
+    needs=Needs(labels=True, student_views=2), multi_teacher="outputs", parts=("P-1 peer networks",),
     paper_defaults={"distill.dogo.peers": 2, "distill.dogo.temperature": 0.1, "distill.dogo.weight": 1.0},
 ))

@@ -4,7 +4,8 @@ A term module calls :func:`register_term` once at import (every module of this p
 imported by ``orchestrator.distill``, so adding a term is adding a file). Everything outside
 ``distill/`` asks this registry instead of comparing method names: config validation (the
 term's knob dataclass), search-space validation (:func:`data_problem`), the sweep's
-teacher-output caches (:func:`teacher_needs`, :func:`cacheable`, :func:`live_with_views`), the Trainer (build) and the
+teacher-output caches (:func:`teacher_needs`, :func:`cacheable`, :func:`live_with_views`), the Trainer (build;
+:func:`view_readers`: a second augmented view of the student's batch) and the
 pipelines (:func:`supports_teachers`).
 
 An objective (``distill.method``) is a weighted sum of terms: a preset name (``kd``,
@@ -25,17 +26,26 @@ METHOD_KEY = "distill.method"  # the config key that chooses the objective
 
 @dataclass(frozen=True)
 class Needs:
-    """What a term reads from each teacher (and whether it reads labels).
+    """What a term reads from each teacher (and whether it reads labels, how many views of the student's batch).
 
     fields: a subset of {"logits", "embedding"}; stages: feature stages (``ModelOutput.features``)
     by name (the model's ``stage_names``) or by selector (``-1``, ``1:``; see
     :mod:`orchestrator.distill.stages`), resolved per teacher. Nothing at all = label-free
     self-distillation terms or plain CE.
+    student_views: augmented views of each image the term contrasts (SupCon: 2). With ``data.augment``
+    (keyed views) the Trainer runs the student on ``student_views - 1`` more augmentations of the batch's
+    images and hands them to the terms that ask (``Batch.student_views``); the teacher sees view 1 only.
+    Without augmentation such a term gets the one view.
     """
 
     fields: frozenset[str] = frozenset()
     stages: tuple[str, ...] = ()
     labels: bool = False
+    student_views: int = 1
+
+    def __post_init__(self):
+        if isinstance(self.student_views, bool) or not isinstance(self.student_views, int) or self.student_views < 1:
+            raise ValueError(f"Needs.student_views must be an integer >= 1, got {self.student_views!r}")
 
     @property
     def teacher(self) -> bool:
@@ -43,7 +53,8 @@ class Needs:
 
     def __or__(self, other: Needs) -> Needs:
         stages = self.stages + tuple(s for s in other.stages if s not in self.stages)
-        return Needs(self.fields | other.fields, stages, self.labels or other.labels)
+        return Needs(self.fields | other.fields, stages, self.labels or other.labels,
+                     max(self.student_views, other.student_views))
 
 
 OUTPUTS = Needs(frozenset({LOGITS, EMBEDDING}))  # a model's vector outputs (the cache's default fields)
@@ -213,8 +224,14 @@ def label_readers(distill_cfg: Any) -> list[str]:
     return [n for n in method_terms(distill_cfg.method) if term(n).needs_for(knobs_of(distill_cfg, n)).labels]
 
 
+def view_readers(distill_cfg: Any) -> list[str]:
+    """The enabled terms that ask for more than one view of the student's batch (``Needs.student_views``)."""
+    return [n for n in method_terms(distill_cfg.method)
+            if term(n).needs_for(knobs_of(distill_cfg, n)).student_views > 1]
+
+
 def teacher_needs(distill_cfg: Any) -> Needs:
-    """What the enabled terms read from each teacher (the union)."""
+    """What the enabled terms read from each teacher (the union; with labels and the most student views)."""
     out = Needs()
     for name in method_terms(distill_cfg.method):
         out = out | term(name).needs_for(knobs_of(distill_cfg, name))
@@ -272,7 +289,9 @@ def describe(method: str) -> str:
         reads = sorted(needs.fields) + [f"features[{st}]" for st in needs.stages]
         lines.append(
             f"  {name}: weight {s.weight_key}; reads {', '.join(reads) or 'no teacher'}"
-            f"{' + labels' if needs.labels else ''}; {'cacheable' if s.cacheable else 'live teacher'}"
+            f"{' + labels' if needs.labels else ''}"
+            f"{f' + {needs.student_views} student views (data.augment; else 1)' if needs.student_views > 1 else ''}"
+            f"; {'cacheable' if s.cacheable else 'live teacher'}"
             f"{'' if not needs.teacher else ' (views too)' if s.views_for(knobs) else ' (augmented: live)'}; "
             f"teachers: {s.multi_teacher or 'one'}"
             + (f"; parts: {', '.join(s.parts)}" if s.parts else "")

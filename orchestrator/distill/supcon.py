@@ -7,9 +7,15 @@ is an anchor; its positives are the other samples with its label, its contrast s
 
 (the paper's L^sup_out). An anchor without a positive in the batch contributes 0 and still counts in the
 mean, as in the authors' code (HobbitLong/SupContrast ``losses.py``, ``SupConLoss`` with
-``contrast_mode='all'``); ``tests/test_distill_supcon.py`` pins our values to it. :func:`supcon_loss`
-takes V views per sample (the paper's two augmentations); the Trainer hands terms one view per image, so
-the term contrasts the batch's single view (positives: same-label samples). It reads no teacher.
+``contrast_mode='all'``); ``tests/test_distill_supcon.py`` pins our values to it, with one and two views.
+
+Views: the term asks for two views of each image (``Needs.student_views=2``). With ``data.augment``, the
+Trainer runs the student on a second augmentation of the batch's images (view 1 of the deterministic view
+stream, ``orchestrator/data/views.py``; both views in one forward, as the authors' ``main_supcon.py``) and the
+term contrasts the 2B vectors: an anchor's positives are its image's other view and both views of the
+same-label samples, the paper's setting. Without augmentation there is no second view to draw (a copy of the
+same image would only add a trivial positive): the term contrasts the batch's one view, positives are the
+same-label samples. ``--dry-run`` says which (``describe``). It reads no teacher.
 """
 
 from __future__ import annotations
@@ -84,7 +90,8 @@ def supcon_loss(features: Tensor, labels: Tensor, temperature: float = 0.1, base
 
 
 class SupCon(Term):
-    """``supcon_loss`` of the student's projected, normalised embedding (one view) with the batch's labels."""
+    """``supcon_loss`` of the student's projected, normalised embeddings of every view it gets (the batch's,
+    plus ``batch.student_views`` with augmentation) with the batch's labels."""
 
     def __init__(self, student_dim: int, feat_dim: int = 128, head: str = "mlp", temperature: float = 0.1,
                  base_temperature: float = 0.07):
@@ -94,9 +101,11 @@ class SupCon(Term):
         self.head = projection_head(student_dim, feat_dim, head)
 
     def forward(self, batch: Batch) -> Tensor:
-        h = self.head(batch.student.embedding.flatten(1))
+        outs = (batch.student, *batch.student_views)
+        h = self.head(torch.cat([o.embedding.flatten(1) for o in outs]))  # (V * B, d): one head call
         z = F.normalize(h.to(torch.promote_types(h.dtype, torch.float32)), dim=1)  # half -> float32
-        return supcon_loss(z[:, None, :], batch.labels, self.temperature, self.base_temperature)
+        z = z.reshape(len(outs), -1, z.shape[1]).transpose(0, 1)  # (B, V, d)
+        return supcon_loss(z, batch.labels, self.temperature, self.base_temperature)
 
 
 def build(ctx: TermContext, knobs: SupConKnobs) -> SupCon:
@@ -108,7 +117,7 @@ register_term(TermSpec(
     reference="Khosla et al., NeurIPS 2020; HobbitLong/SupContrast 66a8fe5 losses.py",
     build=build,
     knobs=SupConKnobs,
-    needs=Needs(labels=True),  # no teacher
+    needs=Needs(labels=True, student_views=2),  # no teacher; two augmented views of each image (the paper's)
     parts=("projection head",),
     paper_defaults=PAPER_DEFAULTS,
 ))
