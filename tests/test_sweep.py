@@ -339,6 +339,7 @@ def test_driver_sigkill_three_times_then_resume_finishes(isolated_cache, tmp_pat
             if target is not None and (len(seen) >= target or "== confirm" in line):
                 time.sleep(rng.uniform(0.0, 3.0))
                 break
+        (tmp_path / f"start-{len(attempts)}.log").write_text("".join(out))  # what each start printed (diagnosis)
         if target is None:
             assert proc.wait(timeout=900) == 0, "".join(out)[-4000:]
             break
@@ -375,7 +376,8 @@ def test_driver_sigkill_three_times_then_resume_finishes(isolated_cache, tmp_pat
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
             assert steps == list(range(1, len(steps) + 1)), (run.info.run_name, key, steps)  # no duplicate steps
     for exp in client.search_experiments():
-        assert not client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
+        running = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
+        assert not running, [(r.info.run_name, r.info.start_time, r.data.tags) for r in running]
     (parent,) = kinds["sweep"]
     assert parent.info.status == "FINISHED"
 
