@@ -126,7 +126,7 @@ class SweepRunner:
               f"'{cfg.tracking.experiment or cfg.name}' (parent run {parent_id})", flush=True)
         results = search_stage.search(self.plan, self.points, ctx, exp_dir, bool(self.resume))
         if self.resume:
-            ended = {r.metrics["trial_id"] for r in results if r.error is None and r.metrics and "trial_id" in r.metrics}
+            ended = {r.metrics["trial_id"] for r in results if r.error is None and "trial_id" in (r.metrics or {})}
             tracking.finish_ended_trials(client, experiment_id, parent_id, ended, cfg.train.epochs)
         self._finish(client, parent_id, teachers, results, ctx, exp_dir, state, uri, start)
 
