@@ -205,7 +205,17 @@ def end_run(client: MlflowClient, run_id: str, status: str = "FINISHED", tags: d
         client.set_terminated(run_id, status)
 
 
+def reopen_run(client: MlflowClient, run_id: str) -> None:
+    """RUNNING again (a resumed trial, stage or sweep), without the outcome its last close recorded."""
+    tags = client.get_run(run_id).data.tags
+    client.update_run(run_id, status="RUNNING")
+    for key in (OUTCOME, ERROR):
+        if key in tags:
+            client.delete_tag(run_id, key)
+
+
 CHILD_OUTCOME = {"FINISHED": "early_stopped", "KILLED": "interrupted", "FAILED": "failed"}
+OUTCOME_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 
 
 @contextlib.contextmanager
@@ -256,15 +266,29 @@ def child_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> list
 
 
 def close_open_children(client: MlflowClient, experiment_id: str, parent_id: str, status: str, outcome: str) -> int:
-    """End every child of ``parent_id`` still RUNNING (trials Tune stopped or killed); returns how many."""
+    """End every child of ``parent_id`` still RUNNING (trials Tune stopped or killed) with ``status`` and
+    ``outcome``; a child whose own scope had recorded its outcome (the tag is written before the status) but
+    whose process died before the status (Tune ends a stopped trial's actor while it closes its run) ends
+    with that outcome's status. Returns how many."""
     closed = 0
     for run in child_runs(client, experiment_id, parent_id):
         if run.info.status == RunStatus.to_string(RunStatus.RUNNING):
-            if OUTCOME not in run.data.tags:
+            decided = OUTCOME_STATUS.get(run.data.tags.get(OUTCOME, ""))
+            if decided is None:
                 set_tags(client, run.info.run_id, {OUTCOME: outcome})
-            client.set_terminated(run.info.run_id, status)
+            client.set_terminated(run.info.run_id, decided or status)
             closed += 1
     return closed
+
+
+def sweep_run_of(client: MlflowClient, experiment_id: str, folder: str) -> str | None:
+    """The first sweep run of ``experiment_id`` whose ``storage`` tag is ``folder`` (a sweep folder whose state
+    file lost its parent's id, as an earlier version wrote it after the confirmation stage started), or None."""
+    if "'" in folder:  # not expressible in a filter string
+        return None
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{KIND}` = 'sweep' and tags.storage = '{folder}'",
+                              order_by=["attributes.start_time ASC"], max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 def close_runs_left_open(client: MlflowClient, experiment_id: str, parent_id: str) -> int:
@@ -275,6 +299,23 @@ def close_runs_left_open(client: MlflowClient, experiment_id: str, parent_id: st
     for run in child_runs(client, experiment_id, parent_id):
         closed += close_runs_left_open(client, experiment_id, run.info.run_id)
     return closed + close_open_children(client, experiment_id, parent_id, "KILLED", CHILD_OUTCOME["KILLED"])
+
+
+def finish_ended_trials(client: MlflowClient, experiment_id: str, parent_id: str, ended: set[str],
+                        expected_epochs: int) -> int:
+    """After a resumed search: the runs of trials Tune has as ended (completed, or stopped by ASHA) that the
+    resume closed KILLED (outcome ``interrupted``) because the killed driver's trial had not closed them yet
+    end FINISHED, ``completed`` if they logged ``expected_epochs`` epochs, else ``early_stopped``: Tune does not
+    run an ended trial again, so nothing else would. Returns how many."""
+    finished = 0
+    for run in child_runs(client, experiment_id, parent_id):
+        tags = run.data.tags
+        if tags.get("trial_id") in ended and run.info.status == "KILLED" and tags.get(OUTCOME) == "interrupted":
+            epochs = max((m.value for m in client.get_metric_history(run.info.run_id, "epoch")), default=0)
+            set_tags(client, run.info.run_id, {OUTCOME: "completed" if epochs >= expected_epochs else "early_stopped"})
+            client.set_terminated(run.info.run_id, "FINISHED")
+            finished += 1
+    return finished
 
 
 def log_text(client: MlflowClient, run_id: str, text: str, filename: str) -> None:

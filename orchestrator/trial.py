@@ -79,14 +79,14 @@ def _open_run(ctx: TrialContext, trial_id: str, name: str, kind: str, tags: dict
     died and Tune's restored state, saved earlier, did not know it yet. Nothing is to be trained again."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.tracking import child_runs, log_params, start_run
+    from orchestrator.tracking import child_runs, log_params, reopen_run, start_run
 
     client = MlflowClient(tracking_uri=ctx.tracking_uri)
     for run in child_runs(client, ctx.experiment_id, ctx.parent_run_id):
         if run.data.tags.get("trial_id") == trial_id:
             if run.info.status == "FINISHED":
                 return None
-            client.update_run(run.info.run_id, status="RUNNING")
+            reopen_run(client, run.info.run_id)
             return run.info.run_id
     run_id = start_run(client, ctx.experiment_id, name, kind, parent_id=ctx.parent_run_id, tags=tags)
     log_params(client, run_id, params)

@@ -102,6 +102,55 @@ def test_runs_left_running_are_closed_killed_on_resume_and_finished_trials_are_n
     assert client.get_run(done).info.status == "FINISHED"
 
 
+def test_the_state_file_keeps_the_parent_once_a_stage_is_recorded(tmp_path):
+    """The root cause of a sweep run left RUNNING after a kill during the confirmation stage (the 3-kill test,
+    once in CI): a fresh sweep wrote the parent's id to the state file, then the stage wrote its own state,
+    which did not hold the parent's id, over it. The next --resume found no parent, opened a second one and
+    left the first RUNNING (params, no metrics)."""
+    from orchestrator.sweep.folder import STATE_FILE, open_folder, record_state
+
+    folder, state = open_folder(tmp_path, "s", None)  # a fresh sweep: {}
+    record_state(folder, state, parent_run_id="p", experiment_id="1")  # the sweep's start (run.py)
+    record_state(folder, state, confirm_run_id="c")  # the confirmation stage (confirm_stage.py)
+    _, resumed = open_folder(tmp_path, "s", "latest")
+    assert resumed == {"parent_run_id": "p", "experiment_id": "1", "confirm_run_id": "c"}
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+    assert json.loads((folder / STATE_FILE).read_text()) == resumed
+
+
+def test_a_resume_closes_what_a_killed_driver_left_by_its_recorded_outcome_and_finds_a_lost_parent(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = tracking.check_connection(uri)
+    exp = tracking.ensure_experiment(client, "kill", uri)
+    folder = str(tmp_path / "runs" / "s-1")
+    parent = tracking.start_run(client, exp, "s-1", "sweep", tags={"storage": folder})
+    # A folder whose state file lost the parent's id (written by the earlier version): the resume finds it.
+    assert tracking.sweep_run_of(client, exp, folder) == parent
+    assert tracking.sweep_run_of(client, exp, str(tmp_path / "other")) is None
+
+    # Tune stopped trial "a" (ASHA) and ended its actor while the trial closed its run: the outcome was
+    # written, the status not. Trial "b" had not recorded an outcome; trial "c" was resumed and reopened.
+    stopped = tracking.start_run(client, exp, "trial-001", "trial", parent_id=parent, tags={"trial_id": "a"})
+    tracking.log_metrics(client, stopped, {"epoch": 2}, step=2)
+    tracking.set_tags(client, stopped, {tracking.OUTCOME: "early_stopped"})
+    closing = tracking.start_run(client, exp, "trial-002", "trial", parent_id=parent, tags={"trial_id": "b"})
+    tracking.log_metrics(client, closing, {"epoch": 3}, step=3)
+    assert tracking.close_runs_left_open(client, exp, parent) == 2
+    assert client.get_run(stopped).info.status == "FINISHED"  # its own outcome, not "interrupted"
+    assert client.get_run(closing).info.status == "KILLED"
+
+    tracking.reopen_run(client, closing)  # a trial that resumes: no stale outcome left
+    assert client.get_run(closing).info.status == "RUNNING"
+    assert tracking.OUTCOME not in client.get_run(closing).data.tags
+    tracking.end_run(client, closing, "KILLED", {tracking.OUTCOME: "interrupted"})
+
+    # After the resumed search, Tune has both as ended: the run the resume closed KILLED is finished with
+    # the outcome its epochs say.
+    assert tracking.finish_ended_trials(client, exp, parent, {"a", "b"}, expected_epochs=3) == 1
+    run = client.get_run(closing)
+    assert run.info.status == "FINISHED" and run.data.tags[tracking.OUTCOME] == "completed"
+
+
 def _trainable_that_checks_it_is_saved(config, folder: str):
     """Reports whether Tune's experiment state in ``folder`` (on the storage path, what a restore reads) held
     this trial when its function started."""

@@ -122,7 +122,7 @@ def test_second_sweep_with_another_teacher_of_the_same_name_uses_its_own_outputs
         args = [
             "--name", f"cache-{folder}", "--num-samples", "1", "--storage-path", str(tmp_path / "runs"),
             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *DIGITS, "train.epochs=1",
-            "sweep.baseline=false", f"sweep.search_space={space}", f"teacher.checkpoint={tmp_path / folder / 'teacher.pt'}",
+            "sweep.baseline=false", "sweep.confirm.top_k=0", f"sweep.search_space={space}", f"teacher.checkpoint={tmp_path / folder / 'teacher.pt'}",
         ]
         assert main(args) == 0
         out = capsys.readouterr().out

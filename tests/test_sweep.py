@@ -112,7 +112,7 @@ def test_tiny_sweep_end_to_end(ray_session, isolated_cache, tmp_path, monkeypatc
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
 
     # A second sweep reuses the cached teacher (no new teacher run).
-    assert main(tiny_args(tmp_path, "--name", "tiny2", samples=1)) == 0
+    assert main(tiny_args(tmp_path, "--name", "tiny2", "sweep.confirm.top_k=0", "sweep.baseline=false", samples=1)) == 0
     assert "reusing cached" in capsys.readouterr().out
     assert len(runs_by_kind(uri, "distill-teachers")["teacher"]) == 1
 
@@ -120,7 +120,8 @@ def test_tiny_sweep_end_to_end(ray_session, isolated_cache, tmp_path, monkeypatc
 @pytest.mark.slow
 def test_trial_with_two_ddp_workers(ray_session, isolated_cache, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = tiny_args(tmp_path, "train.num_workers=2", "train.in_process=false", "sweep.baseline=false", samples=1)
+    args = tiny_args(tmp_path, "train.num_workers=2", "train.in_process=false", "sweep.baseline=false",
+                     "sweep.confirm.top_k=0", samples=1)  # the trial is what is tested: no confirmation jobs
     assert main(args) == 0
     (child,) = runs_by_kind(f"sqlite:///{tmp_path / 'mlflow.db'}")["trial"]
     assert child.info.status == "FINISHED"
@@ -339,6 +340,7 @@ def test_driver_sigkill_three_times_then_resume_finishes(isolated_cache, tmp_pat
             if target is not None and (len(seen) >= target or "== confirm" in line):
                 time.sleep(rng.uniform(0.0, 3.0))
                 break
+        (tmp_path / f"start-{len(attempts)}.log").write_text("".join(out))  # what each start printed (diagnosis)
         if target is None:
             assert proc.wait(timeout=900) == 0, "".join(out)[-4000:]
             break
@@ -375,7 +377,8 @@ def test_driver_sigkill_three_times_then_resume_finishes(isolated_cache, tmp_pat
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
             assert steps == list(range(1, len(steps) + 1)), (run.info.run_name, key, steps)  # no duplicate steps
     for exp in client.search_experiments():
-        assert not client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
+        running = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
+        assert not running, [(r.info.run_name, r.info.start_time, r.data.tags) for r in running]
     (parent,) = kinds["sweep"]
     assert parent.info.status == "FINISHED"
 

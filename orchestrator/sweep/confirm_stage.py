@@ -15,7 +15,7 @@ from orchestrator.engine import evaluate_model
 from orchestrator.plan import Plan
 from orchestrator.sweep import tune_runs
 from orchestrator.sweep.errors import SweepError
-from orchestrator.sweep.folder import write_state
+from orchestrator.sweep.folder import record_state
 from orchestrator.sweep.summary import fmt, headline_metrics
 from orchestrator.teachers import load_model_checkpoint
 from orchestrator.train_loop import student_file
@@ -71,9 +71,8 @@ def train_stage(client, parent_id, stage: str, cands: list[confirm.Candidate], s
         tags={"stage": stage, "seeds": json.dumps(seeds)},
     )
     if state.get(f"{stage}_run_id"):  # resumed: reopened (run_scope closes it again)
-        client.update_run(stage_id, status="RUNNING")
-    state[f"{stage}_run_id"] = stage_id
-    write_state(exp_dir, state)
+        tracking.reopen_run(client, stage_id)
+    record_state(exp_dir, state, **{f"{stage}_run_id": stage_id})
     with tracking.run_scope(client, stage_id, close_children=True):
         if not cluster.wait_for_free({"CPU": plan.trial_cpu, "GPU": plan.trial_gpu}):
             print("warning: the search's stopped trials still hold their resources after 3 minutes", file=sys.stderr)

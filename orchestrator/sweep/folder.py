@@ -10,6 +10,8 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
+from orchestrator.atomic_files import write_json_atomic
+
 STATE_FILE = "orchestrator-sweep.json"
 CONFIG_FILE = "config.yaml"
 SPACE_FILE = "search_space.yaml"
@@ -73,11 +75,10 @@ def optuna_storage(folder: Path, fresh: bool):
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-def write_state(folder: Path, state: dict) -> None:
-    """The state file of ``folder`` (run ids of the parent and of each stage)."""
-    write_json(folder / STATE_FILE, state)
-
-
-def write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2))
+def record_state(folder: Path, state: dict, **run_ids: str) -> None:
+    """Add ``run_ids`` (the parent's, a stage's) to ``state``, the sweep's whole state as :func:`open_folder`
+    returned it, and write all of it to the state file, atomically: a driver killed while writing leaves the
+    previous file whole. Never a part of the state: a file that lost the parent's id made the next
+    ``--resume`` open a second parent and leave the first RUNNING (issue #14)."""
+    state.update(run_ids)
+    write_json_atomic(folder / STATE_FILE, state)

@@ -27,7 +27,7 @@ from orchestrator.search import paper_points, sampled_keys, space_path
 from orchestrator.stats import mean_sd
 from orchestrator.sweep import confirm_stage, search_stage, teacher_outputs
 from orchestrator.sweep.errors import SweepError
-from orchestrator.sweep.folder import open_folder, save_inputs, write_state
+from orchestrator.sweep.folder import open_folder, record_state, save_inputs
 from orchestrator.sweep.register import register_student
 from orchestrator.sweep.summary import headline_metrics, print_summary
 from orchestrator.teachers import TeacherCheckpointError, ensure_teacher, load_model_checkpoint, load_teacher
@@ -73,17 +73,21 @@ class SweepRunner:
             )
             teachers = list(self.teachers) if self.teachers else [ensure_teacher(cfg, uri)]
             experiment_id = tracking.ensure_experiment(client, cfg.tracking.experiment or cfg.name, uri)
-            parent_id = state.get("parent_run_id") or tracking.start_run(
-                client, experiment_id, exp_dir.name, "sweep",
-                params=flatten(to_dict(cfg)),
-                tags={"search_space": self.plan.space.name, "storage": str(exp_dir), **self.parent_tags},
-            )
-            if state.get("parent_run_id"):
-                client.update_run(parent_id, status="RUNNING")
+            parent_id = state.get("parent_run_id")
+            if not parent_id and self.resume:  # a state file an earlier version wrote without it
+                parent_id = tracking.sweep_run_of(client, experiment_id, str(exp_dir))
+            if parent_id:
+                tracking.reopen_run(client, parent_id)
                 left = tracking.close_runs_left_open(client, experiment_id, parent_id)
                 if left:
                     print(f"resuming: {left} run(s) the stopped sweep left RUNNING closed KILLED "
                           "(outcome interrupted); the trials and stages that resume reopen theirs", flush=True)
+            else:
+                parent_id = tracking.start_run(
+                    client, experiment_id, exp_dir.name, "sweep",
+                    params=flatten(to_dict(cfg)),
+                    tags={"search_space": self.plan.space.name, "storage": str(exp_dir), **self.parent_tags},
+                )
             with tracking.run_scope(client, parent_id, close_children=True,
                                     on_finish=lambda: self._report(client, parent_id, exp_dir)):
                 self._sweep(client, parent_id, experiment_id, teachers, exp_dir, state, uri, start)
@@ -106,7 +110,7 @@ class SweepRunner:
                uri: str, start: float) -> None:
         """Inside the parent run: teacher outputs, the search, confirmation, registration."""
         cfg = self.cfg
-        write_state(exp_dir, {"parent_run_id": parent_id, "experiment_id": experiment_id})
+        record_state(exp_dir, state, parent_run_id=parent_id, experiment_id=experiment_id)
         tracking.log_text(client, parent_id, dump_yaml(cfg), "config.yaml")
         save_inputs(exp_dir, dump_yaml(cfg), space_path(cfg.sweep.search_space))  # what --resume restores
         tracking.log_file(client, parent_id, space_path(cfg.sweep.search_space))
@@ -121,6 +125,9 @@ class SweepRunner:
         print(f"sweep '{exp_dir.name}': {cfg.sweep.num_samples} trials, MLflow experiment "
               f"'{cfg.tracking.experiment or cfg.name}' (parent run {parent_id})", flush=True)
         results = search_stage.search(self.plan, self.points, ctx, exp_dir, bool(self.resume))
+        if self.resume:
+            ended = {r.metrics["trial_id"] for r in results if r.error is None and "trial_id" in (r.metrics or {})}
+            tracking.finish_ended_trials(client, experiment_id, parent_id, ended, cfg.train.epochs)
         self._finish(client, parent_id, teachers, results, ctx, exp_dir, state, uri, start)
 
     def _local_cpus(self) -> int | None:
