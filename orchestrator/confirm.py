@@ -129,7 +129,9 @@ def collect(results: tune.ResultGrid, cands: Sequence[Candidate]) -> list[str]:
             failed.append(f"{job['label']} seed {job['seed']}")
             continue
         cand.val[job["seed"]], cand.test[job["seed"]] = m["val/acc1"], m["test/acc1"]
-        path = result.checkpoint.path if result.checkpoint is not None else m.get("checkpoint_path")
+        # A checkpoint Ray Train persisted (a worker group), or a finished job's final one read back after a
+        # driver kill (orchestrator.finished_job), comes as checkpoint_path; otherwise Tune's own (in-process).
+        path = m.get("checkpoint_path") or (result.checkpoint.path if result.checkpoint is not None else None)
         if path:
             cand.checkpoints[job["seed"]] = path
     return failed

@@ -68,29 +68,65 @@ def run_job(config: dict, ctx: TrialContext) -> None:
     run_id = _open_run(ctx, trial_id, f"{job['label']} seed {job['seed']}", "confirm",
                        {"trial_id": trial_id, "job": job["key"], "config_label": job["label"], "seed": str(job["seed"])},
                        {**flatten(to_dict(cfg)), "seed": job["seed"]})
-    if run_id is None:
+    if run_id is None:  # it ended before its driver died: what it reported last, again
+        ray.tune.report(_finished_job_result(ctx, trial_id, cfg))
         return
-    _launch(cfg, ctx, run_id, [job["seed"]], name=f"{cfg.name}-confirm-{trial_id}", evaluate_test=True)
+    _launch(cfg, ctx, run_id, [job["seed"]], name=_job_run_name(cfg, trial_id), evaluate_test=True)
+
+
+def _job_run_name(cfg: Config, trial_id: str) -> str:
+    """The Ray Train run of a confirmation job (its folder under ``<storage_path>/train``)."""
+    return f"{cfg.name}-confirm-{trial_id}"
 
 
 def _open_run(ctx: TrialContext, trial_id: str, name: str, kind: str, tags: dict, params: dict) -> str | None:
     """The MLflow child run of this Tune trial under ``ctx.parent_run_id`` (a resumed trial continues its own);
     None if that run already ended FINISHED (completed, or stopped by ASHA): the trial ended before its driver
-    died and Tune's restored state, saved earlier, did not know it yet. Nothing is to be trained again."""
+    died and Tune's restored state, saved earlier, did not know it yet. Nothing is to be trained again (a
+    confirmation job reports its result again: :func:`_finished_job_result`)."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.tracking import child_runs, log_params, reopen_run, start_run
+    from orchestrator.tracking import log_params, reopen_run, start_run
 
     client = MlflowClient(tracking_uri=ctx.tracking_uri)
-    for run in child_runs(client, ctx.experiment_id, ctx.parent_run_id):
-        if run.data.tags.get("trial_id") == trial_id:
-            if run.info.status == "FINISHED":
-                return None
-            reopen_run(client, run.info.run_id)
-            return run.info.run_id
+    run = _own_run(client, ctx, trial_id)
+    if run is not None:
+        if run.info.status == "FINISHED":
+            return None
+        reopen_run(client, run.info.run_id)
+        return run.info.run_id
     run_id = start_run(client, ctx.experiment_id, name, kind, parent_id=ctx.parent_run_id, tags=tags)
     log_params(client, run_id, params)
     return run_id
+
+
+def _own_run(client, ctx: TrialContext, trial_id: str):
+    """The MLflow child run of Tune trial ``trial_id`` under ``ctx.parent_run_id``, if it has one."""
+    from orchestrator.tracking import child_runs
+
+    return next((r for r in child_runs(client, ctx.experiment_id, ctx.parent_run_id)
+                 if r.data.tags.get("trial_id") == trial_id), None)
+
+
+def _finished_job_result(ctx: TrialContext, trial_id: str, cfg: Config) -> dict:
+    """What the confirmation job ``trial_id``, whose run ended FINISHED, reported last
+    (:mod:`orchestrator.finished_job`); its final checkpoint is in the Tune trial's folder (in-process) or in
+    its Train run's (a worker group). If it cannot be read back whole, the run's error tag says why and the
+    job fails."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.finished_job import FinishedJobError, finished_job_result
+    from orchestrator.tracking import ERROR, set_tags
+
+    client = MlflowClient(tracking_uri=ctx.tracking_uri)
+    run_id = _own_run(client, ctx, trial_id).info.run_id
+    folders = [ray.tune.get_context().get_storage().trial_fs_path,
+               os.path.join(ctx.storage_path, "train", _job_run_name(cfg, trial_id))]
+    try:
+        return finished_job_result(client, run_id, cfg.train.epochs, folders)
+    except FinishedJobError as exc:
+        set_tags(client, run_id, {ERROR: str(exc)})
+        raise
 
 
 def _launch(cfg: Config, ctx: TrialContext, run_id: str, seeds: list[int], *, name: str,

@@ -1,5 +1,6 @@
 """A driver killed between Tune creating a trial and saving its experiment state (issue #14): nothing is
-issued or run twice on resume. The end-to-end check (3 SIGKILLs of a real sweep) is
+issued or run twice on resume, and a confirmation job that had ended gives the stage what it gave before.
+The end-to-end check (3 SIGKILLs of a real sweep) is
 tests/test_sweep.py::test_driver_sigkill_three_times_then_resume_finishes."""
 
 from __future__ import annotations
@@ -212,3 +213,152 @@ def test_trial_started_before_tunes_save_resumes_under_its_own_id_and_number(tmp
     assert {name.split("_")[1] for name in results} == set(numbers)  # the trial that started is the one resumed
     study = optuna.load_study(study_name="exp", storage=optuna_storage(tmp_path / "runs" / "exp", fresh=False))
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2  # no orphan
+
+
+def _job_run_that_ended(tmp_path: Path, trial_id: str, tune_folder: Path, epochs_logged: int = 3,
+                        checkpoints: tuple[int, ...] = (1, 2, 3), train_run: bool = False):
+    """A confirmation job (Tune trial ``trial_id``, seed 7, 3 epochs) whose MLflow run ended FINISHED after
+    logging ``epochs_logged`` epochs, with a student checkpoint per epoch in ``checkpoints`` (in the Tune trial's
+    folder ``tune_folder``, or with ``train_run`` in its Ray Train run's folder, as a worker group writes them)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from orchestrator.config import load_config, to_dict
+    from orchestrator.teachers import save_model_checkpoint
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = tracking.check_connection(uri)
+    exp = tracking.ensure_experiment(client, "kill", uri)
+    stage = tracking.start_run(client, exp, "confirm", "stage")
+    run = tracking.start_run(client, exp, "trial 1 seed 7", "confirm", parent_id=stage, tags={"trial_id": trial_id})
+    per_epoch = {e: {"train/loss": 1.0 / e, "val/acc1": 0.5 + e / 10, **({"test/acc1": 0.8} if e == 3 else {})}
+                 for e in (1, 2, 3)}
+    for epoch in range(1, epochs_logged + 1):
+        tracking.log_metrics(client, run, {**per_epoch[epoch], "epoch": epoch}, step=epoch)
+    tracking.end_run(client, run, "FINISHED", {tracking.OUTCOME: "completed"})
+
+    cfg = load_config(None, ["train.epochs=3"])
+    train_folder = tmp_path / "train" / f"{cfg.name}-confirm-{trial_id}"
+    data = SimpleNamespace(num_classes=3, in_channels=1, name="toy")
+    for epoch in checkpoints:
+        folder = (train_folder / f"checkpoint_2026-12-01_0{epoch}" if train_run
+                  else tune_folder / f"checkpoint_00000{epoch - 1}")
+        folder.mkdir(parents=True, exist_ok=True)  # (over one Tune wrote: the slow test)
+        save_model_checkpoint(folder / "student.pt", torch.nn.Linear(2, 3), "tiny_student", data, per_epoch[epoch])
+        os.utime(folder / "student.pt", (epoch, epoch))  # written in epoch order
+    ctx = TrialContext(base=to_dict(cfg), teachers=[], teacher_outputs=[], storage_path=str(tmp_path),
+                       tracking_uri=uri, experiment_id=exp, parent_run_id=stage)
+    job = {"key": "0-7", "label": "trial 1", "overrides": {}, "seed": 7}
+    return SimpleNamespace(client=client, run=run, ctx=ctx, job=job, per_epoch=per_epoch, tune_folder=tune_folder,
+                           train_folder=train_folder)
+
+
+def _finished_job(tmp_path, monkeypatch, **kwargs):
+    """:func:`_job_run_that_ended` as Tune trial "c", run_job's Tune context faked; the driver's last saved Tune
+    state had the job running at epoch 2 with epoch 2's checkpoint (``restored``: the result Tune holds)."""
+    from types import SimpleNamespace
+
+    import ray.tune
+
+    tune_folder = tmp_path / "confirm" / "run_job_c_00000_0_job=x"
+    tune_folder.mkdir(parents=True)
+    job = _job_run_that_ended(tmp_path, "c", tune_folder, **kwargs)
+    job.reported = []
+    context = SimpleNamespace(get_trial_id=lambda: "c",
+                              get_storage=lambda: SimpleNamespace(trial_fs_path=str(tune_folder)))
+    monkeypatch.setattr(ray.tune, "get_context", lambda: context)
+    monkeypatch.setattr(ray.tune, "report", lambda metrics, checkpoint=None: job.reported.append(metrics))
+    job.restored = SimpleNamespace(config={"job": job.job}, error=None, metrics={**job.per_epoch[2], "epoch": 2},
+                                   checkpoint=SimpleNamespace(path=str(tune_folder / "checkpoint_000001")))
+    return job
+
+@pytest.mark.parametrize("train_run", [False, True], ids=["in-process", "worker-group"])
+def test_a_confirmation_job_that_ended_before_the_kill_gives_the_stage_its_final_numbers_and_student(
+        tmp_path, monkeypatch, train_run):
+    """Tune's saved state had the job running (epoch 2, its checkpoint); its MLflow run had ended FINISHED.
+    Before the fix the resumed job reported nothing: the stage counted it as failed and the verdict lost its seed.
+    Now it reports what it reported last: the last epoch's numbers and the checkpoint holding that epoch's student."""
+    from types import SimpleNamespace
+
+    from orchestrator import confirm
+    from orchestrator.safe_load import load_tensors
+    from orchestrator.trial import run_job
+
+    job = _finished_job(tmp_path, monkeypatch, train_run=train_run)
+    other = SimpleNamespace(config={"job": {**job.job, "key": "0-8", "seed": 8}}, error=None, checkpoint=None,
+                            metrics={"val/acc1": 0.7, "test/acc1": 0.75, "checkpoint_path": "elsewhere"})
+
+    before = confirm.Candidate("trial 1", {}, "tuned")  # what the stage got before: the restored result only
+    assert confirm.collect([job.restored, other], [before]) == ["trial 1 seed 7"]
+    assert sorted(before.test) == [8]
+
+    run_job({"job": job.job}, job.ctx)  # the resumed job: not trained again (no launch), its result read back
+    (reported,) = job.reported
+    final = job.train_folder / "checkpoint_2026-12-01_03" if train_run else job.tune_folder / "checkpoint_000002"
+    assert reported == {**job.per_epoch[3], "epoch": 3, "checkpoint_path": str(final)}
+    assert job.client.get_run(job.run).info.status == "FINISHED"
+
+    cand = confirm.Candidate("trial 1", {}, "tuned")
+    resumed = SimpleNamespace(**{**vars(job.restored), "metrics": reported})  # Tune's last result = the new report
+    assert confirm.collect([resumed, other], [cand]) == []
+    assert (cand.val, cand.test) == ({7: 0.8, 8: 0.7}, {7: 0.8, 8: 0.75})
+    assert cand.checkpoints[7] == str(final)  # not the restored epoch-2 checkpoint Tune still holds
+    assert load_tensors(final / "student.pt", "student")["metrics"]["test/acc1"] == 0.8
+
+
+@pytest.mark.parametrize(("epochs_logged", "checkpoints", "says"), [
+    (3, (1, 2), "no checkpoint under"),  # the last epoch's student is not there: an earlier one is never used
+    (2, (1, 2), "logged epoch 2 of 3 without test/acc1"),
+])
+def test_a_finished_confirmation_job_whose_result_is_not_whole_fails_clearly(tmp_path, monkeypatch, epochs_logged,
+                                                                            checkpoints, says):
+    from orchestrator.finished_job import FinishedJobError
+    from orchestrator.trial import run_job
+
+    job = _finished_job(tmp_path, monkeypatch, epochs_logged=epochs_logged, checkpoints=checkpoints)
+    with pytest.raises(FinishedJobError, match=says):
+        run_job({"job": job.job}, job.ctx)
+    assert job.reported == []
+    assert says in job.client.get_run(job.run).data.tags[tracking.ERROR]  # what the stage's FAILED line points to
+
+
+def _job_whose_run_ended_before_the_kill(config, tmp: str):
+    """A Tune trainable: Tune holds an earlier checkpoint of this job (reported here first, as the restored Tune
+    state would have it); its MLflow run and checkpoints are those of a job that then finished; then run_job."""
+    import tempfile
+
+    import torch
+    from ray import tune
+
+    from orchestrator.trial import run_job
+
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save({"metrics": {}}, Path(folder) / "student.pt")
+        tune.report({"epoch": 2}, checkpoint=tune.Checkpoint.from_directory(folder))
+    context = tune.get_context()
+    job = _job_run_that_ended(Path(tmp), context.get_trial_id(), Path(context.get_storage().trial_fs_path))
+    run_job(config, job.ctx)
+
+
+@pytest.mark.slow
+def test_a_finished_confirmation_job_reports_its_final_result_through_tune(ray_session, tmp_path):
+    """The same as the fast test through a real Tune run (its context, storage folder, report and ResultGrid)."""
+    import ray.cloudpickle
+    from ray import tune
+
+    from orchestrator import confirm
+    from orchestrator.safe_load import load_tensors
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import test modules
+    job = {"key": "0-7", "label": "trial 1", "overrides": {}, "seed": 7}
+    results = tune.Tuner(
+        tune.with_parameters(_job_whose_run_ended_before_the_kill, tmp=str(tmp_path)), param_space={"job": job},
+        run_config=tune.RunConfig(name="confirm", storage_path=str(tmp_path / "runs"), verbose=0),
+    ).fit()
+    cand = confirm.Candidate("trial 1", {}, "tuned")
+    assert confirm.collect(results, [cand]) == []
+    assert (cand.val, cand.test) == ({7: 0.8}, {7: 0.8})
+    final = Path(cand.checkpoints[7])
+    assert final.name == "checkpoint_000002" and final != Path(results[0].checkpoint.path)  # not Tune's own
+    assert load_tensors(final / "student.pt", "student")["metrics"]["test/acc1"] == 0.8
