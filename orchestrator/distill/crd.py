@@ -16,6 +16,9 @@ the sum of both NCE terms (``nce.py``); afterwards (training, no grad) both memo
   ImageNet-21k-scale data, its issue 40), O(Q d) at any dataset size; the positive is the other network's
   current projection of the same image, the negatives K queue rows shared by the batch (all of them when
   Q = K). With a queue holding the bank's rows the value and gradient are the bank's.
+  Measured (docs/RESULTS.md, section 10): on Fashion-MNIST the queue at the paper's settings is worse
+  than the student alone, where the bank gains; a smaller weight (beta 0.2) narrows the gap, EMA Z and a
+  longer queue do not close it; the cause is not yet found. Search its weight (``crd_queue`` space).
 
 Label use: class negatives (per anchor) and relaxed positives read labels, so with
 ``data.labeled_fraction < 1`` such a CRD sees the labelled rows only; with shared or uniform negatives and
