@@ -150,7 +150,35 @@ def test_queue_gradients_reach_the_student_and_heads_never_the_teacher():
     assert list(terms) == ["ce", "crd"] and objective.weights == {"ce": 1.0, "crd": 0.8}
     terms["crd"].backward()
     assert s.grad is not None and s.grad.abs().sum() > 0 and t.grad is None
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.parameters())
+    keys = {id(p) for m in objective.terms["crd"].crds for p in (*m.key_s.parameters(), *m.key_t.parameters())}
+    assert keys and all(p.grad is None for p in objective.parameters() if id(p) in keys)  # MoCo key heads
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.parameters() if id(p) not in keys)
+
+
+def test_queue_keys_come_from_momentum_heads_updated_every_training_step():
+    s, t = _inputs()
+    m = 0.9
+    term = build(distill_config("crd", crd__memory="queue", crd__nce_k=K, crd__feat_dim=D, crd__key_momentum=m),
+                 student_dim=DS, teacher_dims=[DT], train_labels=torch.arange(40) % 4).terms["crd"]
+    loss = term.crds[0]
+    with torch.no_grad():  # online heads move away from the key heads (a copy of them at build time)
+        for p in (*loss.embed_s.parameters(), *loss.embed_t.parameters()):
+            p.add_(0.5)
+    online = [p.detach().clone() for p in (*loss.embed_s.parameters(), *loss.embed_t.parameters())]
+    before = [p.detach().clone() for p in (*loss.key_s.parameters(), *loss.key_t.parameters())]
+    term.train()
+    term(Batch(_out(s), [_out(t)], torch.zeros(B, dtype=torch.long), torch.arange(B)))
+    after = [p.detach() for p in (*loss.key_s.parameters(), *loss.key_t.parameters())]
+    for k0, k1, q in zip(before, after, online):
+        assert torch.allclose(k1, m * k0 + (1 - m) * q, atol=1e-6)
+    with torch.no_grad():  # the queued rows are the key heads' projections, not the online heads'
+        assert torch.allclose(loss.memory.queue_t.rows[:B], loss.key_t(t), atol=1e-6)
+        assert not torch.allclose(loss.memory.queue_t.rows[:B], loss.embed_t(t), atol=1e-3)
+    term.eval()  # evaluation moves no key head
+    term(Batch(_out(s), [_out(t)], torch.zeros(B, dtype=torch.long), torch.arange(B)))
+    assert all(torch.equal(a, p) for a, p in zip(after, (*loss.key_s.parameters(), *loss.key_t.parameters())))
+    with pytest.raises(ConfigError, match="key_momentum"):
+        distill_config("crd", crd__memory="queue", crd__key_momentum=1.0)
 
 
 def test_queue_with_several_teachers_is_weighted():

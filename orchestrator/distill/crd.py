@@ -16,9 +16,10 @@ the sum of both NCE terms (``nce.py``); afterwards (training, no grad) both memo
   ImageNet-21k-scale data, its issue 40), O(Q d) at any dataset size; the positive is the other network's
   current projection of the same image, the negatives K queue rows shared by the batch (all of them when
   Q = K). With a queue holding the bank's rows the value and gradient are the bank's.
-  Measured (docs/RESULTS.md, section 10): on Fashion-MNIST the queue at the paper's settings is worse
-  than the student alone, where the bank gains; a smaller weight (beta 0.2) narrows the gap, EMA Z and a
-  longer queue do not close it; the cause is not yet found. Search its weight (``crd_queue`` space).
+  The queue's keys (the rows it takes, and the positives) come from momentum copies of the two heads,
+  MoCo's key encoder (``key_momentum`` m: k <- m k + (1 - m) q every training step; 0: the online heads).
+  Without them the keys of a fast-moving head disagree with each other and CRD with a queue lost 8 points
+  on Fashion-MNIST, where the bank gains (docs/RESULTS.md, section 10).
 
 Label use: class negatives (per anchor) and relaxed positives read labels, so with
 ``data.labeled_fraction < 1`` such a CRD sees the labelled rows only; with shared or uniform negatives and
@@ -30,11 +31,13 @@ terms weighted by the teacher weights.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -76,6 +79,7 @@ class CRDKnobs:
     positive: "exact" (the sample's own row) or "relax" (a random sample of its class; bank only).
     memory: "bank" (two (N, d) banks) or "queue" (two queues of the last queue_size projections).
     queue_size: Q >= nce_k (None: Q = nce_k, every queue row a negative); K of the Q rows are drawn per batch.
+    key_momentum: queue only: momentum m of the key heads (MoCo); 0 = keys from the online heads.
     """
 
     feat_dim: int = 128
@@ -88,6 +92,7 @@ class CRDKnobs:
     positive: str = "exact"
     memory: str = "bank"
     queue_size: int | None = None
+    key_momentum: float = 0.99
 
     def __post_init__(self):
         check_count("feat_dim", self.feat_dim)
@@ -99,6 +104,7 @@ class CRDKnobs:
         check_choice("negatives", self.negatives, NEGATIVES)
         check_choice("positive", self.positive, POSITIVES)
         check_choice("memory", self.memory, MEMORIES)
+        check_fraction("key_momentum", self.key_momentum)
         check_memory(self.memory, self.nce_k, self.queue_size, self.negatives_mode, self.positive)
 
     @property
@@ -147,6 +153,8 @@ class CRDLoss(nn.Module):
         z_mode: "fixed" or "ema" (see :class:`~orchestrator.distill.memory.NCENormalisers`).
         seed: seeds the memory's initial rows.
         queue_size: None: memory banks (N rows); Q: queues of the last Q projections instead.
+        key_momentum: with a queue and m > 0, the keys (queued rows, positives) come from momentum copies of
+            the heads (``key_s``, ``key_t``; no gradient); 0: from the online heads.
     """
 
     def __init__(
@@ -161,6 +169,7 @@ class CRDLoss(nn.Module):
         z_momentum: float = 0.99,
         seed: int = 0,
         queue_size: int | None = None,
+        key_momentum: float = 0.0,
     ):
         super().__init__()
         for name, value in (("student_dim", student_dim), ("teacher_dim", teacher_dim), ("feat_dim", feat_dim)):
@@ -174,6 +183,33 @@ class CRDLoss(nn.Module):
         else:
             self.memory = QueueMemory(n_data, queue_size, feat_dim, z_mode, z_momentum, seed)
         self._work = (Workspace(), Workspace())  # scratch of the two directions, not state
+        self.key_momentum = check_fraction("key_momentum", key_momentum) if queue_size is not None else 0.0
+        if self.key_momentum > 0:
+            self.key_s, self.key_t = copy.deepcopy(self.embed_s), copy.deepcopy(self.embed_t)
+            for param in (*self.key_s.parameters(), *self.key_t.parameters()):
+                param.requires_grad_(False)
+        self._keys_synced = False
+
+    @torch.no_grad()
+    def _update_keys(self) -> None:
+        """Key heads <- m * key heads + (1 - m) * online heads (broadcast from rank 0 once first)."""
+        pairs = list(zip((*self.key_s.parameters(), *self.key_t.parameters()),
+                         (*self.embed_s.parameters(), *self.embed_t.parameters())))
+        if not self._keys_synced and dist_world()[1] > 1:
+            for key, _ in pairs:
+                dist.broadcast(key, src=0)
+        self._keys_synced = True
+        for key, online in pairs:
+            key.mul_(self.key_momentum).add_(online.detach(), alpha=1 - self.key_momentum)
+
+    def keys(self, student_emb: Tensor, teacher_emb: Tensor, v_s: Tensor, v_t: Tensor) -> tuple[Tensor, Tensor]:
+        """The keys (B, d) of the batch, detached: from the key heads (updated first in training), else v_s, v_t."""
+        if self.key_momentum == 0:
+            return v_s.detach(), v_t.detach()
+        if self.training:
+            self._update_keys()
+        with torch.no_grad():
+            return self.key_s(student_emb.detach()).float(), self.key_t(teacher_emb.detach()).float()
 
     def forward(self, student_emb: Tensor, teacher_emb: Tensor, indices: Tensor, negatives: Tensor | None,
                 positives: Tensor | None = None) -> Tensor:
@@ -199,7 +235,8 @@ class CRDLoss(nn.Module):
         idx = indices.to(device, torch.long)
         rows = idx if positives is None else positives.to(device, torch.long)
         negatives = None if negatives is None else negatives.to(device, torch.long)
-        pos_s, pos_t = mem.positives(rows, v_s, v_t)  # positives of the student / teacher anchors
+        k_s, k_t = self.keys(student_emb, teacher_emb, v_s, v_t)
+        pos_s, pos_t = mem.positives(rows, k_s, k_t)  # positives of the student / teacher anchors
         # The value of contrast_scores + nce_loss, with the gradient written out by hand
         # (nce.nce_loss_and_grad): far fewer (B, K+1) temporaries, see docs/BENCHMARKS.md.
         work_s, work_t = self._work
@@ -216,7 +253,7 @@ class CRDLoss(nn.Module):
             grad_t = None if g_t is None else back_t(g_t).mul_(scale)
             loss = with_gradient(loss_s, v_s, grad_s) + with_gradient(loss_t, v_t, grad_t)
         if self.training:
-            mem.update(idx, v_s, v_t)
+            mem.update(idx, *((v_s, v_t) if bank else (k_s, k_t)))
         return loss
 
 
@@ -232,8 +269,8 @@ class CRD(Term):
         student_dim: Ds.  teacher_dims: M teacher embedding sizes.
         train_labels: (N,) labels of the training set (N = bank rows, class negatives), UNLABELLED where hidden.
         teacher_weights: M weights (normalised to sum 1).
-        feat_dim, nce_k, nce_t, momentum, z_mode, negatives_mode, negatives, positive, memory, queue_size:
-            as :class:`CRDKnobs`.
+        feat_dim, nce_k, nce_t, momentum, z_mode, negatives_mode, negatives, positive, memory, queue_size,
+        key_momentum: as :class:`CRDKnobs` (``key_momentum`` defaults to 0 here, 0.99 in the config).
         seed: seeds the sampler and the memories (teacher m's banks: seed + 1 + m; its queues: seed + 2m
             and seed + 2m + 1).
     """
@@ -255,6 +292,7 @@ class CRD(Term):
         positive: str = "exact",
         memory: str = "bank",
         queue_size: int | None = None,
+        key_momentum: float = 0.0,
         seed: int = 0,
     ):
         super().__init__()
@@ -275,7 +313,8 @@ class CRD(Term):
             self.sampler = NegativeSampler(pool, nce_k, "uniform", seed) if queue > nce_k else None
         self.crds = nn.ModuleList(
             CRDLoss(student_dim, dim, self.n_data, feat_dim, nce_t, momentum, z_mode,
-                    seed=seed + 1 + m if queue is None else seed + 2 * m, queue_size=queue)
+                    seed=seed + 1 + m if queue is None else seed + 2 * m, queue_size=queue,
+                    key_momentum=key_momentum)
             for m, dim in enumerate(teacher_dims)
         )
 
@@ -321,7 +360,7 @@ def build(ctx: TermContext, knobs: CRDKnobs) -> CRD:
         teacher_weights=ctx.teacher_weights, feat_dim=knobs.feat_dim, nce_k=knobs.nce_k, nce_t=knobs.nce_t,
         momentum=knobs.momentum, z_mode=knobs.z_mode, negatives_mode=knobs.negatives_mode,
         negatives=knobs.negatives, positive=knobs.positive, memory=knobs.memory, queue_size=knobs.queue_size,
-        seed=ctx.seed,
+        key_momentum=knobs.key_momentum, seed=ctx.seed,
     )
 
 
