@@ -19,7 +19,7 @@ the sum of both NCE terms (``nce.py``); afterwards (training, no grad) both memo
   The queue's keys (the rows it takes, and the positives) come from momentum copies of the two heads,
   MoCo's key encoder (``key_momentum`` m: k <- m k + (1 - m) q every training step; 0: the online heads).
   Without them the keys of a fast-moving head disagree with each other and CRD with a queue lost 8 points
-  on Fashion-MNIST, where the bank gains (docs/RESULTS.md, section 10).
+  on Fashion-MNIST; with them it is within noise of the bank (docs/RESULTS.md, section 10).
 
 Label use: class negatives (per anchor) and relaxed positives read labels, so with
 ``data.labeled_fraction < 1`` such a CRD sees the labelled rows only; with shared or uniform negatives and
