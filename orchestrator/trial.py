@@ -11,7 +11,9 @@ Metrics flow worker -> ``ray.train.report`` -> ``TuneReportCallback`` -> Tune
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import ray.tune
@@ -137,7 +139,7 @@ def _launch(cfg: Config, ctx: TrialContext, run_id: str, seeds: list[int], *, na
     from orchestrator.tracking import run_scope
 
     client = MlflowClient(tracking_uri=ctx.tracking_uri)
-    with run_scope(client, run_id, expected_epochs=cfg.train.epochs):
+    with run_scope(client, run_id, expected_epochs=cfg.train.epochs), _stopped_by_tune():
         launch(cfg, {
             "seeds": seeds,
             "teachers": ctx.teachers,
@@ -147,3 +149,29 @@ def _launch(cfg: Config, ctx: TrialContext, run_id: str, seeds: list[int], *, na
             "mlflow_run_id": run_id,
             "evaluate_test": evaluate_test,
         }, name=name, storage_path=os.path.join(ctx.storage_path, "train"))
+
+
+
+def tune_stop_signal() -> Callable[[], bool]:
+    """Whether Tune has asked this trial to stop (ASHA, or the end of the search), as a function to call later.
+    The trial's thread learns it only at its next report, with SystemExit; a worker-group trial waits in
+    ``fit()`` instead, and Tune removes the trial's placement group, and with it the Train controller, first.
+    Tune sets the trial session's stop event, then drops the session: so it is taken now."""
+    from ray.train._internal.session import get_session
+
+    session = get_session()
+    return (lambda: False) if session is None else session.stop_event.is_set
+
+
+@contextlib.contextmanager
+def _stopped_by_tune() -> Iterator[None]:
+    """An error raised once Tune is stopping this trial (``ActorDiedError``: the Train controller died with
+    the trial's placement group) becomes SystemExit, as if the trial had learnt it at a report: the trial was
+    stopped, it did not fail (:func:`orchestrator.tracking.run_scope`)."""
+    stopping = tune_stop_signal()
+    try:
+        yield
+    except Exception as exc:
+        if stopping():
+            raise SystemExit(0) from exc
+        raise
