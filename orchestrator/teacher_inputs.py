@@ -63,15 +63,17 @@ def views_bytes(cfg: Config, choice: TeacherInputs, num_train: int, num_classes:
     return bytes_per_epoch(num_train, choice.needs.fields, cfg.teacher.view_topk, num_classes, embedding_dim)
 
 
-def describe(cfg: Config, choice: TeacherInputs, num_train: int, num_classes: int, embedding_dim: int | None) -> str:
-    """One line for ``--dry-run``: where the trials' teacher outputs come from, and for views what and how much."""
+def describe(cfg: Config, choice: TeacherInputs, num_train: int, num_classes: int, embedding_dim: int | None,
+             readers: str = "trial") -> str:
+    """One line for ``--dry-run``: where the ``readers``' (a sweep's trials, the ensemble pipeline's distillation
+    stages) teacher outputs come from, and for views what and how much (per teacher)."""
     fields = " + ".join(sorted(choice.needs.fields) + [f"features[{s}]" for s in choice.needs.stages])
     if choice.kind == "none":
         return "teacher outputs: none (no objective of the space reads the teacher)"
     if choice.kind == "live":
-        return f"teacher outputs: live, on every batch of every trial ({choice.reason})"
+        return f"teacher outputs: live, on every batch of every {readers} ({choice.reason})"
     if choice.kind == "cached":
-        return f"teacher outputs: {fields} computed once on the un-augmented train split, shared by every trial"
+        return f"teacher outputs: {fields} computed once on the un-augmented train split, shared by every {readers}"
     epochs = cfg.train.epochs
     size = ""
     if embedding_dim is not None:
@@ -81,10 +83,10 @@ def describe(cfg: Config, choice: TeacherInputs, num_train: int, num_classes: in
     logits = f"top-{cfg.teacher.view_topk} logits" if 0 < cfg.teacher.view_topk < num_classes else "logits"
     stored = " + ".join(logits if f == registry.LOGITS else f
                         for f in (registry.LOGITS, registry.EMBEDDING) if f in choice.needs.fields)
-    where = "in the sweep's process, as trials run in-process" if in_process(cfg) else "by one Ray task per teacher"
+    where = f"in this process, as {readers}s run in-process" if in_process(cfg) else "by one Ray task per teacher"
     return (f"teacher outputs: shared view cache: {stored} in fp16 of each augmented view (seed, epoch, index), "
             f"seeds {list(choice.seeds)} x {epochs} epochs x {num_train} images, built once before the first "
-            f"trial ({where}; on a GPU if the cluster has one), read by every trial{size}")
+            f"{readers} ({where}; on a GPU if the cluster has one), read by every {readers}{size}")
 
 
 def plan_line(cfg: Config, configs, data) -> str:

@@ -34,10 +34,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 from orchestrator import tracking
 from orchestrator.config import Config, ConfigError, pipeline_output_dir, pipeline_teachers
-from pipelines.ensemble_pipeline import EnsemblePipeline
+from pipelines.ensemble_pipeline import EnsemblePipeline, distill_configs
 from pipelines.teachers import build_parser as teachers_parser
 from pipelines.teachers import parse_cli
 
@@ -60,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def dry_run(cfg: Config) -> None:
+def dry_run(cfg: Config, data) -> None:
+    from orchestrator.teacher_inputs import choose, describe
     from pipelines.teachers import teacher_path
 
     print("teachers:")
@@ -75,6 +77,10 @@ def dry_run(cfg: Config) -> None:
     how = (f"sweep over '{c.sweep.search_space}' ({c.sweep.num_samples} trials)" if cfg.pipeline.sweep
            else f"one run: {c.distill.method}, {c.train.epochs} epochs, lr {c.train.lr}")
     print(f"student: {c.model.student}; ensemble distillation: {how}")
+    inputs = choose(cfg, distill_configs(cfg, len(data.train)))
+    if inputs.kind == "views" and not cfg.pipeline.sweep:  # both distillation stages train on cfg.seed
+        inputs = replace(inputs, seeds=(cfg.seed,))
+    print(describe(cfg, inputs, len(data.train), data.num_classes, None, readers="distillation stage"))
     print(f"stages: {', '.join(STAGES)}; folder {pipeline_output_dir(cfg)}")
     print("dry run: nothing was started")
 
@@ -99,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
-        dry_run(cfg)
+        dry_run(cfg, data)
         return 0
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     try:

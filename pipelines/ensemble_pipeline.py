@@ -48,6 +48,16 @@ def run_payload(cfg: Config) -> dict:
             "distill": to_dict(cfg.distill), "train": to_dict(cfg.train), "cache_outputs": cfg.teacher.cache_outputs}
 
 
+def distill_configs(cfg: Config, num_train: int) -> list[Config]:
+    """Every config a distillation stage of the pipeline can train with: ``cfg``, or with ``--sweep`` every
+    config of ``sweep.search_space``."""
+    if not cfg.pipeline.sweep:
+        return [cfg]
+    from orchestrator.search import load_space, possible_configs
+
+    return possible_configs(load_space(cfg.sweep.search_space, cfg, num_train), cfg)
+
+
 class EnsemblePipeline:
     def __init__(self, cfg: Config, data, uri: str, client):
         self.cfg, self.data, self.uri, self.client = cfg, data, uri, client
@@ -299,13 +309,7 @@ class EnsemblePipeline:
     @functools.cached_property
     def _pipeline_inputs(self) -> TeacherInputs:
         """``choose`` over every config a distillation run of this pipeline can train with."""
-        configs = [self.cfg]
-        if self.cfg.pipeline.sweep:
-            from orchestrator.search import load_space, possible_configs
-
-            space = load_space(self.cfg.sweep.search_space, self.cfg, len(self.data.train))
-            configs = possible_configs(space, self.cfg)
-        return choose(self.cfg, configs)
+        return choose(self.cfg, distill_configs(self.cfg, len(self.data.train)))
 
     def _build_views(self, runs: dict[str, tuple[Config, list[str]]]) -> dict[str, list[str]]:
         """stage -> its teachers' view caches (``data.augment``), for the runs (stage -> (config, teachers)) that

@@ -141,3 +141,16 @@ def test_augmented_pipeline_end_to_end_then_rerun(ray_session, isolated_cache, t
     out = capsys.readouterr().out
     assert "stage " not in out.replace("reusing stage", "") and "shared view cache" not in out
     assert _stage_tags(uri)["distill_ensemble"] == ["seed 0: view cache"] * 2
+
+
+def test_dry_run_says_what_the_distillation_stages_read_from_their_teachers(capsys):
+    from pipelines.ensemble import main
+
+    assert main(["--dry-run", *TINY, "data.augment=true"]) == 0
+    out = capsys.readouterr().out
+    assert "teacher outputs: shared view cache: logits in fp16" in out
+    assert "seeds [0] x 2 epochs" in out and "read by every distillation stage" in out
+    assert "nothing was started" in out
+    assert main(["--dry-run", *TINY]) == 0
+    assert ("teacher outputs: logits computed once on the un-augmented train split, shared by every distillation "
+            "stage") in capsys.readouterr().out
