@@ -53,10 +53,10 @@ def run_trial(sampled: dict, ctx: TrialContext) -> None:
     trial_id = tune_ctx.get_trial_id()
     number = trial_number(tune_ctx.get_trial_dir(), trial_id)
     cfg = trial_config(from_dict(ctx.base), sampled)
-    run_id = _open_run(ctx, trial_id, f"trial-{number:03d}", "trial",
-                       {"trial_id": trial_id, "trial_number": str(number)},
-                       {**flatten(to_dict(cfg)), **{f"sampled.{k}": v for k, v in sampled.items()}})
-    if run_id is None:
+    run_id, ended = _open_run(ctx, trial_id, f"trial-{number:03d}", "trial",
+                              {"trial_id": trial_id, "trial_number": str(number)},
+                              {**flatten(to_dict(cfg)), **{f"sampled.{k}": v for k, v in sampled.items()}})
+    if ended:
         return
     _launch(cfg, ctx, run_id, search_seeds(from_dict(ctx.base)), name=f"{cfg.name}-{trial_id}")
 
@@ -67,11 +67,12 @@ def run_job(config: dict, ctx: TrialContext) -> None:
     job = config["job"]
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = apply_overrides(from_dict(ctx.base), job["overrides"])
-    run_id = _open_run(ctx, trial_id, f"{job['label']} seed {job['seed']}", "confirm",
-                       {"trial_id": trial_id, "job": job["key"], "config_label": job["label"], "seed": str(job["seed"])},
-                       {**flatten(to_dict(cfg)), "seed": job["seed"]})
-    if run_id is None:  # it ended before its driver died: what it reported last, again
-        ray.tune.report(_finished_job_result(ctx, trial_id, cfg))
+    run_id, ended = _open_run(
+        ctx, trial_id, f"{job['label']} seed {job['seed']}", "confirm",
+        {"trial_id": trial_id, "job": job["key"], "config_label": job["label"], "seed": str(job["seed"])},
+        {**flatten(to_dict(cfg)), "seed": job["seed"]})
+    if ended:  # it ended before its driver died: what it reported last, again
+        ray.tune.report(_finished_job_result(ctx, trial_id, run_id, cfg))
         return
     _launch(cfg, ctx, run_id, [job["seed"]], name=_job_run_name(cfg, trial_id), evaluate_test=True)
 
@@ -81,11 +82,11 @@ def _job_run_name(cfg: Config, trial_id: str) -> str:
     return f"{cfg.name}-confirm-{trial_id}"
 
 
-def _open_run(ctx: TrialContext, trial_id: str, name: str, kind: str, tags: dict, params: dict) -> str | None:
-    """The MLflow child run of this Tune trial under ``ctx.parent_run_id`` (a resumed trial continues its own);
-    None if that run already ended FINISHED (completed, or stopped by ASHA): the trial ended before its driver
-    died and Tune's restored state, saved earlier, did not know it yet. Nothing is to be trained again (a
-    confirmation job reports its result again: :func:`_finished_job_result`)."""
+def _open_run(ctx: TrialContext, trial_id: str, name: str, kind: str, tags: dict, params: dict) -> tuple[str, bool]:
+    """(id, ended) of the MLflow child run of this Tune trial under ``ctx.parent_run_id`` (a resumed trial
+    continues its own). ``ended``: that run already ended FINISHED (completed, or stopped by ASHA): the trial
+    ended before its driver died and Tune's restored state, saved earlier, did not know it yet. Nothing is to be
+    trained again (a confirmation job reports its result again: :func:`_finished_job_result`)."""
     from mlflow.tracking import MlflowClient
 
     from orchestrator.tracking import log_params, reopen_run, start_run
@@ -94,12 +95,12 @@ def _open_run(ctx: TrialContext, trial_id: str, name: str, kind: str, tags: dict
     run = _own_run(client, ctx, trial_id)
     if run is not None:
         if run.info.status == "FINISHED":
-            return None
+            return run.info.run_id, True
         reopen_run(client, run.info.run_id)
-        return run.info.run_id
+        return run.info.run_id, False
     run_id = start_run(client, ctx.experiment_id, name, kind, parent_id=ctx.parent_run_id, tags=tags)
     log_params(client, run_id, params)
-    return run_id
+    return run_id, False
 
 
 def _own_run(client, ctx: TrialContext, trial_id: str):
@@ -110,8 +111,8 @@ def _own_run(client, ctx: TrialContext, trial_id: str):
                  if r.data.tags.get("trial_id") == trial_id), None)
 
 
-def _finished_job_result(ctx: TrialContext, trial_id: str, cfg: Config) -> dict:
-    """What the confirmation job ``trial_id``, whose run ended FINISHED, reported last
+def _finished_job_result(ctx: TrialContext, trial_id: str, run_id: str, cfg: Config) -> dict:
+    """What the confirmation job ``trial_id``, whose run ``run_id`` ended FINISHED, reported last
     (:mod:`orchestrator.finished_job`); its final checkpoint is in the Tune trial's folder (in-process) or in
     its Train run's (a worker group). If it cannot be read back whole, the run's error tag says why and the
     job fails."""
@@ -121,7 +122,6 @@ def _finished_job_result(ctx: TrialContext, trial_id: str, cfg: Config) -> dict:
     from orchestrator.tracking import ERROR, set_tags
 
     client = MlflowClient(tracking_uri=ctx.tracking_uri)
-    run_id = _own_run(client, ctx, trial_id).info.run_id
     folders = [ray.tune.get_context().get_storage().trial_fs_path,
                os.path.join(ctx.storage_path, "train", _job_run_name(cfg, trial_id))]
     try:

@@ -97,9 +97,9 @@ def test_runs_left_running_are_closed_killed_on_resume_and_finished_trials_are_n
 
     ctx = TrialContext(base={}, teachers=[], teacher_outputs=[], storage_path=str(tmp_path), tracking_uri=uri,
                        experiment_id=exp, parent_run_id=parent)
-    assert _open_run(ctx, "a", "trial-001", "trial", {}, {}) == running  # a resumed trial continues its run
+    assert _open_run(ctx, "a", "trial-001", "trial", {}, {}) == (running, False)  # a resumed trial continues its run
     assert client.get_run(running).info.status == "RUNNING"
-    assert _open_run(ctx, "b", "trial-002", "trial", {}, {}) is None  # one that had ended is not run again
+    assert _open_run(ctx, "b", "trial-002", "trial", {}, {}) == (done, True)  # one that had ended is not run again
     assert client.get_run(done).info.status == "FINISHED"
 
 
