@@ -129,20 +129,22 @@ def table(results: dict[str, dict[str, dict]], methods: list[str], seeds: list[i
     return out
 
 
-def plot(results: dict[str, dict[str, dict]], methods: list[str], path: Path) -> Path:
-    """Paired gain over the student alone per method: mean and 95% interval, in points."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+def paired_gains(results: dict[str, dict[str, dict]], methods: list[str]) -> list[tuple[str, object]]:
+    """(method, its paired gain over the student alone of ``results``) for the methods that have runs."""
     from orchestrator.stats import paired_gain
 
     alone = {int(s): r["test"] for s, r in results.get(ALONE, {}).items()}
-    rows = []
-    for method in methods:
-        gain = paired_gain({int(s): r["test"] for s, r in results.get(method, {}).items()}, alone)
-        if gain.n:
-            rows.append((method, gain))
-    rows.sort(key=lambda item: item[1].mean, reverse=True)
+    gains = [(m, paired_gain({int(s): r["test"] for s, r in results.get(m, {}).items()}, alone)) for m in methods]
+    return [(m, gain) for m, gain in gains if gain.n]
+
+
+def plot(gains: list[tuple[str, object]], path: Path) -> Path:
+    """Paired gains over the student alone (:func:`paired_gains`, possibly of several runs): mean and 95%
+    interval, in points, largest first."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = sorted(gains, key=lambda item: item[1].mean, reverse=True)
     fig = Figure(figsize=(7, 0.32 * len(rows) + 1.4))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -259,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n\n".join(t.markdown() for t in tables)
     (args.out / "table.md").write_text(text + "\n")
     print(text)
-    print(f"plot: {plot(results, methods, args.out / 'gains.png')}")
+    print(f"plot: {plot(paired_gains(results, methods), args.out / 'gains.png')}")
     return 0
 
 
