@@ -103,8 +103,12 @@ def train(cfg, data, teacher_path: str, seed: int) -> dict:
     start = time.perf_counter()
     teachers, outputs = teacher_inputs(cfg, data, teacher_path)
     trainer = Trainer(cfg, data, teachers, teacher_outputs=outputs)
-    for _ in range(cfg.train.epochs):  # a pre-stage, if any, runs inside the first epoch
-        trainer.train_one_epoch()
+    for epoch in range(1, cfg.train.epochs + 1):  # a pre-stage, if any, runs inside the first epoch
+        metrics = trainer.train_one_epoch()
+        prestage = f"{metrics['prestage/epochs']} pre-stage epochs, then " if "prestage/epochs" in metrics else ""
+        print(f"    {cfg.distill.method} seed {seed}: {prestage}epoch {epoch}/{cfg.train.epochs}, "
+              f"train loss {metrics['train/loss']:.4f}, {metrics['throughput/train_img_s']:.0f} img/s, "
+              f"{(time.perf_counter() - start) / 60:.1f} min", flush=True)
     return {"test": trainer.evaluate("test")["acc1"], "val": trainer.evaluate("val")["acc1"],
             "seconds": time.perf_counter() - start}
 

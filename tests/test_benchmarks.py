@@ -175,6 +175,7 @@ def test_methods_quick_pairs_gains_resumes_and_refuses_bad_input(isolated_cache,
     assert methods.main(["--quick", "--methods", "kd", "ce+sp", "--seeds", "1", "2", "--out", str(out), store]) == 0
     text = capsys.readouterr().out
     assert "6 runs to do" in text and "| `kd`" in text and "| `ce+sp`" in text and "[" in text
+    assert "kd seed 2: epoch 2/2, train loss" in text  # progress within a run
     stored = json.loads((out / "results.json").read_text())
     assert sorted(stored) == ["ce", "ce+sp", "kd"] and all(sorted(v) == ["1", "2"] for v in stored.values())
     assert (out / "gains.png").stat().st_size > 0
