@@ -60,29 +60,31 @@ def estimated_bytes(model: nn.Module, data: DataBundle, needs: Needs) -> int:
 
 
 def ensure_outputs(
-    model: nn.Module, cfg: Config, data: DataBundle, needs: Needs = OUTPUTS
+    model: nn.Module, cfg: Config, data: DataBundle, needs: Needs = OUTPUTS, too_big: str = "the teacher runs live instead"
 ) -> tuple[Path | None, float | None]:
     """(the cache file of ``model``'s outputs on ``data.train_eval`` (the fields ``needs`` names), the seconds
     spent computing it now, or None when the file was there). The sweep and the pipeline both call this.
-    (None, None) when the file would exceed ``teacher.cache_max_gb``: the teacher then runs live."""
+    (None, None) when the file would exceed ``teacher.cache_max_gb``: the teacher then runs live, or what the
+    caller does instead, which the printed line ends with (``too_big``)."""
     path = cache_path(model, cfg, needs)
     if path.is_file():
         return path, None
     size = estimated_bytes(model, data, needs)
     if size > cfg.teacher.cache_max_gb * 2**30:
         print(f"teacher outputs for {', '.join([*sorted(needs.fields), *needs.stages])} would take {size / 2**30:.1f} GiB "
-              f"(> teacher.cache_max_gb={cfg.teacher.cache_max_gb:g}): the teacher runs live instead", flush=True)
+              f"(> teacher.cache_max_gb={cfg.teacher.cache_max_gb:g}): {too_big}", flush=True)
         return None, None
     start = time.perf_counter()
     compute_teacher_outputs(model, data.train_eval, cfg.data.eval_batch_size, needs=needs).save(path)
     return path, time.perf_counter() - start
 
 
-def teacher_outputs_file(teacher: str, cfg: Config, data: DataBundle, needs: Needs = OUTPUTS) -> Path | None:
+def teacher_outputs_file(teacher: str, cfg: Config, data: DataBundle, needs: Needs = OUTPUTS,
+                         too_big: str = "the teacher runs live instead") -> Path | None:
     """The cache file of ``teacher``'s outputs on ``data.train_eval`` (the fields ``needs`` names),
     computed now if missing; None (the teacher then runs live) if it would exceed ``teacher.cache_max_gb``."""
     model = load_teacher(teacher, data.num_classes, data.in_channels, data.image_size)
-    path, seconds = ensure_outputs(model, cfg, data, needs)
+    path, seconds = ensure_outputs(model, cfg, data, needs, too_big)
     if seconds is not None:
         print(f"teacher outputs for {len(data.train_eval)} training images computed once ({seconds:.1f} s) -> {path}",
               flush=True)

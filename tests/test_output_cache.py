@@ -170,7 +170,9 @@ def test_sweep_caches_the_vector_fields_when_feature_maps_exceed_the_limit(small
     cfg = apply_overrides(cfg, {"sweep.search_space": str(space), "sweep.storage_path": str(tmp_path / "runs"),
                                 "teacher.cache_max_gb": 2 * vectors / 2**30})  # vectors fit, feature maps don't
     [path] = outputs_for([str(tmp_path / "t" / "teacher.pt")], make_plan(cfg, len(data.train)), data)
-    assert "trials of at read feature maps and run the teacher live" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "trials of at read feature maps and run the teacher live" in printed
+    assert "trying the vector fields alone" in printed and "the teacher runs live instead" not in printed
     cache = CachedTeacherOutputs.load(path)
     assert not cache.features
     assert cache.covers(registry.teacher_needs(apply_overrides(cfg, {"distill.method": "kd"}).distill))

@@ -36,8 +36,10 @@ def outputs_for(teachers: list[str], plan: Plan, data: DataBundle, tracking_uri:
     configs = possible_configs(plan.space, cfg)
     choice = choose(cfg, configs)
     if choice.kind == "cached":
-        paths = [teacher_outputs_file(t, cfg, data, choice.needs) for t in teachers]
-        if None in paths and choice.needs.stages and choice.needs.fields:  # feature maps too big: vectors only
+        vectors_next = bool(choice.needs.stages and choice.needs.fields)
+        too_big = "trying the vector fields alone" if vectors_next else "the teacher runs live instead"
+        paths = [teacher_outputs_file(t, cfg, data, choice.needs, too_big) for t in teachers]
+        if None in paths and vectors_next:  # feature maps too big: vectors only
             vectors = registry.Needs(choice.needs.fields)
             paths = [teacher_outputs_file(t, cfg, data, vectors) for t in teachers]
             if None not in paths:
