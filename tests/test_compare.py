@@ -302,3 +302,23 @@ def test_compare_after_real_sweep_on_real_server(mlflow_server, ray_session, tmp
                 "param_distill.method.png", "param_distill.kd.temperature.png"} <= names
         for png in pngs:
             assert_png(png)
+
+
+def test_plots_stay_readable_with_the_zoo_s_many_methods_and_a_long_importance_note(tmp_path):
+    """The zoo space's ~22 method names get slanted ticks, and an importance note naming ~20 left-out knobs
+    wraps: matplotlib's constrained layout used to collapse on it (a UserWarning, labels cut off)."""
+    import warnings
+
+    from orchestrator.report.plots import _figure, category_ticks, plot_importance
+
+    ax = _figure().add_subplot()
+    category_ticks(ax, [f"method{i}" for i in range(22)])
+    assert {t.get_rotation() for t in ax.get_xticklabels()} == {45.0}
+    category_ticks(ax, ["kd", "crd"])
+    assert {t.get_rotation() for t in ax.get_xticklabels()} == {0.0}
+    note = "PED-ANOVA on 24 finished trials; a single value among the trials that drew it, left out: " + ", ".join(
+        f"distill.method{i}.weight" for i in range(20))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_png(plot_importance([("zoo", {"train.lr": 0.9, "distill.kd.temperature": 0.1}, note)],
+                                   tmp_path / "importance.png"))

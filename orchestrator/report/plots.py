@@ -4,6 +4,7 @@ no pyplot state or backend is touched."""
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +55,9 @@ def _markers(ax, x, y, colour, outcome, label=None) -> None:
 def plot_param(board: pd.DataFrame, key: str, metric: str, labels: list[str], path: Path) -> Path:
     score = f"best {metric}"
     data = board.dropna(subset=[score, key]) if key in board else board.iloc[0:0]
-    fig = _figure()
-    ax = fig.add_subplot()
     numeric = pd.api.types.is_numeric_dtype(board[key]) if key in board else False
+    fig = _figure(width=7 if numeric or key not in data else max(7.0, 0.35 * data[key].nunique()))
+    ax = fig.add_subplot()
     rng = np.random.default_rng(0)
     if numeric:
         values = data[key].astype(float)
@@ -77,8 +78,7 @@ def plot_param(board: pd.DataFrame, key: str, metric: str, labels: list[str], pa
             if len(part):
                 xs = [cats.index(str(v)) + rng.uniform(-0.15, 0.15) for v in part[key]]
                 _markers(ax, xs, part[score], _colour(i), part["outcome"], label)
-        ax.set_xticks(range(len(cats)), cats)
-        ax.set_xlim(-0.6, len(cats) - 0.4)
+        category_ticks(ax, cats)
     ax.set_xlabel(key)
     ax.set_ylabel(score)
     ax.set_title(f"{score} against {key}" + ("" if numeric else "  (bar: median)"))
@@ -90,6 +90,12 @@ def plot_param(board: pd.DataFrame, key: str, metric: str, labels: list[str], pa
     ax.annotate("filled: completed, hollow: stopped early", (0.99, 0.01), xycoords="axes fraction",
                 ha="right", va="bottom", fontsize=7, color="gray")
     return _save(fig, path)
+
+
+def category_ticks(ax, cats: list[str]) -> None:
+    """One x tick per category; slanted when there are more than 6 (the zoo's ~22 method names)."""
+    ax.set_xticks(range(len(cats)), cats, rotation=45 if len(cats) > 6 else 0, ha="right" if len(cats) > 6 else "center")
+    ax.set_xlim(-0.6, len(cats) - 0.4)
 
 
 def plot_learning_curves(client: MlflowClient, board: pd.DataFrame, histories: dict[str, pd.Series], metric: str,
@@ -142,9 +148,11 @@ def plot_history(board: pd.DataFrame, labels: list[str], metric: str, mode: str,
 
 
 def plot_importance(results: list[tuple[str, dict, str]], path: Path) -> Path:
-    fig = _figure(8, 1.2 + 2.6 * len(results))
+    """One panel per sweep: (label, {parameter: importance}, note); a long note wraps over several lines."""
+    titles = [textwrap.fill(f"{label}: {note}", 90) for label, _, note in results]
+    fig = _figure(8, 1.2 + sum(2.6 + 0.15 * title.count("\n") for title in titles))
     axes = np.atleast_1d(fig.subplots(len(results), 1, squeeze=False)[:, 0])
-    for ax, (label, imp, note) in zip(axes, results):
+    for ax, title, (_, imp, _) in zip(axes, titles, results):
         if imp:
             keys = list(imp)[::-1]
             ax.barh(keys, [imp[k] for k in keys], color=_colour(0))
@@ -154,7 +162,7 @@ def plot_importance(results: list[tuple[str, dict, str]], path: Path) -> Path:
             ax.set_axis_off()
             ax.text(0.5, 0.5, "parameter importance not available", ha="center", va="center",
                     transform=ax.transAxes, fontsize=11)
-        ax.set_title(f"{label}: {note}", fontsize=9, loc="left")
+        ax.set_title(title, fontsize=9, loc="left")
     fig.suptitle("Parameter importance (Optuna)")
     return _save(fig, path)
 

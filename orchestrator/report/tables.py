@@ -159,5 +159,5 @@ def param_importances(trials: pd.DataFrame, params: list[str], metric: str, mode
     if len(done) < 10:
         note += " (few trials: indicative only)"
     if constant:
-        note += f"; constant, left out: {', '.join(constant)}"
+        note += f"; a single value among the trials that drew it, left out: {', '.join(constant)}"
     return {k: float(v) for k, v in result.items()}, note
