@@ -194,3 +194,19 @@ def test_methods_tune_finds_each_methods_own_space():
     assert {methods.space_for(m).stem for m in methods.default_methods()} >= {"dml", "dogo", "seed", "kdsvd"}
     with pytest.raises(ValueError, match="no search space"):
         methods.space_for("ce+kd+dist")
+
+
+def test_selection_row_shows_the_student_alone_at_the_chosen_configs_optimiser_settings():
+    """A confirmation with two students alone (one per learning rate) shows the one the chosen config's gain is
+    paired with: the chosen paper default at lr 0.1 is not compared with the student alone at lr 0.28."""
+    import selection
+
+    def cand(label, role, params, mean):
+        return {"label": label, "role": role, "params": params, "test_mean": mean, "test_sd": 0.001}
+
+    summary = {"chosen": "trial 1 (paper default)", "gain_vs_alone": None, "gain_vs_paper_default": None, "wall_s": 60,
+               "candidates": [cand("trial 8", "tuned", {"train.lr": 0.28, "distill.method": "kd"}, 0.864),
+                              cand("trial 1 (paper default)", "paper", {"train.lr": 0.1, "distill.method": "kd"}, 0.871),
+                              cand("student alone", "alone", {"train.lr": 0.28}, 0.872),
+                              cand("student alone", "alone", {"train.lr": 0.1}, 0.863)]}
+    assert selection.row(0, summary)[4] == "86.30 ± 0.10"
