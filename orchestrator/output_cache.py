@@ -59,8 +59,11 @@ def estimated_bytes(model: nn.Module, data: DataBundle, needs: Needs) -> int:
     return 4 * per_image * len(data.train_eval)
 
 
+RUNS_LIVE = "the teacher runs live instead"
+
+
 def ensure_outputs(
-    model: nn.Module, cfg: Config, data: DataBundle, needs: Needs = OUTPUTS, too_big: str = "the teacher runs live instead"
+    model: nn.Module, cfg: Config, data: DataBundle, needs: Needs = OUTPUTS, too_big: str = RUNS_LIVE
 ) -> tuple[Path | None, float | None]:
     """(the cache file of ``model``'s outputs on ``data.train_eval`` (the fields ``needs`` names), the seconds
     spent computing it now, or None when the file was there). The sweep and the pipeline both call this.
@@ -80,7 +83,7 @@ def ensure_outputs(
 
 
 def teacher_outputs_file(teacher: str, cfg: Config, data: DataBundle, needs: Needs = OUTPUTS,
-                         too_big: str = "the teacher runs live instead") -> Path | None:
+                         too_big: str = RUNS_LIVE) -> Path | None:
     """The cache file of ``teacher``'s outputs on ``data.train_eval`` (the fields ``needs`` names),
     computed now if missing; None (the teacher then runs live) if it would exceed ``teacher.cache_max_gb``."""
     model = load_teacher(teacher, data.num_classes, data.in_channels, data.image_size)

@@ -17,7 +17,7 @@ from orchestrator.config import Config, from_dict, to_dict
 from orchestrator.data import DataBundle, build_data
 from orchestrator.distill import registry
 from orchestrator.launcher import in_process
-from orchestrator.output_cache import ensure_views, teacher_outputs_file
+from orchestrator.output_cache import RUNS_LIVE, ensure_views, teacher_outputs_file
 from orchestrator.plan import Plan
 from orchestrator.search import possible_configs
 from orchestrator.teacher_inputs import TeacherInputs, choose, views_bytes
@@ -37,7 +37,7 @@ def outputs_for(teachers: list[str], plan: Plan, data: DataBundle, tracking_uri:
     choice = choose(cfg, configs)
     if choice.kind == "cached":
         vectors_next = bool(choice.needs.stages and choice.needs.fields)
-        too_big = "trying the vector fields alone" if vectors_next else "the teacher runs live instead"
+        too_big = "trying the vector fields alone" if vectors_next else RUNS_LIVE
         paths = [teacher_outputs_file(t, cfg, data, choice.needs, too_big) for t in teachers]
         if None in paths and vectors_next:  # feature maps too big: vectors only
             vectors = registry.Needs(choice.needs.fields)
@@ -101,7 +101,7 @@ def build_teacher_views(teacher: str, cfg, choice: TeacherInputs, tracking_uri: 
     total = per_epoch * cfg.train.epochs * len(choice.seeds)
     if total > cfg.teacher.cache_max_gb * 2**30:
         print(f"teacher views would take {total / 2**30:.1f} GiB (> teacher.cache_max_gb="
-              f"{cfg.teacher.cache_max_gb:g}): the teacher runs live instead", flush=True)
+              f"{cfg.teacher.cache_max_gb:g}): {RUNS_LIVE}", flush=True)
         return None
     folders, built = ensure_views(model, cfg, data, choice.needs, choice.seeds, device="cuda" if gpu else "cpu")
     return [str(f) for f in folders], built, per_epoch
