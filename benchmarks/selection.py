@@ -54,10 +54,7 @@ def run_sweep(seed: int, overrides: list[str], folder: Path, cache: Path | None)
 
 def row(seed: int, s: dict) -> list[str]:
     chosen = next(c for c in s["candidates"] if c["label"] == s["chosen"])
-    alones = [c for c in s["candidates"] if c["role"] == "alone"]
-    # the student alone at the chosen config's optimiser settings (the one its gain is paired with)
-    alone = next((c for c in alones if all(chosen["params"].get(k) == v for k, v in c["params"].items())),
-                 alones[0] if alones else None)
+    alone = s["candidates"][s["chosen_alone"]] if s.get("chosen_alone") is not None else None
     return [
         str(seed), s["chosen"], _method(chosen), f"{100 * chosen['test_mean']:.2f} ± {100 * chosen['test_sd']:.2f}",
         f"{100 * alone['test_mean']:.2f} ± {100 * alone['test_sd']:.2f}" if alone else "-",

@@ -153,6 +153,7 @@ class Verdict:
         return {
             "confirmed": self.confirmed, "seeds": self.seeds, "chosen": self.chosen.label,
             "candidates": [c.summary() for c in self.cands],
+            "chosen_alone": next((i for i, c in enumerate(self.cands) if c is self.chosen.alone), None),
             "gain_vs_alone": self.vs_alone.as_dict() if self.vs_alone else None,
             "gain_vs_paper_default": self.vs_paper.as_dict() if self.vs_paper else None,
             "paper_default": self.paper.label if self.paper else None,

@@ -205,8 +205,10 @@ def test_selection_row_shows_the_student_alone_at_the_chosen_configs_optimiser_s
         return {"label": label, "role": role, "params": params, "test_mean": mean, "test_sd": 0.001}
 
     summary = {"chosen": "trial 1 (paper default)", "gain_vs_alone": None, "gain_vs_paper_default": None, "wall_s": 60,
+               "chosen_alone": 3,  # summary.json names the chosen config's student alone by its index
                "candidates": [cand("trial 8", "tuned", {"train.lr": 0.28, "distill.method": "kd"}, 0.864),
                               cand("trial 1 (paper default)", "paper", {"train.lr": 0.1, "distill.method": "kd"}, 0.871),
                               cand("student alone", "alone", {"train.lr": 0.28}, 0.872),
                               cand("student alone", "alone", {"train.lr": 0.1}, 0.863)]}
     assert selection.row(0, summary)[4] == "86.30 ± 0.10"
+    assert selection.row(0, {**summary, "chosen_alone": None})[4] == "-"  # no baseline (sweep.baseline=false)

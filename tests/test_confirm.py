@@ -123,6 +123,21 @@ def test_decide_picks_the_best_mean_validation_accuracy():
     assert verdict.paper is paper
 
 
+def test_summary_names_the_student_alone_the_chosen_configs_gain_is_paired_with():
+    """Two students alone (the best-ranked config's lr and, trained after the choice, the chosen one's):
+    summary.json points at the chosen config's by its index among the candidates."""
+    first = Candidate("trial 8", {"train.lr": 0.28}, "tuned", 8, val={1: 0.85, 2: 0.85}, test={1: 0.86, 2: 0.86})
+    chosen = Candidate("trial 1 (paper default kd)", {"train.lr": 0.1}, "paper", 1,
+                       val={1: 0.88, 2: 0.88}, test={1: 0.87, 2: 0.88})
+    alones = [alone_for([first]), alone_for([chosen])]
+    for alone, acc in zip(alones, (0.87, 0.86)):
+        alone.val, alone.test = {1: acc, 2: acc}, {1: acc, 2: acc}
+    summary = json.loads(json.dumps(decide([first, chosen, *alones], [1, 2], 0.95, confirmed=True).as_dict()))
+    assert summary["chosen"] == "trial 1 (paper default kd)" and summary["chosen_alone"] == 3
+    assert summary["candidates"][3]["params"] == {"train.lr": 0.1}
+    assert summary["gain_vs_alone"]["mean"] == pytest.approx(0.015)
+
+
 def _histories(uri: str, key: str = "val/acc1") -> list[list[float]]:
     client = MlflowClient(uri)
     return [[m.value for m in sorted(client.get_metric_history(r.info.run_id, key), key=lambda m: m.step)]
@@ -154,4 +169,6 @@ def test_common_random_numbers_make_identical_configs_identical_and_top_k_0_is_u
     summary = json.loads(next((tmp_path / "runs").glob("tiny-*/summary.json")).read_text())
     assert summary["confirmed"] is False and summary["seeds"] == [3, 4]
     assert math.isfinite(summary["gain_vs_alone"]["mean"]) and summary["gain_vs_alone"]["n"] == 2
+    alone = summary["candidates"][summary["chosen_alone"]]  # the student alone the gain is paired with
+    assert alone["role"] == "alone" and alone["seeds"] == [3, 4]
     assert "confirm" not in {r.data.tags.get("stage") for r in kinds["stage"]}
