@@ -31,13 +31,19 @@ data: $(STAMP)
 sweep: setup
 	$(PY) -m orchestrator.sweep $(ARGS)
 
+# Tests run in TEST_WORKERS pytest-xdist processes (0: one process), each with its own Ray, temp dirs and caches
+# (tests/conftest.py); the end-to-end tests mostly wait on process start-up, so two overlap well on 2 cores.
+# --maxschedchunk 2: tests are handed out two at a time, so the long ones spread over the workers.
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist load --maxschedchunk 2
+
 # pytest exits 5 when it collects no test: that is a failure with its own message.
 test: setup
-	@$(PY) -m pytest $(PYTEST_ARGS); code=$$?; \
+	@$(PY) -m pytest $(XDIST) $(PYTEST_ARGS); code=$$?; \
 	if [ $$code = 5 ]; then echo "error: pytest collected no tests"; fi; exit $$code
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs mlflow.db mlruns .pytest_cache

@@ -1,12 +1,29 @@
-"""Shared fixtures: one Ray per test session (small, local), MLflow stores under tmp_path."""
+"""Shared fixtures: one Ray per test session (small, local), MLflow stores under tmp_path.
+
+Under pytest-xdist (``make test`` runs two workers) each worker is its own test session: its own Ray (temp dir
+``/tmp/distill-ray-tests-<worker>``), its own basetemp (so its own MLflow stores) and its own cache folder.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
+
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ... under pytest-xdist; "" otherwise
+if WORKER:  # teacher/output caches of tests that do not ask for isolated_cache: one folder per worker
+    from orchestrator.teachers import default_cache_dir
+
+    os.environ["DISTILL_CACHE_DIR"] = str(Path(default_cache_dir()) / f"xdist-{WORKER}")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow (end-to-end) tests first, in their collected order: spread over the xdist workers while the short
+    tests fill the end (no worker finishes its part long after the other)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +34,7 @@ def ray_session(tmp_path_factory):
     from orchestrator import cluster
 
     ray.shutdown()
-    os.environ["DISTILL_RAY_TMPDIR"] = "/tmp/distill-ray-tests"
+    os.environ["DISTILL_RAY_TMPDIR"] = "/tmp/distill-ray-tests" + (f"-{WORKER}" if WORKER else "")
     cluster.connect(None, num_cpus=4)
     yield ray
     ray.shutdown()

@@ -127,7 +127,8 @@ def test_one_trial_sweep_with_a_users_teacher(make, ray_session, isolated_cache,
     mlflow.set_tracking_uri(uri)
     path = tmp_path / "teacher.pt"
     extra = [f"teacher.checkpoint={path}", *make(path)]
-    args = tiny_args(tmp_path, *extra, "sweep.baseline=false", "train.epochs=1", "export.formats=[onnx]", samples=1)
+    args = tiny_args(tmp_path, *extra, "sweep.baseline=false", "sweep.confirm.top_k=0", "train.epochs=1",
+                     "export.formats=[onnx]", samples=1)  # the trial reads the teacher: no confirmation jobs
     assert main(args) == 0, capsys.readouterr().err
     assert "export onnx:" in capsys.readouterr().out
     (parent,) = runs_by_kind(uri)["sweep"]

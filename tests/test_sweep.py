@@ -234,7 +234,8 @@ def test_ctrl_c_leaves_no_run_running_and_resume_finishes(isolated_cache, tmp_pa
     import signal
 
     env = {**os.environ, "DISTILL_RAY_TMPDIR": f"/tmp/distill-ray-sigint-{os.getpid()}"}
-    args = [sys.executable, "-m", "orchestrator.sweep", *tiny_args(tmp_path, "sweep.max_concurrent=1", "train.epochs=3")]
+    args = [sys.executable, "-m", "orchestrator.sweep",  # the interrupted trial 1 resumes, trial 2 starts after it
+            *tiny_args(tmp_path, "sweep.max_concurrent=1", "train.epochs=3", samples=2)]
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
     for line in proc.stdout:  # interrupt once the first epoch of a trial has been reported
