@@ -164,6 +164,7 @@ class TrackingConfig:
 @dataclass
 class ExportConfig:
     formats: list[str] = field(default_factory=lambda: ["onnx"])  # the chosen student is exported to these
+    latency_threads: int = 1  # ONNX Runtime intra-op threads when a student's latency is measured (cost/latency_ms)
 
 
 @dataclass
@@ -524,6 +525,7 @@ def validate(cfg: Config) -> None:
             "teacher.normalize", t.normalize, f"one of {list(NORMALIZE)} or 'mean/std' per channel, e.g. 0.5,0.5,0.5/0.2,0.2,0.2"
         ) from None
     _check_weights(cfg)
+    _positive("export.latency_threads", cfg.export.latency_threads)
     for fmt in cfg.export.formats:
         _check(fmt in EXPORT_FORMATS, "export.formats", cfg.export.formats, f"a list of {list(EXPORT_FORMATS)} (may be empty)")
     try:
