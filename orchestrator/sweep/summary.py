@@ -18,7 +18,7 @@ def fmt(value) -> str:
 
 def headline_metrics(summary: dict, verdict: confirm.Verdict) -> dict[str, float]:
     """The headline numbers as MLflow metrics (means, sds, gains and interval bounds)."""
-    out = {k: v for k, v in summary.items() if k.startswith(("test/", "teacher/", "student_alone/"))
+    out = {k: v for k, v in summary.items() if k.startswith(("test/", "teacher/", "student_alone/", "cost/"))
            and isinstance(v, (int, float))}
     for c in verdict.cands:
         name = "chosen" if c is verdict.chosen else re.sub(r"[^0-9A-Za-z_.-]+", "_", c.label).strip("_")
