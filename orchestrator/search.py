@@ -272,7 +272,10 @@ def paper_points(space: SearchSpace, base: Config) -> list[PaperPoint]:
 
 
 def _snap(p: Param, value: Any) -> Any:
-    """``value`` moved inside ``p``'s range (or to its nearest choice)."""
+    """``value`` moved inside ``p``'s range (or to its nearest choice); no value (a null key, e.g. a size
+    knob left at the model's own default) becomes the first choice or the low end."""
+    if value is None:
+        return p.choices[0] if p.type == "categorical" else p.low
     if p.type == "categorical":
         if value in p.choices:
             return value

@@ -64,3 +64,13 @@ def test_the_latency_measurement_is_cached_per_architecture(tmp_path) -> None:
     assert len(list((tmp_path / "costs").iterdir())) == 3
     assert cost_metrics(marked) == {"cost/params": float(cost["params"]), "cost/macs": float(cost["macs"]),
                                     "cost/latency_ms": 12345.0, "cost/latency_ms_b64": cost["latency_ms_b64"]}
+
+
+def test_cost_and_pareto_load_neither_ray_nor_mlflow():
+    import subprocess
+    import sys
+
+    code = ("import sys, orchestrator.cost, orchestrator.pareto; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

@@ -80,3 +80,13 @@ def test_every_trial_logs_its_students_cost(ray_session, isolated_cache, tmp_pat
     parent = kinds["sweep"][0]
     assert {"cost/macs", "cost/latency_ms", "student_alone/cost/macs"} <= set(parent.data.metrics)
     assert MlflowClient(uri).get_run(parent.info.run_id).data.metrics["cost/params"] == summary["cost/params"]
+
+
+def test_dry_run_shows_the_students_with_their_macs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--dry-run", *tiny_args(tmp_path)[6:], f"sweep.search_space={COMPRESS}"]) == 0
+    out = capsys.readouterr().out
+    assert "students (4; MACs per 1x8x8 image" in out
+    small = describe_model(build_model("tiny_student", 10, 1, width=0.5), 1, 8)["macs"]
+    assert f"tiny_student[width=0.5]" in out and f"{small / 1e6:.3f} M MACs" in out
+    assert "span:" in out and "dry run: nothing was started" in out

@@ -14,6 +14,7 @@ from typing import Any
 
 from orchestrator.config import STUDENT_KNOBS, Config, apply_overrides, flatten, student_arch, to_dict
 from orchestrator.cost import describe_cost, student_cost
+from orchestrator.models import build_model, describe_model
 from orchestrator.models.base import arch_spec, knob_problem
 from orchestrator.search import Param, SearchSpace
 
@@ -100,3 +101,22 @@ def cost_of(cfg: Config, costs: dict[str, dict], data_shape: list[int]) -> dict:
 def params_cost(base: Config, params: dict[str, Any], costs: dict[str, dict], data_shape: list[int]) -> dict:
     """The cost of the student of ``base`` with a trial's sampled ``params`` (a leaderboard row)."""
     return cost_of(apply_overrides(base, params) if params else base, costs, data_shape)
+
+
+def students_table(space: SearchSpace, base: Config, data) -> str:
+    """The students trials can train with their parameters and MACs per image (a dry run's view; latency is
+    measured when the sweep starts), smallest first."""
+    archs, continuous = reachable_students(space, base)
+    sizes = {a: describe_model(build_model(a, data.num_classes, data.in_channels), data.in_channels, data.image_size)
+             for a in archs}
+    shape = f"{data.in_channels}x{data.image_size}x{data.image_size}"
+    width = max(len(a) for a in archs)
+    lines = [f"students ({len(archs)}; MACs per {shape} image; ONNX Runtime latency is measured when the sweep starts):"]
+    lines += [f"  {a:<{width}}  {sizes[a]['params']:>11,} params  {sizes[a]['macs'] / 1e6:>9.3f} M MACs"
+              for a in sorted(archs, key=lambda a: sizes[a]["macs"])]
+    if len(archs) > 1:
+        macs = [s["macs"] for s in sizes.values()]
+        lines.append(f"  span: {max(macs) / max(min(macs), 1):.1f}x in MACs")
+    if continuous:
+        lines.append(f"  and every value of {', '.join(continuous)} in its range (continuous: measured by each trial)")
+    return "\n".join(lines)
