@@ -235,7 +235,7 @@ class EnsemblePipeline:
             distill_cfg = apply_overrides(cfg, tuned)
         else:
             distill_cfg = cfg
-        alone_cfg = alone_config(cfg, cfg.model.student, cfg.train.epochs, cfg.train.lr, weights=cfg.model.student_weights)
+        alone_cfg = alone_config(cfg, student_arch(cfg.model), cfg.train.epochs, cfg.train.lr, weights=cfg.model.student_weights)
         plan = {
             "distill_ensemble": (distill_cfg, all_sources, all_outputs, {"ensemble": ens["hash"]}),
             "distill_best_teacher": (distill_cfg, [best["source"]], [best["outputs"]] if best["outputs"] else [],

@@ -57,3 +57,12 @@ def test_knobs_a_student_does_not_take_exit_2_naming_the_key(extra, key, allowed
     assert main(["--dry-run", *TINY, *extra]) == 2
     err = capsys.readouterr().err
     assert f"config key '{key}'" in err and allowed in err, err
+
+
+def test_training_a_model_alone_applies_its_own_knobs_not_the_students() -> None:
+    from orchestrator.teachers import alone_config
+
+    cfg = load_config(None, ["model.student=cnn_student_small", "model.student_width=0.5"])
+    assert student_arch(alone_config(cfg, "cnn_teacher", 1, 0.1).model) == "cnn_teacher"  # the teacher: no knobs
+    alone = alone_config(cfg, student_arch(cfg.model), 1, 0.1)  # the student alone: the same architecture
+    assert student_arch(alone.model) == "cnn_student_small[width=0.5]"

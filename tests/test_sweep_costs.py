@@ -79,7 +79,10 @@ def test_every_trial_logs_its_students_cost(ray_session, isolated_cache, tmp_pat
     assert summary["student_alone/cost/macs"] == summary["cost/macs"]
     parent = kinds["sweep"][0]
     assert {"cost/macs", "cost/latency_ms", "student_alone/cost/macs"} <= set(parent.data.metrics)
-    assert MlflowClient(uri).get_run(parent.info.run_id).data.metrics["cost/params"] == summary["cost/params"]
+    client = MlflowClient(uri)
+    assert client.get_run(parent.info.run_id).data.metrics["cost/params"] == summary["cost/params"]
+    (version,) = client.search_model_versions("name='distill-student'")
+    assert float(version.tags["cost/macs"]) == summary["cost/macs"] and "cost/latency_ms" in version.tags
 
 
 def test_dry_run_shows_the_students_with_their_macs(tmp_path, monkeypatch, capsys):
@@ -90,3 +93,4 @@ def test_dry_run_shows_the_students_with_their_macs(tmp_path, monkeypatch, capsy
     small = describe_model(build_model("tiny_student", 10, 1, width=0.5), 1, 8)["macs"]
     assert f"tiny_student[width=0.5]" in out and f"{small / 1e6:.3f} M MACs" in out
     assert "span:" in out and "dry run: nothing was started" in out
+    assert "student sampled (model.student_width, model.student_depth: see 'students' below)" in out
