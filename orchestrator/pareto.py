@@ -32,3 +32,17 @@ def pareto_front(points: Sequence[Mapping], objectives: Mapping[str, str]) -> li
 
     valid = [i for i, p in enumerate(points) if complete(p)]
     return [i for i in valid if not any(dominates(points[j], points[i], objectives) for j in valid if j != i)]
+
+
+def spread(points: Sequence[Mapping], front: Sequence[int], key: str, k: int) -> list[int]:
+    """At most ``k`` of the ``front`` indices, spread along ``key`` (e.g. cost/latency_ms): both ends first,
+    then the points nearest evenly spaced ranks; in ``key`` order. ``k`` >= the front's size keeps all."""
+    ordered = sorted(front, key=lambda i: (points[i][key], i))
+    if k >= len(ordered):
+        return ordered
+    if k <= 0:
+        return []
+    if k == 1:
+        return ordered[:1]
+    ranks = sorted({round(j * (len(ordered) - 1) / (k - 1)) for j in range(k)})
+    return [ordered[r] for r in ranks]

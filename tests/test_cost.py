@@ -66,11 +66,11 @@ def test_the_latency_measurement_is_cached_per_architecture(tmp_path) -> None:
                                     "cost/latency_ms": 12345.0, "cost/latency_ms_b64": cost["latency_ms_b64"]}
 
 
-def test_cost_and_pareto_load_neither_ray_nor_mlflow():
+def test_cost_pareto_and_budget_load_neither_ray_nor_mlflow():
     import subprocess
     import sys
 
-    code = ("import sys, orchestrator.cost, orchestrator.pareto; "
+    code = ("import sys, orchestrator.cost, orchestrator.pareto, orchestrator.budget; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
