@@ -75,6 +75,8 @@ class ModelConfig:
     teacher: str = "cnn_teacher"
     student: str = "cnn_student_tiny"
     student_weights: str | None = None  # tv_/timm: student only: start from these published weights (e.g. DEFAULT, pretrained)
+    student_width: float | None = None  # the student's width knob, if its builder takes one (models.model_knobs); None = its own
+    student_depth: int | None = None  # the student's depth knob (convs per stage of the CNN students); None = its own
 
 
 @dataclass
@@ -162,6 +164,7 @@ class TrackingConfig:
 @dataclass
 class ExportConfig:
     formats: list[str] = field(default_factory=lambda: ["onnx"])  # the chosen student is exported to these
+    latency_threads: int = 1  # ONNX Runtime intra-op threads when a student's latency is measured (cost/latency_ms)
 
 
 @dataclass
@@ -184,6 +187,22 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     pipeline: PipelineSection | None = None  # the ensemble pipeline's section (pipeline_section.py); None in a sweep
+
+
+STUDENT_KNOBS = {"student_width": "width", "student_depth": "depth"}  # model.<key> -> the builder's keyword
+
+
+def student_knobs(model: ModelConfig) -> dict[str, Any]:
+    """The size knobs ``model.student_*`` sets (keyword -> value), for the student's builder."""
+    return {knob: getattr(model, key) for key, knob in STUDENT_KNOBS.items() if getattr(model, key) is not None}
+
+
+def student_arch(model: ModelConfig) -> str:
+    """The student's architecture as one name, its size knobs included (``cnn_student_small[width=0.5]``):
+    what is built, written into checkpoints and keyed in the cost cache."""
+    from orchestrator.models.base import arch_spec  # the registry (plain PyTorch)
+
+    return arch_spec(model.student, student_knobs(model))
 
 
 # ---------------------------------------------------------------- conversion
@@ -467,6 +486,23 @@ def _check_weights(cfg: Config) -> None:
                 raise ConfigError(key, weights, problem)
 
 
+def _check_student_knobs(model: ModelConfig) -> None:
+    """``model.student_width`` / ``student_depth``: in range, and knobs the student's builder takes."""
+    from orchestrator.models.base import model_knobs
+
+    _positive("model.student_width", model.student_width, allow_none=True)
+    _check(model.student_depth is None or model.student_depth >= 1, "model.student_depth", model.student_depth,
+           "null or an integer >= 1")
+    accepted = model_knobs(model.student)
+    for key, knob in STUDENT_KNOBS.items():
+        value = getattr(model, key)
+        if value is not None and knob not in accepted:
+            takes = ", ".join(f"model.student_{k} (its {k}, default {v})" for k, v in accepted.items()
+                              if f"student_{k}" in STUDENT_KNOBS)
+            raise ConfigError(f"model.{key}", value, f"null: '{model.student}' takes "
+                                                      f"{takes or 'no size knobs'}")
+
+
 def validate(cfg: Config) -> None:
     """Check every value that has a constraint; raise ConfigError on the first bad one."""
     d, t, ds, tr, sw = cfg.data, cfg.teacher, cfg.distill, cfg.train, cfg.sweep
@@ -489,6 +525,7 @@ def validate(cfg: Config) -> None:
             "teacher.normalize", t.normalize, f"one of {list(NORMALIZE)} or 'mean/std' per channel, e.g. 0.5,0.5,0.5/0.2,0.2,0.2"
         ) from None
     _check_weights(cfg)
+    _positive("export.latency_threads", cfg.export.latency_threads)
     for fmt in cfg.export.formats:
         _check(fmt in EXPORT_FORMATS, "export.formats", cfg.export.formats, f"a list of {list(EXPORT_FORMATS)} (may be empty)")
     try:
@@ -501,6 +538,7 @@ def validate(cfg: Config) -> None:
         name = getattr(cfg.model, key)
         families = "".join(f", or {p}<name>" for p in family_prefixes())
         _check(is_known_model(name), f"model.{key}", name, f"a known model: {', '.join(model_names())}{families}")
+    _check_student_knobs(cfg.model)
     for key in ("gamma", "alpha", "beta"):
         value = getattr(ds, key)
         _check(value >= 0, f"distill.{key}", value, "a weight >= 0")

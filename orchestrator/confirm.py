@@ -50,8 +50,9 @@ class Candidate:
 
 
 def optimiser_params(params: dict[str, Any]) -> dict[str, Any]:
-    """The ``train.*`` values of a config (what the student alone shares with it)."""
-    return {k: v for k, v in params.items() if k.startswith("train.")}
+    """The ``train.*`` and ``model.*`` values of a config (what the student alone shares with it: its
+    optimiser settings and, where the search samples the student, the same architecture)."""
+    return {k: v for k, v in params.items() if k.startswith(("train.", "model."))}
 
 
 def candidates(summaries: Sequence[TrialSummary], points: Sequence[PaperPoint], top_k: int, metric: str,

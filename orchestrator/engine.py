@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from orchestrator.atomic_files import atomic_torch_save
-from orchestrator.config import Config
+from orchestrator.config import Config, student_arch
 from orchestrator.data import UNLABELLED, DataBundle, make_loader, set_epoch
 from orchestrator.distill import build_objective, registry
 from orchestrator.distill.base import split_views
@@ -167,7 +167,7 @@ class Trainer:
             else:
                 cache.check_matches(data.train)
         self.student = build_with_weights(
-            cfg.model.student, data.num_classes, data.in_channels, cfg.model.student_weights
+            student_arch(cfg.model), data.num_classes, data.in_channels, cfg.model.student_weights
         ).to(self.device)
         self.objective = build_objective(
             cfg.distill,
@@ -177,7 +177,7 @@ class Trainer:
             train_labels=data.train_labels,
             seed=cfg.seed,  # same on every rank; terms draw per-rank negative streams
             make_student=lambda: build_with_weights(
-                cfg.model.student, data.num_classes, data.in_channels, cfg.model.student_weights),
+                student_arch(cfg.model), data.num_classes, data.in_channels, cfg.model.student_weights),
         ).to(self.device)
         self.chosen_name = "student"
         self.extra_views = self._extra_views()
@@ -386,7 +386,7 @@ class Trainer:
                 "numpy": _numpy_state_to_tensors(np.random.get_state()),
                 "python": random.getstate(),
             },
-            "student_arch": self.cfg.model.student,
+            "student_arch": student_arch(self.cfg.model),
             "num_classes": self.data.num_classes,
             "in_channels": self.data.in_channels,
         }

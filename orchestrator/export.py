@@ -41,12 +41,16 @@ def example_batch(data, n: int = 64) -> Tensor:
     return torch.stack([data.val[i][0] for i in range(min(n, len(data.val)))])
 
 
-def predictor(fmt: str, path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    """A function (B, C, H, W) float32 -> (B, K) logits running the exported file."""
+def predictor(fmt: str, path: Path, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """A function (B, C, H, W) float32 -> (B, K) logits running the exported file (ONNX with ``threads``
+    intra-op threads and one inter-op thread when given; else ONNX Runtime's default)."""
     if fmt == "onnx":
         import onnxruntime
 
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return lambda x: session.run(None, {"images": x})[0]
     module = torch.jit.load(str(path), map_location="cpu").eval()
 
@@ -57,10 +61,12 @@ def predictor(fmt: str, path: Path) -> Callable[[np.ndarray], np.ndarray]:
     return run
 
 
-def latency_ms(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int, repeats: int = 20) -> float:
-    """Median wall time per image (ms) of ``predict`` on ``batch`` images (tiled from ``images``)."""
+def latency_ms(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int, repeats: int = 20,
+               warmup: int = 10) -> float:
+    """Median wall time per image (ms) of ``predict`` on ``batch`` images (tiled from ``images``), over
+    ``repeats`` timed calls after ``warmup`` untimed ones."""
     x = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
-    for _ in range(10):  # TorchScript's profiling executor optimises after a few calls
+    for _ in range(warmup):  # TorchScript's profiling executor optimises after a few calls
         predict(x)
     times = []
     for _ in range(repeats):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -62,8 +62,10 @@ def _checkpoint_dir(result, best_row: dict, metric: str, mode: str) -> str | Non
     return path if isinstance(path, str) and path else None
 
 
-def to_frame(summaries: list[TrialSummary], metric: str, mode: str, points: Sequence[PaperPoint] = ()) -> pd.DataFrame:
-    """One row per trial, best first; ``points``: the paper-default points (marked in column ``paper_default``)."""
+def to_frame(summaries: list[TrialSummary], metric: str, mode: str, points: Sequence[PaperPoint] = (),
+             costs: Callable[[dict], dict[str, float]] | None = None) -> pd.DataFrame:
+    """One row per trial, best first; ``points``: the paper-default points (marked in column ``paper_default``);
+    ``costs``: a trial's sampled params -> its student's ``cost/*`` columns."""
     rows = []
     for s in summaries:
         point = matching_point(s.params, points) if s.params else None
@@ -77,6 +79,8 @@ def to_frame(summaries: list[TrialSummary], metric: str, mode: str, points: Sequ
             "train/loss": s.best.get("train/loss"),
             "best_epoch": s.best.get("training_iteration"),
         }
+        if costs is not None and s.params:
+            row.update(costs(s.params))
         row.update(s.params)
         rows.append(row)
     frame = pd.DataFrame(rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestrator.config import Config, asha_grace, confirm_seeds, search_seeds, tpe_startup_trials
+from orchestrator.config import Config, asha_grace, confirm_seeds, search_seeds, student_arch, tpe_startup_trials
 from orchestrator.distill import registry
 from orchestrator.search import SearchSpace, load_space, paper_points, possible_configs
 
@@ -29,7 +29,7 @@ class Plan:
                 f"trials: {c.sweep.num_samples} (Optuna TPE, seed {c.seed}, random until {tpe_startup_trials(c.sweep)} "
                 f"have finished; ASHA on {c.sweep.metric} ({c.sweep.mode}), "
                 f"grace {asha_grace(c)} epoch(s), reduction x{c.sweep.asha.reduction_factor})",
-                f"each trial: {c.train.epochs} epochs of {self.num_train} training images, student {c.model.student}, "
+                f"each trial: {c.train.epochs} epochs of {self.num_train} training images, student {self._student()}, "
                 f"teacher {c.teacher.checkpoint or c.model.teacher + ' (trained once, cached)'}",
                 f"each trial needs: {self.trial_cpu:g} CPU, {self.trial_gpu:g} GPU ({self.mode_text})",
                 f"every trial trains with seeds {search_seeds(c)} (common random numbers: trials differ only by config)",
@@ -38,6 +38,10 @@ class Plan:
                 self._confirmation(),
             ]
         )
+
+    def _student(self) -> str:
+        sampled = [p.key for p in self.space.params if p.key.startswith("model.student")]
+        return f"sampled ({', '.join(sampled)}: see 'students' below)" if sampled else student_arch(self.cfg.model)
 
     def _objectives(self) -> list[str]:
         """Each objective the space can choose and what its terms read (from the objective registry)."""

@@ -17,6 +17,7 @@ fixed, or in the base config) and the values for which the parameter exists.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from orchestrator.distill.registry import METHOD_KEY, data_problem, paper_defaul
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 TYPES = ("float", "int", "categorical")
+BRANCH_KEYS = (METHOD_KEY, "model.student")  # categorical keys whose every choice is validated with its own `when`s
 
 
 @dataclass
@@ -181,14 +183,14 @@ def _validate(space: SearchSpace, base: Config, num_train_samples: int | None, w
 
 
 def extreme_points(space: SearchSpace, base: Config) -> list[dict[str, Any]]:
-    """Points a trial can reach, for each method the space can choose: every parameter sampled for that
-    method at its first extreme, then each one in turn at each of its extremes (choice, low, high)."""
+    """Points a trial can reach, for each method and student the space can choose: every parameter sampled
+    for that pair at its first extreme, then each one in turn at each of its extremes (choice, low, high)."""
     known = flatten(to_dict(base))
-    methods = next((p.choices for p in space.params if p.key == METHOD_KEY), None) or [None]
+    branches = [p for p in space.params if p.key in BRANCH_KEYS and p.type == "categorical"]
     points: list[dict[str, Any]] = []
-    for method in methods:
-        fixed = dict(space.fixed) if method is None else {**space.fixed, METHOD_KEY: method}
-        sampled = [p for p in space.params if p.key != METHOD_KEY and _condition_holds(p, {**known, **fixed})]
+    for combo in itertools.product(*(p.choices for p in branches)):
+        fixed = {**space.fixed, **dict(zip((p.key for p in branches), combo))}
+        sampled = [p for p in space.params if p not in branches and _condition_holds(p, {**known, **fixed})]
         start = {**fixed, **{p.key: _extremes(p)[0] for p in sampled}}
         points.append(start)
         points += [{**start, p.key: v} for p in sampled for v in _extremes(p)[1:]]
@@ -270,7 +272,10 @@ def paper_points(space: SearchSpace, base: Config) -> list[PaperPoint]:
 
 
 def _snap(p: Param, value: Any) -> Any:
-    """``value`` moved inside ``p``'s range (or to its nearest choice)."""
+    """``value`` moved inside ``p``'s range (or to its nearest choice); no value (a null key, e.g. a size
+    knob left at the model's own default) becomes the first choice or the low end."""
+    if value is None:
+        return p.choices[0] if p.type == "categorical" else p.low
     if p.type == "categorical":
         if value in p.choices:
             return value

@@ -34,11 +34,12 @@ import torch
 from torch import nn
 
 from orchestrator.atomic_files import atomic_torch_save
-from orchestrator.config import Config, apply_overrides, normalize_stats
+from orchestrator.config import STUDENT_KNOBS, Config, apply_overrides, normalize_stats
 from orchestrator.data import DataBundle
 from orchestrator.engine import Trainer, freeze
 from orchestrator.loop import fit
 from orchestrator.models import ModelOutput, build_model
+from orchestrator.models.base import split_arch
 from orchestrator.models.pretrained import pretrained_stats
 from orchestrator.models.weights import load_weights
 from orchestrator.models.wrapped import OutputAdapter, Renormalize
@@ -276,10 +277,14 @@ def training_key(cfg: Config, arch: str, epochs: int, lr: float, weights: str | 
 
 
 def alone_config(cfg: Config, arch: str, epochs: int, lr: float, *, weights: str | None = None) -> Config:
-    """``cfg`` turned into "train ``arch`` alone with CE", starting from pretrained ``weights`` if named."""
+    """``cfg`` turned into "train ``arch`` alone with CE", starting from pretrained ``weights`` if named.
+    ``arch`` carries its own size knobs (``cnn_student_small[width=0.5]``, :func:`config.student_arch`);
+    the config's student knobs are not applied to it."""
+    name, knobs = split_arch(arch)
     return apply_overrides(
         cfg,
-        {"model.student": arch, "model.student_weights": weights, "distill.method": "ce", "distill.gamma": 1.0,
+        {"model.student": name, "model.student_weights": weights, "distill.method": "ce", "distill.gamma": 1.0,
+         **{f"model.{key}": knobs.get(knob) for key, knob in STUDENT_KNOBS.items()},
          "train.epochs": epochs, "train.lr": lr, "sweep.asha.grace_period": None},  # no ASHA here: any epochs
     )
 

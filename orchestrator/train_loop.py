@@ -24,7 +24,7 @@ import ray.train
 import ray.tune
 import torch
 
-from orchestrator.config import from_dict
+from orchestrator.config import from_dict, student_arch
 from orchestrator.data import build_data
 from orchestrator.distill import registry
 from orchestrator.engine import CachedTeacherOutputs, Trainer
@@ -172,7 +172,7 @@ def train_loop_per_worker(config: dict) -> None:
                 for seed, trainer, m in zip(seeds, trainers, per_seed):
                     numbers = {k: v for k, v in m.items() if isinstance(v, (int, float))}
                     save_model_checkpoint(Path(folder) / student_file(seed, seeds), trainer.chosen,
-                                          cfg.model.student, data, numbers)
+                                          student_arch(cfg.model), data, numbers)
                 ckpt = ray.train.Checkpoint.from_directory(folder)
             (ray.tune.report if via_tune else ray.train.report)(metrics, checkpoint=ckpt)
 
@@ -182,7 +182,7 @@ def train_loop_per_worker(config: dict) -> None:
         if client is not None:
             flush_metrics(client, config["mlflow_run_id"])
     if rank == 0 and config.get("save_student"):
-        save_model_checkpoint(Path(config["save_student"]), trainers[0].student, cfg.model.student, data, metrics)
+        save_model_checkpoint(Path(config["save_student"]), trainers[0].student, student_arch(cfg.model), data, metrics)
 
 
 def student_file(seed: int, seeds: list[int]) -> str:

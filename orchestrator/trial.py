@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ray.tune
 
@@ -33,6 +33,8 @@ class TrialContext:
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
+    costs: dict = field(default_factory=dict)  # student architecture -> its cost, measured by the driver
+    data_shape: list = field(default_factory=list)  # [num_classes, in_channels, image_size]; [] = costs not logged
 
 
 def trial_number(trial_dir: str, trial_id: str) -> int:
@@ -58,6 +60,7 @@ def run_trial(sampled: dict, ctx: TrialContext) -> None:
                               {**flatten(to_dict(cfg)), **{f"sampled.{k}": v for k, v in sampled.items()}})
     if ended:
         return
+    log_cost(ctx, run_id, cfg)
     _launch(cfg, ctx, run_id, search_seeds(from_dict(ctx.base)), name=f"{cfg.name}-{trial_id}")
 
 
@@ -74,7 +77,26 @@ def run_job(config: dict, ctx: TrialContext) -> None:
     if ended:  # it ended before its driver died: what it reported last, again
         ray.tune.report(_finished_job_result(ctx, trial_id, run_id, cfg))
         return
+    log_cost(ctx, run_id, cfg)
     _launch(cfg, ctx, run_id, [job["seed"]], name=_job_run_name(cfg, trial_id), evaluate_test=True)
+
+
+def log_cost(ctx: TrialContext, run_id: str, cfg: Config) -> None:
+    """The student's cost as metrics of run ``run_id`` (``cost/params``, ``cost/macs``, ``cost/latency_ms``,
+    ``cost/latency_ms_b64``, step 0) and tags (its architecture, the thread count and the machine timed on)."""
+    if not ctx.data_shape:
+        return
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.cost import cost_metrics
+    from orchestrator.sweep.costs import cost_of
+    from orchestrator.tracking import log_metrics, set_tags
+
+    client = MlflowClient(tracking_uri=ctx.tracking_uri)
+    cost = cost_of(cfg, ctx.costs, ctx.data_shape)
+    log_metrics(client, run_id, cost_metrics(cost), step=0)
+    set_tags(client, run_id, {"cost.arch": cost["arch"], "cost.threads": str(cost["threads"]),
+                              "cost.machine": cost["machine"]})
 
 
 def _job_run_name(cfg: Config, trial_id: str) -> str:

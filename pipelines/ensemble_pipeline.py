@@ -23,6 +23,7 @@ from orchestrator.config import (
     flatten,
     pipeline_output_dir,
     pipeline_teachers,
+    student_arch,
     to_dict,
 )
 from orchestrator.distill import registry
@@ -44,7 +45,7 @@ def data_payload(cfg: Config) -> dict:
 
 def run_payload(cfg: Config) -> dict:
     """Everything of a student run's config that changes its result."""
-    return {"data": data_payload(cfg), "batch_size": cfg.data.batch_size, "student": cfg.model.student,
+    return {"data": data_payload(cfg), "batch_size": cfg.data.batch_size, "student": student_arch(cfg.model),
             "distill": to_dict(cfg.distill), "train": to_dict(cfg.train), "cache_outputs": cfg.teacher.cache_outputs}
 
 
@@ -142,7 +143,7 @@ class EnsemblePipeline:
         cache = cfg.teacher.cache_outputs and not cfg.data.augment and registry.cacheable(cfg.distill)
         teacher_ids = [t["fingerprint"] for t in teachers["teachers"]]  # a retrained teacher changes the hash
         digest = stage_hash({"teachers": teachers["hash"], "ids": teacher_ids, "data": data_payload(cfg), "cache": cache,
-                             "batch_size": cfg.data.batch_size, "student": cfg.model.student, "threads": self.threads})
+                             "batch_size": cfg.data.batch_size, "student": student_arch(cfg.model), "threads": self.threads})
         result = self.stages.lookup("ensemble_eval", digest, lambda r: files_exist(t["outputs"] for t in r["teachers"]))
         if result is not None:
             self.stages.reuse("ensemble_eval", digest, result, self._ensemble_metrics(result))
@@ -234,7 +235,7 @@ class EnsemblePipeline:
             distill_cfg = apply_overrides(cfg, tuned)
         else:
             distill_cfg = cfg
-        alone_cfg = alone_config(cfg, cfg.model.student, cfg.train.epochs, cfg.train.lr, weights=cfg.model.student_weights)
+        alone_cfg = alone_config(cfg, student_arch(cfg.model), cfg.train.epochs, cfg.train.lr, weights=cfg.model.student_weights)
         plan = {
             "distill_ensemble": (distill_cfg, all_sources, all_outputs, {"ensemble": ens["hash"]}),
             "distill_best_teacher": (distill_cfg, [best["source"]], [best["outputs"]] if best["outputs"] else [],
@@ -417,7 +418,7 @@ class EnsemblePipeline:
         from orchestrator.models import build_model
         from orchestrator.teachers import load_model_checkpoint, load_teacher
 
-        d, p, arch = self.data, self.cfg.pipeline, self.cfg.model.student
+        d, p, arch = self.data, self.cfg.pipeline, student_arch(self.cfg.model)
         images = torch.stack([d.test[i][0] for i in range(min(p.inference_batch, len(d.test)))])
         rows, teacher_models, forwards = [], [], {}
         for r in ens["teachers"]:

@@ -11,7 +11,7 @@ import ray
 import torch
 
 from orchestrator import tracking
-from orchestrator.config import from_dict
+from orchestrator.config import from_dict, student_arch
 from orchestrator.distill import registry
 from pipelines.stages import numbers
 
@@ -85,7 +85,7 @@ def distill(cfg_dict: dict, teachers: list[str], outputs: list[str], checkpoint:
         metrics = fit([trainer], evaluate_test=True, on_epoch=report)  # test: the only look, at the last epoch
     finally:
         tracking.flush_metrics(client, run_id)  # epochs an unreachable server could not take yet
-    save_model_checkpoint(Path(checkpoint), trainer.chosen, cfg.model.student, data, numbers(metrics))
+    save_model_checkpoint(Path(checkpoint), trainer.chosen, student_arch(cfg.model), data, numbers(metrics))
     tracking.log_file(client, run_id, checkpoint, "checkpoint")
     version = None
     if register:  # registered: ONNX, loadable without this package

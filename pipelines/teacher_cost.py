@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from orchestrator.config import Config
+from orchestrator.config import Config, student_arch
 
 
 @torch.no_grad()
@@ -44,7 +44,7 @@ def measure_teacher_cost(models, caches, data, cfg: Config, threads: int, repeat
         cached = None
         if caches:
             cached = timed(lambda: [c.rows(indices, torch.device("cpu")) for c in caches])
-        student = build_model(cfg.model.student, data.num_classes, data.in_channels)
+        student = build_model(student_arch(cfg.model), data.num_classes, data.in_channels)
         student.train()
         teacher_logits = [m(images).logits for m in models]
 

@@ -18,33 +18,15 @@ __all__ = ["ModelOutput", "build_model", "describe_model", "model_names", "regis
 
 
 def count_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass of ``x`` through ``model``'s
-    Conv2d and Linear layers (the usual convention: BN, activations, pooling and
-    additions are not counted). Counted with forward hooks, so it follows the
-    real shapes, strides, groups and any input size."""
-    total = 0
+    """Multiply-accumulates of one forward pass of ``x`` through ``model``: torch's FlopCounterMode
+    (convolutions, matrix products and attention, followed through the real shapes, strides and groups)
+    halved. BN, activations, pooling, additions and biases are not counted, the usual convention; on
+    conv/linear networks this equals the hand count (tests/test_cost.py checks one)."""
+    from torch.utils.flop_counter import FlopCounterMode
 
-    def conv_hook(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
-        nonlocal total
-        kernel = module.kernel_size[0] * module.kernel_size[1] * (module.in_channels // module.groups)
-        total += output.numel() * kernel
-
-    def linear_hook(module: nn.Linear, _inputs, output: torch.Tensor) -> None:
-        nonlocal total
-        total += output.numel() * module.in_features
-
-    handles = []
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            handles.append(module.register_forward_hook(conv_hook))
-        elif isinstance(module, nn.Linear):
-            handles.append(module.register_forward_hook(linear_hook))
-    try:
+    with FlopCounterMode(display=False) as counter:
         model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return total
+    return counter.get_total_flops() // 2
 
 
 def describe_model(model: nn.Module, in_channels: int, image_size: int) -> dict[str, int]:

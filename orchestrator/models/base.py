@@ -6,6 +6,8 @@ exposes ``embedding_dim`` (the size of ``ModelOutput.embedding``).
 
 from __future__ import annotations
 
+import ast
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -90,20 +92,82 @@ def family_prefixes() -> list[str]:
     return sorted(_FAMILIES)
 
 
+def split_arch(arch: str) -> tuple[str, dict]:
+    """``"cnn_student_small[depth=2,width=0.5]"`` -> ``("cnn_student_small", {"depth": 2, "width": 0.5})``;
+    a plain name -> ``(name, {})``. The bracket form is how a checkpoint names a sized architecture."""
+    if not arch.endswith("]") or "[" not in arch:
+        return arch, {}
+    name, _, inner = arch[:-1].partition("[")
+    knobs = {}
+    for item in filter(None, inner.split(",")):
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"architecture '{arch}': expected name[knob=value,...], got '{item}'")
+        try:
+            knobs[key.strip()] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            raise ValueError(f"architecture '{arch}': knob {key.strip()} needs a number, got '{text}'") from None
+    return name, knobs
+
+
+def arch_spec(name: str, knobs: dict) -> str:
+    """The one string naming ``name`` built with size ``knobs``: knobs at their default dropped, a float knob
+    written as a float, sorted (so equal architectures get equal names); the name alone without knobs."""
+    defaults = model_knobs(name)
+    kept = {}
+    for key, value in knobs.items():
+        if isinstance(defaults.get(key), float):
+            value = float(value)
+        if key not in defaults or value != defaults[key]:
+            kept[key] = value
+    return name if not kept else f"{name}[{','.join(f'{k}={kept[k]!r}' for k in sorted(kept))}]"
+
+
+def model_knobs(name: str) -> dict:
+    """The size knobs (keyword -> default) a registered model's builder takes, as timm's model args:
+    ``cnn_student_small`` -> ``{"width": 1.0, "depth": 1}``; ``{}`` for a family (timm:, tv_) or no knobs."""
+    factory = _REGISTRY.get(split_arch(name)[0])
+    if factory is None:
+        return {}
+    params = inspect.signature(factory).parameters.values()
+    return {p.name: p.default for p in params if p.name not in ("num_classes", "in_channels")}
+
+
+def knob_problem(name: str, knobs: dict) -> str | None:
+    """Why ``knobs`` cannot size ``name`` (a knob it does not take), or None."""
+    accepted = model_knobs(name)
+    unknown = sorted(set(knobs) - set(accepted))
+    if not unknown:
+        return None
+    takes = ", ".join(f"{k} (default {v})" for k, v in accepted.items()) or "no size knobs"
+    return f"'{name}' takes {takes}; not {', '.join(unknown)}"
+
+
 def is_known_model(name: str) -> bool:
-    """A registered name, or ``<prefix><name>`` of a family that has that name."""
+    """A registered name (with knobs it takes: ``name[width=0.5]``), or ``<prefix><name>`` of a family that has that name."""
     for prefix, exists in _FAMILY_NAMES.items():
         if name.startswith(prefix):
             return exists(name[len(prefix):])
-    return name in _REGISTRY
+    base, knobs = split_arch(name)
+    return base in _REGISTRY and knob_problem(base, knobs) is None
 
 
-def build_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
-    """Build a registered model (or one of a family, ``timm:<name>``); an unknown name lists the known ones."""
+def build_model(name: str, num_classes: int, in_channels: int, **knobs) -> nn.Module:
+    """Build a registered model (or one of a family, ``timm:<name>``); an unknown name lists the known ones.
+
+    ``knobs``: size knobs the model's builder takes (:func:`model_knobs`), also given in the name as
+    ``name[width=0.5,depth=2]``; one it does not take is a ValueError naming what it takes."""
     for prefix, factory in _FAMILIES.items():
         if name.startswith(prefix):
+            if knobs:
+                raise ValueError(f"'{name}' takes no size knobs; not {', '.join(sorted(knobs))}")
             return factory(name[len(prefix):], num_classes=num_classes, in_channels=in_channels)
+    name, named = split_arch(name)
+    knobs = {**named, **knobs}
     if name not in _REGISTRY:
         families = "".join(f", {p}<name>" for p in _FAMILIES)
         raise ValueError(f"unknown model '{name}'; known models: {', '.join(model_names())}{families}")
-    return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels)
+    problem = knob_problem(name, knobs)
+    if problem:
+        raise ValueError(problem)
+    return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, **knobs)

@@ -86,11 +86,23 @@ def cnn_teacher_wide(num_classes: int, in_channels: int) -> ConvNet:
     return ConvNet(TEACHER_WIDE, num_classes, in_channels)
 
 
+def sized(stages: StageSpec, width: float = 1.0, depth: int = 1) -> list[list[tuple[int, int]]]:
+    """``stages`` with every width scaled by ``width`` (rounded, at least 1) and each stage ending in
+    ``depth - 1`` more stride-1 convolutions at its last width (a student's size knobs)."""
+    if width <= 0 or depth < 1:
+        raise ValueError(f"width must be > 0 and depth >= 1, got width={width}, depth={depth}")
+    out = []
+    for stage in stages:
+        convs = [(max(1, round(ch * width)), stride) for ch, stride in stage]
+        out.append(convs + [(convs[-1][0], 1)] * (depth - 1))
+    return out
+
+
 @register_model("cnn_student_small")
-def cnn_student_small(num_classes: int, in_channels: int) -> ConvNet:
-    return ConvNet(STUDENT_SMALL, num_classes, in_channels)
+def cnn_student_small(num_classes: int, in_channels: int, width: float = 1.0, depth: int = 1) -> ConvNet:
+    return ConvNet(sized(STUDENT_SMALL, width, depth), num_classes, in_channels)
 
 
 @register_model("cnn_student_tiny")
-def cnn_student_tiny(num_classes: int, in_channels: int) -> ConvNet:
-    return ConvNet(STUDENT_TINY, num_classes, in_channels)
+def cnn_student_tiny(num_classes: int, in_channels: int, width: float = 1.0, depth: int = 1) -> ConvNet:
+    return ConvNet(sized(STUDENT_TINY, width, depth), num_classes, in_channels)

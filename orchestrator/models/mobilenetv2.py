@@ -52,11 +52,11 @@ class MobileNetV2(nn.Module):
     def __init__(self, num_classes: int, in_channels: int, width: float = 0.5) -> None:
         super().__init__()
         self.preact = False  # no effect: every stage ends in a linear projection
-        channels = int(32 * width)
+        channels = max(1, int(32 * width))
         self.stem = conv_bn(in_channels, channels, 3, stride=2)
         groups = []
         for expansion, base_width, count, stride in BLOCKS:
-            out_ch = int(base_width * width)
+            out_ch = max(1, int(base_width * width))
             blocks = []
             for i in range(count):
                 blocks.append(InvertedResidual(channels, out_ch, stride if i == 0 else 1, expansion))
@@ -82,5 +82,8 @@ class MobileNetV2(nn.Module):
 
 
 @register_model("MobileNetV2")
-def mobilenetv2(num_classes: int, in_channels: int) -> MobileNetV2:
-    return MobileNetV2(num_classes, in_channels, width=0.5)
+def mobilenetv2(num_classes: int, in_channels: int, width: float = 0.5) -> MobileNetV2:
+    """``width``: MobileNetV2's width multiplier (RepDistiller's ``mobile_half`` = 0.5)."""
+    if width <= 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    return MobileNetV2(num_classes, in_channels, width=width)

@@ -1,7 +1,7 @@
 """CIFAR-style ResNets of the CRD paper (Tian et al. 2020; RepDistiller's ``models/resnet.py``).
 
 ``resnet<depth>`` has a 16-channel stem and stages of widths 16/32/64, ``resnet<depth>x4`` a 32-channel
-stem and widths 64/128/256; ``(depth - 2) / 6`` basic blocks per stage, strides 1/2/2; the stem is a
+stem and widths 64/128/256; ``(depth - 2) / 6`` basic blocks per stage, strides 1/2/2 (the ``width`` knob scales every width); the stem is a
 stride-1 3x3 conv (no max-pool), so these nets are meant for 32x32 images and are slow at full
 resolution on a CPU (see docs/MODELS.md).
 
@@ -64,8 +64,11 @@ class CifarResNet(StagedNet):
 
 
 def _register(name: str, depth: int, widths: tuple[int, int, int, int]) -> None:
-    def factory(num_classes: int, in_channels: int) -> CifarResNet:
-        return CifarResNet(depth, widths, num_classes, in_channels)
+    def factory(num_classes: int, in_channels: int, width: float = 1.0) -> CifarResNet:
+        """``width``: every stage's (and the stem's) channels times this (rounded, at least 1)."""
+        if width <= 0:
+            raise ValueError(f"width must be > 0, got {width}")
+        return CifarResNet(depth, tuple(max(1, round(w * width)) for w in widths), num_classes, in_channels)
 
     factory.__name__ = name
     register_model(name)(factory)

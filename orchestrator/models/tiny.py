@@ -8,7 +8,7 @@ width and embedding size (32 vs 16), like a real teacher/student pair.
 from __future__ import annotations
 
 from orchestrator.models.base import register_model
-from orchestrator.models.cnn import ConvNet
+from orchestrator.models.cnn import ConvNet, sized
 
 # 8x8 -> 8x8 (16 ch) -> 4x4 (32 ch): ~5.2 k params.
 TINY_TEACHER = [[(16, 1)], [(32, 2)]]
@@ -22,5 +22,5 @@ def tiny_teacher(num_classes: int, in_channels: int) -> ConvNet:
 
 
 @register_model("tiny_student")
-def tiny_student(num_classes: int, in_channels: int) -> ConvNet:
-    return ConvNet(TINY_STUDENT, num_classes, in_channels)
+def tiny_student(num_classes: int, in_channels: int, width: float = 1.0, depth: int = 1) -> ConvNet:
+    return ConvNet(sized(TINY_STUDENT, width, depth), num_classes, in_channels)

@@ -1,7 +1,7 @@
 """Wide ResNets ``wrn_<depth>_<k>`` of the CRD paper (Zagoruyko & Komodakis 2016; RepDistiller's ``models/wrn.py``).
 
 A 16-channel 3x3 stem conv, then three stages of ``(depth - 4) / 6`` pre-activation blocks
-(BN-ReLU-conv3x3-BN-ReLU-conv3x3) of widths 16k/32k/64k, strides 1/2/2; each stage's output passes a
+(BN-ReLU-conv3x3-BN-ReLU-conv3x3) of widths 16k/32k/64k (times the ``width`` knob, default 1), strides 1/2/2; each stage's output passes a
 BN-ReLU (the next stage's input normalisation, or the final one before pooling). No dropout.
 
 features = [stem conv, stage1, stage2, stage3] (RepDistiller's f0..f3; with ``preact`` the stages'
@@ -38,7 +38,7 @@ class PreActBlock(nn.Module):
 class WideResNet(nn.Module):
     stage_names = zoo_stage_names(3)
 
-    def __init__(self, depth: int, widen: int, num_classes: int, in_channels: int) -> None:
+    def __init__(self, depth: int, widen: int, num_classes: int, in_channels: int, width: float = 1.0) -> None:
         super().__init__()
         if (depth - 4) % 6 != 0:
             raise ValueError(f"depth must be 6n+4 (10, 16, 22, 28, 40, ...), got {depth}")
@@ -47,7 +47,10 @@ class WideResNet(nn.Module):
         self.stem = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         stages, norms = [], []
         channels = 16
-        for i, width in enumerate((16 * widen, 32 * widen, 64 * widen)):
+        if width <= 0:
+            raise ValueError(f"width must be > 0, got {width}")
+        widths = [max(1, round(c * widen * width)) for c in (16, 32, 64)]
+        for i, width in enumerate(widths):
             blocks = []
             for j in range(blocks_per_stage):
                 downsamples = i > 0 and j == 0  # its input comes BN-ReLU'd by the previous stage's norm
@@ -77,8 +80,9 @@ class WideResNet(nn.Module):
 def _register(depth: int, widen: int) -> None:
     name = f"wrn_{depth}_{widen}"
 
-    def factory(num_classes: int, in_channels: int) -> WideResNet:
-        return WideResNet(depth, widen, num_classes, in_channels)
+    def factory(num_classes: int, in_channels: int, width: float = 1.0) -> WideResNet:
+        """``width``: the stages' channels (16k/32k/64k) times this (rounded, at least 1)."""
+        return WideResNet(depth, widen, num_classes, in_channels, width)
 
     factory.__name__ = name
     register_model(name)(factory)

@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.teachers import TeacherCheckpointError, resolve_teacher
     from orchestrator.launcher import in_process
     from orchestrator.search import possible_configs
+    from orchestrator.sweep.costs import students_table
     from orchestrator.teacher_inputs import plan_line
 
     address = cluster.resolve_address(cfg.ray.address)
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
         print(plan.describe())
+        print(students_table(plan.space, cfg, data))
         print(plan_line(cfg, possible_configs(plan.space, cfg), data))
         print(f"\nsearch spaces shipped: {', '.join(available_spaces())}")
         print("dry run: nothing was started")

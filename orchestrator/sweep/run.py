@@ -19,6 +19,7 @@ import ray
 
 from orchestrator import cluster, confirm, tracking
 from orchestrator.config import dump_yaml, flatten, search_seeds, to_dict
+from orchestrator.cost import cost_metrics
 from orchestrator.data import DataBundle
 from orchestrator.engine import evaluate_model
 from orchestrator.leaderboard import best_summary, summarise, to_frame
@@ -26,6 +27,7 @@ from orchestrator.plan import Plan
 from orchestrator.search import paper_points, sampled_keys, space_path
 from orchestrator.stats import mean_sd
 from orchestrator.sweep import confirm_stage, search_stage, teacher_outputs
+from orchestrator.sweep.costs import measure_students, params_cost, reachable_students
 from orchestrator.sweep.errors import SweepError
 from orchestrator.sweep.folder import open_folder, record_state, save_inputs
 from orchestrator.sweep.register import register_student
@@ -120,7 +122,8 @@ class SweepRunner:
             outputs = teacher_outputs.outputs_for(teachers, self.plan, self.data, uri)
         ctx = TrialContext(
             base=to_dict(cfg), teachers=teachers, teacher_outputs=outputs, storage_path=str(exp_dir),
-            tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent_id,
+            tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent_id, costs=self._student_costs(),
+            data_shape=[self.data.num_classes, self.data.in_channels, self.data.image_size],
         )
         print(f"sweep '{exp_dir.name}': {cfg.sweep.num_samples} trials, MLflow experiment "
               f"'{cfg.tracking.experiment or cfg.name}' (parent run {parent_id})", flush=True)
@@ -129,6 +132,22 @@ class SweepRunner:
             ended = {r.metrics["trial_id"] for r in results if r.error is None and "trial_id" in (r.metrics or {})}
             tracking.finish_ended_trials(client, experiment_id, parent_id, ended, cfg.train.epochs)
         self._finish(client, parent_id, teachers, results, ctx, exp_dir, state, uri, start)
+
+    def _student_costs(self) -> dict[str, dict]:
+        """Every student architecture the space can reach, measured here before any trial runs."""
+        archs, continuous = reachable_students(self.plan.space, self.cfg)
+        threads = self.cfg.export.latency_threads
+        print(f"student costs (ONNX Runtime, {threads} intra-op thread{'s' if threads != 1 else ''}, this machine, "
+              f"cached per architecture):", flush=True)
+        costs = measure_students(archs, self.data, threads)
+        if continuous:
+            print(f"  {', '.join(continuous)}: sampled from a continuous range, so each trial measures its own "
+                  "student when it starts, on its node", flush=True)
+        return costs
+
+    def _trial_cost(self, ctx: TrialContext, params: dict) -> dict[str, float]:
+        """``cost/*`` metrics of the student a trial with sampled ``params`` trains."""
+        return cost_metrics(params_cost(self.cfg, {**self.plan.space.fixed, **params}, ctx.costs, ctx.data_shape))
 
     def _local_cpus(self) -> int | None:
         if self.cfg.ray.num_cpus:
@@ -141,7 +160,7 @@ class SweepRunner:
         cfg, data = self.cfg, self.data
         metric, mode = cfg.sweep.metric, cfg.sweep.mode
         summaries = summarise(results, metric, mode, cfg.train.epochs, sampled_keys(self.plan.space))
-        frame = to_frame(summaries, metric, mode, self.points)
+        frame = to_frame(summaries, metric, mode, self.points, costs=lambda params: self._trial_cost(ctx, params))
         csv = exp_dir / "leaderboard.csv"
         frame.to_csv(csv)
         tracking.log_file(client, parent_id, csv)
@@ -172,6 +191,10 @@ class SweepRunner:
             "space_fixed": self.plan.space.fixed,  # the space's constants: the chosen config = these + best_params
             "registered_seed": seed, "test/acc1": chosen.test[seed], "test/acc1_mean": test_mean, "test/acc1_sd": test_sd,
             "teacher/test_acc1": teacher_test, "student_alone/test_acc1": alone_mean, **verdict.as_dict(),
+            **self._trial_cost(ctx, chosen.params),  # cost/params, cost/macs, cost/latency_ms, cost/latency_ms_b64
+            **({f"student_alone/{k}": v for k, v in self._trial_cost(ctx, chosen.alone.params).items()}
+               if chosen.alone else {}),
+            "cost/threads": cfg.export.latency_threads,
         }
         tracking.log_metrics(client, parent_id, headline_metrics(summary, verdict), step=0)
         best_run = [r for r in tracking.child_runs(client, client.get_run(parent_id).info.experiment_id, parent_id)

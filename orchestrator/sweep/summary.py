@@ -18,7 +18,7 @@ def fmt(value) -> str:
 
 def headline_metrics(summary: dict, verdict: confirm.Verdict) -> dict[str, float]:
     """The headline numbers as MLflow metrics (means, sds, gains and interval bounds)."""
-    out = {k: v for k, v in summary.items() if k.startswith(("test/", "teacher/", "student_alone/"))
+    out = {k: v for k, v in summary.items() if k.startswith(("test/", "teacher/", "student_alone/", "cost/"))
            and isinstance(v, (int, float))}
     for c in verdict.cands:
         name = "chosen" if c is verdict.chosen else re.sub(r"[^0-9A-Za-z_.-]+", "_", c.label).strip("_")
@@ -33,10 +33,12 @@ def headline_metrics(summary: dict, verdict: confirm.Verdict) -> dict[str, float
 
 
 def version_tags(summary: dict, verdict: confirm.Verdict) -> dict[str, str]:
-    """Tags of the registered model version: the chosen config's mean, sd, gains and intervals."""
+    """Tags of the registered model version: the chosen config's mean, sd, gains and intervals, and its
+    student's cost (``cost/params``, ``cost/macs``, ``cost/latency_ms``, ...)."""
     tags = {"confirmed": str(verdict.confirmed).lower(), "config": verdict.chosen.label,
             "seeds": json.dumps(verdict.seeds), "test_acc1_mean": f"{summary['test/acc1_mean']:.6f}",
             "test_acc1_sd": f"{summary['test/acc1_sd']:.6f}", "registered_seed": str(summary["registered_seed"])}
+    tags.update({key: f"{value:.6g}" for key, value in summary.items() if key.startswith("cost/")})
     for key, gain in (("gain_vs_alone", verdict.vs_alone), ("gain_vs_paper_default", verdict.vs_paper)):
         if gain is not None:
             tags[key] = f"{gain.mean:.6f}"
