@@ -52,8 +52,11 @@ def test_gradients_reach_the_student_never_the_teacher():
 def test_stage_selectors_choose_stages_by_name_or_from_the_end():
     term, _ = term_and_batch("nst", nst__stages="stage2,last")
     assert (term.s_pos, term.t_pos) == ([1, 2], [[1, 2]])
-    with pytest.raises(ValueError, match="distill.nst.stages=-4,-1: the student has no stage '-4'"):
+    with pytest.raises(ValueError, match=r"distill.nst.stages=-4,-1: the student has no stage at position -4 .* "
+                                         r"its 3 stages: \['stage1', 'stage2', 'stage3'\]"):
         term_and_batch("nst", nst__stages="-4,-1")
+    term, _ = term_and_batch("nst", nst__stages="1:")  # slices, as every stage knob takes them
+    assert (term.s_pos, term.t_pos) == ([1, 2], [[1, 2]])
     for bad in ("", "-1,-1", " , "):
         with pytest.raises(ConfigError, match="distill.nst.stages"):
             load_config(None, [f"distill.nst.stages={bad}"])

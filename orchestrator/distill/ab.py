@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from orchestrator.distill.base import Batch, TermContext
 from orchestrator.distill.checks import check_epochs, check_positive, check_weight
-from orchestrator.distill.features import ConnectedStages, at_least_fp32, feature_needs, parse_stages, positions
+from orchestrator.distill.features import ConnectedStages, at_least_fp32, feature_needs, paired_positions, parse_stages
 from orchestrator.distill.registry import TermSpec, register_term
 
 SCALE = 3 / 1000  # RepDistiller's scaling of each stage's loss
@@ -116,15 +116,13 @@ class AB(ConnectedStages):
 
 
 def build(ctx: TermContext, knobs: ABKnobs) -> AB:
-    key, sel = "distill.ab.stages", parse_stages("stages", knobs.stages)
-    s_pos = positions(key, sel, ctx.student.stages, "student")
+    s_pos, t_pos = paired_positions("distill.ab.stages", parse_stages("stages", knobs.stages), ctx.student,
+                                    ctx.teachers)
     s_shapes = list(ctx.student.stages.values())
-    t_pos, connectors = [], []
-    for m, teacher in enumerate(ctx.teachers):
-        pos = positions(key, sel, teacher.stages, f"teacher {m + 1}")
+    connectors = []
+    for teacher, pos in zip(ctx.teachers, t_pos):
         t_shapes = list(teacher.stages.values())
         connectors.append(nn.ModuleList(Connector(s_shapes[i], t_shapes[j]) for i, j in zip(s_pos, pos)))
-        t_pos.append(pos)
     return AB(s_pos, t_pos, connectors, ctx.teacher_weights, knobs.margin)
 
 

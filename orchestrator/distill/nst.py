@@ -18,7 +18,7 @@ from torch import Tensor
 
 from orchestrator.distill.base import Batch, Term, TermContext
 from orchestrator.distill.checks import check_weight, normalise_weights
-from orchestrator.distill.features import at_least_fp32, feature_needs, parse_stages, positions
+from orchestrator.distill.features import at_least_fp32, feature_needs, paired_positions, parse_stages
 from orchestrator.distill.registry import TermSpec, register_term
 from orchestrator.distill.stages import pool_to_smaller
 
@@ -78,10 +78,9 @@ class NST(Term):
 
 
 def build(ctx: TermContext, knobs: NSTKnobs) -> NST:
-    key, sel = "distill.nst.stages", parse_stages("stages", knobs.stages)
-    return NST(positions(key, sel, ctx.student.stages, "student"),
-               [positions(key, sel, t.stages, f"teacher {m + 1}") for m, t in enumerate(ctx.teachers)],
-               ctx.teacher_weights)
+    s_pos, t_pos = paired_positions("distill.nst.stages", parse_stages("stages", knobs.stages), ctx.student,
+                                    ctx.teachers)
+    return NST(s_pos, t_pos, ctx.teacher_weights)
 
 
 register_term(TermSpec(

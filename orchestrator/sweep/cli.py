@@ -105,6 +105,29 @@ def check_weights_available(cfg: Config, data) -> None:
             build_with_weights(arch, data.num_classes, data.in_channels, weights)
 
 
+def check_feature_stages(configs: list[Config], data, teacher_source: str | None) -> None:
+    """Every stage selector the sweep can use picks stages the student and the teacher have (ConfigError naming
+    the knob and the student's stages), checked before any work instead of when a trial builds its terms."""
+    from orchestrator.distill.registry import knobs_of, method_terms, stage_problem, term
+    from orchestrator.models import build_model
+    from orchestrator.models.base import probe_shapes
+    from orchestrator.teachers import load_teacher
+
+    reading = [c for c in configs if any(term(n).needs_for(knobs_of(c.distill, n)).stages
+                                         for n in method_terms(c.distill.method))]
+    if not reading:
+        return
+    cfg = reading[0]
+    shapes = [probe_shapes(model, data.in_channels, data.image_size) for model in (
+        build_model(cfg.model.student, data.num_classes, data.in_channels),
+        load_teacher(teacher_source, data.num_classes, data.in_channels, data.image_size) if teacher_source
+        else build_model(cfg.model.teacher, data.num_classes, data.in_channels))]
+    for c in reading:
+        problem = stage_problem(c.distill, data.num_classes, shapes[0], (shapes[1],))
+        if problem:
+            raise ConfigError(*problem)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     try:
@@ -130,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         plan = make_plan(cfg, len(data.train))
         if address is None:
             preflight.check_local(cfg, plan.trial_cpu, in_process(cfg))
-        if cfg.teacher.checkpoint:  # a teacher that does not fit is an error before anything starts
-            resolve_teacher(cfg, data)
+        # a teacher that does not fit is an error before anything starts
+        teacher_source = resolve_teacher(cfg, data) if cfg.teacher.checkpoint else None
+        check_feature_stages([cfg, *possible_configs(plan.space, cfg)], data, teacher_source)
         check_weights_available(cfg, data)
     except (ConfigError, DatasetNotFoundError, TeacherCheckpointError, WeightsUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
