@@ -44,7 +44,7 @@ class ABKnobs:
     and every trial of the method reports comparable epochs). paper_defaults keep 30.
     """
 
-    stages: str = "-3,-2,-1"
+    stages: str = "1:"  # RepDistiller's feat[1:-1]: every stage but the stem
     margin: float = 1.0
     init_epochs: int = 1
     weight: float = 0.0

@@ -44,7 +44,7 @@ class FSPKnobs:
     and every trial of the method reports comparable epochs). paper_defaults keep 30.
     """
 
-    stages: str = "-3,-2,-1"  # RepDistiller's feat[:-1] also has the stem: "-4,-3,-2,-1" on our ResNets
+    stages: str = "0:"  # RepDistiller's feat[:-1]: every stage, the stem included
     connectors: str = "auto"
     init_epochs: int = 1
     weight: float = 0.0

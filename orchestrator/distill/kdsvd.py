@@ -44,7 +44,7 @@ PAPER_DEFAULTS = {"distill.kdsvd.weight": 1.0, "distill.kdsvd.k": 1}
 class KDSVDKnobs:
     """``distill.kdsvd.*``: stages (two or more), k teacher singular vectors, connectors, weight."""
 
-    stages: str = "-3,-2,-1"
+    stages: str = "1:"  # RepDistiller's feat[1:-1]: every stage but the stem
     k: int = 1
     connectors: str = "auto"
     weight: float = 1.0

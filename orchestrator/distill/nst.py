@@ -23,7 +23,7 @@ from orchestrator.distill.registry import TermSpec, register_term
 from orchestrator.distill.stages import pool_to_smaller
 
 # The paper's weight (RepDistiller scripts/run_cifar_distill.sh, NST: -a 0 -b 50, at commit
-# b84f547c5db6a35318d4671d7d5c4de74c822403). The stages, feat[1:-1] there, are "-3,-2,-1" on its ResNets.
+# b84f547c5db6a35318d4671d7d5c4de74c822403). The stages, feat[1:-1] there, are "1:" on every zoo model.
 PAPER_DEFAULTS = {"distill.nst.weight": 50.0}
 
 
@@ -31,7 +31,7 @@ PAPER_DEFAULTS = {"distill.nst.weight": 50.0}
 class NSTKnobs:
     """``distill.nst.*``: the stages (selectors, see :mod:`orchestrator.distill.features`) and the weight."""
 
-    stages: str = "-3,-2,-1"
+    stages: str = "1:"  # RepDistiller's feat[1:-1]: every stage but the stem
     weight: float = 50.0
 
     def __post_init__(self):
