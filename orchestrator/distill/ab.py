@@ -9,8 +9,11 @@ connectors and the student's feature layers on it for ``--init_epochs`` (``helpe
 distils with CE alone (``train_distill`` sets the AB loss to 0 whatever ``-b`` is), so the main-stage
 weight defaults to 0.
 
-Differences from RepDistiller: its features are pre-activation (``preact=True``); our models return stage
-outputs after the ReLU. The teacher's boundary (t > 0) is the same on both; the student side always goes
+Differences from RepDistiller: its features are pre-activation (``preact=True``); our models return their
+stage outputs as RepDistiller's non-preact call does: after the ReLU on the ResNets, VGGs and ShuffleNets, but
+pre-activation sums on the WRNs and linear bottleneck outputs (signed) on MobileNetV2. The teacher's boundary
+(t > 0) is therefore RepDistiller's on the WRNs and MobileNetV2, and its post-ReLU version (t > 0 where the
+pre-activation is > 0: the same set) on the others; the student side always goes
 through a connector (conv + BatchNorm, signed output), where RepDistiller uses none when the shapes
 already match. With M teachers: ``sum_m w_m AB_m``, one set of connectors per teacher.
 """
