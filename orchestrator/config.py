@@ -34,6 +34,10 @@ class ConfigError(ValueError):
         self.key, self.given, self.allowed = key, given, allowed
         super().__init__(f"config key '{key}': got {given!r}; allowed: {allowed}")
 
+    def __reduce__(self):
+        """Re-created from its three fields, so it crosses process boundaries (Ray, multiprocessing) intact."""
+        return self.__class__, (self.key, self.given, self.allowed)
+
 
 class YamlSyntaxError(ConfigError):
     """A YAML file does not parse; the message is ``file:line: what is wrong``."""
@@ -41,6 +45,9 @@ class YamlSyntaxError(ConfigError):
     def __init__(self, path: Path, line: int | None, problem: str):
         self.key, self.given, self.allowed = str(path), line, problem
         ValueError.__init__(self, f"{path}:{line}: {problem}" if line else f"{path}: {problem}")
+
+    def __reduce__(self):
+        return self.__class__, (Path(self.key), self.given, self.allowed)
 
 
 def read_yaml(path: Path) -> Any:

@@ -22,6 +22,34 @@ REFERENCE = [0.005632372259516728, 0.006492905327200462, 0.03338545217196796, 0.
 TERM_REFERENCE = 25.56810526623185  # weight 1000 included
 
 
+# Signed maps (N(0, 1), not post-ReLU) at odd p: RepDistiller's at_loss in float64 on signed_maps(100 + case,
+# ...) below (same reference and commit). distill.at.signed=true reproduces it; the default |a|^p does not.
+SIGNED_CASES = [((8, 8, 8), (12, 8, 8), 1.0), ((4, 8, 8), (6, 16, 16), 1.0), ((8, 8, 8), (12, 4, 4), 3.0)]
+SIGNED_REFERENCE = [0.031076029492260192, 0.03134141490912519, 0.1081246420092562]
+
+
+def signed_maps(seed: int, *shapes: tuple[int, ...]) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, *shape, generator=g) for shape in shapes]
+
+
+@pytest.mark.parametrize("case", range(len(SIGNED_CASES)))
+def test_signed_power_matches_repdistiller_at_odd_p_on_signed_maps(case):
+    s, t, p = SIGNED_CASES[case]
+    f_s, f_t = signed_maps(100 + case, s, t)
+    assert at_loss(f_s, f_t, p, signed=True).item() == pytest.approx(SIGNED_REFERENCE[case], rel=1e-5)
+    assert at_loss(f_s, f_t, p).item() != pytest.approx(SIGNED_REFERENCE[case], rel=1e-2)  # |a|^p: the paper's
+
+
+def test_signed_is_a_knob_and_needs_an_integer_power():
+    from orchestrator.config import ConfigError, load_config
+
+    assert load_config(None, ["distill.at.signed=true", "distill.at.p=1"]).distill.at.signed is True
+    assert load_config(None, []).distill.at.signed is False  # the paper's |a|^p; p=2 (paper default) equal anyway
+    with pytest.raises(ConfigError, match="distill.at.p"):
+        load_config(None, ["distill.at.signed=true", "distill.at.p=1.5"])
+
+
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_at_matches_repdistiller(case):
     s, t, p = CASES[case]

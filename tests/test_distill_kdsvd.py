@@ -53,7 +53,7 @@ def test_small_and_degenerate_maps_stay_finite():
 
 
 def test_gradients_reach_the_student_and_connectors_never_the_teacher():
-    term, batch = term_and_batch("kdsvd")
+    term, batch = term_and_batch("kdsvd", kdsvd__stages="0:")  # every stage (the default skips the first)
     assert_student_gets_gradients_teacher_none(term, batch)
     convs = [c for c in term.connectors[0] if isinstance(c, torch.nn.Conv2d)]
     assert len(convs) == 3 and all(c.weight.grad is not None and c.weight.grad.abs().sum() > 0 for c in convs)

@@ -44,7 +44,7 @@ def test_equal_maps_give_zero_and_one_channel_closed_form():
 
 
 def test_gradients_reach_the_student_never_the_teacher():
-    term, batch = term_and_batch("nst")
+    term, batch = term_and_batch("nst", nst__stages="0:")  # every stage (the default skips the first)
     assert_student_gets_gradients_teacher_none(term, batch)
     assert all(f.grad.abs().sum() > 0 for f in batch.student.features)
 
@@ -52,8 +52,11 @@ def test_gradients_reach_the_student_never_the_teacher():
 def test_stage_selectors_choose_stages_by_name_or_from_the_end():
     term, _ = term_and_batch("nst", nst__stages="stage2,last")
     assert (term.s_pos, term.t_pos) == ([1, 2], [[1, 2]])
-    with pytest.raises(ValueError, match="distill.nst.stages=-4,-1: the student has no stage '-4'"):
+    with pytest.raises(ValueError, match=r"distill.nst.stages=-4,-1: the student has no stage at position -4 .* "
+                                         r"its 3 stages: \['stage1', 'stage2', 'stage3'\]"):
         term_and_batch("nst", nst__stages="-4,-1")
+    term, _ = term_and_batch("nst", nst__stages="1:")  # slices, as every stage knob takes them
+    assert (term.s_pos, term.t_pos) == ([1, 2], [[1, 2]])
     for bad in ("", "-1,-1", " , "):
         with pytest.raises(ConfigError, match="distill.nst.stages"):
             load_config(None, [f"distill.nst.stages={bad}"])
@@ -62,11 +65,11 @@ def test_stage_selectors_choose_stages_by_name_or_from_the_end():
 def test_several_teachers_are_weighted():
     term, batch = term_and_batch("nst", teachers=2, teacher_weights=[3, 1])
     s = batch.student.features
-    expected = sum(w * sum(nst_loss(s[i], t.features[i]) for i in range(3))
+    expected = sum(w * sum(nst_loss(s[i], t.features[i]) for i in (1, 2))  # the default "1:" skips the first
                    for w, t in zip((0.75, 0.25), batch.teachers))
     torch.testing.assert_close(term(batch), expected)
 
 
 def test_paper_defaults():
     assert paper_defaults("ce+nst") == {"distill.nst.weight": 50.0}
-    assert load_config(None, []).distill.nst.stages == "-3,-2,-1"
+    assert load_config(None, []).distill.nst.stages == "1:"  # RepDistiller's feat[1:-1]

@@ -49,6 +49,10 @@ class DatasetNotFoundError(FileNotFoundError):
         where = ", ".join(self.looked_in)
         super().__init__(f"dataset '{dataset}' not found (looked in: {where}). How to get it: {how_to_get}")
 
+    def __reduce__(self):
+        """Re-created from its fields, so it crosses process boundaries (Ray workers) intact."""
+        return self.__class__, (self.dataset, self.looked_in, self.how_to_get)
+
 
 @dataclass(frozen=True)
 class ImageSource:

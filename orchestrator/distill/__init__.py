@@ -17,7 +17,9 @@ from orchestrator.distill.registry import method_names, paper_defaults, term_nam
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
+from orchestrator.distill.plain import evaluate  # noqa: E402  (after the terms have registered)
+
 __all__ = [
-    "Batch", "Shapes", "Term", "TermContext", "Objective", "build_objective", "method_names", "paper_defaults",
-    "term_names",
+    "Batch", "Shapes", "Term", "TermContext", "Objective", "build_objective", "evaluate", "method_names",
+    "paper_defaults", "term_names",
 ]

@@ -9,8 +9,11 @@ connectors and the student's feature layers on it for ``--init_epochs`` (``helpe
 distils with CE alone (``train_distill`` sets the AB loss to 0 whatever ``-b`` is), so the main-stage
 weight defaults to 0.
 
-Differences from RepDistiller: its features are pre-activation (``preact=True``); our models return stage
-outputs after the ReLU. The teacher's boundary (t > 0) is the same on both; the student side always goes
+Differences from RepDistiller: its features are pre-activation (``preact=True``); our models return their
+stage outputs as RepDistiller's non-preact call does: after the ReLU on the ResNets, VGGs and ShuffleNets, but
+pre-activation sums on the WRNs and linear bottleneck outputs (signed) on MobileNetV2. The teacher's boundary
+(t > 0) is therefore RepDistiller's on the WRNs and MobileNetV2, and its post-ReLU version (t > 0 where the
+pre-activation is > 0: the same set) on the others; the student side always goes
 through a connector (conv + BatchNorm, signed output), where RepDistiller uses none when the shapes
 already match. With M teachers: ``sum_m w_m AB_m``, one set of connectors per teacher.
 """
@@ -24,7 +27,7 @@ from torch import Tensor, nn
 
 from orchestrator.distill.base import Batch, TermContext
 from orchestrator.distill.checks import check_epochs, check_positive, check_weight
-from orchestrator.distill.features import ConnectedStages, at_least_fp32, feature_needs, parse_stages, positions
+from orchestrator.distill.features import ConnectedStages, at_least_fp32, feature_needs, paired_positions, parse_stages
 from orchestrator.distill.registry import TermSpec, register_term
 
 SCALE = 3 / 1000  # RepDistiller's scaling of each stage's loss
@@ -44,7 +47,7 @@ class ABKnobs:
     and every trial of the method reports comparable epochs). paper_defaults keep 30.
     """
 
-    stages: str = "-3,-2,-1"
+    stages: str = "1:"  # RepDistiller's feat[1:-1]: every stage but the stem
     margin: float = 1.0
     init_epochs: int = 1
     weight: float = 0.0
@@ -116,15 +119,13 @@ class AB(ConnectedStages):
 
 
 def build(ctx: TermContext, knobs: ABKnobs) -> AB:
-    key, sel = "distill.ab.stages", parse_stages("stages", knobs.stages)
-    s_pos = positions(key, sel, ctx.student.stages, "student")
+    s_pos, t_pos = paired_positions("distill.ab.stages", parse_stages("stages", knobs.stages), ctx.student,
+                                    ctx.teachers)
     s_shapes = list(ctx.student.stages.values())
-    t_pos, connectors = [], []
-    for m, teacher in enumerate(ctx.teachers):
-        pos = positions(key, sel, teacher.stages, f"teacher {m + 1}")
+    connectors = []
+    for teacher, pos in zip(ctx.teachers, t_pos):
         t_shapes = list(teacher.stages.values())
         connectors.append(nn.ModuleList(Connector(s_shapes[i], t_shapes[j]) for i, j in zip(s_pos, pos)))
-        t_pos.append(pos)
     return AB(s_pos, t_pos, connectors, ctx.teacher_weights, knobs.margin)
 
 

@@ -12,6 +12,10 @@ class KnobError(ValueError):
         self.name, self.value, self.allowed = name, value, allowed
         super().__init__(f"{name} must be {allowed}, got {value!r}")
 
+    def __reduce__(self):
+        """Re-created from its fields, so it crosses process boundaries (Ray workers) intact."""
+        return self.__class__, (self.name, self.value, self.allowed)
+
 
 def check_weight(name: str, value: float) -> float:
     """A loss weight must be a finite number >= 0."""

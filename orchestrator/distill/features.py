@@ -1,9 +1,10 @@
 """Feature stages for feature-based terms: choosing them, pairing student and teacher maps, connectors.
 
-Each selector is one stage in :mod:`orchestrator.distill.stages` syntax (a name, ``last``, ``-k``), so one
-knob value works for models whose stages have different names or counts: ``-3,-2,-1`` pairs the last three
-stages of the student with the last three of the teacher (RepDistiller's ``feat[1:-1]`` on its CIFAR
-ResNets, whose features are the stem and three stages), in the order written. Terms declare their
+Every stage knob uses the one :mod:`orchestrator.distill.stages` syntax (names, positions, ``last``, slices
+such as ``1:``, joined by commas), so one knob value works for models whose stages have different names or
+counts: ``-3,-2,-1`` pairs the last three stages of the student with the last three of the teacher
+(RepDistiller's ``feat[1:-1]`` on its CIFAR ResNets, whose features are the stem and three stages), in the
+order written; ``1:`` picks every stage but the first of each model, paired from the deepest. Terms declare their
 selectors as teacher needs; the teacher-output cache resolves them (``stages.select_all``).
 """
 
@@ -17,17 +18,24 @@ from torch import Tensor, nn
 from orchestrator.distill.base import Batch, Term
 from orchestrator.distill.checks import KnobError, check_choice, normalise_weights
 from orchestrator.distill.registry import Needs
-from orchestrator.distill.stages import select
+from orchestrator.distill.stages import ALLOWED, check_selector, select
+from orchestrator.models.base import Shapes
 
 CONNECTORS = ("auto", "none")  # auto: a 1x1 conv where channel counts differ; none: refuse unequal channels
 
 
 def parse_stages(key: str, text: str, at_least: int = 1) -> tuple[str, ...]:
-    """``"-3,-2,-1"`` -> ("-3", "-2", "-1"): at least ``at_least`` distinct selectors, else KnobError naming ``key``."""
+    """``"-3,-2,-1"`` -> ("-3", "-2", "-1"): distinct selectors in :mod:`orchestrator.distill.stages` syntax (names,
+    positions, slices such as ``1:``), else KnobError naming ``key``. Without slices, at least ``at_least`` of
+    them; with slices, the count is checked per model when the stages are resolved (:func:`positions`)."""
     selectors = tuple(s.strip() for s in str(text).split(",") if s.strip())
-    if len(selectors) < at_least or len(set(selectors)) != len(selectors) or any("," in s for s in selectors):
-        raise KnobError(key, text, f"{at_least} or more distinct stage selectors separated by commas "
-                                   "(stage names, 'last' or '-k' counting from the end, e.g. '-3,-2,-1')")
+    allowed = f"{at_least} or more distinct stage selectors separated by commas ({ALLOWED})"
+    if not selectors or len(set(selectors)) != len(selectors):
+        raise KnobError(key, text, allowed)
+    for selector in selectors:
+        check_selector(key, selector)
+    if len(selectors) < at_least and not any(":" in s for s in selectors):
+        raise KnobError(key, text, allowed)
     return selectors
 
 
@@ -45,16 +53,33 @@ def resolve(selector: str, names: Sequence[str]) -> int | None:
     return list(names).index(picked[0]) if len(picked) == 1 else None
 
 
-def positions(key: str, selectors: Sequence[str], stages: dict, who: str) -> list[int]:
-    """Positions of the selected stages in ``stages`` (a Shapes.stages dict); ValueError naming ``key``."""
-    names = list(stages)
-    found = [resolve(s, names) for s in selectors]
-    if None in found:
-        raise ValueError(f"{key}={','.join(selectors)}: the {who} has no stage {selectors[found.index(None)]!r}; "
-                         f"its stages: {names or 'none'}")
+def positions(key: str, selectors: Sequence[str], stages: dict, who: str, at_least: int = 1) -> list[int]:
+    """Positions in ``stages`` (a Shapes.stages dict) of what ``selectors`` pick, selector by selector in the
+    order written (a slice in model order); ValueError naming ``key`` if a stage is missing, picked twice, or
+    fewer than ``at_least`` are picked."""
+    names, found = list(stages), []
+    for selector in selectors:
+        try:
+            found += [names.index(n) for n in select(selector, names, f"the {who}")]
+        except ValueError as exc:
+            raise ValueError(f"{key}={','.join(selectors)}: {exc}") from None
     if len(set(found)) != len(found):
         raise ValueError(f"{key}={','.join(selectors)} chooses a stage of the {who} twice (its stages: {names})")
-    return found  # type: ignore[return-value]
+    if len(found) < at_least:
+        raise ValueError(f"{key}={','.join(selectors)} picks {len(found)} stage(s) of the {who}, needs {at_least} "
+                         f"or more (its stages: {names})")
+    return found
+
+
+def paired_positions(key: str, selectors: Sequence[str], student: Shapes, teachers: Sequence[Shapes],
+                     at_least: int = 1) -> tuple[list[int], list[list[int]]]:
+    """(student positions, per teacher positions) of the picked stages, paired from the deepest: when the
+    models give different counts (a slice on a 4- and a 5-stage model), the last k of each are paired, k the
+    smallest count (as :func:`orchestrator.distill.stages.pair`)."""
+    s_pos = positions(key, selectors, student.stages, "student", at_least)
+    t_pos = [positions(key, selectors, t.stages, f"teacher {m + 1}", at_least) for m, t in enumerate(teachers)]
+    k = min([len(s_pos)] + [len(p) for p in t_pos])
+    return s_pos[-k:], [p[-k:] for p in t_pos]
 
 
 def at_least_fp32(x: Tensor) -> Tensor:

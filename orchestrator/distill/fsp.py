@@ -23,7 +23,8 @@ from torch import Tensor
 from orchestrator.distill.base import Batch, TermContext
 from orchestrator.distill.checks import check_epochs, check_weight
 from orchestrator.distill.features import (
-    ConnectedStages, at_least_fp32, channel_connectors, check_connectors, feature_needs, parse_stages, positions,
+    ConnectedStages, at_least_fp32, channel_connectors, check_connectors, feature_needs, paired_positions,
+    parse_stages,
 )
 from orchestrator.distill.registry import TermSpec, register_term
 from orchestrator.distill.stages import pool_to_smaller
@@ -43,7 +44,7 @@ class FSPKnobs:
     and every trial of the method reports comparable epochs). paper_defaults keep 30.
     """
 
-    stages: str = "-3,-2,-1"  # RepDistiller's feat[:-1] also has the stem: "-4,-3,-2,-1" on our ResNets
+    stages: str = "0:"  # RepDistiller's feat[:-1]: every stage, the stem included
     connectors: str = "auto"
     init_epochs: int = 1
     weight: float = 0.0
@@ -85,16 +86,14 @@ class FSP(ConnectedStages):
 
 
 def build(ctx: TermContext, knobs: FSPKnobs) -> FSP:
-    key, sel = "distill.fsp.stages", parse_stages("stages", knobs.stages, at_least=2)
-    s_pos = positions(key, sel, ctx.student.stages, "student")
+    s_pos, t_pos = paired_positions("distill.fsp.stages", parse_stages("stages", knobs.stages, at_least=2),
+                                    ctx.student, ctx.teachers, at_least=2)
     s_channels = [list(ctx.student.stages.values())[i][0] for i in s_pos]
-    t_pos, connectors = [], []
-    for m, teacher in enumerate(ctx.teachers):
-        pos = positions(key, sel, teacher.stages, f"teacher {m + 1}")
+    connectors = []
+    for teacher, pos in zip(ctx.teachers, t_pos):
         t_channels = [list(teacher.stages.values())[j][0] for j in pos]
         connectors.append(channel_connectors("distill.fsp.connectors", knobs.connectors, s_channels, t_channels,
                                              "FSP (channel x channel matrices)"))
-        t_pos.append(pos)
     return FSP(s_pos, t_pos, connectors, ctx.teacher_weights)
 
 

@@ -52,7 +52,7 @@ class FTKnobs:
 
     def __post_init__(self):
         if len(parse_stages("stage", self.stage)) != 1:
-            raise KnobError("stage", self.stage, "one stage selector (a stage name, 'last' or '-k')")
+            raise KnobError("stage", self.stage, "one stage selector (a stage name, a position such as 'last' or '-k', or a one-stage slice)")
         check_positive("rate", self.rate)
         check_epochs("init_epochs", self.init_epochs)
         check_weight("weight", self.weight)
@@ -140,8 +140,11 @@ class FT(Term):
 
 def build(ctx: TermContext, knobs: FTKnobs) -> FT:
     key, sel = "distill.ft.stage", parse_stages("stage", knobs.stage)
-    (s_pos,) = positions(key, sel, ctx.student.stages, "student")
-    t_pos = [positions(key, sel, t.stages, f"teacher {m + 1}")[0] for m, t in enumerate(ctx.teachers)]
+    picked = [positions(key, sel, s.stages, who) for s, who in
+              [(ctx.student, "student"), *((t, f"teacher {m + 1}") for m, t in enumerate(ctx.teachers))]]
+    if any(len(p) != 1 for p in picked):
+        raise ValueError(f"{key}={knobs.stage} must pick one stage of each model, picks {[len(p) for p in picked]}")
+    s_pos, t_pos = picked[0][0], [p[0] for p in picked[1:]]
     s_channels = list(ctx.student.stages.values())[s_pos][0]
     t_channels = [list(t.stages.values())[j][0] for t, j in zip(ctx.teachers, t_pos)]
     return FT(s_pos, t_pos, s_channels, t_channels, ctx.teacher_weights, knobs.rate)

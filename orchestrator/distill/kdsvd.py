@@ -27,7 +27,8 @@ from torch import Tensor, nn
 from orchestrator.distill.base import TermContext
 from orchestrator.distill.checks import check_count, check_weight
 from orchestrator.distill.features import (
-    ConnectedStages, at_least_fp32, channel_connectors, check_connectors, feature_needs, parse_stages, positions,
+    ConnectedStages, at_least_fp32, channel_connectors, check_connectors, feature_needs, paired_positions,
+    parse_stages,
 )
 from orchestrator.distill.registry import TermSpec, register_term
 
@@ -43,7 +44,7 @@ PAPER_DEFAULTS = {"distill.kdsvd.weight": 1.0, "distill.kdsvd.k": 1}
 class KDSVDKnobs:
     """``distill.kdsvd.*``: stages (two or more), k teacher singular vectors, connectors, weight."""
 
-    stages: str = "-3,-2,-1"
+    stages: str = "1:"  # RepDistiller's feat[1:-1]: every stage but the stem
     k: int = 1
     connectors: str = "auto"
     weight: float = 1.0
@@ -125,12 +126,11 @@ class KDSVD(ConnectedStages):
 
 
 def build(ctx: TermContext, knobs: KDSVDKnobs) -> KDSVD:
-    key, sel = "distill.kdsvd.stages", parse_stages("stages", knobs.stages, at_least=2)
-    s_pos = positions(key, sel, ctx.student.stages, "student")
+    s_pos, t_pos = paired_positions("distill.kdsvd.stages", parse_stages("stages", knobs.stages, at_least=2),
+                                    ctx.student, ctx.teachers, at_least=2)
     s_shapes = list(ctx.student.stages.values())
-    t_pos, connectors = [], []
-    for m, teacher in enumerate(ctx.teachers):
-        pos = positions(key, sel, teacher.stages, f"teacher {m + 1}")
+    connectors = []
+    for m, (teacher, pos) in enumerate(zip(ctx.teachers, t_pos)):
         t_shapes = list(teacher.stages.values())
         smallest = min(min(t_shapes[j][0], t_shapes[j][1] * t_shapes[j][2]) for j in pos)
         if knobs.k > smallest:
@@ -139,7 +139,6 @@ def build(ctx: TermContext, knobs: KDSVDKnobs) -> KDSVD:
         connectors.append(channel_connectors(
             "distill.kdsvd.connectors", knobs.connectors, [s_shapes[i][0] for i in s_pos],
             [t_shapes[j][0] for j in pos], "KDSVD (singular vectors in channel space)"))
-        t_pos.append(pos)
     return KDSVD(s_pos, t_pos, connectors, ctx.teacher_weights, knobs.k)
 
 

@@ -18,12 +18,12 @@ from torch import Tensor
 
 from orchestrator.distill.base import Batch, Term, TermContext
 from orchestrator.distill.checks import check_weight, normalise_weights
-from orchestrator.distill.features import at_least_fp32, feature_needs, parse_stages, positions
+from orchestrator.distill.features import at_least_fp32, feature_needs, paired_positions, parse_stages
 from orchestrator.distill.registry import TermSpec, register_term
 from orchestrator.distill.stages import pool_to_smaller
 
 # The paper's weight (RepDistiller scripts/run_cifar_distill.sh, NST: -a 0 -b 50, at commit
-# b84f547c5db6a35318d4671d7d5c4de74c822403). The stages, feat[1:-1] there, are "-3,-2,-1" on its ResNets.
+# b84f547c5db6a35318d4671d7d5c4de74c822403). The stages, feat[1:-1] there, are "1:" on every zoo model.
 PAPER_DEFAULTS = {"distill.nst.weight": 50.0}
 
 
@@ -31,7 +31,7 @@ PAPER_DEFAULTS = {"distill.nst.weight": 50.0}
 class NSTKnobs:
     """``distill.nst.*``: the stages (selectors, see :mod:`orchestrator.distill.features`) and the weight."""
 
-    stages: str = "-3,-2,-1"
+    stages: str = "1:"  # RepDistiller's feat[1:-1]: every stage but the stem
     weight: float = 50.0
 
     def __post_init__(self):
@@ -78,10 +78,9 @@ class NST(Term):
 
 
 def build(ctx: TermContext, knobs: NSTKnobs) -> NST:
-    key, sel = "distill.nst.stages", parse_stages("stages", knobs.stages)
-    return NST(positions(key, sel, ctx.student.stages, "student"),
-               [positions(key, sel, t.stages, f"teacher {m + 1}") for m, t in enumerate(ctx.teachers)],
-               ctx.teacher_weights)
+    s_pos, t_pos = paired_positions("distill.nst.stages", parse_stages("stages", knobs.stages), ctx.student,
+                                    ctx.teachers)
+    return NST(s_pos, t_pos, ctx.teacher_weights)
 
 
 register_term(TermSpec(

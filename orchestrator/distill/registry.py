@@ -279,6 +279,30 @@ def data_problem(distill_cfg: Any, num_train_samples: int) -> tuple[str, Any, st
     return None
 
 
+STAGE_KNOBS = ("stages", "stage")  # the knob a term reading feature stages takes its selectors from
+
+
+def stage_problem(distill_cfg: Any, num_classes: int, student: Any, teachers: tuple) -> tuple[str, Any, str] | None:
+    """The first (key, value, allowed) of a term reading feature stages that cannot be built on these models
+    (``student``/``teachers``: their ``Shapes``): a stage a model lacks, too few stages, unequal channels..."""
+    import torch
+
+    from orchestrator.distill.base import TermContext
+
+    ctx = TermContext(num_classes, student, tuple(teachers), tuple(1 / len(teachers) for _ in teachers),
+                      torch.zeros(0, dtype=torch.long))
+    for name in method_terms(distill_cfg.method):
+        spec, knobs = term(name), knobs_of(distill_cfg, name)
+        if not spec.needs_for(knobs).stages:
+            continue
+        try:
+            spec.build(ctx, knobs)
+        except ValueError as exc:
+            knob = next(k for k in STAGE_KNOBS if hasattr(knobs, k))
+            return f"distill.{name}.{knob}", getattr(knobs, knob), f"selectors of stages the models have ({exc})"
+    return None
+
+
 def describe(method: str) -> str:
     """One line per term: needs, cacheability, ensembles, parts, pre-stage (for --dry-run and docs)."""
     lines = []

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from orchestrator.config import Config, ConfigError, dump_yaml, flatten, load_config, to_dict
+from orchestrator.config import Config, ConfigError, dump_yaml, flatten, load_config, student_arch, to_dict
 from orchestrator.plan import make_plan
 from orchestrator.search import available_spaces
 
@@ -105,6 +105,33 @@ def check_weights_available(cfg: Config, data) -> None:
             build_with_weights(arch, data.num_classes, data.in_channels, weights)
 
 
+def check_feature_stages(configs: list[Config], data, teacher_source: str | None) -> None:
+    """Every stage selector the sweep can use picks stages the student and the teacher have (ConfigError naming
+    the knob and the student's stages), checked before any work instead of when a trial builds its terms."""
+    from orchestrator.distill.registry import knobs_of, method_terms, stage_problem, term
+    from orchestrator.models import build_model
+    from orchestrator.models.base import probe_shapes
+    from orchestrator.teachers import load_teacher
+
+    reading = [c for c in configs if any(term(n).needs_for(knobs_of(c.distill, n)).stages
+                                         for n in method_terms(c.distill.method))]
+    if not reading:
+        return
+    cfg = reading[0]
+    teacher = probe_shapes(
+        load_teacher(teacher_source, data.num_classes, data.in_channels, data.image_size) if teacher_source
+        else build_model(cfg.model.teacher, data.num_classes, data.in_channels), data.in_channels, data.image_size)
+    students: dict[str, object] = {}  # a sampled student: each architecture probed once
+    for c in reading:
+        arch = student_arch(c.model)
+        if arch not in students:
+            students[arch] = probe_shapes(build_model(arch, data.num_classes, data.in_channels), data.in_channels,
+                                          data.image_size)
+        problem = stage_problem(c.distill, data.num_classes, students[arch], (teacher,))
+        if problem:
+            raise ConfigError(*problem)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     try:
@@ -131,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         plan = make_plan(cfg, len(data.train))
         if address is None:
             preflight.check_local(cfg, plan.trial_cpu, in_process(cfg))
-        if cfg.teacher.checkpoint:  # a teacher that does not fit is an error before anything starts
-            resolve_teacher(cfg, data)
+        # a teacher that does not fit is an error before anything starts
+        teacher_source = resolve_teacher(cfg, data) if cfg.teacher.checkpoint else None
+        check_feature_stages([cfg, *possible_configs(plan.space, cfg)], data, teacher_source)
         check_weights_available(cfg, data)
     except (ConfigError, DatasetNotFoundError, TeacherCheckpointError, WeightsUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -50,5 +50,5 @@ class ProgressPrinter(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.done += 1
-        print(f"{self._clock()}  trial {trial_number(trial):>3}  FAILED (see its MLflow run's orchestrator.error tag)",
+        print(f"{self._clock()}  trial {trial_number(trial):>3}  FAILED (why: after the search, one line per trial)",
               flush=True)

@@ -32,6 +32,7 @@ from orchestrator.sweep.errors import SweepError
 from orchestrator.sweep.folder import open_folder, record_state, save_inputs
 from orchestrator.sweep.register import register_student
 from orchestrator.sweep.summary import headline_metrics, print_summary
+from orchestrator.sweep.trial_errors import TrialInputError, failures, quiet_trial_tracebacks, report
 from orchestrator.teachers import TeacherCheckpointError, ensure_teacher, load_model_checkpoint, load_teacher
 from orchestrator.train_loop import STUDENT_FILE, student_file
 from orchestrator.trial import TrialContext
@@ -98,8 +99,8 @@ class SweepRunner:
             print(f"\ninterrupted; finished trials are kept. Resume with: python -m orchestrator.sweep --resume "
                   f"{exp_dir}", file=sys.stderr)
             return 130
-        except (cluster.ClusterError, TeacherCheckpointError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
+        except (cluster.ClusterError, TeacherCheckpointError, TrialInputError) as exc:
+            print("\n".join(f"error: {line}" for line in str(exc).splitlines()), file=sys.stderr)
             return 2
         except SweepError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -127,7 +128,9 @@ class SweepRunner:
         )
         print(f"sweep '{exp_dir.name}': {cfg.sweep.num_samples} trials, MLflow experiment "
               f"'{cfg.tracking.experiment or cfg.name}' (parent run {parent_id})", flush=True)
-        results = search_stage.search(self.plan, self.points, ctx, exp_dir, bool(self.resume))
+        with quiet_trial_tracebacks():
+            results = search_stage.search(self.plan, self.points, ctx, exp_dir, bool(self.resume))
+        report(failures(results), exp_dir / "errors")  # a config/data problem: TrialInputError, exit 2
         if self.resume:
             ended = {r.metrics["trial_id"] for r in results if r.error is None and "trial_id" in (r.metrics or {})}
             tracking.finish_ended_trials(client, experiment_id, parent_id, ended, cfg.train.epochs)
