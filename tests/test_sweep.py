@@ -15,6 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.sweep.cli import build_parser, main
+from run_checks import assert_every_run_closed
 
 SPACE = str(Path(__file__).parent / "data" / "tiny_space.yaml")
 TINY = [
@@ -44,7 +45,10 @@ def assert_sweep_logged(uri: str, trials: int) -> None:
     client = MlflowClient(uri)
     kinds = runs_by_kind(uri)
     (parent,) = kinds["sweep"]
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED" and parent.data.tags["orchestrator.outcome"] == "completed"
+    # Closed by its scope, after the report (the last artifact), not when the model was registered.
+    assert "report" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert_every_run_closed(uri)
     children = kinds["trial"]
     assert len(children) == trials
     for child in children:
@@ -111,10 +115,24 @@ def test_tiny_sweep_end_to_end(ray_session, isolated_cache, tmp_path, monkeypatc
     teacher = load_teacher(f"runs:/{teachers[0].info.run_id}/teacher", num_classes=10, in_channels=1, image_size=8)
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
 
-    # A second sweep reuses the cached teacher (no new teacher run).
-    assert main(tiny_args(tmp_path, "--name", "tiny2", "sweep.confirm.top_k=0", "sweep.baseline=false", samples=1)) == 0
+    # A second sweep reuses the cached teacher (no new teacher run). An error raised after its student is
+    # registered ends its parent FAILED with the error, not FINISHED.
+    import orchestrator.sweep.run as sweep_run
+
+    def fail_after_registration(*args, **kwargs):
+        raise RuntimeError("injected after registration")
+
+    monkeypatch.setattr(sweep_run, "print_summary", fail_after_registration)
+    with pytest.raises(RuntimeError, match="injected after registration"):
+        main(tiny_args(tmp_path, "--name", "tiny2", "sweep.confirm.top_k=0", "sweep.baseline=false",
+                       samples=1))
     assert "reusing cached" in capsys.readouterr().out
     assert len(runs_by_kind(uri, "distill-teachers")["teacher"]) == 1
+    (failed,) = runs_by_kind(uri, "tiny2")["sweep"]
+    assert failed.info.status == "FAILED" and failed.data.tags["orchestrator.outcome"] == "failed"
+    assert "injected after registration" in failed.data.tags["orchestrator.error"]
+    assert any(v.run_id == failed.info.run_id for v in MlflowClient(uri).search_model_versions("name='distill-student'"))
+    assert_every_run_closed(uri)
 
 
 @pytest.mark.slow
@@ -380,7 +398,10 @@ def test_driver_sigkill_three_times_then_resume_finishes(isolated_cache, tmp_pat
         running = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
         assert not running, [(r.info.run_name, r.info.start_time, r.data.tags) for r in running]
     (parent,) = kinds["sweep"]
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED" and parent.data.tags["orchestrator.outcome"] == "completed"
+    # Closed by its scope, after the report (the last artifact), not when the model was registered.
+    assert "report" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert_every_run_closed(uri)
 
     folder = next(p for p in (tmp_path / "runs").iterdir() if p.is_dir())
     assert (folder / OPTUNA_JOURNAL).is_file() and (folder / "search_space.yaml").is_file()
