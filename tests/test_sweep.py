@@ -125,8 +125,11 @@ def test_tiny_sweep_end_to_end(ray_session, isolated_cache, tmp_path, monkeypatc
     monkeypatch.setattr(sweep_run, "print_summary", fail_after_registration)
     with pytest.raises(RuntimeError, match="injected after registration"):
         main(tiny_args(tmp_path, "--name", "tiny2", "sweep.confirm.top_k=0", "sweep.baseline=false",
-                       samples=1))
-    assert "reusing cached" in capsys.readouterr().out
+                       "distill.kd.temperature=3", samples=1))
+    out = capsys.readouterr().out
+    assert "reusing cached" in out and "taken out of the search space: distill.kd.temperature=3.0" in out
+    (trial,) = runs_by_kind(uri, "tiny2")["trial"]  # the given temperature, not a sampled or paper one
+    assert float(trial.data.params["distill.kd.temperature"]) == 3.0
     assert len(runs_by_kind(uri, "distill-teachers")["teacher"]) == 1
     (failed,) = runs_by_kind(uri, "tiny2")["sweep"]
     assert failed.info.status == "FAILED" and failed.data.tags["orchestrator.outcome"] == "failed"
@@ -238,6 +241,21 @@ def test_dry_run_starts_nothing(tmp_path, monkeypatch, capsys):
     assert "random until 4 have finished" in out  # then TPE proposes the rest of the 8 default trials
     assert ray.is_initialized() == ray_was_up
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_dry_run_says_a_given_value_is_held_out_of_the_space(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--dry-run", "data.dataset=digits", "sweep.search_space=kd", "distill.kd.temperature=4"]) == 0
+    out = capsys.readouterr().out
+    assert "distill.kd.temperature  = 4.0  (given)" in out and "distill.kd.temperature  ~" not in out
+    (line,) = [x for x in out.splitlines() if "taken out of the search space" in x]
+    assert "distill.kd.temperature=4.0 (the space sampled float in [1.0, 10.0] log)" in line
+    assert main(["--dry-run", "data.dataset=digits", "distill.method=ce+pkt"]) == 0  # outside kd / crd_kd
+    out = capsys.readouterr().out
+    assert "distill.method          = 'ce+pkt'  (given)" in out and "paper default ce+pkt" in out
+    assert "not sampled: distill.beta (only when distill.method in ['crd_kd'])" in out
+    assert main(["--dry-run", "data.dataset=digits", "distill.method=crd", "distill.crd.nce_k=4096"]) == 2
+    assert "nce_k" in capsys.readouterr().err  # held, but more negatives than digits has images
 
 
 def test_print_config_shows_resolved_values(capsys):

@@ -124,6 +124,8 @@ class SweepRunner:
         )
         print(f"sweep '{exp_dir.name}': {cfg.sweep.num_samples} trials, MLflow experiment "
               f"'{cfg.tracking.experiment or cfg.name}' (parent run {parent_id})", flush=True)
+        if self.plan.space.held:
+            print(self.plan.space.held_line(), flush=True)
         results = search_stage.search(self.plan, self.points, ctx, exp_dir, bool(self.resume))
         if self.resume:
             ended = {r.metrics["trial_id"] for r in results if r.error is None and "trial_id" in (r.metrics or {})}
