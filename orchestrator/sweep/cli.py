@@ -23,6 +23,7 @@ EXAMPLE = (
     "example:\n"
     "  python -m orchestrator.sweep --num-samples 12 sweep.search_space=kd "
     "distill.kd.temperature=4 train.epochs=6\n"
+    "  (a key you set that the search space samples is held at your value, out of the space)\n"
 )
 
 
