@@ -378,6 +378,9 @@ def _log_onnx(run_id: str, model, name: str, registered_model: str | None, examp
 
     with tempfile.TemporaryDirectory() as tmp:
         onnx_model = onnx.load(str(to_onnx(model, example, Path(tmp) / "model.onnx")))
+    run = mlflow.MlflowClient().get_run(run_id)  # the logged model goes to the run's experiment (no active run)
+    logged = mlflow.initialize_logged_model(name=name, source_run_id=run_id, experiment_id=run.info.experiment_id,
+                                            params=dict(run.data.params))
     return mlflow.onnx.log_model(
         onnx_model,
         name=name,
@@ -385,4 +388,5 @@ def _log_onnx(run_id: str, model, name: str, registered_model: str | None, examp
         pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
         registered_model_name=registered_model,
         run_id=run_id,  # passed through to Model.log: no mlflow.start_run, so the run is not ended here
+        model_id=logged.model_id,  # finalized READY (or FAILED) by log_model
     )

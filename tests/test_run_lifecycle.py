@@ -42,6 +42,9 @@ def test_registering_a_model_leaves_the_run_open_until_its_scope_ends(store, tmp
     assert run.info.status == "FINISHED" and run.data.tags[tracking.OUTCOME] == "completed"
     assert run.info.end_time >= last_artifact_ms(run) > 0
     assert len(client.search_runs([exp])) == 1  # no run opened behind the tool's back
+    (logged,) = client.search_logged_models([exp])  # in the run's experiment, linked to it, ready
+    assert logged.source_run_id == run_id and logged.status.name == "READY" and logged.name == "best_student"
+    assert client.get_model_version("lifecycle-student", "1").run_id == run_id
     assert_every_run_closed(uri)
 
 
