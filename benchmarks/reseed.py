@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     gain = paired_gain(results["chosen"], results["alone"])
     printed = summary.get("gain_vs_alone") or {}
     print(f"\nchosen config ({summary['chosen']}): {_pm(results['chosen'])}; student alone: {_pm(results['alone'])}")
-    print(f"gain on seeds {args.seeds}: {gain.text()} points")
+    print(f"gain on seeds {args.seeds}: {gain.text()}")
     if printed.get("low") is not None:
         inside = printed["low"] <= gain.mean <= printed["high"]
         print(f"the sweep printed {100 * printed['mean']:+.2f} [{100 * printed['low']:+.2f}, {100 * printed['high']:+.2f}] "

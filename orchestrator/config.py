@@ -159,6 +159,9 @@ class SweepConfig:
     resume: bool = False
     baseline: bool = True  # also train the student alone on the same seeds (paired comparison)
     confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
+    # keys held at their configured value, taken out of the search space: filled with the keys the space
+    # samples or fixes that were given on the command line or in --config (never replaced silently)
+    held_keys: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -414,6 +417,13 @@ def layer_tree(
     return tree
 
 
+def given_keys(path: str | os.PathLike | None, overrides: list[str] | None) -> list[str]:
+    """The dotted keys set in the YAML file at ``path`` or by ``key.sub=value`` overrides, in that order."""
+    keys = list(flatten(read_yaml(Path(path)) or {})) if path is not None and Path(path).is_file() else []
+    keys += [item.split("=", 1)[0].strip() for item in overrides or [] if "=" in item]
+    return list(dict.fromkeys(keys))
+
+
 def _merge(base: dict, new: dict) -> None:
     for key, value in new.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
@@ -533,6 +543,10 @@ def validate(cfg: Config) -> None:
         ) from None
     _check_weights(cfg)
     _positive("export.latency_threads", cfg.export.latency_threads)
+    known = flatten(to_dict(cfg))
+    for key in sw.held_keys:
+        _check(key in known and key != "sweep.held_keys", "sweep.held_keys", sw.held_keys,
+               "a list of config keys such as distill.kd.temperature (see --print-config)")
     for fmt in cfg.export.formats:
         _check(fmt in EXPORT_FORMATS, "export.formats", cfg.export.formats, f"a list of {list(EXPORT_FORMATS)} (may be empty)")
     try:

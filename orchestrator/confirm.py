@@ -39,6 +39,15 @@ class Candidate:
     alone: Candidate | None = None  # the student alone with this config's optimiser settings
 
     @property
+    def display(self) -> str:
+        """The label as printed; the student alone names the optimiser settings it shares with the configs
+        it is paired to, e.g. ``student alone (lr 0.1188)``."""
+        if self.role != "alone" or not self.params:
+            return self.label
+        return f"{self.label} (" + ", ".join(f"{k.removeprefix('train.').replace('_', ' ')} {fmt(v)}"
+                                             for k, v in self.params.items()) + ")"
+
+    @property
     def overrides(self) -> dict[str, Any]:
         return {**self.params, **ALONE} if self.role == "alone" else dict(self.params)
 
@@ -180,14 +189,14 @@ def table(verdict: Verdict, teacher_label: str, teacher_test: float) -> str:
     how = (f"re-trained on fresh seeds [{seeds}] the search never used" if verdict.confirmed
            else f"UNCONFIRMED: measured on the search's own seeds [{seeds}] (sweep.confirm.top_k=0)")
     lines = [f"== Result: {how}; chosen by mean validation accuracy ==",
-             f"  {'':<44} {'val acc1 %':>14} {'test acc1 %':>14}   test gain over alone, points [95% CI]",
+             f"  {'':<44} {'val acc1 %':>14} {'test acc1 %':>14}   test gain over its student alone [95% CI]",
              f"  {'teacher ' + teacher_label:<44} {'':>14} {100 * teacher_test:>14.2f}   (one trained teacher)"]
     for c in verdict.cands:
         v = mean_sd(list(c.val.values())) if c.val else (float("nan"), float("nan"))
         t = mean_sd(list(c.test.values())) if c.test else (float("nan"), float("nan"))
         mark = "*" if c is verdict.chosen else " "
         gain = paired_gain(c.test, c.alone.test).text() if c.alone and c.alone.test and c.test else ""
-        lines.append(f"{mark} {c.label:<44} {_pm(v):>14} {_pm(t):>14}   {gain}")
+        lines.append(f"{mark} {c.display:<44} {_pm(v):>14} {_pm(t):>14}   {gain}")
     lines.append("  (* chosen; mean ± sd over seeds)")
     return "\n".join(lines)
 
@@ -198,14 +207,14 @@ def conclusion(verdict: Verdict) -> str:
     if verdict.vs_alone is not None:
         g = verdict.vs_alone
         if g.significant and g.mean > 0:
-            out.append(f"The chosen config ({c.label}) beats the student alone by {g.text()} points.")
+            out.append(f"The chosen config ({c.label}) beats the {c.alone.display} by {g.text()}.")
         elif g.mean > 0:
-            out.append(f"The chosen config ({c.label}) is {g.text()} points over the student alone: "
+            out.append(f"The chosen config ({c.label}) is {g.text()} over the {c.alone.display}: "
                        "the gain is NOT significant on these seeds.")
         else:
-            out.append(f"The chosen config ({c.label}) does NOT beat the student alone ({g.text()} points).")
+            out.append(f"The chosen config ({c.label}) does NOT beat the {c.alone.display} ({g.text()}).")
     if verdict.vs_paper is not None:
-        out.append(f"Over the best paper default ({verdict.paper.label}): {verdict.vs_paper.text()} points.")
+        out.append(f"Over the best paper default ({verdict.paper.label}): {verdict.vs_paper.text()}.")
     elif verdict.paper is c:
         out.append("The chosen config is the paper default itself: tuning found nothing better on these seeds.")
     if not verdict.confirmed:
@@ -229,7 +238,7 @@ def plot(verdict: Verdict, path: Path) -> Path:
         colour = "tab:red" if c is verdict.chosen else ("tab:grey" if c.role == "alone" else "tab:blue")
         ax.errorbar(mean, y, xerr=sd, fmt="o", color=colour, capsize=4)
         ax.scatter(values, [y] * len(values), s=12, color=colour, alpha=0.5)
-    ax.set_yticks(range(len(verdict.cands)), [c.label for c in verdict.cands])
+    ax.set_yticks(range(len(verdict.cands)), [c.display for c in verdict.cands])
     ax.invert_yaxis()
     ax.set_xlabel("test acc1 (%): seeds (dots), mean ± sd (bars)")
     seeds = ", ".join(map(str, verdict.seeds))
@@ -245,5 +254,6 @@ def _pm(pair: tuple[float, float]) -> str:
     return f"{100 * mean:.2f} ± {100 * sd:.2f}"
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
+    """A config value as printed: floats to 4 significant digits."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)

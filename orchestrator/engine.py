@@ -10,10 +10,11 @@ trainable heads are wrapped in DDP. No Ray, no MLflow here.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -115,10 +116,36 @@ class CachedTeacherOutputs:
             )
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def rng_state(cuda: torch.device | None = None) -> dict:
+    """The process RNG state: Python, NumPy, torch CPU and (``cuda``) that CUDA device's generator."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if cuda is not None:
+        state["cuda"] = torch.cuda.get_rng_state(cuda)
+    return state
+
+
+def set_rng_state(state: dict, cuda: torch.device | None = None) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if cuda is not None and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), cuda)
+
+
+def seeded_rng_state(seed: int, cuda: torch.device | None = None) -> dict:
+    """The RNG state ``seed`` gives (as ``random.seed``, ``np.random.seed``, ``torch.manual_seed`` would set it
+    for the CPU and the ``cuda`` device), without changing the process's own."""
+    outer = rng_state(cuda)
+    try:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.random.default_generator.manual_seed(seed)
+        if cuda is not None:
+            with torch.cuda.device(cuda):
+                torch.cuda.manual_seed(seed)
+        return rng_state(cuda)
+    finally:
+        set_rng_state(outer, cuda)
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -158,7 +185,14 @@ class Trainer:
         self.cfg, self.data = cfg, data
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size
-        seed_everything(cfg.seed + rank)
+        self._cuda = None if self.device.type != "cuda" else torch.device(
+            "cuda", torch.cuda.current_device() if self.device.index is None else self.device.index)
+        self._rng = seeded_rng_state(cfg.seed + rank, self._cuda)  # this Trainer's own stream (see _own_rng)
+        with self._own_rng():
+            self._build(cfg, data, teachers, teacher_outputs)
+
+    def _build(self, cfg: Config, data: DataBundle, teachers: Sequence[nn.Module],
+               teacher_outputs: Sequence[CachedTeacherOutputs | TeacherViews] | None) -> None:
         self.teachers = [freeze(t.to(self.device)) for t in teachers]
         self.teacher_outputs = list(teacher_outputs or [])
         for cache in self.teacher_outputs:
@@ -203,11 +237,24 @@ class Trainer:
             cfg.data.batch_size,
             shuffle=True,
             seed=cfg.seed,
-            rank=rank,
-            world_size=world_size,
+            rank=self.rank,
+            world_size=self.world_size,
             num_workers=cfg.data.loader_workers,
             pool=self._labelled_pool(),
         )
+
+    @contextlib.contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        """Run with this Trainer's RNG stream (Python, NumPy, torch CPU, its CUDA device), seeded by
+        ``seed + rank``; the process's RNG state is restored after, so a Trainer never changes it and several
+        Trainers in one process (one per seed) each draw from their own stream."""
+        outer = rng_state(self._cuda)
+        set_rng_state(self._rng, self._cuda)
+        try:
+            yield
+        finally:
+            self._rng = rng_state(self._cuda)
+            set_rng_state(outer, self._cuda)
 
     # ------------------------------------------------------------------ build
 
@@ -279,9 +326,10 @@ class Trainer:
         Before the first epoch, the objective's pre-stage epochs (if a term declares one) are run with
         their own optimiser (same settings, constant lr); their means come back as ``prestage/*``.
         """
-        metrics = self._pre_stage() if self.epoch == 0 and self.objective.pre_stage_length else {}
-        self.objective.set_epoch(self.epoch)
-        sums, seen, elapsed = self._pass(self.epoch, self.optimizer, None)
+        with self._own_rng():
+            metrics = self._pre_stage() if self.epoch == 0 and self.objective.pre_stage_length else {}
+            self.objective.set_epoch(self.epoch)
+            sums, seen, elapsed = self._pass(self.epoch, self.optimizer, None)
         self.scheduler.step()
         self.epoch += 1
         metrics.update({f"train/{k}": v / max(seen, 1) for k, v in sums.items()})
@@ -381,11 +429,7 @@ class Trainer:
             "objective": self.objective.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "numpy": _numpy_state_to_tensors(np.random.get_state()),
-                "python": random.getstate(),
-            },
+            "rng": {**self._rng, "numpy": _numpy_state_to_tensors(self._rng["numpy"])},  # with "cuda" on a GPU
             "student_arch": student_arch(self.cfg.model),
             "num_classes": self.data.num_classes,
             "in_channels": self.data.in_channels,
@@ -398,9 +442,12 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
         self.chosen_name = state.get("chosen", "student")
-        torch.set_rng_state(state["rng"]["torch"].cpu())  # also from a checkpoint loaded onto a GPU
-        np.random.set_state(_numpy_state_from_tensors(state["rng"]["numpy"]))
-        random.setstate(state["rng"]["python"])
+        rng = {**state["rng"], "numpy": _numpy_state_from_tensors(state["rng"]["numpy"])}
+        if self._cuda is None:
+            rng.pop("cuda", None)
+        elif "cuda" not in rng:  # a CPU checkpoint resumed on a GPU: the device keeps its seeded state
+            rng["cuda"] = self._rng["cuda"]
+        self._rng = rng  # this Trainer's stream (torch states are set with .cpu(): also from a GPU-loaded file)
 
 
 def _numpy_state_to_tensors(state: tuple) -> dict:

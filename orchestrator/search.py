@@ -60,6 +60,8 @@ class SearchSpace:
     params: list[Param]
     fixed: dict[str, Any]
     description: str = ""
+    held: dict[str, str] = field(default_factory=dict)  # key (its value in fixed) -> what the space had instead
+    not_sampled: dict[str, str] = field(default_factory=dict)  # key -> the condition a held value rules out
 
     def define_by_run(self, base: Config) -> DefineByRun:
         """The Optuna define-by-run function: samples ``params``; returns ``fixed`` as constants."""
@@ -68,9 +70,19 @@ class SearchSpace:
     def table(self) -> str:
         width = max([len(p.key) for p in self.params] + [len(k) for k in self.fixed] + [5])
         lines = [f"search space '{self.name}'" + (f": {self.description}" if self.description else "")]
-        lines += [f"  {k:<{width}}  = {v!r}  (fixed)" for k, v in self.fixed.items()]
+        lines += [f"  {k:<{width}}  = {v!r}  ({'given' if k in self.held else 'fixed'})" for k, v in self.fixed.items()]
         lines += [f"  {p.key:<{width}}  ~ {p.describe()}" for p in self.params]
-        return "\n".join(lines)
+        return "\n".join(lines + ([self.held_line()] if self.held else []))
+
+    def held_line(self) -> str:
+        """One line: the given values taken out of the space (and what they replaced), '' if none."""
+        if not self.held:
+            return ""
+        text = "held at the given values, taken out of the search space: " + "; ".join(
+            f"{k}={self.fixed[k]!r} ({was})" for k, was in self.held.items())
+        if self.not_sampled:
+            text += "; so not sampled: " + ", ".join(f"{k} ({why})" for k, why in self.not_sampled.items())
+        return text
 
 
 @dataclass
@@ -107,6 +119,18 @@ def space_path(name_or_path: str) -> Path:
     return SPACES_DIR / f"{name_or_path}.yaml"
 
 
+def space_keys(name_or_path: str) -> set[str]:
+    """The keys a space file samples or fixes (empty if it cannot be read: :func:`load_space` says why)."""
+    path = space_path(name_or_path)
+    try:
+        raw = read_yaml(path) if path.is_file() else None
+    except ConfigError:
+        return set()
+    if not isinstance(raw, dict):
+        return set()
+    return {str(k) for part in ("fixed", "params") if isinstance(raw.get(part), dict) for k in raw[part]}
+
+
 def available_spaces() -> list[str]:
     return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
 
@@ -124,9 +148,33 @@ def load_space(name_or_path: str, base: Config, num_train_samples: int | None = 
         raise ConfigError(f"{path.name}:{sorted(unknown)[0]}", raw[sorted(unknown)[0]], "description, fixed, params")
     fixed = dict(raw.get("fixed") or {})
     params = [_parse_param(key, spec, path.name) for key, spec in (raw.get("params") or {}).items()]
-    space = SearchSpace(path.stem, params, fixed, str(raw.get("description", "")).strip())
+    space = _hold(SearchSpace(path.stem, params, fixed, str(raw.get("description", "")).strip()), base)
     _validate(space, base, num_train_samples, path.name)
     return space
+
+
+def _hold(space: SearchSpace, base: Config) -> SearchSpace:
+    """``space`` with each of ``base.sweep.held_keys`` it samples or fixes held at the base config's value
+    (taken out of ``params``, into ``fixed``); parameters whose ``when`` a held value rules out are dropped."""
+    values = flatten(to_dict(base))
+    params, fixed, held = list(space.params), dict(space.fixed), {}
+    for key in base.sweep.held_keys:
+        param = next((p for p in params if p.key == key), None)
+        if param is not None:
+            held[key] = f"the space sampled {param.describe()}"
+            params.remove(param)
+        elif key in fixed and not _same(fixed[key], values[key]):
+            held[key] = f"the space fixes {fixed[key]!r}"
+        else:
+            continue
+        fixed[key] = values[key]
+    not_sampled = {}
+    for p in list(params):
+        ruled_out = {k: allowed for k, allowed in p.when.items() if k in held and fixed[k] not in allowed}
+        if ruled_out:
+            not_sampled[p.key] = "only when " + ", ".join(f"{k} in {v}" for k, v in ruled_out.items())
+            params.remove(p)
+    return SearchSpace(space.name, params, fixed, space.description, held, not_sampled)
 
 
 def _parse_param(key: str, spec: Any, where: str) -> Param:
@@ -260,7 +308,7 @@ def paper_points(space: SearchSpace, base: Config) -> list[PaperPoint]:
     points = []
     for method in methods:
         paper = paper_defaults(method)
-        chosen = {**known, "distill.method": method, **paper}
+        chosen = {**known, "distill.method": method, **paper, **{k: space.fixed[k] for k in space.held}}
         params: dict[str, Any] = {}
         for p in space.params:
             if _condition_holds(p, chosen):
@@ -304,6 +352,3 @@ def _same(a: Any, b: Any) -> bool:
 def sampled_keys(space: SearchSpace) -> list[str]:
     return [p.key for p in space.params]
 
-
-def is_log(space: SearchSpace, key: str) -> bool:
-    return any(p.key == key and p.log for p in space.params)

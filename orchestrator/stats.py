@@ -38,13 +38,12 @@ class PairedGain:
         return {"mean": self.mean, "low": self.low, "high": self.high, "n": self.n, "level": self.level,
                 "significant": self.significant}
 
-    def text(self, scale: float = 100.0) -> str:
-        """e.g. ``+0.62 [+0.21, +1.03] significant`` (in points for accuracies with ``scale=100``)."""
+    def text(self, scale: float = 100.0, unit: str = "points") -> str:
+        """e.g. ``+0.62 points [+0.21, +1.03], significant`` (accuracy points with ``scale=100``)."""
         if self.low is None:
-            return f"{scale * self.mean:+.2f} (one seed: no interval)"
+            return f"{scale * self.mean:+.2f} {unit} (one seed: no interval)"
         verdict = "significant" if self.significant else "not significant"
-        return (f"{scale * self.mean:+.2f} [{scale * self.low:+.2f}, {scale * self.high:+.2f}] "
-                f"{verdict}")
+        return f"{scale * self.mean:+.2f} {unit} [{scale * self.low:+.2f}, {scale * self.high:+.2f}], {verdict}"
 
 
 def paired_gain(a: Mapping[int, float], b: Mapping[int, float], level: float = 0.95) -> PairedGain:

@@ -233,10 +233,17 @@ def run_scope(
     A run stopped by Tune (SystemExit, e.g. ASHA) ends FINISHED: ``completed`` if it logged
     ``expected_epochs`` epochs, else ``early_stopped``. ``close_children``: children still RUNNING are
     closed first with the same status (outcome early_stopped / interrupted / failed). ``on_finish``: called
-    before a successful end (after the children are closed)."""
+    before a successful end (after the children are closed); an error it raises fails the run. Nothing else
+    ends a run this tool opened: models and artifacts are logged to it by id (:func:`log_model`), so its end
+    time is after its last artifact and an error after registration still ends it FAILED."""
     status, tags = "FAILED", {}
     try:
         yield run_id
+        flush_metrics(client, run_id)  # before the children close and on_finish reads the run
+        if close_children:
+            _close_children_of(client, run_id, "FINISHED")
+        if on_finish is not None:
+            on_finish()
         status, tags = "FINISHED", {OUTCOME: "completed"}
     except SystemExit:
         epochs = max((m.value for m in client.get_metric_history(run_id, "epoch")), default=0)
@@ -253,12 +260,14 @@ def run_scope(
         flush_metrics(client, run_id)  # what an unreachable server could not take yet; raises if it stays away
         try:
             if close_children:
-                experiment_id = client.get_run(run_id).info.experiment_id
-                close_open_children(client, experiment_id, run_id, status, CHILD_OUTCOME[status])
-            if on_finish is not None and tags.get(OUTCOME) == "completed":
-                on_finish()
+                _close_children_of(client, run_id, status)
         finally:
             end_run(client, run_id, status, tags)
+
+
+def _close_children_of(client: MlflowClient, run_id: str, status: str) -> None:
+    experiment_id = client.get_run(run_id).info.experiment_id
+    close_open_children(client, experiment_id, run_id, status, CHILD_OUTCOME[status])
 
 
 def child_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> list:
@@ -352,20 +361,15 @@ def log_model(run_id: str, model, name: str, registered_model: str | None, *, ex
     logits, with that input example and its signature); register it if a name is given. It loads with
     ``mlflow.pyfunc.load_model`` and predicts with only mlflow and onnxruntime installed. Returns the
     registered version number (as a string) or None. (Teachers and unregistered students are logged with
-    :func:`log_checkpoint`: no pickled module is ever logged.)
+    :func:`log_checkpoint`: no pickled module is ever logged.) The run is addressed by its id, never made the
+    active run: it stays RUNNING, and only :func:`run_scope` ends it.
     """
-    import mlflow
-
-    model = model.cpu().eval()
-    active = mlflow.active_run()
-    ctx = contextlib.nullcontext() if active and active.info.run_id == run_id else mlflow.start_run(run_id=run_id)
-    with ctx:
-        info = _log_onnx(model, name, registered_model, example)
+    info = _log_onnx(run_id, model.cpu().eval(), name, registered_model, example)
     version = getattr(info, "registered_model_version", None)
     return None if version is None else str(version)
 
 
-def _log_onnx(model, name: str, registered_model: str | None, example):
+def _log_onnx(run_id: str, model, name: str, registered_model: str | None, example):
     import mlflow.onnx
     import onnx
     import onnxruntime
@@ -374,10 +378,15 @@ def _log_onnx(model, name: str, registered_model: str | None, example):
 
     with tempfile.TemporaryDirectory() as tmp:
         onnx_model = onnx.load(str(to_onnx(model, example, Path(tmp) / "model.onnx")))
+    run = mlflow.MlflowClient().get_run(run_id)  # the logged model goes to the run's experiment (no active run)
+    logged = mlflow.initialize_logged_model(name=name, source_run_id=run_id, experiment_id=run.info.experiment_id,
+                                            params=dict(run.data.params))
     return mlflow.onnx.log_model(
         onnx_model,
         name=name,
         input_example=example[:2].numpy(),
         pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
         registered_model_name=registered_model,
+        run_id=run_id,  # passed through to Model.log: no mlflow.start_run, so the run is not ended here
+        model_id=logged.model_id,  # finalized READY (or FAILED) by log_model
     )

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
-import signal
 import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
@@ -36,18 +34,6 @@ from orchestrator.teachers import load_teacher, save_model_checkpoint
 
 STATE_FILE = "state.pt"  # full trainer state (resume)
 STUDENT_FILE = "student.pt"  # the student alone, teacher-checkpoint format (reuse, registry)
-
-
-def _test_kill(epoch: int) -> None:
-    """Test hook: ``DISTILL_TEST_KILL_AT_EPOCH=N`` SIGKILLs this worker after logging epoch N, before its
-    checkpoint, once per ``DISTILL_TEST_KILL_MARKER`` file (created when it fires)."""
-    if os.environ.get("DISTILL_TEST_KILL_AT_EPOCH") != str(epoch):
-        return
-    try:
-        os.close(os.open(os.environ["DISTILL_TEST_KILL_MARKER"], os.O_CREAT | os.O_EXCL))
-    except FileExistsError:
-        return
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class StorageFullError(OSError):
@@ -163,7 +149,6 @@ def train_loop_per_worker(config: dict) -> None:
         epoch = metrics["epoch"]
         if client is not None and epoch > logged:
             log_metrics(client, config["mlflow_run_id"], metrics, step=epoch)
-        _test_kill(epoch)
         with tempfile.TemporaryDirectory() as folder, disk_full_is_clear(epoch):
             ckpt = None
             if rank == 0 and config.get("checkpoint", True):

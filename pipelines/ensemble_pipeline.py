@@ -386,10 +386,8 @@ class EnsemblePipeline:
         })
         found = self.stages.lookup("compare", digest, lambda r: files_exist([r["csv"], r["png"], r["md"]]))
         if found is not None:
-            run_id = self.stages.reuse("compare", digest, found)
-            frame = comparison.pd.read_csv(found["csv"])
-            self._log_comparison(found, run_id)
-            return frame
+            self.stages.reuse("compare", digest, found, log_files=lambda run_id: self._log_comparison(found, run_id))
+            return comparison.pd.read_csv(found["csv"])
         with self.stages.run("compare", digest) as run_id:
             frame = self._comparison_table(ens, students)
             folder = self.out / "comparison"

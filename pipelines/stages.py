@@ -87,8 +87,10 @@ class Stages:
         result["_run_id"] = original[0].info.run_id
         return result
 
-    def reuse(self, stage: str, digest: str, result: dict, metrics: dict | None = None) -> str:
-        """Record the reused stage under this pipeline run (FINISHED at once); returns its run id."""
+    def reuse(self, stage: str, digest: str, result: dict, metrics: dict | None = None,
+              log_files: Callable[[str], None] | None = None) -> str:
+        """Record the reused stage under this pipeline run (FINISHED at once, after ``log_files(run_id)`` logged
+        what it keeps); returns its run id."""
         print(f"reusing stage {stage} (hash {digest}, from run {result.get('_run_id')})", flush=True)
         run_id = tracking.start_run(
             self.client, self.experiment_id, stage, "stage", parent_id=self.parent_id,
@@ -97,6 +99,8 @@ class Stages:
         with tracking.run_scope(self.client, run_id):
             if metrics:
                 tracking.log_metrics(self.client, run_id, numbers(metrics), step=0)
+            if log_files is not None:
+                log_files(run_id)
         self.reused.append(stage)
         return run_id
 

@@ -30,7 +30,7 @@ def test_paired_interval_matches_hand_computation():
     # d = (0.05, 0.06, 0.04, 0.05): mean 0.05, sd 0.0081650, t_{0.975, 3} = 3.182446, half = 0.0129917
     gain = paired_gain({1: 0.95, 2: 0.96, 3: 0.94, 4: 0.95, 9: 0.5}, {1: 0.90, 2: 0.90, 3: 0.90, 4: 0.90})
     assert gain.n == 4 and gain.low == pytest.approx(0.0370083, abs=1e-6) and gain.high == pytest.approx(0.0629917, abs=1e-6)
-    assert gain.significant and gain.text() == "+5.00 [+3.70, +6.30] significant"
+    assert gain.significant and gain.text() == "+5.00 points [+3.70, +6.30], significant"
     assert paired_gain({1: 0.9}, {1: 0.8}).low is None  # one pair: no interval
     assert mean_sd([1.0, 2.0, 3.0]) == (2.0, 1.0)
     with pytest.raises(ValueError, match="no common seeds"):
@@ -121,6 +121,27 @@ def test_decide_picks_the_best_mean_validation_accuracy():
     assert verdict.chosen is a  # by mean validation (0.900 > 0.887), never by test
     assert verdict.vs_alone.mean == pytest.approx(0.03) and verdict.vs_paper.mean == pytest.approx(0.01666667)
     assert verdict.paper is paper
+
+
+def test_the_table_names_each_student_alones_settings_and_reads_gains_naturally():
+    from orchestrator.confirm import conclusion, table
+
+    a = Candidate("trial 2", {"train.lr": 0.1188, "distill.alpha": 1.0}, "tuned", 2,
+                  val={1: 0.90, 2: 0.91, 3: 0.90}, test={1: 0.89, 2: 0.90, 3: 0.91})
+    paper = Candidate("trial 1 (paper default kd)", {"train.lr": 0.1, "distill.alpha": 0.9}, "paper", 1,
+                      val={1: 0.89, 2: 0.89, 3: 0.89}, test={1: 0.87, 2: 0.87, 3: 0.88})
+    alone_a, alone_paper = alone_for([a]), alone_for([paper])  # two student-alone rows, one per lr
+    for alone in (alone_a, alone_paper):
+        alone.val, alone.test = {1: 0.8, 2: 0.8, 3: 0.8}, {1: 0.86, 2: 0.87, 3: 0.87}
+    verdict = decide([a, paper, alone_a, alone_paper], [1, 2, 3], 0.95, confirmed=True)
+    text = table(verdict, "tiny_teacher", 0.95)
+    assert "student alone (lr 0.1188)" in text and "student alone (lr 0.1)" in text
+    rows = [line for line in text.splitlines() if "student alone (" in line]
+    assert len(rows) == 2 and len(set(rows)) == 2
+    assert "points [" in text and "significant points" not in text
+    said = conclusion(verdict)
+    assert "beats the student alone (lr 0.1188) by +3.33 points [" in said and "significant." in said
+    assert "points points" not in said and not said.splitlines()[0].endswith("points.")
 
 
 def test_summary_names_the_student_alone_the_chosen_configs_gain_is_paired_with():

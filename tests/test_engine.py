@@ -91,3 +91,42 @@ def test_teacher_outputs_of_another_split_are_refused(digits):
     other = build_data(cfg.data, seed=cfg.seed + 1)  # same size, other images in the train split
     with pytest.raises(ValueError, match="different train split"):
         Trainer(apply_overrides(cfg, {"distill.method": "kd"}), other, teacher_outputs=[cache])
+
+
+def test_a_trainer_leaves_the_process_rng_as_it_found_it_and_checkpoints_its_own(digits, tmp_path):
+    """A Trainer draws from its own stream (seeded by seed + rank) and restores the process's RNG state after
+    building and after each epoch; its checkpoint holds that stream (and the CUDA generator's on a GPU)."""
+    import random
+
+    import numpy as np
+
+    cfg, data, teacher = digits
+    cfg = apply_overrides(cfg, {"distill.method": "kd", "train.epochs": 2})
+    torch.manual_seed(1234)
+    np.random.seed(1234)
+    random.seed(1234)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(1234)
+    np.random.seed(1234)
+    random.seed(1234)
+    trainer = Trainer(cfg, data, [teacher])
+    trainer.train_one_epoch()
+    state = trainer.state_dict()
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
+    # The same seed gives the same student whatever the process drew in between (its own stream).
+    again = Trainer(cfg, data, [teacher])
+    torch.rand(100)
+    again.train_one_epoch()
+    for a, b in zip(trainer.student.state_dict().values(), again.student.state_dict().values()):
+        assert torch.equal(a, b)
+    assert "cuda" not in state["rng"]
+    if torch.cuda.is_available():  # the CUDA generator is checkpointed and restored too
+        gpu = Trainer(cfg, data, [teacher], device="cuda")
+        before = torch.cuda.get_rng_state()
+        gpu.train_one_epoch()
+        assert torch.equal(torch.cuda.get_rng_state(), before)
+        saved = gpu.state_dict()["rng"]["cuda"]
+        resumed = Trainer(cfg, data, [teacher], device="cuda")
+        resumed.load_state_dict(gpu.state_dict())
+        assert torch.equal(resumed.state_dict()["rng"]["cuda"], saved)

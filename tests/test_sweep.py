@@ -15,6 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.sweep.cli import build_parser, main
+from run_checks import assert_every_run_closed
 
 SPACE = str(Path(__file__).parent / "data" / "tiny_space.yaml")
 TINY = [
@@ -44,7 +45,10 @@ def assert_sweep_logged(uri: str, trials: int) -> None:
     client = MlflowClient(uri)
     kinds = runs_by_kind(uri)
     (parent,) = kinds["sweep"]
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED" and parent.data.tags["orchestrator.outcome"] == "completed"
+    # Closed by its scope, after the report (the last artifact), not when the model was registered.
+    assert "report" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert_every_run_closed(uri)
     children = kinds["trial"]
     assert len(children) == trials
     for child in children:
@@ -111,10 +115,27 @@ def test_tiny_sweep_end_to_end(ray_session, isolated_cache, tmp_path, monkeypatc
     teacher = load_teacher(f"runs:/{teachers[0].info.run_id}/teacher", num_classes=10, in_channels=1, image_size=8)
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
 
-    # A second sweep reuses the cached teacher (no new teacher run).
-    assert main(tiny_args(tmp_path, "--name", "tiny2", "sweep.confirm.top_k=0", "sweep.baseline=false", samples=1)) == 0
-    assert "reusing cached" in capsys.readouterr().out
+    # A second sweep reuses the cached teacher (no new teacher run). An error raised after its student is
+    # registered ends its parent FAILED with the error, not FINISHED.
+    import orchestrator.sweep.run as sweep_run
+
+    def fail_after_registration(*args, **kwargs):
+        raise RuntimeError("injected after registration")
+
+    monkeypatch.setattr(sweep_run, "print_summary", fail_after_registration)
+    with pytest.raises(RuntimeError, match="injected after registration"):
+        main(tiny_args(tmp_path, "--name", "tiny2", "sweep.confirm.top_k=0", "sweep.baseline=false",
+                       "distill.kd.temperature=3", samples=1))
+    out = capsys.readouterr().out
+    assert "reusing cached" in out and "taken out of the search space: distill.kd.temperature=3.0" in out
+    (trial,) = runs_by_kind(uri, "tiny2")["trial"]  # the given temperature, not a sampled or paper one
+    assert float(trial.data.params["distill.kd.temperature"]) == 3.0
     assert len(runs_by_kind(uri, "distill-teachers")["teacher"]) == 1
+    (failed,) = runs_by_kind(uri, "tiny2")["sweep"]
+    assert failed.info.status == "FAILED" and failed.data.tags["orchestrator.outcome"] == "failed"
+    assert "injected after registration" in failed.data.tags["orchestrator.error"]
+    assert any(v.run_id == failed.info.run_id for v in MlflowClient(uri).search_model_versions("name='distill-student'"))
+    assert_every_run_closed(uri)
 
 
 @pytest.mark.slow
@@ -220,6 +241,21 @@ def test_dry_run_starts_nothing(tmp_path, monkeypatch, capsys):
     assert "random until 4 have finished" in out  # then TPE proposes the rest of the 8 default trials
     assert ray.is_initialized() == ray_was_up
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_dry_run_says_a_given_value_is_held_out_of_the_space(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--dry-run", "data.dataset=digits", "sweep.search_space=kd", "distill.kd.temperature=4"]) == 0
+    out = capsys.readouterr().out
+    assert "distill.kd.temperature  = 4.0  (given)" in out and "distill.kd.temperature  ~" not in out
+    (line,) = [x for x in out.splitlines() if "taken out of the search space" in x]
+    assert "distill.kd.temperature=4.0 (the space sampled float in [1.0, 10.0] log)" in line
+    assert main(["--dry-run", "data.dataset=digits", "distill.method=ce+pkt"]) == 0  # outside kd / crd_kd
+    out = capsys.readouterr().out
+    assert "distill.method          = 'ce+pkt'  (given)" in out and "paper default ce+pkt" in out
+    assert "not sampled: distill.beta (only when distill.method in ['crd_kd'])" in out
+    assert main(["--dry-run", "data.dataset=digits", "distill.method=crd", "distill.crd.nce_k=4096"]) == 2
+    assert "nce_k" in capsys.readouterr().err  # held, but more negatives than digits has images
 
 
 def test_print_config_shows_resolved_values(capsys):
@@ -381,7 +417,10 @@ def test_driver_sigkill_three_times_then_resume_finishes(isolated_cache, tmp_pat
         running = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
         assert not running, [(r.info.run_name, r.info.start_time, r.data.tags) for r in running]
     (parent,) = kinds["sweep"]
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED" and parent.data.tags["orchestrator.outcome"] == "completed"
+    # Closed by its scope, after the report (the last artifact), not when the model was registered.
+    assert "report" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert_every_run_closed(uri)
 
     folder = next(p for p in (tmp_path / "runs").iterdir() if p.is_dir())
     assert (folder / OPTUNA_JOURNAL).is_file() and (folder / "search_space.yaml").is_file()

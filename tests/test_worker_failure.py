@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 SPACE = str(Path(__file__).parent / "data" / "tiny_space.yaml")
+KILL_HOOK = str(Path(__file__).parent / "data" / "kill_hook")  # a sitecustomize that kills the worker at an epoch
 
 
 @pytest.mark.slow
@@ -19,7 +20,8 @@ def test_killed_train_worker_restarts_and_history_stays_contiguous(isolated_cach
     marker = tmp_path / "killed"
     env = {
         **os.environ, "DISTILL_RAY_TMPDIR": f"/tmp/distill-ray-kill-{os.getpid()}",
-        "DISTILL_TEST_KILL_AT_EPOCH": "2", "DISTILL_TEST_KILL_MARKER": str(marker),  # read in train_loop
+        "DISTILL_TEST_KILL_AT_EPOCH": "2", "DISTILL_TEST_KILL_MARKER": str(marker),  # read by the kill hook
+        "PYTHONPATH": os.pathsep.join([KILL_HOOK, *filter(None, [os.environ.get("PYTHONPATH")])]),
     }
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = [
@@ -50,3 +52,19 @@ def test_killed_train_worker_restarts_and_history_stays_contiguous(isolated_cach
     for run_dir in train_runs:
         kept = [p for p in run_dir.glob("checkpoint_*") if p.is_dir()]
         assert 1 <= len(kept) <= 2, sorted(p.name for p in run_dir.iterdir())
+
+
+def test_the_kill_hook_lives_in_tests_and_kills_once_at_its_epoch(tmp_path):
+    """The test-only sitecustomize wraps train_loop's per-epoch checkpoint guard: SIGKILL at the epoch, once."""
+    marker = tmp_path / "killed"
+    env = {**os.environ, "DISTILL_TEST_KILL_AT_EPOCH": "2", "DISTILL_TEST_KILL_MARKER": str(marker),
+           "PYTHONPATH": os.pathsep.join([KILL_HOOK, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    code = ("from orchestrator.train_loop import disk_full_is_clear\n"
+            "for epoch in (1, 2, 3):\n    with disk_full_is_clear(epoch):\n        print(epoch, flush=True)\n")
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == -9 and first.stdout.split() == ["1"] and marker.exists(), first.stderr[-2000:]
+    again = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.split() == ["1", "2", "3"], again.stderr[-2000:]
+    import orchestrator.train_loop as train_loop
+
+    assert "kill" not in open(train_loop.__file__).read().lower()  # production code holds no test hook

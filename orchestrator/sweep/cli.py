@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from orchestrator.config import Config, ConfigError, dump_yaml, flatten, load_config, student_arch, to_dict
+from orchestrator.config import (
+    Config, ConfigError, dump_yaml, flatten, given_keys, load_config, student_arch, to_dict,
+)
 from orchestrator.plan import make_plan
 from orchestrator.search import available_spaces
 
@@ -23,6 +25,7 @@ EXAMPLE = (
     "example:\n"
     "  python -m orchestrator.sweep --num-samples 12 sweep.search_space=kd "
     "distill.kd.temperature=4 train.epochs=6\n"
+    "  (a key you set that the search space samples is held at your value, out of the space)\n"
 )
 
 
@@ -67,7 +70,19 @@ def resolve_config(args: argparse.Namespace) -> Config:
     if args.resume:
         overrides.append("sweep.resume=true")
     cfg = load_config(args.config, overrides)
-    return resumed_config(cfg, args.config, overrides, args.resume) if args.resume else cfg
+    if args.resume:  # the held keys are the ones the sweep started with (its config.yaml)
+        return resumed_config(cfg, args.config, overrides, args.resume)
+    return hold_given(cfg, given_keys(args.config, overrides))
+
+
+def hold_given(cfg: Config, given: list[str]) -> Config:
+    """``cfg`` with ``sweep.held_keys`` extended by the ``given`` keys its search space samples or fixes:
+    a value the user set is held, never replaced by a sampled one."""
+    from orchestrator.search import space_keys
+
+    in_space = space_keys(cfg.sweep.search_space)
+    cfg.sweep.held_keys = list(dict.fromkeys(cfg.sweep.held_keys + [k for k in given if k in in_space]))
+    return cfg
 
 
 def resumed_config(cfg: Config, path: str | None, overrides: list[str], resume: str) -> Config:

@@ -128,6 +128,8 @@ class SweepRunner:
         )
         print(f"sweep '{exp_dir.name}': {cfg.sweep.num_samples} trials, MLflow experiment "
               f"'{cfg.tracking.experiment or cfg.name}' (parent run {parent_id})", flush=True)
+        if self.plan.space.held:
+            print(self.plan.space.held_line(), flush=True)
         with quiet_trial_tracebacks():
             results = search_stage.search(self.plan, self.points, ctx, exp_dir, bool(self.resume))
         report(failures(results), exp_dir / "errors")  # a config/data problem: TrialInputError, exit 2

@@ -8,12 +8,9 @@ import time
 from pathlib import Path
 
 from orchestrator import confirm, tracking
+from orchestrator.confirm import fmt
 from orchestrator.config import Config
 from orchestrator.stats import mean_sd
-
-
-def fmt(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def headline_metrics(summary: dict, verdict: confirm.Verdict) -> dict[str, float]:

@@ -1,0 +1,78 @@
+"""One run lifecycle: only ``tracking.run_scope`` ends a run; logging or registering a model by id does not."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from orchestrator import tracking
+from orchestrator.models import build_model
+from run_checks import assert_every_run_closed, last_artifact_ms
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = tracking.check_connection(uri)
+    return uri, client, tracking.ensure_experiment(client, "x", uri)
+
+
+def _register(run_id: str) -> str | None:
+    model = build_model("tiny_student", 10, 1)
+    return tracking.log_model(run_id, model, "best_student", "lifecycle-student", example=torch.randn(4, 1, 8, 8))
+
+
+def test_registering_a_model_leaves_the_run_open_until_its_scope_ends(store, tmp_path):
+    uri, client, exp = store
+    run_id = tracking.start_run(client, exp, "sweep", "sweep")
+    report = tmp_path / "report.html"
+    with tracking.run_scope(client, run_id, on_finish=lambda: tracking.log_file(client, run_id, report, "report")):
+        assert _register(run_id) == "1"
+        assert client.get_run(run_id).info.status == "RUNNING"
+        time.sleep(0.05)
+        report.write_text("<html></html>")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags[tracking.OUTCOME] == "completed"
+    assert run.info.end_time >= last_artifact_ms(run) > 0
+    assert len(client.search_runs([exp])) == 1  # no run opened behind the tool's back
+    (logged,) = client.search_logged_models([exp])  # in the run's experiment, linked to it, ready
+    assert logged.source_run_id == run_id and logged.status.name == "READY" and logged.name == "best_student"
+    assert client.get_model_version("lifecycle-student", "1").run_id == run_id
+    assert_every_run_closed(uri)
+
+
+def test_an_error_after_registration_fails_the_run(store):
+    uri, client, exp = store
+    run_id = tracking.start_run(client, exp, "sweep", "sweep")
+    with pytest.raises(RuntimeError, match="after registration"):
+        with tracking.run_scope(client, run_id):
+            assert _register(run_id) == "1"
+            raise RuntimeError("injected after registration")
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags[tracking.OUTCOME] == "failed"
+    assert "injected after registration" in run.data.tags[tracking.ERROR]
+    assert_every_run_closed(uri)
+
+
+def test_an_error_in_on_finish_fails_the_run_and_its_open_children(store):
+    uri, client, exp = store
+    run_id = tracking.start_run(client, exp, "sweep", "sweep")
+    child = tracking.start_run(client, exp, "trial", "trial", parent_id=run_id)
+
+    def report():
+        raise OSError("disk full while writing the report")
+
+    with pytest.raises(OSError):
+        with tracking.run_scope(client, run_id, close_children=True, on_finish=report):
+            pass
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.info.status == "FAILED" and "disk full" in run.data.tags[tracking.ERROR]
+    assert client.get_run(child).info.status == "FINISHED"  # closed before on_finish ran: it had ended
+    assert_every_run_closed(uri)
