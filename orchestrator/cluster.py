@@ -10,6 +10,8 @@ import time
 
 import ray
 
+from orchestrator.ray_compat import local_ray_kwargs
+
 
 class ClusterError(RuntimeError):
     """A trial cannot be scheduled on this cluster (checked up front)."""
@@ -47,7 +49,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
         num_cpus=num_cpus or os.cpu_count(),
         include_dashboard=True,
         dashboard_host="127.0.0.1",
-        _temp_dir=os.environ.get("DISTILL_RAY_TMPDIR", "/tmp/distill-ray"),
+        **local_ray_kwargs(),
         **common,
     )
     handle_signals()

@@ -20,6 +20,7 @@ import ray.tune
 
 from orchestrator.config import Config, apply_overrides, flatten, from_dict, search_seeds, to_dict
 from orchestrator.launcher import launch
+from orchestrator.ray_compat import tune_stop_signal
 
 
 @dataclass
@@ -172,17 +173,6 @@ def _launch(cfg: Config, ctx: TrialContext, run_id: str, seeds: list[int], *, na
             "evaluate_test": evaluate_test,
         }, name=name, storage_path=os.path.join(ctx.storage_path, "train"))
 
-
-
-def tune_stop_signal() -> Callable[[], bool]:
-    """Whether Tune has asked this trial to stop (ASHA, or the end of the search), as a function to call later.
-    The trial's thread learns it only at its next report, with SystemExit; a worker-group trial waits in
-    ``fit()`` instead, and Tune removes the trial's placement group, and with it the Train controller, first.
-    Tune sets the trial session's stop event, then drops the session: so it is taken now."""
-    from ray.train._internal.session import get_session
-
-    session = get_session()
-    return (lambda: False) if session is None else session.stop_event.is_set
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ import pytest
 from optuna.trial import TrialState
 
 from orchestrator import tracking
-from orchestrator.sweep.durable import JournalSearch
+from orchestrator.ray_compat import JournalSearch
 from orchestrator.sweep.folder import optuna_storage
 from orchestrator.trial import TrialContext, _open_run
 
@@ -169,7 +169,7 @@ def test_a_trial_starts_only_once_tunes_saved_state_holds_it(ray_session, tmp_pa
     import ray.cloudpickle
     from ray import tune
 
-    from orchestrator.sweep.durable import save_state_before_trials_start
+    from orchestrator.ray_compat import save_state_before_trials_start
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import test modules
     save_state_before_trials_start()

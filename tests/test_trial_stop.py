@@ -13,7 +13,7 @@ import pytest
 import ray.exceptions
 import ray.train._internal.session as train_session
 
-from orchestrator import tracking, trial
+from orchestrator import ray_compat, tracking, trial
 from orchestrator.config import Config
 
 
@@ -56,7 +56,7 @@ def test_a_controller_that_dies_on_its_own_still_fails_the_trial(tmp_path, monke
 def _trainable_reporting_as_train_does(config):
     """Report through the trial session's inter-actor queue, as Train's ``TuneReportCallback`` does from the
     controller, then wait (as ``fit()`` does) and write down when the stop signal turns on."""
-    stopping = trial.tune_stop_signal()
+    stopping = ray_compat.tune_stop_signal()
     train_session.get_session()._get_or_create_inter_actor_queue().put({"epoch": 1})
     with open(config["marker"], "w", buffering=1) as out:
         out.write(f"before {stopping()}\n")

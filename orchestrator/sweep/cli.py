@@ -157,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
+    from orchestrator.ray_compat import version_warnings
+
+    for line in version_warnings():  # Ray/Optuna outside the range the internals the tool uses were tested on
+        print(line, file=sys.stderr)
 
     from orchestrator import cluster, preflight
     from orchestrator.data import DatasetNotFoundError, build_data

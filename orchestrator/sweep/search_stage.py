@@ -12,7 +12,7 @@ from orchestrator.config import asha_grace, tpe_startup_trials
 from orchestrator.launcher import in_process
 from orchestrator.plan import Plan
 from orchestrator.sweep import tune_runs
-from orchestrator.sweep.durable import JournalSearch, save_state_before_trials_start
+from orchestrator.ray_compat import JournalSearch, save_state_before_trials_start
 from orchestrator.sweep.folder import optuna_storage
 from orchestrator.sweep.progress import ProgressPrinter
 from orchestrator.trial import TrialContext, run_trial
@@ -22,7 +22,7 @@ def search(plan: Plan, points: list, ctx: TrialContext, exp_dir: Path, resume: b
     """Run the search in ``exp_dir`` (or continue it there, when resuming); ``points``: the paper-default
     points (:func:`orchestrator.search.paper_points`) evaluated first. The Optuna study lives in the folder's
     journal (Tune's restored searcher reopens it); a search Tune cannot restore starts a fresh one. A trial
-    starts only once Tune's saved state holds it (:mod:`orchestrator.sweep.durable`)."""
+    starts only once Tune's saved state holds it (:mod:`orchestrator.ray_compat`)."""
     cfg = plan.cfg
     save_state_before_trials_start()
     trainable = tune_runs.trainable(run_trial, ctx, plan)

@@ -10,7 +10,7 @@ from ray import tune
 from orchestrator import cluster, confirm
 from orchestrator.launcher import checkpoint_config, in_process
 from orchestrator.plan import Plan
-from orchestrator.sweep.durable import save_state_before_trials_start
+from orchestrator.ray_compat import save_state_before_trials_start
 from orchestrator.trial import TrialContext, run_job
 
 
@@ -45,7 +45,7 @@ def run_jobs(plan: Plan, jobs: list[dict], ctx: TrialContext, folder: Path, resu
     """The jobs as one Tune grid of Ray Train runs, as many at once as the cluster fits (or the
     interrupted grid in ``folder`` continued, when resuming)."""
     cfg = plan.cfg
-    save_state_before_trials_start()  # a job that started is one a restore resumes (orchestrator.sweep.durable)
+    save_state_before_trials_start()  # a job that started is one a restore resumes (orchestrator.ray_compat)
     fn = trainable(run_job, ctx, plan)
     if resume and tune.Tuner.can_restore(str(folder)):
         return tune.Tuner.restore(str(folder), trainable=fn, resume_unfinished=True, resume_errored=True).fit()
