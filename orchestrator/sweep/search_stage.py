@@ -1,4 +1,5 @@
-"""The search: Tune trials sampled by Optuna's TPE (the paper defaults first), stopped early by ASHA."""
+"""The search: Tune trials sampled by Optuna's TPE (the paper defaults first), stopped early by ASHA (never the
+paper defaults: :class:`PaperDefaultsFinish`)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,27 @@ from ray.tune.schedulers import ASHAScheduler
 from orchestrator.config import asha_grace, tpe_startup_trials
 from orchestrator.launcher import in_process
 from orchestrator.plan import Plan
-from orchestrator.sweep import tune_runs
 from orchestrator.ray_compat import JournalSearch, save_state_before_trials_start
+from orchestrator.search import matching_point
+from orchestrator.sweep import tune_runs
 from orchestrator.sweep.folder import optuna_storage
 from orchestrator.sweep.progress import ProgressPrinter
 from orchestrator.trial import TrialContext, run_trial
+
+
+class PaperDefaultsFinish(ASHAScheduler):
+    """ASHA that never stops a paper-default trial: each method's published setting is trained to the last epoch
+    and ranked on its final value, so a slow starter under a cosine schedule (CRD+KD's, behind KD at epoch 2 and
+    ahead at epoch 5 on fresh seeds) is not dropped before the confirmation. Its results still set ASHA's rung
+    cut-offs for the other trials. Cost: at most (epochs - grace period) epochs per paper default."""
+
+    def __init__(self, points: list, **asha):
+        super().__init__(**asha)
+        self.points = points
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        return self.CONTINUE if matching_point(trial.config, self.points) else decision
 
 
 def search(plan: Plan, points: list, ctx: TrialContext, exp_dir: Path, resume: bool) -> tune.ResultGrid:
@@ -39,7 +56,8 @@ def search(plan: Plan, points: list, ctx: TrialContext, exp_dir: Path, resume: b
         space=plan.space.define_by_run(cfg), metric=cfg.sweep.metric, mode=cfg.sweep.mode, sampler=sampler,
         points_to_evaluate=params or None, study_name=exp_dir.name, storage=optuna_storage(exp_dir, fresh=True),
     )
-    scheduler = ASHAScheduler(
+    scheduler = PaperDefaultsFinish(
+        points,
         time_attr="training_iteration",
         max_t=cfg.train.epochs + 1,  # must exceed the number of reports (NOTES-ray pitfall 4)
         grace_period=asha_grace(cfg),
