@@ -52,3 +52,18 @@ def test_the_doc_example_runs():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert re.fullmatch(r"tensor\([0-9.]+\)\n", done.stdout), done.stdout
+
+
+def test_per_stage_pair_values_and_the_hint_loss_on_tensors():
+    from orchestrator.distill.fitnet import hint_loss
+    from orchestrator.distill.fsp import fsp_loss, fsp_losses
+    from orchestrator.distill.kdsvd import kdsvd_loss, kdsvd_losses
+
+    g = torch.Generator().manual_seed(3)
+    student = [torch.randn(4, c, h, h, generator=g) for c, h in ((4, 8), (8, 4), (8, 2))]
+    teacher = [torch.randn(4, c, h, h, generator=g) for c, h in ((4, 8), (8, 4), (8, 2))]
+    for total, per_pair in ((fsp_loss, fsp_losses), (kdsvd_loss, kdsvd_losses)):
+        values = per_pair(student, teacher)
+        assert len(values) == 2  # three stages, two consecutive pairs (RepDistiller's loss_group)
+        torch.testing.assert_close(sum(values), total(student, teacher))
+    torch.testing.assert_close(hint_loss(student[0], teacher[0]), ((student[0] - teacher[0]) ** 2).mean())

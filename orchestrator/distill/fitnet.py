@@ -67,6 +67,12 @@ def hint_connector(student: tuple[int, ...], teacher: tuple[int, ...]) -> nn.Seq
     return nn.Sequential(conv, nn.BatchNorm2d(c_t), nn.ReLU(inplace=True))
 
 
+def hint_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
+    """FitNet's hint loss: mean squared error of the (connected) student map and the teacher's, both (B, C, H, W)
+    of one shape, in float32 at least; no gradient to the teacher (RepDistiller's ``HintLoss``)."""
+    return F.mse_loss(f_s.float(), f_t.detach().float())
+
+
 class FitNet(Term):
     """``sum_m w_m MSE(connector_m(student[stage]), teacher_m[stage])``.
 
@@ -99,7 +105,7 @@ class FitNet(Term):
     def forward(self, batch: Batch) -> Tensor:
         if len(batch.teachers) != len(self.connectors):
             raise ValueError(f"FitNet was built for {len(self.connectors)} teacher(s), got {len(batch.teachers)}")
-        losses = [F.mse_loss(connector(batch.student.features[s]).float(), teacher.features[t].detach().float())
+        losses = [hint_loss(connector(batch.student.features[s]), teacher.features[t])
                   for connector, (s, t), teacher in zip(self.connectors, self.pairs, batch.teachers)]
         return sum(w * loss for w, loss in zip(self.teacher_weights, losses))
 

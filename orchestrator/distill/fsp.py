@@ -66,13 +66,19 @@ def fsp_matrices(maps: Sequence[Tensor]) -> list[Tensor]:
 
 
 def fsp_loss(student: Sequence[Tensor], teacher: Sequence[Tensor]) -> Tensor:
-    """sum over consecutive pairs of mean((G_s - G_t)^2); channels equal per stage; no gradient to the teacher."""
+    """sum over consecutive pairs of mean((G_s - G_t)^2) (each pair's: :func:`fsp_losses`); channels equal per
+    stage; no gradient to the teacher."""
+    return sum(fsp_losses(student, teacher))
+
+
+def fsp_losses(student: Sequence[Tensor], teacher: Sequence[Tensor]) -> list[Tensor]:
+    """One mean((G_s - G_t)^2) per consecutive pair of stages, as RepDistiller's ``loss_group``."""
     if len(student) != len(teacher) or len(student) < 2:
         raise ValueError(f"FSP needs two or more paired stages, got {len(student)} and {len(teacher)}")
     g_s = fsp_matrices(student)
     with torch.no_grad():
         g_t = fsp_matrices([t.detach() for t in teacher])
-    return sum((s - t).pow(2).mean() for s, t in zip(g_s, g_t))
+    return [(s - t).pow(2).mean() for s, t in zip(g_s, g_t)]
 
 
 class FSP(ConnectedStages):

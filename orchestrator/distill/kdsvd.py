@@ -89,11 +89,17 @@ def align_signed(candidates: Tensor, targets: Tensor) -> Tensor:
 def kdsvd_loss(student: Sequence[Tensor], teacher: Sequence[Tensor], k: int = 1) -> Tensor:
     """KDSVD over consecutive pairs of stages; maps (B, C_i, H, W), student and teacher channels equal per stage.
 
-    Returns the sum over pairs of ``sum (K_s - K_t)^2 / B``; the teacher side gets no gradient.
+    Returns the sum over pairs of ``sum (K_s - K_t)^2 / B`` (each pair's: :func:`kdsvd_losses`); the teacher
+    side gets no gradient.
     """
+    return sum(kdsvd_losses(student, teacher, k))
+
+
+def kdsvd_losses(student: Sequence[Tensor], teacher: Sequence[Tensor], k: int = 1) -> list[Tensor]:
+    """One value per consecutive pair of stages (n stages -> n - 1 values), as RepDistiller's ``loss_group``."""
     if len(student) != len(teacher) or len(student) < 2:
         raise ValueError(f"KDSVD needs two or more paired stages, got {len(student)} and {len(teacher)}")
-    total, previous = None, None
+    losses, previous = [], None
     for f_s, f_t in zip(student, teacher):
         if f_s.shape[1] != f_t.shape[1]:
             raise ValueError(f"KDSVD needs equal channel counts per stage, got {f_s.shape[1]} and {f_t.shape[1]}")
@@ -106,10 +112,9 @@ def kdsvd_loss(student: Sequence[Tensor], teacher: Sequence[Tensor], k: int = 1)
             v_sb, v_tb = previous
             k_s = torch.exp(-(v_s[:, :, None, :] - v_sb[:, None, :, :]).pow(2) / RBF_SCALE)
             k_t = torch.exp(-(v_t[:, :, None, :] - v_tb[:, None, :, :]).pow(2) / RBF_SCALE)
-            term = _finite((k_s - k_t).pow(2)).sum() / f_s.shape[0]
-            total = term if total is None else total + term
+            losses.append(_finite((k_s - k_t).pow(2)).sum() / f_s.shape[0])
         previous = (v_s, v_t)
-    return total
+    return losses
 
 
 class KDSVD(ConnectedStages):
