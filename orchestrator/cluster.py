@@ -11,6 +11,7 @@ import time
 import ray
 
 from orchestrator.ray_compat import local_ray_kwargs
+from orchestrator.tracking import is_local
 
 
 class ClusterError(RuntimeError):
@@ -72,6 +73,33 @@ def handle_signals() -> None:
 
 def node_resources() -> list[dict[str, float]]:
     return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def alive_nodes() -> int:
+    """How many nodes of the connected Ray cluster are alive."""
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def driver_only_tracking(uri: str, nodes: int) -> str | None:
+    """Why ``uri`` cannot take the metrics of a cluster of ``nodes`` alive nodes, or None if it can.
+
+    A local store (a ``sqlite:`` file, a file store path) lives on the driver's disk: a trial on another
+    node would write into a file of the same name on its own node, and its metrics would never reach it.
+    """
+    if nodes <= 1 or not is_local(uri):
+        return None
+    return (
+        f"tracking.uri {uri} is a file on the driver's disk, which trials on the cluster's other "
+        f"{nodes - 1} node(s) cannot reach; start an MLflow tracking server the nodes can reach (e.g. `mlflow "
+        "server --host 0.0.0.0 --backend-store-uri sqlite:///mlflow.db`) and pass --tracking-uri http://HOST:5000"
+    )
+
+
+def check_tracking(uri: str) -> None:
+    """Raise ClusterError if the connected cluster has several nodes and ``uri`` is driver-local."""
+    reason = driver_only_tracking(uri, alive_nodes())
+    if reason:
+        raise ClusterError(reason)
 
 
 def check_fits(trial: dict[str, float], per_worker_cpu: float, use_gpu: bool, num_workers: int) -> None:

@@ -49,11 +49,15 @@ def check_local(cfg: Config, trial_cpu: float, in_process: bool) -> None:
 
 
 def check_cluster(address: str, trial: dict[str, float], cfg: Config) -> None:
-    """Connect to ``address`` (or use the Ray already up) and raise ClusterError if a trial can never run there."""
+    """Connect to ``address`` (or use the Ray already up) and raise ClusterError if a trial can never run there
+    or the cluster has several nodes and the tracking store is a file on the driver's disk."""
     import ray
+
+    from orchestrator.tracking import resolve_tracking_uri
 
     started = cluster.connect(address)
     try:
+        cluster.check_tracking(resolve_tracking_uri(cfg.tracking.uri))
         cluster.check_fits(trial, cfg.train.cpus_per_worker, cfg.train.use_gpu, cfg.train.num_workers)
     finally:
         if started:

@@ -45,7 +45,9 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 
 
 def is_local(uri: str) -> bool:
-    return urlparse(uri).scheme in ("sqlite", "file", "")
+    """Whether ``uri`` is a store on this machine's disk (a SQLite file, a file store path), not a server
+    (``http(s)://``, ``databricks``)."""
+    return uri != "databricks" and urlparse(uri).scheme in ("sqlite", "file", "")
 
 
 def ui_command(uri: str) -> str:

@@ -71,6 +71,7 @@ class EnsemblePipeline:
         experiment = cfg.tracking.experiment or cfg.name
         started_ray = cluster.connect(cluster.resolve_address(cfg.ray.address), local_cpus(self.cfg))
         try:
+            cluster.check_tracking(self.uri)  # several nodes: trials must reach the store
             experiment_id = tracking.ensure_experiment(self.client, experiment, self.uri)
             parent_id = tracking.start_run(
                 self.client, experiment_id, f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}", "pipeline",

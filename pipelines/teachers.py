@@ -306,9 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = cluster.connect(cluster.resolve_address(cfg.ray.address), local_cpus(cfg))
     try:
+        cluster.check_tracking(uri)  # several nodes: the teachers' runs must reach the store
         experiment_id = tracking.ensure_experiment(client, TEACHERS_EXPERIMENT, uri)
         teachers = ensure_teachers(cfg, uri, client, experiment_id, data=data)
-    except TeacherCheckpointError as exc:
+    except (TeacherCheckpointError, cluster.ClusterError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

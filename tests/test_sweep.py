@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.sweep.cli import build_parser, main
 from run_checks import assert_every_run_closed
+from test_compare import mlflow_server  # noqa: F401 - a fixture: a real `mlflow server` on loopback
 
 SPACE = str(Path(__file__).parent / "data" / "tiny_space.yaml")
 TINY = [
@@ -160,30 +163,29 @@ def _free_port() -> int:
 HOST = "127.0.0.2"
 
 
-@pytest.mark.slow
-def test_tiny_sweep_on_a_two_node_ray_cluster(isolated_cache, tmp_path):
-    """`ray start --head` plus a second `ray start --address` node on loopback, used through --address."""
+@contextlib.contextmanager
+def ray_cluster(env: dict) -> Iterator[tuple[str, Callable[[], None]]]:
+    """`ray start --head` on loopback with free ports (2 CPUs); yields its address and ``add_node()``, which starts
+    one more node (`ray start --address`) and waits until it is alive. Every node is stopped on exit."""
     port = _free_port()
+    address = f"{HOST}:{port}"
     ray_bin = str(Path(sys.executable).parent / "ray")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_AIR_NEW_OUTPUT": "0"}
     quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     head = [
         ray_bin, "start", "--head", "--node-ip-address", HOST, "--port", str(port), "--num-cpus", "2",
         "--include-dashboard", "true", "--dashboard-host", HOST, "--dashboard-port", str(_free_port()),
         "--temp-dir", f"/tmp/distill-ray-cluster-{port}", "--block",
     ]
-    worker = [ray_bin, "start", "--address", f"{HOST}:{port}", "--node-ip-address", HOST, "--num-cpus", "2", "--block"]
+    worker = [ray_bin, "start", "--address", address, "--node-ip-address", HOST, "--num-cpus", "2", "--block"]
     nodes = [subprocess.Popen(head, **quiet)]
+
+    def add_node() -> None:
+        nodes.append(subprocess.Popen(worker, **quiet))
+        _wait_for_nodes(port, len(nodes), env)
+
     try:
         _wait_for_nodes(port, 1, env)
-        nodes.append(subprocess.Popen(worker, **quiet))
-        _wait_for_nodes(port, 2, env)
-        args = tiny_args(tmp_path, "--address", f"{HOST}:{port}", "sweep.max_concurrent=2")
-        done = subprocess.run([sys.executable, "-m", "orchestrator.sweep", *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        assert "Leaderboard" in done.stdout
-        assert_sweep_logged(f"sqlite:///{tmp_path / 'mlflow.db'}", trials=4)
+        yield address, add_node
     finally:
         for node in reversed(nodes):  # `ray start --block` stops its node's processes on SIGTERM
             node.terminate()
@@ -192,6 +194,21 @@ def test_tiny_sweep_on_a_two_node_ray_cluster(isolated_cache, tmp_path):
                 node.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 node.kill()
+
+
+@pytest.mark.slow
+def test_tiny_sweep_on_a_two_node_ray_cluster(isolated_cache, tmp_path, mlflow_server):
+    """`ray start --head` plus a second node on loopback, used through --address; tracking to an MLflow server (a
+    SQLite file is refused on several nodes, see test_cluster_tracking)."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_AIR_NEW_OUTPUT": "0"}
+    with ray_cluster(env) as (address, add_node):
+        add_node()
+        args = tiny_args(tmp_path, "--address", address, "sweep.max_concurrent=2", "--tracking-uri", mlflow_server)
+        done = subprocess.run([sys.executable, "-m", "orchestrator.sweep", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "Leaderboard" in done.stdout
+        assert_sweep_logged(mlflow_server, trials=4)
 
 
 def _wait_for_nodes(port: int, count: int, env: dict, timeout: float = 120) -> None:

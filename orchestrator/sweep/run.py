@@ -63,12 +63,19 @@ class SweepRunner:
         uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
         try:
             client = tracking.check_connection(uri)
-            exp_dir, state = open_folder(self.storage, cfg.name, self.resume)
-        except (tracking.TrackingError, FileNotFoundError) as exc:
+        except tracking.TrackingError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         mlflow.set_tracking_uri(uri)
         started_ray = cluster.connect(cluster.resolve_address(cfg.ray.address), self._local_cpus())
+        try:  # a sweep refused here leaves no folder and no run behind
+            cluster.check_tracking(uri)
+            exp_dir, state = open_folder(self.storage, cfg.name, self.resume)
+        except (cluster.ClusterError, FileNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            if started_ray:
+                ray.shutdown()
+            return 2
         try:
             cluster.check_fits(
                 {"CPU": self.plan.trial_cpu, "GPU": self.plan.trial_gpu},
