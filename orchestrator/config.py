@@ -162,6 +162,7 @@ class TrackingConfig:
 @dataclass
 class ExportConfig:
     formats: list[str] = field(default_factory=lambda: ["onnx"])  # the chosen student is exported to these
+    include_preprocessing: bool = True  # the exported graph takes raw [0, 1] pixels and normalises them itself
 
 
 @dataclass

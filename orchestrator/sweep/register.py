@@ -22,5 +22,6 @@ def register_student(client, parent_id: str, cfg: Config, data: DataBundle, stud
                                  example=example_batch(data))
     if version:
         tracking.tag_model_version(client, cfg.tracking.registered_model, version, version_tags(summary, verdict))
-    export_student(student, data, cfg.export.formats, exp_dir / "export", client, cfg.tracking.registered_model, version)
+    export_student(student, data, cfg.export.formats, exp_dir / "export", client, cfg.tracking.registered_model, version,
+                   cfg=cfg)
     return version
