@@ -204,3 +204,26 @@ def test_registered_student_loads_and_predicts_without_this_package(registered):
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "logits (3, 10)" in done.stdout
+
+
+@pytest.mark.parametrize("in_graph", [True, False])
+def test_sweep_export_names_teacher_config_and_honours_include_preprocessing(student, in_graph, tmp_path):
+    """What a sweep exports (export_student with its Config): export.include_preprocessing decides the input."""
+    import onnxruntime
+
+    from orchestrator.config import load_config
+    from orchestrator.export import export_student
+
+    data, model = student
+    cfg = load_config(None, ["data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student",
+                             f"export.include_preprocessing={str(in_graph).lower()}"])
+    path = export_student(model, data, ["onnx"], tmp_path, cfg=cfg)["onnx"]["path"]
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert meta["teacher"] == "tiny_teacher" and meta["student"] == "tiny_student"
+    assert json.loads(meta["config"])["export.include_preprocessing"] is in_graph
+    raw, normalised = _raw_val(data)
+    fed = raw if in_graph else normalised.numpy()
+    with torch.no_grad():
+        expected = model(normalised).logits.numpy()
+    assert np.abs(session.run(None, {"images": fed})[0] - expected).max() < 1e-3
