@@ -106,6 +106,12 @@ def latency_ms(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, 
     return 1000 * statistics.median(times) / batch
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def export_one(model: nn.Module, fmt: str, images: Tensor, path: Path, meta: dict[str, str], force: bool = False) -> dict:
     """Write ``fmt`` to exactly ``path`` (through a temporary file beside it), check parity on ``images``
     (N, C, H, W, normalised) and time it. With ``meta['preprocessing_in_graph']`` the file takes raw [0, 1]
@@ -134,6 +140,7 @@ def export_one(model: nn.Module, fmt: str, images: Tensor, path: Path, meta: dic
                               f"'{path}' not written")
         result = {"path": str(path), "max_abs_diff": diff, "tolerance": tolerance,
                   **{f"latency_ms_b{b}": latency_ms(predict, x, b) for b in BATCHES}}
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would keep the file from the user's group and server
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -373,11 +373,15 @@ def _log_onnx(model, name: str, registered_model: str | None, example):
     from orchestrator.convert import to_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_model = onnx.load(str(to_onnx(model, example, Path(tmp) / "model.onnx")))
+        path = to_onnx(model, example, Path(tmp) / "model.onnx")
+        onnx_model = onnx.load(str(path))
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        logits = session.run(None, {"images": example[:2].numpy()})[0]
     return mlflow.onnx.log_model(
         onnx_model,
         name=name,
         input_example=example[:2].numpy(),
+        signature=mlflow.models.infer_signature(example[:2].numpy(), {"logits": logits}),
         pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
         registered_model_name=registered_model,
     )

@@ -104,6 +104,7 @@ def test_export_writes_exactly_out_and_leaves_other_files_alone(checkpoint, tmp_
     assert main([str(checkpoint), "--out", str(out)]) == 0
     assert theirs.read_bytes() == before
     assert sorted(p.name for p in folder.iterdir()) == ["mine.onnx", "student.onnx"]
+    assert out.stat().st_mode & 0o777 == theirs.stat().st_mode & 0o777  # the umask's mode, not mkstemp's 0600
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and "student.onnx" not in printed
     written = out.read_bytes()
@@ -175,6 +176,17 @@ def test_export_cli_tags_the_model_version(registered, tmp_path):
     for key in ("max_abs_diff", "tolerance", "latency_ms_b1", "latency_ms_b64"):
         assert f"export.torchscript.{key}" in tags
     assert main(["models:/no-such-model/1", "--tracking-uri", uri]) == 2
+
+
+def test_registered_student_has_a_signature_and_an_input_example(registered):
+    import mlflow
+
+    uri, version = registered
+    mlflow.set_tracking_uri(uri)
+    info = mlflow.models.get_model_info(f"models:/distill-student/{version}")
+    assert info.signature is not None and info.signature.outputs.input_names() == ["logits"]
+    assert info.signature.inputs.inputs[0].shape[1:] == (1, 8, 8)
+    assert info.saved_input_example_info is not None
 
 
 LOAD_WITHOUT_PACKAGE = r"""
