@@ -347,11 +347,13 @@ def log_checkpoint(client: MlflowClient, run_id: str, path: str | Path, name: st
     return f"runs:/{run_id}/{name}"
 
 
-def log_model(run_id: str, model, name: str, registered_model: str | None, *, example) -> str | None:
+def log_model(run_id: str, model, name: str, registered_model: str | None, *, example,
+              metadata: dict[str, str] | None = None) -> str | None:
     """Log ``model`` under run ``run_id`` as ONNX through ``mlflow.onnx`` (images ``example`` (B, C, H, W) ->
     logits, with that input example and its signature); register it if a name is given. It loads with
     ``mlflow.pyfunc.load_model`` and predicts with only mlflow and onnxruntime installed. Returns the
-    registered version number (as a string) or None. (Teachers and unregistered students are logged with
+    registered version number (as a string) or None. ``metadata``: ONNX metadata_props of the logged model (the
+    preprocessing and labels, :func:`orchestrator.export.metadata`). (Teachers and unregistered students are logged with
     :func:`log_checkpoint`: no pickled module is ever logged.)
     """
     import mlflow
@@ -360,12 +362,12 @@ def log_model(run_id: str, model, name: str, registered_model: str | None, *, ex
     active = mlflow.active_run()
     ctx = contextlib.nullcontext() if active and active.info.run_id == run_id else mlflow.start_run(run_id=run_id)
     with ctx:
-        info = _log_onnx(model, name, registered_model, example)
+        info = _log_onnx(model, name, registered_model, example, metadata)
     version = getattr(info, "registered_model_version", None)
     return None if version is None else str(version)
 
 
-def _log_onnx(model, name: str, registered_model: str | None, example):
+def _log_onnx(model, name: str, registered_model: str | None, example, metadata: dict[str, str] | None = None):
     import mlflow.onnx
     import onnx
     import onnxruntime
@@ -373,7 +375,7 @@ def _log_onnx(model, name: str, registered_model: str | None, example):
     from orchestrator.convert import to_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = to_onnx(model, example, Path(tmp) / "model.onnx")
+        path = to_onnx(model, example, Path(tmp) / "model.onnx", metadata)
         onnx_model = onnx.load(str(path))
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         logits = session.run(None, {"images": example[:2].numpy()})[0]

@@ -161,7 +161,8 @@ def registered(student, tmp_path, monkeypatch):
     run_id = tracking.start_run(client, tracking.ensure_experiment(client, "x", uri), "sweep", "sweep")
     save_model_checkpoint(tmp_path / "best_student.pt", model, "tiny_student", data, {})
     tracking.log_file(client, run_id, tmp_path / "best_student.pt")
-    version = tracking.log_model(run_id, model, "best_student", "distill-student", example=example_batch(data))
+    version = tracking.log_model(run_id, model, "best_student", "distill-student", example=example_batch(data),
+                                 metadata=metadata(data, False))
     tracking.end_run(client, run_id)
     return uri, version
 
@@ -178,7 +179,7 @@ def test_export_cli_tags_the_model_version(registered, tmp_path):
     assert main(["models:/no-such-model/1", "--tracking-uri", uri]) == 2
 
 
-def test_registered_student_has_a_signature_and_an_input_example(registered):
+def test_registered_student_has_a_signature_an_input_example_and_its_preprocessing(registered):
     import mlflow
 
     uri, version = registered
@@ -187,6 +188,10 @@ def test_registered_student_has_a_signature_and_an_input_example(registered):
     assert info.signature is not None and info.signature.outputs.input_names() == ["logits"]
     assert info.signature.inputs.inputs[0].shape[1:] == (1, 8, 8)
     assert info.saved_input_example_info is not None
+    import mlflow.onnx
+
+    props = {p.key: p.value for p in mlflow.onnx.load_model(info.model_uri).metadata_props}
+    assert props["preprocessing_in_graph"] == "false" and "mean" in props and "class_names" in props
 
 
 LOAD_WITHOUT_PACKAGE = r"""
