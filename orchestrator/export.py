@@ -152,11 +152,13 @@ def export_one(model: nn.Module, fmt: str, images: Tensor, path: Path, meta: dic
     return result
 
 
-def config_provenance(cfg) -> dict[str, str]:
-    """``teacher`` and ``config`` (flattened, JSON) of a run's Config, for :func:`metadata`."""
+def config_provenance(cfg, teachers: list[str] | None = None) -> dict[str, str]:
+    """``student``, ``teacher`` (``teachers`` joined with " + " when given, e.g. an ensemble's) and ``config``
+    (flattened, JSON) of a run's Config, for :func:`metadata`."""
     from orchestrator.config import flatten, to_dict
 
-    return {"student": cfg.model.student, "teacher": cfg.teacher.checkpoint or cfg.model.teacher,
+    teacher = " + ".join(teachers) if teachers else cfg.teacher.checkpoint or cfg.model.teacher
+    return {"student": cfg.model.student, "teacher": teacher,
             "config": json.dumps(flatten(to_dict(cfg)), sort_keys=True, default=str)}
 
 
@@ -172,12 +174,13 @@ def tag_version(client, registered_model: str, version: str, results: dict[str, 
 
 
 def export_student(model: nn.Module, data, formats: list[str], out_dir: Path, client=None,
-                   registered_model: str | None = None, version: str | None = None, cfg=None) -> dict[str, dict]:
+                   registered_model: str | None = None, version: str | None = None, cfg=None,
+                   teachers: list[str] | None = None) -> dict[str, dict]:
     """Export ``model`` to each of ``formats`` as ``out_dir/student.<ext>`` (this run's own folder: replaced if
-    there), self-described from ``cfg`` (``export.include_preprocessing``, teacher, config); with a registered
-    ``version``, tag it with parity and latency and log the files to its run."""
+    there), self-described from ``cfg`` (``export.include_preprocessing``, teacher or ``teachers``, config);
+    with a registered ``version``, tag it with parity and latency and log the files to its run."""
     include = cfg.export.include_preprocessing if cfg is not None else True
-    meta = metadata(data, include, config_provenance(cfg) if cfg is not None else None)
+    meta = metadata(data, include, config_provenance(cfg, teachers) if cfg is not None else None)
     images = example_batch(data)
     results = {fmt: export_one(model, fmt, images, Path(out_dir) / FILES[fmt], meta, force=True) for fmt in formats}
     if client is not None and registered_model and version:

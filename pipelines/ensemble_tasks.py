@@ -91,8 +91,9 @@ def distill(cfg_dict: dict, teachers: list[str], outputs: list[str], checkpoint:
     if register:  # registered: ONNX, loadable without this package
         mlflow.set_tracking_uri(uri)
         version = tracking.log_model(run_id, trainer.chosen, "student", register, example=example_batch(data),
-                                     metadata=metadata(data, False, config_provenance(cfg)))
-        export_student(trainer.chosen, data, cfg.export.formats, Path(checkpoint).parent / "export", client, register, version, cfg=cfg)
+                                     metadata=metadata(data, False, config_provenance(cfg, teachers)))
+        export_student(trainer.chosen, data, cfg.export.formats, Path(checkpoint).parent / "export", client, register, version,
+                       cfg=cfg, teachers=teachers)
     else:  # runs:/<id>/student: tensors only (a teacher URI for later runs)
         tracking.log_checkpoint(client, run_id, checkpoint, "student")
     return {
