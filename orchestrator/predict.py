@@ -1,4 +1,4 @@
-"""python -m orchestrator.predict: top-k classes of image files from an exported ONNX student, from the file alone.
+"""python -m orchestrator.predict: Top-k classes of image files from an exported ONNX student, from the file alone.
 
 Uses only onnxruntime, numpy, Pillow and the file's own metadata (written by
 ``python -m orchestrator.export``: input size, channel order, mean/std,
@@ -91,7 +91,8 @@ def probabilities(session: onnxruntime.InferenceSession, meta: dict, files: list
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.predict", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.predict",
+                                     description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     parser.add_argument("model", help="an ONNX file written by python -m orchestrator.export")
     parser.add_argument("images", nargs="+", help="image files and/or folders of them")
     parser.add_argument("--top-k", type=int, default=3, help="classes shown per image (default: %(default)s)")
