@@ -175,6 +175,7 @@ class TrackingConfig:
 class ExportConfig:
     formats: list[str] = field(default_factory=lambda: ["onnx"])  # the chosen student is exported to these
     latency_threads: int = 1  # ONNX Runtime intra-op threads when a student's latency is measured (cost/latency_ms)
+    include_preprocessing: bool = True  # the exported graph takes raw [0, 1] pixels and normalises them itself
 
 
 @dataclass

@@ -43,7 +43,7 @@ from orchestrator.models.base import split_arch
 from orchestrator.models.pretrained import pretrained_stats
 from orchestrator.models.weights import load_weights
 from orchestrator.models.wrapped import OutputAdapter, Renormalize
-from orchestrator.safe_load import UnsafeFileError, load_tensors
+from orchestrator.safe_load import CheckpointFileError, load_tensors
 
 URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "s3://", "gs://", "file://")
 STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "net")  # where a dict may hold a state_dict
@@ -88,7 +88,7 @@ def _read(path: Path, shown: str | None = None) -> object:
         raise TeacherCheckpointError(f"teacher checkpoint '{name}' does not exist; give teacher.checkpoint=<file or MLflow URI>")
     try:
         return load_tensors(path, "teacher checkpoint")
-    except UnsafeFileError as exc:
+    except CheckpointFileError as exc:
         raise TeacherCheckpointError(str(exc).replace(str(path), str(name))) from exc
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
         raise TeacherCheckpointError(

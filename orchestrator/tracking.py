@@ -358,20 +358,23 @@ def log_checkpoint(client: MlflowClient, run_id: str, path: str | Path, name: st
     return f"runs:/{run_id}/{name}"
 
 
-def log_model(run_id: str, model, name: str, registered_model: str | None, *, example) -> str | None:
+def log_model(run_id: str, model, name: str, registered_model: str | None, *, example,
+              metadata: dict[str, str] | None = None) -> str | None:
     """Log ``model`` under run ``run_id`` as ONNX through ``mlflow.onnx`` (images ``example`` (B, C, H, W) ->
     logits, with that input example and its signature); register it if a name is given. It loads with
     ``mlflow.pyfunc.load_model`` and predicts with only mlflow and onnxruntime installed. Returns the
-    registered version number (as a string) or None. (Teachers and unregistered students are logged with
-    :func:`log_checkpoint`: no pickled module is ever logged.) The run is addressed by its id, never made the
+    registered version number (as a string) or None. ``metadata``: ONNX metadata_props of the logged model (the
+    preprocessing and labels, :func:`orchestrator.export.metadata`). (Teachers and unregistered students are logged
+    with :func:`log_checkpoint`: no pickled module is ever logged.) The run is addressed by its id, never made the
     active run: it stays RUNNING, and only :func:`run_scope` ends it.
     """
-    info = _log_onnx(run_id, model.cpu().eval(), name, registered_model, example)
+    info = _log_onnx(run_id, model.cpu().eval(), name, registered_model, example, metadata)
     version = getattr(info, "registered_model_version", None)
     return None if version is None else str(version)
 
 
-def _log_onnx(run_id: str, model, name: str, registered_model: str | None, example):
+def _log_onnx(run_id: str, model, name: str, registered_model: str | None, example,
+              metadata: dict[str, str] | None = None):
     import mlflow.onnx
     import onnx
     import onnxruntime
@@ -379,7 +382,10 @@ def _log_onnx(run_id: str, model, name: str, registered_model: str | None, examp
     from orchestrator.convert import to_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_model = onnx.load(str(to_onnx(model, example, Path(tmp) / "model.onnx")))
+        path = to_onnx(model, example, Path(tmp) / "model.onnx", metadata)
+        onnx_model = onnx.load(str(path))
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        logits = session.run(None, {"images": example[:2].numpy()})[0]
     run = mlflow.MlflowClient().get_run(run_id)  # the logged model goes to the run's experiment (no active run)
     logged = mlflow.initialize_logged_model(name=name, source_run_id=run_id, experiment_id=run.info.experiment_id,
                                             params=dict(run.data.params))
@@ -387,6 +393,7 @@ def _log_onnx(run_id: str, model, name: str, registered_model: str | None, examp
         onnx_model,
         name=name,
         input_example=example[:2].numpy(),
+        signature=mlflow.models.infer_signature(example[:2].numpy(), {"logits": logits}),
         pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
         registered_model_name=registered_model,
         run_id=run_id,  # passed through to Model.log: no mlflow.start_run, so the run is not ended here

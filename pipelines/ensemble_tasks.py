@@ -55,7 +55,7 @@ def distill(cfg_dict: dict, teachers: list[str], outputs: list[str], checkpoint:
 
     from orchestrator.data import build_data
     from orchestrator.engine import Trainer
-    from orchestrator.export import example_batch, export_student
+    from orchestrator.export import config_provenance, example_batch, export_student, metadata
     from orchestrator.loop import fit
     from orchestrator.teachers import load_teacher, save_model_checkpoint
     from orchestrator.train_loop import load_outputs, outputs_for_seed, teacher_inputs_tag
@@ -90,8 +90,10 @@ def distill(cfg_dict: dict, teachers: list[str], outputs: list[str], checkpoint:
     version = None
     if register:  # registered: ONNX, loadable without this package
         mlflow.set_tracking_uri(uri)
-        version = tracking.log_model(run_id, trainer.chosen, "student", register, example=example_batch(data))
-        export_student(trainer.chosen, data, cfg.export.formats, Path(checkpoint).parent / "export", client, register, version)
+        version = tracking.log_model(run_id, trainer.chosen, "student", register, example=example_batch(data),
+                                     metadata=metadata(data, False, config_provenance(cfg, teachers)))
+        export_student(trainer.chosen, data, cfg.export.formats, Path(checkpoint).parent / "export", client, register, version,
+                       cfg=cfg, teachers=teachers)
     else:  # runs:/<id>/student: tensors only (a teacher URI for later runs)
         tracking.log_checkpoint(client, run_id, checkpoint, "student")
     return {

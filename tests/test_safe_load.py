@@ -113,3 +113,18 @@ def test_mlflow_uri_teachers_are_never_unpickled(tmp_path, monkeypatch, capsys):
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "refused" in err and uri in err, err
     assert not marker.exists()
+
+
+def test_files_that_are_not_checkpoints_are_named_as_such(evil, tmp_path):
+    from orchestrator.safe_load import NotACheckpointError, load_tensors
+
+    (tmp_path / "random.pt").write_bytes(bytes(range(256)) * 8)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "notes.pt").write_text("a text file")
+    for name in ("random.pt", "notes.pt"):
+        with pytest.raises(NotACheckpointError, match=f"'{tmp_path / name}' is not a PyTorch checkpoint"):
+            load_tensors(tmp_path / name, "student checkpoint")
+    with pytest.raises(NotACheckpointError, match="is empty"):
+        load_tensors(tmp_path / "empty.pt", "student checkpoint")
+    with pytest.raises(UnsafeFileError, match="refused"):  # a real payload is still refused, not misnamed
+        load_tensors(evil[0], "student checkpoint")

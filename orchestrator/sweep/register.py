@@ -9,7 +9,7 @@ from pathlib import Path
 from orchestrator import confirm, tracking
 from orchestrator.config import Config
 from orchestrator.data import DataBundle
-from orchestrator.export import example_batch, export_student
+from orchestrator.export import config_provenance, example_batch, export_student, metadata
 from orchestrator.sweep.summary import version_tags
 
 
@@ -19,8 +19,9 @@ def register_student(client, parent_id: str, cfg: Config, data: DataBundle, stud
     shutil.copy(student_path, exp_dir / "best_student.pt")
     tracking.log_file(client, parent_id, exp_dir / "best_student.pt")
     version = tracking.log_model(parent_id, student, "best_student", cfg.tracking.registered_model,
-                                 example=example_batch(data))
+                                 example=example_batch(data), metadata=metadata(data, False, config_provenance(cfg)))
     if version:
         tracking.tag_model_version(client, cfg.tracking.registered_model, version, version_tags(summary, verdict))
-    export_student(student, data, cfg.export.formats, exp_dir / "export", client, cfg.tracking.registered_model, version)
+    export_student(student, data, cfg.export.formats, exp_dir / "export", client, cfg.tracking.registered_model, version,
+                   cfg=cfg)
     return version
