@@ -5,8 +5,9 @@ the student alone, the student distilled from the best single teacher (chosen
 on the validation split) and the student distilled from the ensemble. Columns:
 test acc1 (a student's: the mean over its ``n`` seeds, ``test_sd`` their sd; a
 teacher's or the ensemble's: one trained model, ``n`` = 1), val acc1 (mean),
-parameters, MACs per image, inference ms per image, and ``train_s``: the mean
-wall time of one student run.
+parameters, MACs per image, inference ms per image, and ``train_s``: the wall
+time of one training run (a student's: the mean over its seeds; a teacher's:
+its own, blank when given or found cached).
 
 Inference time: the median over ``repeats`` timed batches (after two warm-up
 batches; the models interleaved round by round) of ``batch`` test images, in

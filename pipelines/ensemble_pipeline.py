@@ -99,7 +99,7 @@ class EnsemblePipeline:
                 ens = self.stage_ensemble_eval(teachers)
                 students = self.stage_students(ens)
                 frame = self.stage_compare(teachers, ens, students)
-                self.finish(frame, ens, students, start)
+                self.finish(frame, teachers, ens, students, start)
             return 0
         except KeyboardInterrupt:
             print("\ninterrupted; finished stages are reused by the next run", file=sys.stderr)
@@ -135,16 +135,17 @@ class EnsemblePipeline:
             self.stages.reuse("teachers", digest, result, self._teacher_metrics(result))
             return {**result, "hash": digest}
         with self.stages.run("teachers", digest, {"teachers": json.dumps(payload)}) as run_id:
+            started = time.perf_counter()
             entries = ensure_teachers(self.cfg, self.uri, self.client, self.stages.experiment_id, run_id, self.data)
             for entry in entries:
                 entry["fingerprint"] = fingerprint(entry["source"])
-            result = self.stages.complete("teachers", digest, run_id, {"teachers": entries},
-                                          self._teacher_metrics({"teachers": entries}))
+            result = {"teachers": entries, "wall_s": time.perf_counter() - started}
+            result = self.stages.complete("teachers", digest, run_id, result, self._teacher_metrics(result))
         return {**result, "hash": digest}
 
     @staticmethod
     def _teacher_metrics(result: dict) -> dict:
-        out = {}
+        out = {"time/wall_s": result["wall_s"]} if "wall_s" in result else {}
         for i, t in enumerate(result["teachers"]):
             if t.get("test/acc1") is not None:
                 out[f"teacher{i}/test_acc1"] = t["test/acc1"]
@@ -162,7 +163,7 @@ class EnsemblePipeline:
         if result is not None:
             self.stages.reuse("ensemble_eval", digest, result, self._ensemble_metrics(result))
             return {**result, "hash": digest}
-        pending = {}
+        pending, started = {}, time.perf_counter()
         with self.stages.run("ensemble_eval", digest) as run_id:
             try:
                 sources = [t["source"] for t in teachers["teachers"]]
@@ -192,7 +193,8 @@ class EnsemblePipeline:
                 }
                 best = max(rows, key=lambda r: r["val/acc1"])  # chosen on val, never on test
                 cost = self._measure_cost(rows)
-                result = {"teachers": rows, "ensemble": ensemble, "best_teacher": best["name"], "cost": cost}
+                result = {"teachers": rows, "ensemble": ensemble, "best_teacher": best["name"], "cost": cost,
+                          "wall_s": time.perf_counter() - started}
                 for r in rows:
                     print(f"  {r['name']:<26} val/acc1 {r['val/acc1']:.4f}  test/acc1 {r['test/acc1']:.4f}", flush=True)
                 print(f"  {'ensemble (mean softmax)':<26} val/acc1 {ensemble['val/acc1']:.4f}  test/acc1 "
@@ -227,6 +229,8 @@ class EnsemblePipeline:
     def _ensemble_metrics(result: dict) -> dict:
         out = {f"teacher{i}/{k.replace('/', '_')}": r[k] for i, r in enumerate(result["teachers"]) for k in ("val/acc1", "test/acc1")}
         out.update({f"ensemble/{k.replace('/', '_')}": v for k, v in result["ensemble"].items()})
+        if "wall_s" in result:
+            out["time/wall_s"] = result["wall_s"]
         cost = result["cost"]
         for key in ("live_ms_per_batch", "cached_ms_per_batch", "student_step_ms", "live_s_per_epoch", "cached_s_per_epoch"):
             if key in cost:
@@ -436,7 +440,7 @@ class EnsemblePipeline:
             self._log_comparison(found, run_id)
             return frame
         with self.stages.run("compare", digest) as run_id:
-            frame = self._comparison_table(ens, students)
+            frame = self._comparison_table(teachers, ens, students)
             folder = self.out / "comparison"
             folder.mkdir(parents=True, exist_ok=True)
             csv, png, md = folder / f"comparison-{digest}.csv", folder / f"comparison-{digest}.png", folder / f"comparison-{digest}.md"
@@ -459,7 +463,7 @@ class EnsemblePipeline:
             for target in [self.parent_id] + ([run_id] if run_id else []):
                 tracking.log_file(self.client, target, dst)
 
-    def _comparison_table(self, ens: dict, students: dict):
+    def _comparison_table(self, teachers: dict, ens: dict, students: dict):
         from orchestrator.models import build_model
         from orchestrator.teachers import load_model_checkpoint, load_teacher
 
@@ -472,7 +476,9 @@ class EnsemblePipeline:
             forwards[f"teacher {r['name']}"] = model
             size = comparison.size_of(model, d.in_channels, d.image_size)
             t_arch = next((t.arch for t in pipeline_teachers(self.cfg) if t.name == r["name"]), None) or type(model).__name__
+            train_s = next((t.get("train_s") for t in teachers["teachers"] if t["name"] == r["name"]), None)
             rows.append({"model": f"teacher {r['name']}", "arch": t_arch, "test_acc1": r["test/acc1"], "n": 1,
+                         "train_s": train_s,
                          "val_acc1": r["val/acc1"], "params": size["params"], "mmacs": size["macs"] / 1e6})
         teacher_rows = list(rows)
         forwards["ensemble"] = comparison.ensemble_forward(teacher_models)
@@ -510,7 +516,15 @@ class EnsemblePipeline:
                 "ensemble_vs_best_teacher": paired_gain(ens, best, level),
                 "best_teacher_vs_alone": paired_gain(best, alone, level)}
 
-    def finish(self, frame, ens: dict, students: dict, start: float) -> None:
+    @staticmethod
+    def stage_walls(teachers: dict, ens: dict, students: dict) -> dict[str, float]:
+        """stage -> seconds it took (a reused stage: the run that did the work; the students' stages train
+        together, so theirs is one shared time)."""
+        walls = {"teachers": teachers.get("wall_s"), "ensemble_eval": ens.get("wall_s"),
+                 **{stage: res.get("wall_s") for stage, res in students.items()}}
+        return {stage: v for stage, v in walls.items() if v is not None}
+
+    def finish(self, frame, teachers: dict, ens: dict, students: dict, start: float) -> None:
         cfg = self.cfg
         gains = self.gains(students)
         elapsed = time.perf_counter() - start
@@ -528,13 +542,15 @@ class EnsemblePipeline:
             metrics[f"gain_{name}"] = g.mean
             if g.low is not None:
                 metrics.update({f"gain_{name}_low": g.low, f"gain_{name}_high": g.high})
+        walls = self.stage_walls(teachers, ens, students)
+        metrics.update({f"time/{stage}_wall_s": v for stage, v in walls.items()})
         cost = ens["cost"]
         if "cached_ms_per_batch" in cost:
             metrics.update({"cost/teacher_live_ms_per_batch": cost["live_ms_per_batch"],
                             "cost/teacher_cached_ms_per_batch": cost["cached_ms_per_batch"]})
         tracking.log_metrics(self.client, self.parent_id, metrics, step=0)
         summary = {"stages_reused": self.stages.reused, "stages_run": self.stages.ran, **metrics,
-                   "seeds": cfg.pipeline.student_seeds(cfg.seed), "test_acc1_per_seed": per_seed,
+                   "seeds": cfg.pipeline.student_seeds(cfg.seed), "test_acc1_per_seed": per_seed, "wall_s": walls,
                    "gains": {name: g.as_dict() for name, g in gains.items()},
                    "best_teacher": ens["best_teacher"], "cost": cost}
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -552,6 +568,9 @@ class EnsemblePipeline:
                             ("student <- ensemble vs student <- best teacher", "ensemble_vs_best_teacher"),
                             ("student <- best teacher vs student alone", "best_teacher_vs_alone")):
             print(f"  {label:<48} {gains[name].text()}")
+        if walls:
+            print("wall time per stage (a reused stage: the run that did the work; the students train together): "
+                  + ", ".join(f"{stage} {v:.0f} s" for stage, v in walls.items()))
         if self.stages.reused:
             print(f"reused stages: {', '.join(self.stages.reused)}")
         print(f"MLflow: experiment '{cfg.tracking.experiment or cfg.name}', parent run {self.parent_id}; "

@@ -190,6 +190,7 @@ def test_pipeline_end_to_end_on_seeds_then_reruns_reuse_every_stage_and_seed(ray
     assert (table["params"] > 0).all() and (table["ms_per_image"] > 0).all() and table["test_acc1"].between(0, 1).all()
     assert table["params"][3] == table["params"][:3].sum()
     assert list(table["n"]) == [1, 1, 1, 1, 3, 3, 3] and table["test_sd"][:4].isna().all()
+    assert (table["train_s"].drop(3) > 0).all()  # each teacher and student run's own time; the ensemble: none
     # Per-seed values in summary.json; means, sds and intervals equal a hand computation from them.
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     per_seed = {k: {int(s): v for s, v in d.items()} for k, d in summary["test_acc1_per_seed"].items()}
@@ -204,6 +205,7 @@ def test_pipeline_end_to_end_on_seeds_then_reruns_reuse_every_stage_and_seed(ray
         assert parent.data.metrics[f"gain_{name}_low"] == pytest.approx(gain["low"])
         assert parent.data.metrics[f"gain_{name}_high"] == pytest.approx(gain["high"])
     assert parent.data.metrics["student_alone/test_acc1_sd"] == pytest.approx(table["test_sd"][4])
+    assert set(summary["wall_s"]) == {"teachers", "ensemble_eval", *STUDENTS} and "wall time per stage" in out
     first_csv = (tmp_path / "out" / "comparison.csv").read_text()
 
     # Rerun: every stage reused (no teacher or student trained again), same outputs, a new parent.
