@@ -65,7 +65,8 @@ def seed_summary(runs: list[dict], wall_s: float) -> dict:
     test, val = mean_sd([r["test/acc1"] for r in runs]), mean_sd([r["val/acc1"] for r in runs])
     return {"runs": runs, "seeds": [r["seed"] for r in runs], "test/acc1": test[0], "test/acc1_sd": test[1],
             "val/acc1": val[0], "val/acc1_sd": val[1], "checkpoint": runs[0]["checkpoint"],
-            "time_s": mean_sd([r["time_s"] for r in runs])[0], "wall_s": wall_s}
+            "time_s": mean_sd([r["time_s"] for r in runs])[0], "wall_s": wall_s,
+            "teacher_inputs": "; ".join(r["teacher_inputs"] for r in runs if r.get("teacher_inputs")) or None}
 
 
 def seed_values(result: dict, seed: int, key: str = "test/acc1") -> dict[int, float]:
@@ -277,7 +278,9 @@ class EnsemblePipeline:
             digest = stage_hash({**payload, "seeds": seeds})
             found = self.stages.lookup(stage, digest, lambda r: files_exist(x["checkpoint"] for x in r["runs"]))
             if found is not None:
-                self.stages.reuse(stage, digest, found, self._student_metrics(found))
+                run_id = self.stages.reuse(stage, digest, found, self._student_metrics(found))
+                if found.get("teacher_inputs"):
+                    tracking.set_tags(self.client, run_id, {"teacher_inputs": found["teacher_inputs"]})
                 results[stage] = found
                 continue
             opened[stage] = (digest, payload)
@@ -295,8 +298,10 @@ class EnsemblePipeline:
                         label, child = f"{stage}-seed{seed}", stage_hash({**payload, "train_seed": seed})
                         found = self.stages.lookup(label, child, lambda r: files_exist([r["checkpoint"]]), kind="student")
                         if found is not None:
-                            self.stages.reuse(label, child, found, self._student_metrics(found), kind="student",
-                                              parent_id=stage_runs[stage])
+                            run_id = self.stages.reuse(label, child, found, self._student_metrics(found),
+                                                       kind="student", parent_id=stage_runs[stage])
+                            if found.get("teacher_inputs"):
+                                tracking.set_tags(self.client, run_id, {"teacher_inputs": found["teacher_inputs"]})
                             per_seed[stage][seed] = found
                         else:
                             todo[label] = (stage, seed, child, replace(run_cfg, seed=seed))
@@ -340,6 +345,8 @@ class EnsemblePipeline:
                 result = seed_summary([{"seed": s, **{k: v for k, v in per_seed[stage][s].items() if k != "_run_id"}}
                                        for s in seeds], wall_s)
                 with self.stages.scope(stage_runs[stage]):
+                    if result["teacher_inputs"]:
+                        tracking.set_tags(self.client, stage_runs[stage], {"teacher_inputs": result["teacher_inputs"]})
                     results[stage] = self.stages.complete(stage, digest, stage_runs[stage], result,
                                                           self._student_metrics(result))
         return results
