@@ -252,7 +252,7 @@ def test_pipeline_sweep_mode_uses_the_sweep_machinery_with_several_teachers(ray_
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = tiny_args(tmp_path, "--sweep", f"sweep.search_space={TINY_SPACE}", "sweep.num_samples=2",
-                     "pipeline.teachers=[tiny_teacher:0, tiny_teacher:1]")
+                     "pipeline.teachers=[tiny_teacher:0, tiny_teacher:1]", "pipeline.seeds=1")
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "Leaderboard" in out and "student <- ensemble" in out
