@@ -576,8 +576,8 @@ class EnsemblePipeline:
                             ("student <- best teacher vs student alone", "best_teacher_vs_alone")):
             print(f"  {label:<48} {gains[name].text()}")
         if walls:
-            print("wall time per stage (a reused stage: the run that did the work; the students train together): "
-                  + ", ".join(f"{stage} {v:.0f} s" for stage, v in walls.items()))
+            print("wall time: " + ", ".join(f"{stage} {v:.0f} s" for stage, v in walls.items())
+                  + " (the students train together; a reused step: the run that did the work)")
         if self.stages.reused:
             print(f"reused stages: {', '.join(self.stages.reused)}")
         print(f"MLflow: experiment '{cfg.tracking.experiment or cfg.name}', parent run {self.parent_id}; "

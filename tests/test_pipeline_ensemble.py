@@ -205,7 +205,7 @@ def test_pipeline_end_to_end_on_seeds_then_reruns_reuse_every_stage_and_seed(ray
         assert parent.data.metrics[f"gain_{name}_low"] == pytest.approx(gain["low"])
         assert parent.data.metrics[f"gain_{name}_high"] == pytest.approx(gain["high"])
     assert parent.data.metrics["student_alone/test_acc1_sd"] == pytest.approx(table["test_sd"][4])
-    assert set(summary["wall_s"]) == {"teachers", "ensemble_eval", *STUDENTS} and "wall time per stage" in out
+    assert set(summary["wall_s"]) == {"teachers", "ensemble_eval", *STUDENTS} and "wall time: teachers" in out
     first_csv = (tmp_path / "out" / "comparison.csv").read_text()
 
     # Rerun: every stage reused (no teacher or student trained again), same outputs, a new parent.
