@@ -7,7 +7,8 @@ written to ``<output_dir>/stages/<name>-<hash>.json``. On a rerun a stage whose
 hash matches a FINISHED stage run and whose result file (and the files that
 result names) still exist is *reused*: a new stage run is opened under the new
 parent, tagged ``orchestrator.reused_from=<old run id>``, given the old metrics,
-and closed FINISHED, without redoing the work.
+and closed FINISHED, without redoing the work. A stage's own child runs (one
+student seed: ``orchestrator.kind=student``) are reused the same way, by kind.
 """
 
 from __future__ import annotations
