@@ -13,6 +13,7 @@ One YAML file (or none) and ``key.sub=value`` overrides, like the sweep::
         - {checkpoint: runs:/<run id>/teacher}   # or a checkpoint file
         - {checkpoint: resnet18.pt, arch: tv_resnet18}   # a plain state_dict of that model
       sweep: false                 # true: search sweep.search_space (default search_spaces/ensemble.yaml)
+      seeds: 3                     # each student trained on seeds seed, seed+1, ... (mean ± sd, paired intervals)
 
 Overrides reach list items by position (``pipeline.teachers.2.epochs=3``) or
 replace the list (``pipeline.teachers=[cnn_teacher, cnn_teacher:1]``; a string
@@ -87,6 +88,11 @@ class PipelineSection:
     output_dir: str | None = None  # None -> ./runs/<name>-pipeline (stage results, students, comparison)
     inference_batch: int = 256  # batch size of the inference-time measurement
     timing_repeats: int = 10  # timed batches per model (median reported)
+    seeds: int = 3  # training seeds of each student (seed, seed+1, ...): mean ± sd and paired 95% t-intervals
+
+    def student_seeds(self, seed: int) -> list[int]:
+        """The students' training seeds: ``seed`` .. ``seed + seeds - 1`` (one more seed adds one, keeps the rest)."""
+        return [seed + i for i in range(self.seeds)]
 
     def __post_init__(self):
         self.output_dir = self.output_dir or None
@@ -97,6 +103,8 @@ class PipelineSection:
             raise KnobError("inference_batch", self.inference_batch, "an integer > 0")
         if self.timing_repeats <= 0:
             raise KnobError("timing_repeats", self.timing_repeats, "an integer > 0")
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds <= 0:
+            raise KnobError("seeds", self.seeds, "an integer > 0 (>= 2 for an interval)")
 
     def resolved(self, seed: int, epochs: int, lr: float) -> list[ResolvedTeacher]:
         """The teachers with every default filled in: ``seed`` (the config's) + position, ``teacher.epochs``,

@@ -3,7 +3,11 @@
 Rows: each teacher, the ensemble (mean of the teachers' softmax probabilities),
 the student alone, the student distilled from the best single teacher (chosen
 on the validation split) and the student distilled from the ensemble. Columns:
-test acc1, val acc1, parameters, MACs per image, inference ms per image.
+test acc1 (a student's: the mean over its ``n`` seeds, ``test_sd`` their sd; a
+teacher's or the ensemble's: one trained model, ``n`` = 1), val acc1 (mean),
+parameters, MACs per image, inference ms per image, and ``train_s``: the wall
+time of one training run (a student's: the mean over its seeds; a teacher's:
+its own, blank when given or found cached).
 
 Inference time: the median over ``repeats`` timed batches (after two warm-up
 batches; the models interleaved round by round) of ``batch`` test images, in
@@ -24,7 +28,7 @@ from torch import Tensor, nn
 
 from orchestrator.models import describe_model
 
-COLUMNS = ["model", "arch", "test_acc1", "val_acc1", "params", "mmacs", "ms_per_image"]
+COLUMNS = ["model", "arch", "test_acc1", "test_sd", "n", "val_acc1", "params", "mmacs", "ms_per_image", "train_s"]
 
 
 def ensemble_probs(logits: Sequence[Tensor]) -> Tensor:
@@ -77,30 +81,39 @@ def build_table(rows: list[dict]) -> pd.DataFrame:
     return frame
 
 
+def test_text(row) -> str:
+    """``89.67 ± 0.26 (3 seeds)`` for a student, ``89.45 (one model)`` for a teacher or the ensemble (%)."""
+    if pd.isna(row["test_sd"]):
+        return f"{100 * row['test_acc1']:.2f} (one model)"
+    n = int(row["n"])
+    return f"{100 * row['test_acc1']:.2f} ± {100 * row['test_sd']:.2f} ({n} seed{'s' if n > 1 else ''})"
+
+
+def _cells(frame: pd.DataFrame) -> pd.DataFrame:
+    shown = pd.DataFrame({"model": frame["model"], "arch": frame["arch"]})
+    shown["test acc1 %"] = [test_text(r) for _, r in frame.iterrows()]
+    shown["val acc1 %"] = frame["val_acc1"].map(lambda v: "" if pd.isna(v) else f"{100 * v:.2f}")
+    shown["params"] = frame["params"].map(lambda v: f"{int(v):,}")
+    shown["MMACs/img"] = frame["mmacs"].map(lambda v: f"{v:.2f}")
+    shown["ms/img"] = frame["ms_per_image"].map(lambda v: f"{v:.4f}")
+    shown["train s/run"] = frame["train_s"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
+    return shown
+
+
 def format_table(frame: pd.DataFrame) -> str:
-    shown = frame.copy()
-    shown["test_acc1"] = shown["test_acc1"].map(lambda v: f"{100 * v:.2f}%")
-    shown["val_acc1"] = shown["val_acc1"].map(lambda v: "" if pd.isna(v) else f"{100 * v:.2f}%")
-    shown["params"] = shown["params"].map(lambda v: f"{int(v):,}")
-    shown["mmacs"] = shown["mmacs"].map(lambda v: f"{v:.2f}")
-    shown["ms_per_image"] = shown["ms_per_image"].map(lambda v: f"{v:.4f}")
-    return shown.to_string(index=False)
+    return _cells(frame).to_string(index=False)
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
-    head = "| model | arch | test acc1 | val acc1 | params | MMACs/img | ms/img |"
-    lines = [head, "|---|---|---:|---:|---:|---:|---:|"]
-    for _, r in frame.iterrows():
-        val = "" if pd.isna(r["val_acc1"]) else f"{100 * r['val_acc1']:.2f}%"
-        lines.append(
-            f"| {r['model']} | {r['arch']} | {100 * r['test_acc1']:.2f}% | {val} | {int(r['params']):,} | "
-            f"{r['mmacs']:.2f} | {r['ms_per_image']:.4f} |"
-        )
+    shown = _cells(frame)
+    lines = ["| " + " | ".join(shown.columns) + " |", "|---|---|" + "---:|" * (len(shown.columns) - 2)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in shown.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 
 def bar_chart(frame: pd.DataFrame, path: Path, title: str) -> Path:
-    """Two panels: test acc1 per model (annotated with parameters) and inference ms per image."""
+    """Two panels: test acc1 per model (annotated with parameters; a student's bar: the mean over its seeds,
+    with ± sd as an error bar) and inference ms per image."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,13 +125,15 @@ def bar_chart(frame: pd.DataFrame, path: Path, title: str) -> Path:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.55 * len(names) + 2.0), gridspec_kw={"width_ratios": [3, 2]})
     acc = 100 * frame["test_acc1"]
-    left.barh(names, acc, color=colours)
-    low = max(0.0, float(acc.min()) - 3.0)
-    span = max(float(acc.max()) - low, 1.0)
-    left.set_xlim(low, float(acc.max()) + 0.45 * span)  # room for the labels
-    for y, (value, params) in enumerate(zip(acc, frame["params"])):
-        left.text(value + 0.01 * span, y, f"{value:.2f}%  ({int(params):,} params)", va="center", fontsize=8)
-    left.set_xlabel("test acc1 (%)")
+    sd = (100 * frame["test_sd"]).fillna(0.0)
+    left.barh(names, acc, color=colours, xerr=sd, capsize=3)
+    low = max(0.0, float((acc - sd).min()) - 3.0)
+    top = float((acc + sd).max())
+    span = max(top - low, 1.0)
+    left.set_xlim(low, top + 0.55 * span)  # room for the labels
+    for y, (_, row) in enumerate(frame.iterrows()):
+        left.text(top + 0.01 * span, y, f"{test_text(row)}  ({int(row['params']):,} params)", va="center", fontsize=8)
+    left.set_xlabel("test acc1 (%): students mean ± sd over seeds; teachers, ensemble: one model each")
     left.invert_yaxis()
     ms = frame["ms_per_image"]
     right.barh(names, ms, color=colours)

@@ -18,8 +18,10 @@ same inputs is reused on rerun, see :mod:`pipelines.stages`):
                             trial a Ray Train run) over ``search_spaces/ensemble.yaml``.
    ``distill_best_teacher`` the same student and values, distilled from the best single teacher.
    ``student_alone``        the same student trained alone (CE).
-                            The single runs go concurrently, one Ray task each.
-4. ``compare``              test acc1, parameters and CPU inference time of every model: printed,
+                            Each student is trained on ``pipeline.seeds`` seeds (one child run per
+                            seed); all runs go concurrently, one Ray task each.
+4. ``compare``              test acc1 (students: mean ± sd over seeds, with paired 95% t-intervals of
+                            their gains), parameters and CPU inference time of every model: printed,
                             logged as ``comparison.csv`` + ``comparison.png`` (+ ``.md``) to the parent.
 
 Examples::
@@ -74,12 +76,13 @@ def dry_run(cfg: Config, data) -> None:
             state = "cached" if path.is_file() else f"to train: {t.epochs} epoch(s), lr {t.lr}, seed {t.seed}"
             print(f"  {t.name:<26} {state}  ({path.name})")
     c = cfg
+    seeds = c.pipeline.student_seeds(c.seed)
     how = (f"sweep over '{c.sweep.search_space}' ({c.sweep.num_samples} trials)" if cfg.pipeline.sweep
-           else f"one run: {c.distill.method}, {c.train.epochs} epochs, lr {c.train.lr}")
-    print(f"student: {c.model.student}; ensemble distillation: {how}")
+           else f"{c.distill.method}, {c.train.epochs} epochs, lr {c.train.lr}")
+    print(f"student: {c.model.student}; ensemble distillation: {how}; each student trained on seeds {seeds}")
     inputs = choose(cfg, distill_configs(cfg, len(data.train)))
-    if inputs.kind == "views" and not cfg.pipeline.sweep:  # both distillation stages train on cfg.seed
-        inputs = replace(inputs, seeds=(cfg.seed,))
+    if inputs.kind == "views" and not cfg.pipeline.sweep:  # the distillation stages train on the students' seeds
+        inputs = replace(inputs, seeds=tuple(seeds))
     print(describe(cfg, inputs, len(data.train), data.num_classes, None, readers="distillation stage"))
     print(f"stages: {', '.join(STAGES)}; folder {pipeline_output_dir(cfg)}")
     print("dry run: nothing was started")

@@ -27,6 +27,7 @@ from orchestrator.config import (
     to_dict,
 )
 from orchestrator.distill import registry
+from orchestrator.stats import PairedGain, mean_sd, paired_gain
 from orchestrator.teacher_inputs import TeacherInputs, choose
 from orchestrator.teachers import TeacherCheckpointError, alone_config
 from pipelines import comparison
@@ -59,6 +60,21 @@ def distill_configs(cfg: Config, num_train: int) -> list[Config]:
     return possible_configs(load_space(cfg.sweep.search_space, cfg, num_train), cfg)
 
 
+def seed_summary(runs: list[dict], wall_s: float) -> dict:
+    """A student stage's result: its runs (one per seed, each with ``seed``), their mean ± sd and the wall time
+    the stage's runs took (all students' runs go together, so it is the students' shared time)."""
+    test, val = mean_sd([r["test/acc1"] for r in runs]), mean_sd([r["val/acc1"] for r in runs])
+    return {"runs": runs, "seeds": [r["seed"] for r in runs], "test/acc1": test[0], "test/acc1_sd": test[1],
+            "val/acc1": val[0], "val/acc1_sd": val[1], "checkpoint": runs[0]["checkpoint"],
+            "time_s": mean_sd([r["time_s"] for r in runs])[0], "wall_s": wall_s,
+            "teacher_inputs": "; ".join(r["teacher_inputs"] for r in runs if r.get("teacher_inputs")) or None}
+
+
+def seed_values(result: dict, seed: int, key: str = "test/acc1") -> dict[int, float]:
+    """seed -> ``key`` of a student stage's runs (a ``--sweep`` stage: its one run, on ``seed``)."""
+    return {int(r["seed"]): r[key] for r in result["runs"]} if "runs" in result else {seed: result[key]}
+
+
 class EnsemblePipeline:
     def __init__(self, cfg: Config, data, uri: str, client):
         self.cfg, self.data, self.uri, self.client = cfg, data, uri, client
@@ -86,7 +102,7 @@ class EnsemblePipeline:
                 ens = self.stage_ensemble_eval(teachers)
                 students = self.stage_students(ens)
                 frame = self.stage_compare(teachers, ens, students)
-                self.finish(frame, ens, students, start)
+                self.finish(frame, teachers, ens, students, start)
             return 0
         except KeyboardInterrupt:
             print("\ninterrupted; finished stages are reused by the next run", file=sys.stderr)
@@ -122,16 +138,17 @@ class EnsemblePipeline:
             self.stages.reuse("teachers", digest, result, self._teacher_metrics(result))
             return {**result, "hash": digest}
         with self.stages.run("teachers", digest, {"teachers": json.dumps(payload)}) as run_id:
+            started = time.perf_counter()
             entries = ensure_teachers(self.cfg, self.uri, self.client, self.stages.experiment_id, run_id, self.data)
             for entry in entries:
                 entry["fingerprint"] = fingerprint(entry["source"])
-            result = self.stages.complete("teachers", digest, run_id, {"teachers": entries},
-                                          self._teacher_metrics({"teachers": entries}))
+            result = {"teachers": entries, "wall_s": time.perf_counter() - started}
+            result = self.stages.complete("teachers", digest, run_id, result, self._teacher_metrics(result))
         return {**result, "hash": digest}
 
     @staticmethod
     def _teacher_metrics(result: dict) -> dict:
-        out = {}
+        out = {"time/wall_s": result["wall_s"]} if "wall_s" in result else {}
         for i, t in enumerate(result["teachers"]):
             if t.get("test/acc1") is not None:
                 out[f"teacher{i}/test_acc1"] = t["test/acc1"]
@@ -149,7 +166,7 @@ class EnsemblePipeline:
         if result is not None:
             self.stages.reuse("ensemble_eval", digest, result, self._ensemble_metrics(result))
             return {**result, "hash": digest}
-        pending = {}
+        pending, started = {}, time.perf_counter()
         with self.stages.run("ensemble_eval", digest) as run_id:
             try:
                 sources = [t["source"] for t in teachers["teachers"]]
@@ -179,7 +196,8 @@ class EnsemblePipeline:
                 }
                 best = max(rows, key=lambda r: r["val/acc1"])  # chosen on val, never on test
                 cost = self._measure_cost(rows)
-                result = {"teachers": rows, "ensemble": ensemble, "best_teacher": best["name"], "cost": cost}
+                result = {"teachers": rows, "ensemble": ensemble, "best_teacher": best["name"], "cost": cost,
+                          "wall_s": time.perf_counter() - started}
                 for r in rows:
                     print(f"  {r['name']:<26} val/acc1 {r['val/acc1']:.4f}  test/acc1 {r['test/acc1']:.4f}", flush=True)
                 print(f"  {'ensemble (mean softmax)':<26} val/acc1 {ensemble['val/acc1']:.4f}  test/acc1 "
@@ -214,6 +232,8 @@ class EnsemblePipeline:
     def _ensemble_metrics(result: dict) -> dict:
         out = {f"teacher{i}/{k.replace('/', '_')}": r[k] for i, r in enumerate(result["teachers"]) for k in ("val/acc1", "test/acc1")}
         out.update({f"ensemble/{k.replace('/', '_')}": v for k, v in result["ensemble"].items()})
+        if "wall_s" in result:
+            out["time/wall_s"] = result["wall_s"]
         cost = result["cost"]
         for key in ("live_ms_per_batch", "cached_ms_per_batch", "student_step_ms", "live_s_per_epoch", "cached_s_per_epoch"):
             if key in cost:
@@ -223,6 +243,10 @@ class EnsemblePipeline:
     # ------------------------------------------------------------------ 3 students
 
     def stage_students(self, ens: dict) -> dict:
+        """The three students: each a stage run with one child run (kind ``student``) per training seed of
+        ``pipeline.seeds``, all on the pipeline's split. A stage's hash includes its seeds, a child's its seed:
+        a rerun with one more seed reuses every other child. Returns stage -> result with ``runs`` (one per seed)
+        and their means (``test/acc1``, ``test/acc1_sd``, ...)."""
         cfg = self.cfg
         by_name = {t["name"]: t for t in ens["teachers"]}
         best = by_name[ens["best_teacher"]]
@@ -247,54 +271,86 @@ class EnsemblePipeline:
             plan.pop("distill_ensemble")
             plan["distill_best_teacher"][3]["tuned"] = results["distill_ensemble"]["best_params"]
 
-        todo, pending, runs, epochs = {}, {}, {}, {}
+        seeds = cfg.pipeline.student_seeds(cfg.seed)
+        opened: dict[str, tuple[str, dict]] = {}  # stage -> (its hash, its payload without seeds)
         for stage, (run_cfg, sources, outputs, extra) in plan.items():
-            payload = {**extra, "run": run_payload(run_cfg)}
+            payload = {**extra, "run": run_payload(run_cfg)}  # run_cfg.seed: the split's seed
             if sources and self._inputs_for(run_cfg).kind == "views":  # fp16 (top-k) teacher outputs: other results
                 payload["views"] = {"topk": run_cfg.teacher.view_topk}
-            digest = stage_hash(payload)
-            found = self.stages.lookup(stage, digest, lambda r: files_exist([r["checkpoint"]]))
+            digest = stage_hash({**payload, "seeds": seeds})
+            found = self.stages.lookup(stage, digest, lambda r: files_exist(x["checkpoint"] for x in r["runs"]))
             if found is not None:
                 run_id = self.stages.reuse(stage, digest, found, self._student_metrics(found))
                 if found.get("teacher_inputs"):
                     tracking.set_tags(self.client, run_id, {"teacher_inputs": found["teacher_inputs"]})
                 results[stage] = found
                 continue
-            todo[stage] = (digest, run_cfg)
-        views = self._build_views({stage: (run_cfg, plan[stage][1]) for stage, (_, run_cfg) in todo.items()})
-        task = distill_task.options(num_cpus=cpu_share(len(todo))) if todo else distill_task
-        with contextlib.ExitStack() as scopes:  # runs not closed below (interrupted, cancelled) end here
+            opened[stage] = (digest, payload)
+
+        todo, pending, runs, epochs, stage_runs = {}, {}, {}, {}, {}
+        per_seed: dict[str, dict[int, dict]] = {stage: {} for stage in opened}
+        started = time.perf_counter()
+        with contextlib.ExitStack() as scopes:  # runs not closed below (interrupted, failed) end here
             try:
-                for stage, (digest, run_cfg) in todo.items():
-                    _, sources, outputs, _ = plan[stage]
-                    outputs = views.get(stage, outputs)
-                    run_id = scopes.enter_context(self.stages.scope(self.stages.begin(stage, digest, flatten(to_dict(run_cfg)))))
-                    checkpoint = str(self.out / "students" / f"{stage}-{digest}.pt")
-                    register = cfg.tracking.registered_model if stage == "distill_ensemble" else None
-                    ref = task.remote(to_dict(run_cfg), sources, outputs, checkpoint, self.uri, run_id, register)
-                    pending[ref], runs[stage], epochs[stage] = stage, run_id, run_cfg.train.epochs
+                for stage, (digest, payload) in opened.items():
+                    run_cfg = plan[stage][0]
+                    stage_runs[stage] = scopes.enter_context(self.stages.scope(self.stages.begin(
+                        stage, digest, {**flatten(to_dict(run_cfg)), "seeds": json.dumps(seeds)})))
+                    for seed in seeds:
+                        label, child = f"{stage}-seed{seed}", stage_hash({**payload, "train_seed": seed})
+                        found = self.stages.lookup(label, child, lambda r: files_exist([r["checkpoint"]]), kind="student")
+                        if found is not None:
+                            run_id = self.stages.reuse(label, child, found, self._student_metrics(found),
+                                                       kind="student", parent_id=stage_runs[stage])
+                            if found.get("teacher_inputs"):
+                                tracking.set_tags(self.client, run_id, {"teacher_inputs": found["teacher_inputs"]})
+                            per_seed[stage][seed] = found
+                        else:
+                            todo[label] = (stage, seed, child, replace(run_cfg, seed=seed))
+                views = self._build_views({label: (seed_cfg, plan[stage][1]) for label, (stage, _, _, seed_cfg) in todo.items()})
+                task = distill_task.options(num_cpus=cpu_share(len(todo))) if todo else distill_task
+                for label, (stage, seed, child, seed_cfg) in todo.items():
+                    sources, outputs = plan[stage][1], views.get(label, plan[stage][2])
+                    run_id = scopes.enter_context(self.stages.scope(self.stages.begin(
+                        label, child, {**flatten(to_dict(seed_cfg)), "data_seed": cfg.seed}, kind="student",
+                        parent_id=stage_runs[stage])))
+                    tracking.set_tags(self.client, run_id, {"seed": str(seed)})
+                    checkpoint = str(self.out / "students" / f"{label}-{child}.pt")
+                    register = cfg.tracking.registered_model if stage == "distill_ensemble" and seed == seeds[0] else None
+                    ref = task.remote(to_dict(seed_cfg), sources, outputs, checkpoint, self.uri, run_id, register, cfg.seed)
+                    pending[ref], runs[label], epochs[label] = label, run_id, seed_cfg.train.epochs
                 if pending:
-                    print(f"training {len(pending)} student run(s) concurrently: {', '.join(runs)}", flush=True)
+                    print(f"training {len(pending)} student run(s) concurrently ({len(seeds)} seed(s) each): "
+                          f"{', '.join(runs)}", flush=True)
                 done = wait_with_progress(pending, self.client, runs, epochs)
             except BaseException:
                 cancel(pending)
                 raise
             failed = []
-            for stage, res in done.items():
+            for label, res in done.items():
                 if isinstance(res, BaseException):
-                    self.stages.fail(runs[stage], res)
-                    failed.append((stage, res))
+                    self.stages.fail(runs[label], res)
+                    failed.append((label, res))
                     continue
                 if res.get("teacher_inputs"):
-                    print(f"  {stage}: teacher inputs: {res['teacher_inputs']}", flush=True)
-                digest = todo[stage][0]
+                    print(f"  {label}: teacher inputs: {res['teacher_inputs']}", flush=True)
+                stage, seed, child, _ = todo[label]
                 # val/test accuracies are already in the run (per epoch, and test once at the last step)
                 extra = {k: v for k, v in self._student_metrics(res).items() if not k.startswith(("val/", "test/"))}
-                with self.stages.scope(runs[stage]):
-                    results[stage] = self.stages.complete(stage, digest, runs[stage], res, extra)
+                with self.stages.scope(runs[label]):
+                    per_seed[stage][seed] = self.stages.complete(label, child, runs[label], res, extra)
             if failed:
-                stage, exc = failed[0]
-                raise RuntimeError(f"stage {stage} failed: {exc}") from exc
+                label, exc = failed[0]
+                raise RuntimeError(f"student run {label} failed: {exc}") from exc
+            wall_s = time.perf_counter() - started
+            for stage, (digest, _) in opened.items():
+                result = seed_summary([{"seed": s, **{k: v for k, v in per_seed[stage][s].items() if k != "_run_id"}}
+                                       for s in seeds], wall_s)
+                with self.stages.scope(stage_runs[stage]):
+                    if result["teacher_inputs"]:
+                        tracking.set_tags(self.client, stage_runs[stage], {"teacher_inputs": result["teacher_inputs"]})
+                    results[stage] = self.stages.complete(stage, digest, stage_runs[stage], result,
+                                                          self._student_metrics(result))
         return results
 
     def _inputs_for(self, run_cfg: Config) -> TeacherInputs:
@@ -372,7 +428,8 @@ class EnsemblePipeline:
     @staticmethod
     def _student_metrics(result: dict) -> dict:
         names = {"val/acc1": "val/acc1", "test/acc1": "test/acc1", "test/acc5": "test/acc5", "time_s": "time/stage_s",
-                 "epoch_s": "time/epoch_s", "train_img_s": "throughput/train_img_s"}
+                 "epoch_s": "time/epoch_s", "train_img_s": "throughput/train_img_s", "test/acc1_sd": "test/acc1_sd",
+                 "val/acc1_sd": "val/acc1_sd", "wall_s": "time/wall_s"}
         return {names[k]: v for k, v in result.items() if k in names and v is not None}
 
     # ------------------------------------------------------------------ 4 comparison
@@ -382,7 +439,7 @@ class EnsemblePipeline:
         digest = stage_hash({
             "teachers": teachers["hash"], "ensemble": ens["hash"],
             "students": {k: v.get("checkpoint") for k, v in students.items()},
-            "results": {k: v.get("test/acc1") for k, v in students.items()},
+            "results": {k: seed_values(v, self.cfg.seed) for k, v in students.items()},
             "batch": p.inference_batch, "repeats": p.timing_repeats, "threads": self.threads,
         })
         found = self.stages.lookup("compare", digest, lambda r: files_exist([r["csv"], r["png"], r["md"]]))
@@ -390,7 +447,7 @@ class EnsemblePipeline:
             self.stages.reuse("compare", digest, found, log_files=lambda run_id: self._log_comparison(found, run_id))
             return comparison.pd.read_csv(found["csv"])
         with self.stages.run("compare", digest) as run_id:
-            frame = self._comparison_table(ens, students)
+            frame = self._comparison_table(teachers, ens, students)
             folder = self.out / "comparison"
             folder.mkdir(parents=True, exist_ok=True)
             csv, png, md = folder / f"comparison-{digest}.csv", folder / f"comparison-{digest}.png", folder / f"comparison-{digest}.md"
@@ -413,7 +470,7 @@ class EnsemblePipeline:
             for target in [self.parent_id] + ([run_id] if run_id else []):
                 tracking.log_file(self.client, target, dst)
 
-    def _comparison_table(self, ens: dict, students: dict):
+    def _comparison_table(self, teachers: dict, ens: dict, students: dict):
         from orchestrator.models import build_model
         from orchestrator.teachers import load_model_checkpoint, load_teacher
 
@@ -426,12 +483,14 @@ class EnsemblePipeline:
             forwards[f"teacher {r['name']}"] = model
             size = comparison.size_of(model, d.in_channels, d.image_size)
             t_arch = next((t.arch for t in pipeline_teachers(self.cfg) if t.name == r["name"]), None) or type(model).__name__
-            rows.append({"model": f"teacher {r['name']}", "arch": t_arch, "test_acc1": r["test/acc1"],
+            train_s = next((t.get("train_s") for t in teachers["teachers"] if t["name"] == r["name"]), None)
+            rows.append({"model": f"teacher {r['name']}", "arch": t_arch, "test_acc1": r["test/acc1"], "n": 1,
+                         "train_s": train_s,
                          "val_acc1": r["val/acc1"], "params": size["params"], "mmacs": size["macs"] / 1e6})
         teacher_rows = list(rows)
         forwards["ensemble"] = comparison.ensemble_forward(teacher_models)
         rows.append({"model": "ensemble", "arch": f"{len(teacher_rows)} teachers, mean softmax",
-                     "test_acc1": ens["ensemble"]["test/acc1"], "val_acc1": ens["ensemble"]["val/acc1"],
+                     "test_acc1": ens["ensemble"]["test/acc1"], "val_acc1": ens["ensemble"]["val/acc1"], "n": 1,
                      "params": sum(r["params"] for r in teacher_rows), "mmacs": sum(r["mmacs"] for r in teacher_rows)})
         # The three students share one architecture: one measurement (same shapes, same time).
         forwards["student"] = build_model(arch, d.num_classes, d.in_channels).eval()
@@ -444,8 +503,10 @@ class EnsemblePipeline:
             res = students[stage]
             model = load_model_checkpoint(res["checkpoint"], d.num_classes, d.in_channels).eval()
             size = comparison.size_of(model, d.in_channels, d.image_size)
-            rows.append({"model": label, "arch": arch, "test_acc1": res["test/acc1"], "val_acc1": res.get("val/acc1"),
-                         "params": size["params"], "mmacs": size["macs"] / 1e6})
+            test = mean_sd(list(seed_values(res, self.cfg.seed).values()))
+            rows.append({"model": label, "arch": arch, "test_acc1": test[0], "test_sd": test[1],
+                         "n": len(seed_values(res, self.cfg.seed)), "val_acc1": res.get("val/acc1"),
+                         "params": size["params"], "mmacs": size["macs"] / 1e6, "train_s": res.get("time_s")})
         ms = comparison.ms_per_image(forwards, images, p.timing_repeats, self.threads)
         for row in rows:
             row["ms_per_image"] = ms[row["model"]] if row["model"] in ms else ms["student"]
@@ -453,35 +514,70 @@ class EnsemblePipeline:
 
     # ------------------------------------------------------------------ summary
 
-    def finish(self, frame, ens: dict, students: dict, start: float) -> None:
+    def gains(self, students: dict) -> dict[str, PairedGain]:
+        """The paired test gains (by seed) with their t-intervals at ``sweep.confirm.level``."""
+        seed, level = self.cfg.seed, self.cfg.sweep.confirm.level
+        ens, best, alone = (seed_values(students[k], seed) for k in ("distill_ensemble", "distill_best_teacher",
+                                                                      "student_alone"))
+        return {"ensemble_vs_alone": paired_gain(ens, alone, level),
+                "ensemble_vs_best_teacher": paired_gain(ens, best, level),
+                "best_teacher_vs_alone": paired_gain(best, alone, level)}
+
+    @staticmethod
+    def stage_walls(teachers: dict, ens: dict, students: dict) -> dict[str, float]:
+        """stage -> seconds it took (a reused stage: the run that did the work; the students' stages train
+        together, so theirs is one shared time)."""
+        walls = {"teachers": teachers.get("wall_s"), "ensemble_eval": ens.get("wall_s"),
+                 **{stage: res.get("wall_s") for stage, res in students.items()}}
+        return {stage: v for stage, v in walls.items() if v is not None}
+
+    def finish(self, frame, teachers: dict, ens: dict, students: dict, start: float) -> None:
         cfg = self.cfg
-        gain = students["distill_ensemble"]["test/acc1"] - students["student_alone"]["test/acc1"]
-        best_gain = students["distill_ensemble"]["test/acc1"] - students["distill_best_teacher"]["test/acc1"]
+        gains = self.gains(students)
         elapsed = time.perf_counter() - start
-        metrics = {
-            "ensemble/test_acc1": ens["ensemble"]["test/acc1"],
-            "student_ensemble/test_acc1": students["distill_ensemble"]["test/acc1"],
-            "student_best_teacher/test_acc1": students["distill_best_teacher"]["test/acc1"],
-            "student_alone/test_acc1": students["student_alone"]["test/acc1"],
-            "gain_vs_alone": gain, "gain_vs_best_teacher": best_gain, "time/pipeline_s": elapsed,
-            **{f"teacher{i}/test_acc1": t["test/acc1"] for i, t in enumerate(ens["teachers"])},
-        }
+        names = {"distill_ensemble": "student_ensemble", "distill_best_teacher": "student_best_teacher",
+                 "student_alone": "student_alone"}
+        metrics = {"ensemble/test_acc1": ens["ensemble"]["test/acc1"], "time/pipeline_s": elapsed,
+                   **{f"teacher{i}/test_acc1": t["test/acc1"] for i, t in enumerate(ens["teachers"])}}
+        per_seed = {}
+        for stage, name in names.items():
+            values = seed_values(students[stage], cfg.seed)
+            mean, sd = mean_sd(list(values.values()))
+            metrics.update({f"{name}/test_acc1": mean, f"{name}/test_acc1_sd": sd})
+            per_seed[name] = {str(s): v for s, v in sorted(values.items())}
+        for name, g in gains.items():
+            metrics[f"gain_{name}"] = g.mean
+            if g.low is not None:
+                metrics.update({f"gain_{name}_low": g.low, f"gain_{name}_high": g.high})
+        walls = self.stage_walls(teachers, ens, students)
+        metrics.update({f"time/{stage}_wall_s": v for stage, v in walls.items()})
         cost = ens["cost"]
         if "cached_ms_per_batch" in cost:
             metrics.update({"cost/teacher_live_ms_per_batch": cost["live_ms_per_batch"],
                             "cost/teacher_cached_ms_per_batch": cost["cached_ms_per_batch"]})
         tracking.log_metrics(self.client, self.parent_id, metrics, step=0)
         summary = {"stages_reused": self.stages.reused, "stages_run": self.stages.ran, **metrics,
+                   "seeds": cfg.pipeline.student_seeds(cfg.seed), "test_acc1_per_seed": per_seed, "wall_s": walls,
+                   "gains": {name: g.as_dict() for name, g in gains.items()},
                    "best_teacher": ens["best_teacher"], "cost": cost}
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         tracking.log_file(self.client, self.parent_id, self.out / "summary.json")
 
         n_test = len(self.data.test)
-        print(f"\n== Comparison ({n_test} {self.data.name} test images; inference: batch "
+        seeds = ", ".join(map(str, cfg.pipeline.student_seeds(cfg.seed)))
+        print(f"\n== Comparison ({n_test} {self.data.name} test images; students: mean ± sd over seeds [{seeds}], "
+              f"teachers and ensemble: one trained model each; inference: batch "
               f"{self.cfg.pipeline.inference_batch}, {self.threads} torch thread(s), CPU) ==")
         print(comparison.format_table(frame))
-        print(f"\nensemble-distilled student vs student alone: {100 * gain:+.2f} points; "
-              f"vs distilled from the best single teacher: {100 * best_gain:+.2f} points")
+        level = f"{100 * cfg.sweep.confirm.level:.0f}%"
+        print(f"\npaired test gains by seed, points [{level} CI]:")
+        for label, name in (("student <- ensemble vs student alone", "ensemble_vs_alone"),
+                            ("student <- ensemble vs student <- best teacher", "ensemble_vs_best_teacher"),
+                            ("student <- best teacher vs student alone", "best_teacher_vs_alone")):
+            print(f"  {label:<48} {gains[name].text()}")
+        if walls:
+            print("wall time: " + ", ".join(f"{stage} {v:.0f} s" for stage, v in walls.items())
+                  + " (the students train together; a reused step: the run that did the work)")
         if self.stages.reused:
             print(f"reused stages: {', '.join(self.stages.reused)}")
         print(f"MLflow: experiment '{cfg.tracking.experiment or cfg.name}', parent run {self.parent_id}; "

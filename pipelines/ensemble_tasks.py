@@ -43,9 +43,11 @@ teacher_eval_task = ray.remote(num_cpus=1)(evaluate_teacher)
 
 
 def distill(cfg_dict: dict, teachers: list[str], outputs: list[str], checkpoint: str, uri: str, run_id: str,
-            register: str | None = None) -> dict:
+            register: str | None = None, data_seed: int | None = None) -> dict:
     """One student run through the training loop (:func:`orchestrator.loop.fit`): epochs (val each), test at
     the last, logged to MLflow run ``run_id``; then its checkpoint and model (registered and exported if named).
+    Trained with seed ``cfg.seed`` on the split of ``data_seed`` (default ``cfg.seed``): the pipeline's
+    students share one split and differ in their training seed.
 
     ``outputs``: the teachers' precomputed outputs (un-augmented split) or view caches (``data.augment``), read
     as a sweep's trial reads them (:func:`orchestrator.train_loop.outputs_for_seed`); without them, or when they
@@ -62,7 +64,7 @@ def distill(cfg_dict: dict, teachers: list[str], outputs: list[str], checkpoint:
 
     cfg = from_dict(cfg_dict)
     torch.set_num_threads(cfg.train.torch_threads or cfg.train.cpus_per_worker)
-    data = build_data(cfg.data, cfg.seed)
+    data = build_data(cfg.data, cfg.seed if data_seed is None else data_seed)
     uses_teacher = registry.needs_teacher(cfg.distill)
     caches = [load_outputs(p) for p in outputs] if uses_teacher else []
     inputs = outputs_for_seed(caches, cfg.seed, len(teachers), cfg.distill) if caches else []

@@ -7,7 +7,8 @@ written to ``<output_dir>/stages/<name>-<hash>.json``. On a rerun a stage whose
 hash matches a FINISHED stage run and whose result file (and the files that
 result names) still exist is *reused*: a new stage run is opened under the new
 parent, tagged ``orchestrator.reused_from=<old run id>``, given the old metrics,
-and closed FINISHED, without redoing the work.
+and closed FINISHED, without redoing the work. A stage's own child runs (one
+student seed: ``orchestrator.kind=student``) are reused the same way, by kind.
 """
 
 from __future__ import annotations
@@ -64,16 +65,18 @@ class Stages:
 
     # ------------------------------------------------------------------ reuse
 
-    def lookup(self, stage: str, digest: str, still_valid: Callable[[dict], bool] | None = None) -> dict | None:
+    def lookup(self, stage: str, digest: str, still_valid: Callable[[dict], bool] | None = None,
+               kind: str = "stage") -> dict | None:
         """The saved result of a FINISHED run of ``stage`` with this hash, if it is still valid
-        (``still_valid(result)``: e.g. the files it names exist and are unchanged)."""
+        (``still_valid(result)``: e.g. the files it names exist and are unchanged). ``kind``: the runs'
+        ``orchestrator.kind`` (``student``: one seed's run inside a student stage)."""
         path = self.result_path(stage, digest)
         if not path.is_file():
             return None
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=(
-                f"tags.`{tracking.KIND}` = 'stage' and tags.stage = '{stage}' and "
+                f"tags.`{tracking.KIND}` = '{kind}' and tags.stage = '{stage}' and "
                 f"tags.`{STAGE_HASH}` = '{digest}' and attributes.status = 'FINISHED'"
             ),
             max_results=50,
@@ -87,13 +90,13 @@ class Stages:
         result["_run_id"] = original[0].info.run_id
         return result
 
-    def reuse(self, stage: str, digest: str, result: dict, metrics: dict | None = None,
-              log_files: Callable[[str], None] | None = None) -> str:
-        """Record the reused stage under this pipeline run (FINISHED at once, after ``log_files(run_id)`` logged
-        what it keeps); returns its run id."""
+    def reuse(self, stage: str, digest: str, result: dict, metrics: dict | None = None, kind: str = "stage",
+              parent_id: str | None = None, log_files: Callable[[str], None] | None = None) -> str:
+        """Record the reused stage under this pipeline run (or ``parent_id``; FINISHED at once, after
+        ``log_files(run_id)`` logged what it keeps); returns its run id."""
         print(f"reusing stage {stage} (hash {digest}, from run {result.get('_run_id')})", flush=True)
         run_id = tracking.start_run(
-            self.client, self.experiment_id, stage, "stage", parent_id=self.parent_id,
+            self.client, self.experiment_id, stage, kind, parent_id=parent_id or self.parent_id,
             tags={"stage": stage, STAGE_HASH: digest, REUSED_FROM: str(result.get("_run_id"))},
         )
         with tracking.run_scope(self.client, run_id):
@@ -106,11 +109,13 @@ class Stages:
 
     # ------------------------------------------------------------------ fresh runs
 
-    def begin(self, stage: str, digest: str, params: dict | None = None) -> str:
-        """Open the run of ``stage``; close it with :meth:`scope` (or the caller's run scope)."""
+    def begin(self, stage: str, digest: str, params: dict | None = None, kind: str = "stage",
+              parent_id: str | None = None) -> str:
+        """Open the run of ``stage`` (under this pipeline run, or ``parent_id``); close it with :meth:`scope`
+        (or the caller's run scope)."""
         print(f"stage {stage}: running (hash {digest})", flush=True)
         return tracking.start_run(
-            self.client, self.experiment_id, stage, "stage", parent_id=self.parent_id,
+            self.client, self.experiment_id, stage, kind, parent_id=parent_id or self.parent_id,
             tags={"stage": stage, STAGE_HASH: digest}, params=params,
         )
 

@@ -187,7 +187,7 @@ def ensure_teachers(
         for entry in out:
             if entry["name"] in results:
                 res = results[entry["name"]]
-                entry.update(trained=True, run_id=res["run_id"],
+                entry.update(trained=True, run_id=res["run_id"], train_s=res["time_s"],
                              **{"val/acc1": res["metrics"].get("val/acc1"), "test/acc1": res["metrics"].get("test/acc1")})
     shared = client.get_experiment_by_name(TEACHERS_EXPERIMENT)
     ids = list(dict.fromkeys([experiment_id] + ([shared.experiment_id] if shared else [])))

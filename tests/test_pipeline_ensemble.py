@@ -22,8 +22,9 @@ TINY_SPACE = str(Path(__file__).parent / "data" / "tiny_space.yaml")
 TINY = [
     "data.dataset=digits", "pipeline.teachers=[tiny_teacher:0, tiny_teacher:1, tiny_teacher:2]",
     "model.student=tiny_student", "teacher.epochs=2", "teacher.lr=0.1", "train.epochs=2", "train.lr=0.1",
-    "data.batch_size=64", "pipeline.timing_repeats=3",
+    "data.batch_size=64", "pipeline.timing_repeats=3", "pipeline.seeds=3",
 ]
+STUDENTS = ("distill_ensemble", "distill_best_teacher", "student_alone")
 STAGES = {"teachers", "ensemble_eval", "distill_ensemble", "distill_best_teacher", "student_alone", "compare"}
 
 
@@ -59,6 +60,7 @@ def test_config_defaults_overrides_and_teacher_list():
         ("model.student=nope", "model.student"),
         ("train.epochs=-1", "train.epochs"),
         ("pipeline.teachers=[]", "pipeline.teachers"),
+        ("pipeline.seeds=0", "pipeline.seeds"),
     ],
 )
 def test_bad_values_name_their_key(override, key):
@@ -123,14 +125,28 @@ def _by_kind(runs: list) -> dict[str, list]:
     return out
 
 
+def _interval(a: dict, b: dict) -> tuple[float, float, float]:
+    """The paired 95% t-interval of a - b by hand (scipy's t quantile), seed -> value dicts."""
+    import math
+    import statistics
+
+    from scipy import stats
+
+    d = [a[s] - b[s] for s in sorted(a)]
+    half = stats.t.ppf(0.975, len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
+    return statistics.mean(d), statistics.mean(d) - half, statistics.mean(d) + half
+
+
 @pytest.mark.slow
-def test_pipeline_end_to_end_then_rerun_reuses_every_stage(ray_session, isolated_cache, tmp_path, monkeypatch, capsys):
+def test_pipeline_end_to_end_on_seeds_then_reruns_reuse_every_stage_and_seed(ray_session, isolated_cache, tmp_path,
+                                                                              monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     assert main(tiny_args(tmp_path)) == 0
     out = capsys.readouterr().out
     assert "Comparison" in out and "student <- ensemble" in out and "reusing stage" not in out
+    assert "mean ± sd over seeds [0, 1, 2]" in out and "(one model)" in out and "(3 seeds)" in out
 
     kinds = _by_kind(_runs(uri))
     (parent,) = kinds["pipeline"]
@@ -149,18 +165,23 @@ def test_pipeline_end_to_end_then_rerun_reuses_every_stage(ray_session, isolated
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc1")] == [1, 2]
         assert "checkpoint" in {a.path for a in client.list_artifacts(run.info.run_id)}
         assert [a.path for a in client.list_artifacts(run.info.run_id, "teacher")] == ["teacher/checkpoint.pt"]
-    # Students: the registered one as ONNX (a logged model), the others as tensor-only checkpoints.
+    # Students: one child run per (student, seed) under its stage, logging per epoch.
+    children = {r.data.tags["stage"]: r for r in kinds["student"]}
+    assert set(children) == {f"{stage}-seed{s}" for stage in STUDENTS for s in (0, 1, 2)}
+    for label, run in children.items():
+        stage = label.rsplit("-seed", 1)[0]
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == stages[stage].info.run_id
+        assert run.data.tags["seed"] == label.rsplit("-seed", 1)[1]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc1")] == [1, 2]
+        if stage != "student_alone":  # un-augmented: the outputs computed once, read by every seed
+            assert run.data.tags["teacher_inputs"].endswith(": precomputed outputs")
+    # The registered student (first seed) as ONNX (a logged model), the others as tensor-only checkpoints.
     assert {m.name for m in client.search_logged_models([parent.info.experiment_id])} == {"student"}
-    for name in ("distill_best_teacher", "student_alone"):
-        assert [a.path for a in client.list_artifacts(stages[name].info.run_id, "student")] == ["student/checkpoint.pt"]
-    # Distillation stages log per epoch; the ensemble stage measured teacher inference live vs cached.
-    for name in ("distill_ensemble", "distill_best_teacher", "student_alone"):
-        assert [m.step for m in client.get_metric_history(stages[name].info.run_id, "val/acc1")] == [1, 2]
-    for name in ("distill_ensemble", "distill_best_teacher"):  # un-augmented: the outputs computed once
-        assert stages[name].data.tags["teacher_inputs"] == "seed 0: precomputed outputs"
+    for label in ("distill_best_teacher-seed0", "student_alone-seed2", "distill_ensemble-seed1"):
+        assert [a.path for a in client.list_artifacts(children[label].info.run_id, "student")] == ["student/checkpoint.pt"]
     cost = stages["ensemble_eval"].data.metrics
     assert cost["cost/teacher_cached_ms_per_batch"] < cost["cost/teacher_live_ms_per_batch"]
-    # The comparison: printed, CSV + PNG on the parent run.
+    # The comparison: printed, CSV + PNG on the parent run; students as mean ± sd, teachers one model each.
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"comparison.csv", "comparison.png", "config.yaml", "summary.json"} <= artifacts
     local = Path(client.download_artifacts(parent.info.run_id, "comparison.csv", str(tmp_path / "dl")))
@@ -169,17 +190,32 @@ def test_pipeline_end_to_end_then_rerun_reuses_every_stage(ray_session, isolated
     assert table["model"][5].startswith("student <- best teacher")
     assert (table["params"] > 0).all() and (table["ms_per_image"] > 0).all() and table["test_acc1"].between(0, 1).all()
     assert table["params"][3] == table["params"][:3].sum()
-    assert "gain_vs_alone" in parent.data.metrics
-    first_summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert list(table["n"]) == [1, 1, 1, 1, 3, 3, 3] and table["test_sd"][:4].isna().all()
+    assert (table["train_s"].drop(3) > 0).all()  # each teacher and student run's own time; the ensemble: none
+    # Per-seed values in summary.json; means, sds and intervals equal a hand computation from them.
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    per_seed = {k: {int(s): v for s, v in d.items()} for k, d in summary["test_acc1_per_seed"].items()}
+    assert summary["seeds"] == [0, 1, 2] and all(sorted(d) == [0, 1, 2] for d in per_seed.values())
+    ens, best, alone = per_seed["student_ensemble"], per_seed["student_best_teacher"], per_seed["student_alone"]
+    assert table["test_acc1"][6] == pytest.approx(sum(ens.values()) / 3)
+    for name, (a, b) in {"ensemble_vs_alone": (ens, alone), "ensemble_vs_best_teacher": (ens, best),
+                         "best_teacher_vs_alone": (best, alone)}.items():
+        gain = summary["gains"][name]
+        assert (gain["mean"], gain["low"], gain["high"]) == pytest.approx(_interval(a, b), abs=1e-9)
+        assert gain["n"] == 3 and gain["significant"] == (gain["low"] > 0 or gain["high"] < 0)
+        assert parent.data.metrics[f"gain_{name}_low"] == pytest.approx(gain["low"])
+        assert parent.data.metrics[f"gain_{name}_high"] == pytest.approx(gain["high"])
+    assert parent.data.metrics["student_alone/test_acc1_sd"] == pytest.approx(table["test_sd"][4])
+    assert set(summary["wall_s"]) == {"teachers", "ensemble_eval", *STUDENTS} and "wall time: teachers" in out
     first_csv = (tmp_path / "out" / "comparison.csv").read_text()
 
-    # Rerun: every stage reused (no teacher trained again), same outputs, a new parent with its stage runs.
+    # Rerun: every stage reused (no teacher or student trained again), same outputs, a new parent.
     assert main(tiny_args(tmp_path)) == 0
     out = capsys.readouterr().out
     for stage in STAGES:
         assert f"reusing stage {stage}" in out
     kinds = _by_kind(_runs(uri))
-    assert len(kinds["teacher"]) == 3 and len(kinds["pipeline"]) == 2
+    assert len(kinds["teacher"]) == 3 and len(kinds["pipeline"]) == 2 and len(kinds["student"]) == 9
     second = [p for p in kinds["pipeline"] if p.info.run_id != parent.info.run_id][0]
     assert second.info.status == "FINISHED"
     reused = [r for r in kinds["stage"] if r.data.tags["mlflow.parentRunId"] == second.info.run_id]
@@ -187,10 +223,26 @@ def test_pipeline_end_to_end_then_rerun_reuses_every_stage(ray_session, isolated
     assert all(r.data.tags["orchestrator.reused_from"] == stages[r.data.tags["stage"]].info.run_id for r in reused)
     assert {"comparison.csv", "comparison.png"} <= {a.path for a in client.list_artifacts(second.info.run_id)}
     assert (tmp_path / "out" / "comparison.csv").read_text() == first_csv
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["stages_reused"] and not summary["stages_run"]
-    for key in ("student_ensemble/test_acc1", "student_alone/test_acc1", "ensemble/test_acc1"):
-        assert summary[key] == first_summary[key]
+    again = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert again["stages_reused"] and not again["stages_run"]
+    assert again["test_acc1_per_seed"] == summary["test_acc1_per_seed"] and again["gains"] == summary["gains"]
+
+    # One more seed: only that seed's three students train; the others are reused as child runs.
+    assert main(tiny_args(tmp_path, "pipeline.seeds=4")) == 0
+    capsys.readouterr()
+    more = json.loads((tmp_path / "out" / "summary.json").read_text())
+    trained = {s for s in more["stages_run"] if "-seed" in s}
+    assert trained == {f"{stage}-seed3" for stage in STUDENTS}
+    assert {"teachers", "ensemble_eval"} <= set(more["stages_reused"])
+    assert {f"{stage}-seed{s}" for stage in STUDENTS for s in (0, 1, 2)} <= set(more["stages_reused"])
+    assert all(more["test_acc1_per_seed"][k][s] == v for k, d in summary["test_acc1_per_seed"].items()
+               for s, v in d.items())
+    assert more["gains"]["ensemble_vs_alone"]["n"] == 4
+    kinds = _by_kind(_runs(uri))
+    assert len(kinds["teacher"]) == 3
+    fresh = [r for r in kinds["student"] if "orchestrator.reused_from" not in r.data.tags]
+    assert sorted(r.data.tags["stage"] for r in fresh) == sorted(
+        [f"{stage}-seed{s}" for stage in STUDENTS for s in (0, 1, 2)] + [f"{stage}-seed3" for stage in STUDENTS])
     assert_every_run_closed(uri)  # the registering student stage included: closed after its model
 
 
@@ -201,7 +253,7 @@ def test_pipeline_sweep_mode_uses_the_sweep_machinery_with_several_teachers(ray_
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = tiny_args(tmp_path, "--sweep", f"sweep.search_space={TINY_SPACE}", "sweep.num_samples=2",
                      "sweep.confirm.top_k=1", "sweep.confirm.seeds=2",  # confirmed, with 6 jobs at most (not 12)
-                     "pipeline.teachers=[tiny_teacher:0, tiny_teacher:1]")
+                     "pipeline.teachers=[tiny_teacher:0, tiny_teacher:1]", "pipeline.seeds=1")
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "Leaderboard" in out and "student <- ensemble" in out

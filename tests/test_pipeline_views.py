@@ -23,7 +23,7 @@ TINY_SPACE = str(Path(__file__).parent / "data" / "tiny_space.yaml")
 TINY = [
     "data.dataset=digits", "pipeline.teachers=[tiny_teacher:0, tiny_teacher:1]", "model.student=tiny_student",
     "teacher.epochs=2", "teacher.lr=0.1", "train.epochs=2", "train.lr=0.1", "data.batch_size=64",
-    "pipeline.timing_repeats=3",
+    "pipeline.timing_repeats=3", "pipeline.seeds=1",
 ]
 
 
@@ -130,8 +130,8 @@ def test_augmented_pipeline_end_to_end_then_rerun(ray_session, isolated_cache, t
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "teacher outputs: shared view cache (logits in fp16), seeds [0] x 2 epochs" in out
-    assert "distill_ensemble: teacher inputs: seed 0: view cache" in out
-    assert "distill_best_teacher: teacher inputs: seed 0: view cache" in out
+    assert "distill_ensemble-seed0: teacher inputs: seed 0: view cache" in out
+    assert "distill_best_teacher-seed0: teacher inputs: seed 0: view cache" in out
     assert len(list((isolated_cache / "teacher-views").iterdir())) == 2  # one per teacher
     tags = _stage_tags(uri)
     assert tags["distill_ensemble"] == tags["distill_best_teacher"] == ["seed 0: view cache"]
