@@ -80,6 +80,12 @@ def dry_run(cfg: Config, data) -> None:
     how = (f"sweep over '{c.sweep.search_space}' ({c.sweep.num_samples} trials)" if cfg.pipeline.sweep
            else f"{c.distill.method}, {c.train.epochs} epochs, lr {c.train.lr}")
     print(f"student: {c.model.student}; ensemble distillation: {how}; each student trained on seeds {seeds}")
+    if cfg.pipeline.sweep:
+        from orchestrator.search import load_space
+
+        space = load_space(cfg.sweep.search_space, cfg, len(data.train))
+        if space.held:
+            print(space.held_line())
     inputs = choose(cfg, distill_configs(cfg, len(data.train)))
     if inputs.kind == "views" and not cfg.pipeline.sweep:  # the distillation stages train on the students' seeds
         inputs = replace(inputs, seeds=tuple(seeds))

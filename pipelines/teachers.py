@@ -41,6 +41,7 @@ from orchestrator.config import (
     dump_yaml,
     flatten,
     from_dict,
+    given_keys,
     load_pipeline_config,
     pipeline_output_dir,
     pipeline_teachers,
@@ -265,7 +266,12 @@ def resolve(args: argparse.Namespace) -> Config:
     overrides += [f"{k}={v}" for k, v in flags.items() if v is not None]
     if getattr(args, "sweep", False):
         overrides.append("pipeline.sweep=true")
-    return load_pipeline_config(args.config, overrides)
+    cfg = load_pipeline_config(args.config, overrides)
+    if cfg.pipeline.sweep:  # as in a sweep: a key the user set that the space samples is held at their value
+        from orchestrator.sweep.cli import hold_given
+
+        cfg = hold_given(cfg, given_keys(args.config, overrides))
+    return cfg
 
 
 def parse_cli(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, Config] | int:

@@ -76,6 +76,22 @@ def test_cli_bad_value_exits_2_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+def test_sweep_mode_holds_the_keys_the_user_set(tmp_path, capsys):
+    """--sweep: a key the space samples and the user set is held at their value, as in a sweep (dry run says so)."""
+    from pipelines.ensemble import build_parser
+    from pipelines.teachers import resolve
+
+    cfg = resolve(build_parser().parse_intermixed_args(["--sweep", "distill.kd.temperature=3", "train.epochs=2"]))
+    assert cfg.sweep.held_keys == ["distill.kd.temperature"]  # train.epochs is not in the space: nothing to hold
+    assert resolve(build_parser().parse_intermixed_args(["distill.kd.temperature=3"])).sweep.held_keys == []
+    assert main(tiny_args(tmp_path, "--sweep", "--dry-run", f"sweep.search_space={TINY_SPACE}",
+                          "distill.kd.temperature=3")) == 0
+    out = capsys.readouterr().out
+    held = next(line for line in out.splitlines() if line.startswith("held at the given values"))
+    assert "distill.kd.temperature=3.0" in held and "train.lr=0.1" in held  # TINY sets train.lr too
+    assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
+
+
 def test_teacher_cache_key_is_shared_with_the_sweeps_default_teacher():
     cfg = load_pipeline_config(None, ["data.dataset=digits", "pipeline.teachers=[tiny_teacher:0, tiny_teacher:1]"])
     t0, t1 = pipeline_teachers(cfg)
