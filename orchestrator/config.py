@@ -64,23 +64,23 @@ def read_yaml(path: Path) -> Any:
 
 @dataclass
 class DataConfig:
-    dataset: str = "fashion_mnist"
+    dataset: str = "fashion_mnist"  # fashion_mnist | digits | cifar10 | cifar100 | imagefolder (data.root holds train/ and test/ class folders)
     root: str | None = None  # None -> $DISTILL_DATA_ROOT or ~/.cache/distill-orchestrator/data
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1  # the fraction of the training split held out (seeded) for validation
     train_subset: int | None = None  # use only this many training images (seeded), None = all
     # keep the labels of this stratified, seeded fraction of the training split (the rest are unlabelled: CE and
     # other label-reading terms skip them, label-free terms such as KD see them); the default teacher ignores it
     labeled_fraction: float = 1.0
-    batch_size: int = 128
-    eval_batch_size: int = 512
-    augment: bool = False
-    loader_workers: int = 0
+    batch_size: int = 128  # training batch size (per Ray Train worker)
+    eval_batch_size: int = 512  # batch size of validation, test and teacher-output passes
+    augment: bool = False  # training augmentation: random crop (and flip, but not on digits); teacher outputs are then cached per view
+    loader_workers: int = 0  # DataLoader worker processes; 0 = load in the training process
 
 
 @dataclass
 class ModelConfig:
-    teacher: str = "cnn_teacher"
-    student: str = "cnn_student_tiny"
+    teacher: str = "cnn_teacher"  # the teacher's architecture: a registry name, tv_<torchvision name> or timm:<timm name>
+    student: str = "cnn_student_tiny"  # the student's architecture: a registry name, tv_<torchvision name> or timm:<timm name>
     student_weights: str | None = None  # tv_/timm: student only: start from these published weights (e.g. DEFAULT, pretrained)
     student_width: float | None = None  # the student's width knob, if its builder takes one (models.model_knobs); None = its own
     student_depth: int | None = None  # the student's depth knob (convs per stage of the CNN students); None = its own
@@ -91,8 +91,8 @@ class TeacherConfig:
     checkpoint: str | None = None  # this tool's checkpoint, a state_dict (+ model.teacher), TorchScript, runs:/ or models:/ URI
     weights: str | None = None  # tv_/timm: teacher only, without checkpoint: train it from these published weights
     normalize: str = "auto"  # auto | data | pretrained | "m1,m2,m3/s1,s2,s3": the teacher's own input normalisation
-    epochs: int = 5  # cnn_teacher: 92.65% test at 5 epochs, 91.98% with a 4-epoch schedule
-    lr: float = 0.05
+    epochs: int = 5  # epochs of a teacher trained here (no teacher.checkpoint)
+    lr: float = 0.05  # learning rate of a teacher trained here
     cache_dir: str | None = None  # None -> ~/.cache/distill-orchestrator/teachers
     cache_outputs: bool = True  # precompute teacher outputs once: on the train split, or per view with data.augment
     view_topk: int = 0  # data.augment: the view cache keeps the k largest logits per view (FKD); 0 = all
@@ -103,10 +103,10 @@ def _distill_config() -> type:
     """``distill``: the objective (method, weights) plus one section per registered term's knobs."""
     sections = [(name, knobs, field(default_factory=knobs)) for name, knobs in knob_sections().items()]
     return dataclasses.make_dataclass("DistillConfig", [
-        ("method", str, field(default="crd_kd")),  # a preset (registry.method_names()) or terms joined by '+'
-        ("gamma", float, field(default=1.0)),  # CE weight
-        ("alpha", float, field(default=1.0)),  # KD weight
-        ("beta", float, field(default=0.8)),  # CRD weight
+        ("method", str, field(default="crd_kd", metadata={"doc": "a preset (kd, crd_kd, dkd, ...) or terms joined by '+'"})),
+        ("gamma", float, field(default=1.0, metadata={"doc": "the CE term's weight"})),
+        ("alpha", float, field(default=1.0, metadata={"doc": "the KD term's weight"})),
+        ("beta", float, field(default=0.8, metadata={"doc": "the CRD term's weight"})),
         *sections,
     ], namespace={"__module__": __name__})
 
@@ -116,16 +116,16 @@ DistillConfig = _distill_config()
 
 @dataclass
 class TrainConfig:
-    epochs: int = 5
+    epochs: int = 5  # training epochs of every trial (and of the confirmation runs)
     optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr: float = 0.1  # initial learning rate
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # L2 weight decay
     scheduler: str = "cosine"  # cosine | step | none
     num_workers: int = 1  # Ray Train workers per trial
     in_process: bool = True  # with one worker: run it in the trial process (no worker group)
-    use_gpu: bool = False
-    cpus_per_worker: int = 1
+    use_gpu: bool = False  # one GPU per Ray Train worker (NCCL with several workers)
+    cpus_per_worker: int = 1  # CPUs Ray reserves for each Train worker
     torch_threads: int | None = None  # None -> cpus_per_worker
     max_failures: int = 2  # restarts of a trial's workers from its last checkpoint (Train or Tune); -1 = unlimited
     keep_checkpoints: int = 1  # best checkpoints kept per trial (by sweep.metric); Ray also keeps the latest
@@ -134,7 +134,7 @@ class TrainConfig:
 @dataclass
 class AshaConfig:
     grace_period: int | None = None  # None -> min(2, train.epochs): epoch 1 ranks configs by their start (docs/RESULTS.md)
-    reduction_factor: int = 2
+    reduction_factor: int = 2  # ASHA keeps the best 1/reduction_factor of the trials at each rung
 
 
 @dataclass
@@ -147,16 +147,16 @@ class ConfirmConfig:
 @dataclass
 class SweepConfig:
     search_space: str = "crd_kd"  # a name in search_spaces/ or a YAML path
-    num_samples: int = 8
+    num_samples: int = 8  # trials of the search (the paper defaults included)
     seeds: list[int] | None = None  # training seeds every trial shares (common random numbers); None -> [seed]
     paper_defaults: bool = True  # evaluate each method's paper defaults first (Optuna points_to_evaluate)
     max_concurrent: int | None = None  # None -> derived from the cluster's CPUs / GPUs
     tpe_startup_trials: int | None = None  # finished trials before TPE models them; None -> half, 2 to 10
-    metric: str = "val/acc1"
-    mode: str = "max"
+    metric: str = "val/acc1"  # the metric the search maximises or minimises (a validation metric)
+    mode: str = "max"  # max | min
     asha: AshaConfig = field(default_factory=AshaConfig)
     storage_path: str | None = None  # None -> ./runs (made absolute)
-    resume: bool = False
+    resume: bool = False  # continue the latest interrupted sweep of this name (as --resume)
     baseline: bool = True  # also train the student alone on the same seeds (paired comparison)
     confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
     # keys held at their configured value, taken out of the search space: filled with the keys the space
@@ -168,7 +168,7 @@ class SweepConfig:
 class TrackingConfig:
     uri: str | None = None  # None -> $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db
     experiment: str | None = None  # None -> the sweep name
-    registered_model: str = "distill-student"
+    registered_model: str = "distill-student"  # the MLflow Model Registry name the chosen student is registered under
 
 
 @dataclass
@@ -186,8 +186,8 @@ class RayConfig:
 
 @dataclass
 class Config:
-    name: str = "fmnist-crd-kd"
-    seed: int = 0
+    name: str = "fmnist-crd-kd"  # the sweep's name: its MLflow experiment and its folder runs/<name>-<time>/
+    seed: int = 0  # the base seed: the data split, and the search's training seed unless sweep.seeds is set
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)

@@ -50,7 +50,7 @@ class TeacherSpec:
     seed: int | None = None  # None -> the pipeline seed + the teacher's position
     epochs: int | None = None  # None -> teacher.epochs
     lr: float | None = None  # None -> teacher.lr
-    checkpoint: str | None = None
+    checkpoint: str | None = None  # a given teacher: a checkpoint file or runs:/ / models:/ URI (arch: its model)
 
     def __post_init__(self):
         self.checkpoint = self.checkpoint or None
@@ -77,7 +77,7 @@ class TeacherSpec:
 
 @dataclass
 class PipelineSection:
-    teachers: list[TeacherSpec] = field(
+    teachers: list[TeacherSpec] = field(  # M teachers: trained here (arch, seed, epochs, lr) or given (checkpoint)
         default_factory=lambda: [
             TeacherSpec("cnn_teacher", seed=0),
             TeacherSpec("cnn_teacher", seed=1),

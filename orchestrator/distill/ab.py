@@ -48,9 +48,9 @@ class ABKnobs:
     """
 
     stages: str = "1:"  # RepDistiller's feat[1:-1]: every stage but the stem
-    margin: float = 1.0
-    init_epochs: int = 1
-    weight: float = 0.0
+    margin: float = 1.0  # m: how far past the teacher's activation boundary the connector output must be
+    init_epochs: int = 1  # pre-stage epochs training the connectors on AB (the paper's 30 in paper_defaults)
+    weight: float = 0.0  # the AB term's weight after the pre-stage (0: CE alone, as RepDistiller)
 
     def __post_init__(self):
         parse_stages("stages", self.stages)

@@ -36,10 +36,10 @@ class ATKnobs:
     """``distill.at.*``: the stages (a selector, see ``distill/stages.py``), the power p, whether the power is
     of the signed activation (RepDistiller's ``a^p``, integer p) rather than of ``|a|`` (the paper's), the weight."""
 
-    stages: str = "1:"
-    p: float = 2.0
-    signed: bool = False
-    weight: float = 1000.0
+    stages: str = "1:"  # the stages whose attention maps are matched: a stage selector (distill/stages.py)
+    p: float = 2.0  # the power of the activation in the attention map
+    signed: bool = False  # true: the power of the signed activation (RepDistiller's a^p, integer p); false: of |a| (the paper's)
+    weight: float = 1000.0  # the term's weight
 
     def __post_init__(self):
         self.stages = check_selector("stages", self.stages)

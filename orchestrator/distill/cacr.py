@@ -50,12 +50,12 @@ class CACRKnobs:
     """``distill.cacr.*``: alpha (attraction cost scale), beta (repulsion cost scale), tau_pos and tau_neg (the
     sharpness of the positive and negative weights; 0 = uniform), feat_dim, weight."""
 
-    alpha: float = 1.0
-    beta: float = 1.0
-    tau_pos: float = 1.0
-    tau_neg: float = 0.9
-    feat_dim: int = 128
-    weight: float = 1.0
+    alpha: float = 1.0  # the attraction cost's scale
+    beta: float = 1.0  # the repulsion cost's scale
+    tau_pos: float = 1.0  # sharpness of the positive weights; 0 = uniform
+    tau_neg: float = 0.9  # sharpness of the negative weights; 0 = uniform
+    feat_dim: int = 128  # the output size of the projection heads
+    weight: float = 1.0  # the term's weight
 
     def __post_init__(self):
         check_positive("alpha", self.alpha)

@@ -29,8 +29,8 @@ PAPER_DEFAULTS = {"distill.gamma": 1.0, "distill.cc.weight": 0.02, "distill.cc.f
 class CCKnobs:
     """``distill.cc.*``: the heads' output size and the term's weight."""
 
-    feat_dim: int = 128
-    weight: float = 0.02
+    feat_dim: int = 128  # the heads' output size
+    weight: float = 0.02  # the term's weight
 
     def __post_init__(self):
         check_count("feat_dim", self.feat_dim)

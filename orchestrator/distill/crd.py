@@ -82,17 +82,17 @@ class CRDKnobs:
     key_momentum: queue only: momentum m of the key heads (MoCo); 0 = keys from the online heads.
     """
 
-    feat_dim: int = 128
-    nce_k: int = 4096
-    nce_t: float = 0.07
-    momentum: float = 0.5
-    z_mode: str = "fixed"
-    negatives_mode: str = "shared"
-    negatives: str = "class"
-    positive: str = "exact"
-    memory: str = "bank"
-    queue_size: int | None = None
-    key_momentum: float = 0.99
+    feat_dim: int = 128  # d, the size of the contrast space (the embedding heads' output)
+    nce_k: int = 4096  # K, negatives per anchor in the NCE loss
+    nce_t: float = 0.07  # tau, the NCE temperature
+    momentum: float = 0.5  # bank memory: momentum of the memory-bank updates
+    z_mode: str = "fixed"  # NCE normaliser: fixed (from the first batch, as the reference) or ema
+    negatives_mode: str = "shared"  # shared (one K-set per batch, one matmul) or exact (K per anchor, the reference; bank only)
+    negatives: str = "class"  # how exact negatives are drawn: class (other classes, the reference) or uniform
+    positive: str = "exact"  # exact (the sample's own row) or relax (a random sample of its class; bank only)
+    memory: str = "bank"  # bank (two (N, d) banks) or queue (two queues of the last queue_size projections)
+    queue_size: int | None = None  # queue memory: Q >= nce_k rows; None = nce_k (every row a negative); K of the Q drawn per batch
+    key_momentum: float = 0.99  # queue memory: momentum of the key heads (MoCo); 0 = keys from the online heads
 
     def __post_init__(self):
         check_count("feat_dim", self.feat_dim)

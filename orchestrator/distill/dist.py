@@ -91,11 +91,11 @@ class DISTKnobs:
     """``distill.dist.*``: inter-class weight beta, intra-class weight gamma, temperature, the term's weight, and
     ``standardize`` (logit standardisation; the temperature is then the base temperature)."""
 
-    beta: float = 1.0
-    gamma: float = 1.0
-    temperature: float = 4.0
-    weight: float = 2.0
-    standardize: bool = False
+    beta: float = 1.0  # the inter-class relation's weight
+    gamma: float = 1.0  # the intra-class relation's weight
+    temperature: float = 4.0  # the softmax temperature (the base temperature with standardize)
+    weight: float = 2.0  # the term's weight
+    standardize: bool = False  # z-score the logits before the softmax (logit standardisation)
 
     def __post_init__(self):
         check_weight("beta", self.beta)

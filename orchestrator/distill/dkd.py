@@ -91,12 +91,12 @@ class DKDKnobs:
     """``distill.dkd.*``: TCKD weight alpha, NCKD weight beta, temperature T, warm-up epochs, the term's weight,
     and ``standardize`` (logit standardisation; T is then the base temperature)."""
 
-    alpha: float = 1.0
-    beta: float = 8.0
-    temperature: float = 4.0
+    alpha: float = 1.0  # the target-class term's (TCKD) weight
+    beta: float = 8.0  # the non-target term's (NCKD) weight
+    temperature: float = 4.0  # T of the softmax (the base temperature with standardize)
     warmup: int = 20  # epochs over which the DKD term ramps up linearly; 0 = none
-    weight: float = 1.0
-    standardize: bool = False
+    weight: float = 1.0  # the DKD term's weight
+    standardize: bool = False  # z-score the logits before the softmax (logit standardisation)
 
     def __post_init__(self):
         check_weight("alpha", self.alpha)

@@ -38,9 +38,9 @@ class FitNetKnobs:
     """``distill.fitnet.*``: the hint stage (a selector picking one stage of each model, see
     ``distill/stages.py``), the hint pre-stage's epochs and the term's weight."""
 
-    stage: str = "-2"
-    hint_epochs: int = 0
-    weight: float = 100.0
+    stage: str = "-2"  # the hint stage, one of each model: a stage selector (distill/stages.py)
+    hint_epochs: int = 0  # pre-stage epochs training the student up to the hint with the connector alone; 0 = none
+    weight: float = 100.0  # the term's weight
 
     def __post_init__(self):
         self.stage = check_selector("stage", self.stage)

@@ -45,9 +45,9 @@ class FSPKnobs:
     """
 
     stages: str = "0:"  # RepDistiller's feat[:-1]: every stage, the stem included
-    connectors: str = "auto"
-    init_epochs: int = 1
-    weight: float = 0.0
+    connectors: str = "auto"  # auto: a 1x1 conv where student and teacher channels differ; none: refuse such pairs
+    init_epochs: int = 1  # pre-stage epochs training the student on FSP (the paper's 30 in paper_defaults)
+    weight: float = 0.0  # the FSP term's weight after the pre-stage (0: CE alone, as RepDistiller)
 
     def __post_init__(self):
         parse_stages("stages", self.stages, at_least=2)

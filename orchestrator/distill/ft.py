@@ -45,10 +45,10 @@ class FTKnobs:
     and every trial of the method reports comparable epochs). paper_defaults keep 30.
     """
 
-    stage: str = "last"
-    rate: float = 0.5
-    init_epochs: int = 1
-    weight: float = 200.0
+    stage: str = "last"  # the teacher and student stage paraphrased: a stage selector (distill/stages.py)
+    rate: float = 0.5  # k: the paraphraser's bottleneck width as a fraction of the stage's channels
+    init_epochs: int = 1  # pre-stage epochs training the paraphraser (the paper's 30 in paper_defaults)
+    weight: float = 200.0  # the term's weight
 
     def __post_init__(self):
         if len(parse_stages("stage", self.stage)) != 1:

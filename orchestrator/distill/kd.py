@@ -36,8 +36,8 @@ class KDKnobs:
     the base temperature.
     """
 
-    temperature: float = 4.0
-    standardize: bool = False
+    temperature: float = 4.0  # T of the softened softmax (the base temperature with standardize)
+    standardize: bool = False  # z-score the logits before the softmax (logit standardisation)
 
     def __post_init__(self):
         check_positive("temperature", self.temperature)

@@ -45,9 +45,9 @@ class KDSVDKnobs:
     """``distill.kdsvd.*``: stages (two or more), k teacher singular vectors, connectors, weight."""
 
     stages: str = "1:"  # RepDistiller's feat[1:-1]: every stage but the stem
-    k: int = 1
-    connectors: str = "auto"
-    weight: float = 1.0
+    k: int = 1  # the teacher's singular vectors compared per stage
+    connectors: str = "auto"  # auto: a 1x1 conv where student and teacher channels differ; none: refuse such pairs
+    weight: float = 1.0  # the term's weight
 
     def __post_init__(self):
         parse_stages("stages", self.stages, at_least=2)

@@ -32,7 +32,7 @@ class NSTKnobs:
     """``distill.nst.*``: the stages (selectors, see :mod:`orchestrator.distill.features`) and the weight."""
 
     stages: str = "1:"  # RepDistiller's feat[1:-1]: every stage but the stem
-    weight: float = 50.0
+    weight: float = 50.0  # the term's weight
 
     def __post_init__(self):
         parse_stages("stages", self.stages)

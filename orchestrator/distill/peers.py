@@ -36,9 +36,9 @@ class PeerKnobs:
     """``distill.dml.*`` / ``distill.dogo.*``: peers P (networks trained together, the student included),
     temperature of the distributions, the term's weight."""
 
-    peers: int = 2
-    temperature: float = 1.0
-    weight: float = 1.0
+    peers: int = 2  # P: networks trained together, the student included
+    temperature: float = 1.0  # the temperature of the distributions the peers match
+    weight: float = 1.0  # the term's weight
 
     def __post_init__(self):
         if isinstance(self.peers, bool) or not isinstance(self.peers, int) or self.peers < 2:

@@ -31,7 +31,7 @@ PAPER_DEFAULTS = {"distill.pkt.weight": 30000.0}
 class PKTKnobs:
     """``distill.pkt.*``: the term's weight."""
 
-    weight: float = 30000.0
+    weight: float = 30000.0  # the term's weight
 
     def __post_init__(self):
         check_weight("weight", self.weight)

@@ -33,9 +33,9 @@ EPS = 1e-12  # squared distances are clamped to it before the square root (finit
 class RKDKnobs:
     """``distill.rkd.*``: the distance and angle weights inside the term, and the term's weight."""
 
-    distance_weight: float = 25.0
-    angle_weight: float = 50.0
-    weight: float = 1.0
+    distance_weight: float = 25.0  # the distance-wise loss's weight inside the term
+    angle_weight: float = 50.0  # the angle-wise loss's weight inside the term
+    weight: float = 1.0  # the term's weight
 
     def __post_init__(self):
         check_weight("distance_weight", self.distance_weight)

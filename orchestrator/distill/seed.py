@@ -45,11 +45,11 @@ class SEEDKnobs:
     The default queue is shorter than the paper's 65,536 (small datasets); the paper's is a known-good point.
     """
 
-    queue_size: int = 4096
-    student_t: float = 0.2
-    teacher_t: float = 1e-4
-    head: str = "mlp"
-    weight: float = 1.0
+    queue_size: int = 4096  # K: teacher embeddings kept in the queue (the paper's 65,536 is for large datasets)
+    student_t: float = 0.2  # tau_s, the student's similarity temperature
+    teacher_t: float = 1e-4  # tau_t, the teacher's similarity temperature
+    head: str = "mlp"  # the student's head: mlp (Linear, ReLU, Linear, the authors') or linear
+    weight: float = 1.0  # the term's weight
 
     def __post_init__(self):
         check_count("queue_size", self.queue_size)

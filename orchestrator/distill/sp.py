@@ -30,8 +30,8 @@ PAPER_DEFAULTS = {"distill.gamma": 1.0, "distill.sp.weight": 3000.0, "distill.sp
 class SPKnobs:
     """``distill.sp.*``: the stages (a selector, see ``distill/stages.py``) and the weight."""
 
-    stages: str = "-1"
-    weight: float = 3000.0
+    stages: str = "-1"  # the stages whose similarity matrices are matched: a stage selector (distill/stages.py)
+    weight: float = 3000.0  # the term's weight
 
     def __post_init__(self):
         self.stages = check_selector("stages", self.stages)

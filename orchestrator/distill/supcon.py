@@ -48,11 +48,11 @@ class SupConKnobs:
     """``distill.supcon.*``: temperature tau, base_temperature (the loss is scaled by tau / base), feat_dim,
     head ("mlp" or "linear"), weight."""
 
-    temperature: float = 0.1
-    base_temperature: float = 0.07
-    feat_dim: int = 128
-    head: str = "mlp"
-    weight: float = 1.0
+    temperature: float = 0.1  # tau of the contrastive softmax
+    base_temperature: float = 0.07  # the loss is scaled by tau / base_temperature
+    feat_dim: int = 128  # the projection head's output size
+    head: str = "mlp"  # the projection head: mlp or linear
+    weight: float = 1.0  # the term's weight
 
     def __post_init__(self):
         check_positive("temperature", self.temperature)

@@ -38,9 +38,9 @@ class VIDKnobs:
     """``distill.vid.*``: the stages (a selector, see ``distill/stages.py``), the initial predicted variance
     and the weight."""
 
-    stages: str = "1:"
-    init_pred_var: float = 5.0
-    weight: float = 1.0
+    stages: str = "1:"  # the stages whose variational information is maximised: a stage selector (distill/stages.py)
+    init_pred_var: float = 5.0  # the initial predicted variance
+    weight: float = 1.0  # the term's weight
 
     def __post_init__(self):
         self.stages = check_selector("stages", self.stages)
