@@ -51,6 +51,19 @@ def test_sweep_cli_refuses_a_bad_image_size_with_exit_2(capsys):
     assert "data.image_size" in capsys.readouterr().err
 
 
+def test_cache_keys_follow_the_image_size_and_resize():
+    """A teacher or its outputs at one size are never reused at another; configs that set neither key keep
+    the keys they had."""
+    from orchestrator.output_cache import data_key
+    from orchestrator.teachers import training_key
+
+    configs = [load_config(None, ["data.dataset=imagefolder", *extra])
+               for extra in ([], ["data.image_size=32"], ["data.image_size=64"], ["data.resize=center_crop"])]
+    assert configs[0].data.geometry_key() == {} and configs[1].data.geometry_key() == {"image_size": 32}
+    assert len({training_key(c, "tiny_teacher", 1, 0.1) for c in configs}) == len(configs)
+    assert len({data_key(c) for c in configs}) == len(configs)
+
+
 @pytest.mark.parametrize("resize", list(RESIZE_POLICIES))
 def test_imagefolder_honours_image_size_and_resize(tmp_path, resize):
     write_jpeg_folder(tmp_path)
@@ -84,8 +97,10 @@ def test_jpeg_folder_from_teacher_to_confirmed_sweep_export_and_predict(ray_sess
     monkeypatch.chdir(tmp_path)
     photos, uri = tmp_path / "photos", f"sqlite:///{tmp_path / 'mlflow.db'}"
     write_jpeg_folder(photos)
-    data_keys = ["data.dataset=imagefolder", f"data.root={photos}", "data.image_size=32", "data.val_fraction=0.25",
-                 "data.batch_size=8"]
+    (tmp_path / "photos.yaml").write_text(  # the data keys both commands share, as docs/YOUR_DATA.md writes them
+        f"data:\n  dataset: imagefolder\n  root: {photos}\n  image_size: 32\n  resize: resize_then_center_crop\n"
+        "  val_fraction: 0.25\n  batch_size: 8\n")
+    data_keys = ["--config", str(tmp_path / "photos.yaml")]
 
     # 1. The teacher, trained by pipelines.teachers at 32x32.
     assert teachers_main([*data_keys, "pipeline.teachers=[tiny_teacher:0]", "teacher.epochs=1",
