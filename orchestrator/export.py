@@ -73,7 +73,7 @@ def metadata(data, include_preprocessing: bool, provenance: dict[str, str] | Non
         "mean": json.dumps(mean), "std": json.dumps(std), "input_size": json.dumps([int(c), int(h), int(w)]),
         "input_range": "[0, 1]", "channel_order": "RGB" if c == 3 else "L", "resize": data.resize, "layout": "NCHW",
         "preprocessing_in_graph": json.dumps(include_preprocessing),
-        "preprocessing": f"input 'images' (B, {c}, {h}, {w}): {how}; an image of another size: {data.resize}, "
+        "preprocessing": f"input 'images' (B, {c}, {h}, {w}): {how}; an image of another size (S = {h}): {data.resize}, "
                          f"{RESIZE_POLICIES[data.resize]} (bilinear); output 'logits' (B, {data.num_classes})",
         "class_names": json.dumps(list(data.classes) or [str(i) for i in range(data.num_classes)]),
         "dataset": data.name, **(provenance or {}),

@@ -113,7 +113,7 @@ def test_jpeg_folder_from_teacher_to_confirmed_sweep_export_and_predict(ray_sess
         load_teacher(str(teacher_file), 3, 3, image_size=48)
 
     # 2. A tiny confirmed sweep distilling it (KD: CRD needs more training images than its K negatives).
-    assert sweep_main(["--name", "photos", "--num-samples", "2", "--storage-path", str(tmp_path / "runs"),
+    assert sweep_main(["--name", "photos", "--num-samples", "1", "--storage-path", str(tmp_path / "runs"),
                        "--tracking-uri", uri, *data_keys, f"teacher.checkpoint={teacher}", "model.teacher=tiny_teacher",
                        "model.student=tiny_student", "sweep.search_space=kd", "train.epochs=2",
                        "sweep.confirm.top_k=1", "sweep.confirm.seeds=2"]) == 0
