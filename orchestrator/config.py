@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator.data.transforms import DEFAULT_RESIZE, RESIZE_POLICIES
 from orchestrator.distill.checks import KnobError
 from orchestrator.distill.registry import allowed_methods, knob_sections, method_terms, supports_teachers
 from orchestrator.pipeline_section import PIPELINE_DEFAULTS, PipelineSection, ResolvedTeacher, TeacherSpec
@@ -25,6 +26,8 @@ from orchestrator.pipeline_section import PIPELINE_DEFAULTS, PipelineSection, Re
 EXPORT_FORMATS = ("onnx", "torchscript")
 NORMALIZE = ("auto", "data", "pretrained")
 DATASETS = ("fashion_mnist", "digits", "cifar10", "cifar100", "imagefolder")
+MIN_IMAGE_SIZE = 8  # the smallest image side the models are built for (digits)
+NATIVE_SIZES = {"fashion_mnist": 28, "digits": 8, "cifar10": 32, "cifar100": 32}  # fixed image sides (S x S)
 
 
 class ConfigError(ValueError):
@@ -75,6 +78,17 @@ class DataConfig:
     eval_batch_size: int = 512  # batch size of validation, test and teacher-output passes
     augment: bool = False  # training augmentation: random crop (and flip, but not on digits); teacher outputs are then cached per view
     loader_workers: int = 0  # DataLoader worker processes; 0 = load in the training process
+    # imagefolder: the side S of the square images the models take; null = the shorter side of the first training
+    # image. The other datasets have a fixed size (NATIVE_SIZES): null or that size
+    image_size: int | None = None
+    # how an image of another size becomes S x S: resize_then_center_crop | resize | center_crop (RESIZE_POLICIES);
+    # for imagefolder training and evaluation, and for every dataset in python -m orchestrator.predict
+    resize: str = DEFAULT_RESIZE
+
+    def geometry_key(self) -> dict[str, Any]:
+        """``image_size`` and ``resize`` where they are set away from their defaults: what cache keys add (so the
+        keys of a config that sets neither are what they were before these keys existed)."""
+        return {k: getattr(self, k) for k, v in (("image_size", None), ("resize", DEFAULT_RESIZE)) if getattr(self, k) != v}
 
 
 @dataclass
@@ -487,6 +501,20 @@ def _positive(key: str, value: float | int | None, allow_none: bool = False) -> 
     _check(value is not None and value > 0, key, value, "a number > 0")
 
 
+def _check_geometry(d: DataConfig) -> None:
+    """``data.image_size``: >= 8 for an image folder, null or the fixed size otherwise; ``data.resize``: a policy."""
+    if d.dataset in NATIVE_SIZES:
+        native = NATIVE_SIZES[d.dataset]
+        _check(d.image_size in (None, native), "data.image_size", d.image_size,
+               f"null or {native}: {d.dataset} images are {native}x{native} (the size is set for data.dataset=imagefolder)")
+    else:
+        _check(d.image_size is None or d.image_size >= MIN_IMAGE_SIZE, "data.image_size", d.image_size,
+               f"null (the shorter side of the first training image) or an integer >= {MIN_IMAGE_SIZE}")
+    _check(d.resize in RESIZE_POLICIES, "data.resize", d.resize,
+           f"one of {list(RESIZE_POLICIES)} (shorter side to S then the central S x S; squashed to S x S; "
+           "the central S x S, not resized)")
+
+
 def _check_weights(cfg: Config) -> None:
     """``teacher.weights`` / ``model.student_weights``: published weights of that model (checked offline)."""
     if cfg.teacher.weights and cfg.teacher.checkpoint:
@@ -532,6 +560,7 @@ def validate(cfg: Config) -> None:
     _positive("data.batch_size", d.batch_size)
     _positive("data.eval_batch_size", d.eval_batch_size)
     _check(d.loader_workers >= 0, "data.loader_workers", d.loader_workers, "an integer >= 0")
+    _check_geometry(d)
     _positive("teacher.epochs", t.epochs)
     _positive("teacher.cache_max_gb", t.cache_max_gb)
     _check(t.view_topk >= 0, "teacher.view_topk", t.view_topk, "an integer >= 0 (0 = all logits)")

@@ -11,7 +11,8 @@ it takes images normalised as the training data, ``(x - mean) / std``.
 The file describes itself (ONNX ``metadata_props``; TorchScript extra file
 ``metadata.json``), all values strings: ``mean``, ``std`` (JSON lists, per
 channel), ``input_size`` (JSON [C, H, W]), ``input_range`` ("[0, 1]"),
-``channel_order`` ("L" grayscale or "RGB"), ``layout`` ("NCHW"),
+``channel_order`` ("L" grayscale or "RGB"), ``resize`` (how an image of another
+size becomes H x W: ``data.resize``, see ``python -m orchestrator.predict``), ``layout`` ("NCHW"),
 ``preprocessing_in_graph`` ("true"/"false"), ``preprocessing`` (one sentence),
 ``class_names`` (JSON list), ``dataset``, ``student``, ``teacher`` and
 ``config`` (JSON of the run's flattened config, where known).
@@ -45,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from orchestrator.convert import LogitsOnly, Normalized, to_onnx, to_torchscript
+from orchestrator.data.transforms import RESIZE_POLICIES
 from orchestrator.safe_load import CheckpointFileError, load_tensors
 
 FILES = {"onnx": "student.onnx", "torchscript": "student.torchscript.pt"}
@@ -69,9 +71,10 @@ def metadata(data, include_preprocessing: bool, provenance: dict[str, str] | Non
            else f"float32 pixels scaled to [0, 1], then (x - mean) / std per channel with mean={mean}, std={std}")
     return {
         "mean": json.dumps(mean), "std": json.dumps(std), "input_size": json.dumps([int(c), int(h), int(w)]),
-        "input_range": "[0, 1]", "channel_order": "RGB" if c == 3 else "L", "layout": "NCHW",
+        "input_range": "[0, 1]", "channel_order": "RGB" if c == 3 else "L", "resize": data.resize, "layout": "NCHW",
         "preprocessing_in_graph": json.dumps(include_preprocessing),
-        "preprocessing": f"input 'images' (B, {c}, {h}, {w}): {how}; output 'logits' (B, {data.num_classes})",
+        "preprocessing": f"input 'images' (B, {c}, {h}, {w}): {how}; an image of another size (S = {h}): {data.resize}, "
+                         f"{RESIZE_POLICIES[data.resize]} (bilinear); output 'logits' (B, {data.num_classes})",
         "class_names": json.dumps(list(data.classes) or [str(i) for i in range(data.num_classes)]),
         "dataset": data.name, **(provenance or {}),
     }
@@ -252,7 +255,8 @@ def _parser() -> argparse.ArgumentParser:
                         "checkpoints name their own)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI, for a run or model source "
                         "(default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
-    parser.add_argument("--data-root", help="where the student's dataset lives (default: the usual data root)")
+    parser.add_argument("--data-root", help="where the student's dataset lives (default: the usual data root; "
+                        "for an image folder: the folder holding train/ and test/, as data.root)")
     return parser
 
 
@@ -278,7 +282,8 @@ def _load_student(path: Path, args):
         raise ExportError(f"'{path}' is a PyTorch file but not a student checkpoint (no 'arch'/'state_dict'); "
                           "give this tool's checkpoint, or a plain state_dict with --arch")
     model = load_model_checkpoint(path, ckpt["num_classes"], ckpt["in_channels"]).eval()
-    return model, build_data(DataConfig(dataset=ckpt["dataset"], root=args.data_root), 0), ckpt["arch"]
+    geometry = {k: ckpt[k] for k in ("image_size", "resize") if ckpt.get(k) is not None}  # as it was trained
+    return model, build_data(DataConfig(dataset=ckpt["dataset"], root=args.data_root, **geometry), 0), ckpt["arch"]
 
 
 def main(argv: list[str] | None = None) -> int:

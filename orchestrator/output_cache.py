@@ -37,7 +37,9 @@ def weights_digest(model: nn.Module) -> str:
 def data_key(cfg: Config) -> str:
     """A short hash of what selects the (un-augmented) train split."""
     d = cfg.data
-    payload = json.dumps([d.dataset, d.root, d.val_fraction, d.train_subset, cfg.seed], sort_keys=True)
+    geometry = d.geometry_key()  # appended only when set: the keys of other configs are unchanged
+    payload = json.dumps([d.dataset, d.root, d.val_fraction, d.train_subset, cfg.seed, *([geometry] if geometry else [])],
+                         sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
 

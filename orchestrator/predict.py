@@ -7,8 +7,13 @@ package, so it also runs as a plain script next to the model
 (``python predict.py student.onnx photos/``) where the package is not installed.
 
 Each image is converted to the file's channel order ("L" greyscale or "RGB"),
-resized to its input size (bilinear; no crop), scaled to [0, 1] and, when the
-graph does not normalise itself, normalised with the file's mean and std.
+brought to its input size S x S as its ``resize`` says (the training run's
+``data.resize``; bilinear): ``resize_then_center_crop`` (shorter side to S, then
+the central S x S), ``resize`` (squashed to S x S) or ``center_crop`` (the
+central S x S, zero-padded where smaller); a file without ``resize`` is
+squashed. This is the image-folder evaluation transform pixel for pixel. Then it
+is scaled to [0, 1] and, when the graph does not normalise itself, normalised
+with the file's mean and std.
 Prints one line per image: the path, then the top-k ``class probability``
 pairs (softmax of the logits), tab-separated.
 """
@@ -26,6 +31,7 @@ from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 REQUIRED = ("input_size", "channel_order", "class_names", "preprocessing_in_graph", "mean", "std")
+RESIZE_POLICIES = ("resize_then_center_crop", "resize", "center_crop")  # orchestrator.data.transforms.RESIZE_POLICIES
 
 
 class PredictError(ValueError):
@@ -44,7 +50,31 @@ def open_model(path: Path) -> tuple[onnxruntime.InferenceSession, dict]:
     missing = [k for k in REQUIRED if k not in raw]
     if missing:
         raise PredictError(f"'{path}' lacks the metadata {missing}; export it with python -m orchestrator.export")
-    return session, {k: (raw[k] if k == "channel_order" else json.loads(raw[k])) for k in REQUIRED}
+    resize = raw.get("resize", "resize")
+    if resize not in RESIZE_POLICIES:
+        raise PredictError(f"'{path}' names the resize policy {resize!r}; this predict knows {list(RESIZE_POLICIES)}")
+    return session, {"resize": resize, **{k: (raw[k] if k == "channel_order" else json.loads(raw[k])) for k in REQUIRED}}
+
+
+def fit_image(image: Image.Image, size: int, resize: str) -> Image.Image:
+    """``image`` brought to ``size`` x ``size`` as ``resize`` says, with the same arithmetic as torchvision's
+    v2 ``Resize``/``CenterCrop`` on PIL images (what training and evaluation used)."""
+    width, height = image.size
+    if resize == "resize":
+        return image if (width, height) == (size, size) else image.resize((size, size), Image.Resampling.BILINEAR)
+    if resize == "resize_then_center_crop":
+        short, long = min(width, height), max(width, height)
+        new_long = int(size * long / short)
+        new = (size, new_long) if width <= height else (new_long, size)
+        if new != (width, height):
+            image = image.resize(new, Image.Resampling.BILINEAR)
+        width, height = image.size
+    if width < size or height < size:  # zero-pad the short sides (left/top get the smaller half)
+        padded = Image.new(image.mode, (max(width, size), max(height, size)))
+        padded.paste(image, (max(size - width, 0) // 2, max(size - height, 0) // 2))
+        image, (width, height) = padded, padded.size
+    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
 
 
 def image_files(inputs: list[str]) -> list[Path]:
@@ -67,9 +97,7 @@ def load_image(path: Path, meta: dict) -> np.ndarray:
     channels, height, width = meta["input_size"]
     try:
         with Image.open(path) as image:
-            image = image.convert(meta["channel_order"])
-            if image.size != (width, height):
-                image = image.resize((width, height), Image.Resampling.BILINEAR)
+            image = fit_image(image.convert(meta["channel_order"]), height, meta["resize"])
             x = np.asarray(image, dtype=np.float32).reshape(height, width, channels).transpose(2, 0, 1) / 255.0
     except (UnidentifiedImageError, OSError) as exc:
         raise PredictError(f"'{path}' is not an image Pillow can read ({exc})") from exc

@@ -1,8 +1,9 @@
 """Teacher checkpoints (file path or MLflow model URI), training a model once, caching.
 
 This tool's checkpoint file is a dict ``{"arch", "num_classes", "in_channels",
-"dataset", "state_dict", "metrics"}`` (plus ``"normalize"`` for an imported
-teacher with its own input normalisation) written atomically and read with
+"dataset", "image_size", "resize", "state_dict", "metrics"}`` (plus ``"normalize"``
+for an imported teacher with its own input normalisation; files written before
+``image_size`` existed lack it and ``resize``) written atomically and read with
 ``weights_only=True``. ``teacher.checkpoint`` also accepts what users have:
 
 - a plain ``state_dict`` (or a dict holding one under ``state_dict``, ``model``,
@@ -64,6 +65,8 @@ def save_model_checkpoint(path: Path, model: nn.Module, arch: str, data: DataBun
             "num_classes": data.num_classes,
             "in_channels": data.in_channels,
             "dataset": data.name,
+            "image_size": data.image_size,
+            "resize": data.resize,
             "state_dict": model.state_dict(),
             "metrics": dict(metrics),
         },
@@ -106,9 +109,11 @@ def plain_state_dict(obj: object) -> dict[str, torch.Tensor] | None:
     return None
 
 
-def load_model_checkpoint(path: str | Path, num_classes: int, in_channels: int, shown: str | None = None) -> nn.Module:
-    """Rebuild a model from this tool's checkpoint file and check it fits ``num_classes``/``in_channels``
-    (``shown``: how messages name the file, e.g. the URI it came from)."""
+def load_model_checkpoint(path: str | Path, num_classes: int, in_channels: int, shown: str | None = None,
+                          image_size: int | None = None) -> nn.Module:
+    """Rebuild a model from this tool's checkpoint file and check it fits ``num_classes``/``in_channels`` (and
+    ``image_size``, when given and the file records its own; ``shown``: how messages name the file, e.g. the
+    URI it came from)."""
     ckpt = _read(Path(path), shown)
     path = shown or path
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt:
@@ -119,6 +124,12 @@ def load_model_checkpoint(path: str | Path, num_classes: int, in_channels: int, 
             f"teacher checkpoint '{path}' was trained for {ckpt['num_classes']} classes and {ckpt['in_channels']} "
             f"input channels (dataset {ckpt.get('dataset')}); this run's data has {num_classes} classes and "
             f"{in_channels} channels. Use a teacher trained on this dataset, or drop teacher.checkpoint to train one."
+        )
+    trained_size = ckpt.get("image_size")
+    if image_size is not None and trained_size is not None and trained_size != image_size:
+        raise TeacherCheckpointError(
+            f"teacher checkpoint '{path}' was trained on {trained_size}x{trained_size} images; this run's data is "
+            f"{image_size}x{image_size}. Set data.image_size={trained_size}, or use a teacher trained at {image_size}."
         )
     try:
         model = load_weights(ckpt["arch"], ckpt["state_dict"], num_classes, in_channels)
@@ -132,9 +143,10 @@ def load_teacher(source: str, num_classes: int, in_channels: int, image_size: in
     """A frozen teacher from this tool's checkpoint (a path or an MLflow URI) or a TorchScript file."""
     if source.startswith(URI_SCHEMES):
         with tempfile.TemporaryDirectory() as tmp:
-            return freeze(load_model_checkpoint(uri_checkpoint(source, tmp), num_classes, in_channels, shown=source))
+            return freeze(load_model_checkpoint(uri_checkpoint(source, tmp), num_classes, in_channels, shown=source,
+                                                image_size=image_size))
     if not (Path(source).is_file() and is_torchscript(source)):
-        return freeze(load_model_checkpoint(source, num_classes, in_channels))
+        return freeze(load_model_checkpoint(source, num_classes, in_channels, image_size=image_size))
     model = torch.jit.load(source, map_location="cpu")  # code the user trusts (see the module doc)
     probe = torch.zeros(1, in_channels, image_size, image_size)
     try:
@@ -272,6 +284,7 @@ def training_key(cfg: Config, arch: str, epochs: int, lr: float, weights: str | 
         "val_fraction": d.val_fraction, "train_subset": d.train_subset, "batch_size": d.batch_size,
         "augment": d.augment, "optimizer": cfg.train.optimizer, "weight_decay": cfg.train.weight_decay,
         "scheduler": cfg.train.scheduler, "momentum": cfg.train.momentum, **({"weights": weights} if weights else {}),
+        **d.geometry_key(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -41,7 +41,7 @@ def data_payload(cfg: Config) -> dict:
     d = cfg.data
     return {"dataset": d.dataset, "root": d.root, "val_fraction": d.val_fraction, "train_subset": d.train_subset,
             # "negatives": the former data.negatives, now distill.crd.negatives (kept: stage hashes unchanged)
-            "augment": d.augment, "negatives": cfg.distill.crd.negatives, "seed": cfg.seed}
+            "augment": d.augment, "negatives": cfg.distill.crd.negatives, "seed": cfg.seed, **d.geometry_key()}
 
 
 def run_payload(cfg: Config) -> dict:

@@ -35,6 +35,7 @@ import torch
 
 from orchestrator import tracking
 from orchestrator.config import (
+    NATIVE_SIZES,
     Config,
     ConfigError,
     apply_overrides,
@@ -89,7 +90,7 @@ def estimated_cost(base: Config, t: ResolvedTeacher) -> float:
     from orchestrator.models import build_model, describe_model
 
     try:
-        size = 8 if base.data.dataset == "digits" else 28 if base.data.dataset == "fashion_mnist" else 32
+        size = NATIVE_SIZES.get(base.data.dataset) or base.data.image_size or 32
         channels = 3 if base.data.dataset in ("cifar10", "cifar100", "imagefolder") else 1
         macs = describe_model(build_model(t.arch, 10, channels), channels, size)["macs"]
     except Exception:  # noqa: BLE001 - ordering only

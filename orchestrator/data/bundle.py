@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
+from orchestrator.data.transforms import DEFAULT_RESIZE
+
 
 @dataclass
 class DataBundle:
@@ -24,3 +26,4 @@ class DataBundle:
     classes: tuple[str, ...] = ()
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    resize: str = DEFAULT_RESIZE  # data.resize: how predict fits an image of another size (and imagefolder does)

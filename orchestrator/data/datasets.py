@@ -30,7 +30,7 @@ from orchestrator.data import views
 from orchestrator.data.bundle import DataBundle
 from orchestrator.data.common import ImageSource, resolve_root
 from orchestrator.data.split import carve_validation, hide_labels, take_subset
-from orchestrator.data.transforms import IN_MEMORY_AUGMENT, STATS, CropFlip
+from orchestrator.data.transforms import DEFAULT_RESIZE, IN_MEMORY_AUGMENT, STATS, CropFlip
 
 IN_MEMORY = ("fashion_mnist", "digits", "cifar10", "cifar100")
 
@@ -186,4 +186,5 @@ def build_data(cfg, seed: int) -> DataBundle:
         classes=source.classes,
         mean=mean,
         std=std,
+        resize=getattr(cfg, "resize", DEFAULT_RESIZE),
     )

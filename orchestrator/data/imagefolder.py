@@ -4,9 +4,11 @@
 
 ``data.root`` names ``<root>``; when it is unset, ``<default data root>/imagefolder``.
 The validation split is carved from ``train/``; ``test/`` (else ``val/``) is the
-test set. The image size is ``cfg.image_size`` when the config has one,
-otherwise the shorter side of the first training image; images are resized
-(shorter side) and centre-cropped to it, or RandomResizedCrop'ed when augmenting.
+test set. Every image becomes S x S with S = ``data.image_size`` (unset: the
+shorter side of the first training image), as ``data.resize`` says
+(:data:`~orchestrator.data.transforms.RESIZE_POLICIES`; default: shorter side
+resized to S, then centre-cropped); with ``data.augment`` the training images
+are RandomResizedCrop'ed to S and flipped instead.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torchvision.datasets import ImageFolder
 from orchestrator.data.bundle import DataBundle
 from orchestrator.data.common import DatasetNotFoundError, default_data_root
 from orchestrator.data.split import carve_validation, hide_labels, take_subset
-from orchestrator.data.transforms import STATS, imagefolder_transforms
+from orchestrator.data.transforms import DEFAULT_RESIZE, STATS, imagefolder_transforms
 
 TEST_DIRS = ("test", "val")
 
@@ -99,7 +101,8 @@ def build_imagefolder(cfg, seed: int) -> DataBundle:
     if not image_size:
         with Image.open(base_train.samples[0][0]) as first:
             image_size = min(first.size)
-    train_tf, eval_tf = imagefolder_transforms(int(image_size), bool(getattr(cfg, "augment", False)))
+    resize = getattr(cfg, "resize", DEFAULT_RESIZE)
+    train_tf, eval_tf = imagefolder_transforms(int(image_size), bool(getattr(cfg, "augment", False)), resize)
 
     labels = torch.tensor(base_train.targets, dtype=torch.long)
     pool = torch.arange(len(labels))
@@ -117,6 +120,7 @@ def build_imagefolder(cfg, seed: int) -> DataBundle:
         num_classes=len(base_train.classes),
         in_channels=3,
         image_size=int(image_size),
+        resize=resize,
         train_labels=train.labels.clone(),
         name="imagefolder",
         classes=tuple(base_train.classes),

@@ -120,13 +120,34 @@ def normalize(name: str) -> v2.Normalize:
     return v2.Normalize(mean=list(mean), std=list(std))
 
 
-def imagefolder_transforms(image_size: int, augment: bool) -> tuple[v2.Compose, v2.Compose]:
-    """(train, eval) pipelines for PIL images of an ImageFolder: -> normalised float (3, S, S)."""
-    to_float = [v2.ToDtype(torch.float32, scale=True), normalize("imagefolder")]
-    eval_tf = v2.Compose([v2.ToImage(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size), *to_float])
+# data.resize: how an image of any size becomes the S x S the models take (torchvision.transforms.v2 on the PIL
+# image, bilinear; orchestrator.predict repeats each with Pillow alone, pixel for pixel)
+RESIZE_POLICIES = {
+    "resize_then_center_crop": "shorter side resized to S (aspect ratio kept), then the central S x S "
+                               "(torchvision's Resize(S) + CenterCrop(S), the usual evaluation transform)",
+    "resize": "resized to S x S, aspect ratio not kept (the whole image, possibly squashed)",
+    "center_crop": "the central S x S at the original resolution, zero-padded where the image is smaller (no resize)",
+}
+DEFAULT_RESIZE = "resize_then_center_crop"
+
+
+def fit_to_size(image_size: int, resize: str) -> list:
+    """The v2 ops that turn a PIL image of any size into ``image_size`` x ``image_size`` as ``resize`` says."""
+    if resize == "resize_then_center_crop":
+        return [v2.Resize(image_size), v2.CenterCrop(image_size)]
+    if resize == "resize":
+        return [v2.Resize((image_size, image_size))]
+    if resize == "center_crop":
+        return [v2.CenterCrop(image_size)]
+    raise ValueError(f"unknown resize policy {resize!r}; known: {list(RESIZE_POLICIES)}")
+
+
+def imagefolder_transforms(image_size: int, augment: bool, resize: str = DEFAULT_RESIZE) -> tuple[v2.Compose, v2.Compose]:
+    """(train, eval) pipelines for PIL images of an ImageFolder: -> normalised float (3, S, S). Eval (and train
+    without augmentation): ``resize`` (:data:`RESIZE_POLICIES`); augmenting: RandomResizedCrop(S) + flip."""
+    to_float = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), normalize("imagefolder")]
+    eval_tf = v2.Compose([*fit_to_size(image_size, resize), *to_float])
     if not augment:
         return eval_tf, eval_tf
-    train_tf = v2.Compose(
-        [v2.ToImage(), v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip(), *to_float]
-    )
+    train_tf = v2.Compose([v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip(), *to_float])
     return train_tf, eval_tf
