@@ -110,6 +110,22 @@ def test_dry_run_refuses_a_garbage_file_with_the_real_reason(cli, places, capsys
     assert snapshot(places["cwd"], places["cache"]) == before
 
 
+@pytest.mark.parametrize("cli", sorted(CLIS))
+def test_dry_run_refuses_an_empty_file_and_a_pickle_payload_without_running_it(cli, places, capsys):
+    from test_safe_load import _Payload
+
+    main, argv, _ = CLIS[cli]
+    empty, payload, marker = places["given"] / "empty.pt", places["given"] / "payload.pt", places["tmp"] / "code-ran"
+    empty.write_bytes(b"")
+    torch.save({"arch": "tiny_teacher", "state_dict": {}, "payload": _Payload(marker)}, payload)
+    assert main(argv(places, empty)) == 2
+    assert f"'{empty}' is empty" in capsys.readouterr().err
+    assert main(argv(places, payload)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"'{payload}' holds Python objects" in err and "refused" in err, err
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("cli", ["sweep", "ensemble", "teachers"])
 def test_dry_run_refuses_an_unreachable_tracking_server_naming_tracking_uri(cli, places, capsys):
     main, argv, given = CLIS[cli]
