@@ -378,6 +378,7 @@ def test_compare_after_real_sweep_on_real_server(mlflow_server, ray_session, tmp
     assert "  ".join(f"{k}={v}" for k, v in summary["best_params"].items()) in result
     assert f"test acc1: {100 * summary['test/acc1_mean']:.2f} ± {100 * summary['test/acc1_sd']:.2f} %" in result
     assert "best single search trial: trial-" in result and "one trial on the search seeds" in result
+    assert ("the chosen config is the paper default itself" in result) == (summary["paper_default"] == summary["chosen"])
 
 
 def test_plots_stay_readable_with_the_zoo_s_many_methods_and_a_long_importance_note(tmp_path):

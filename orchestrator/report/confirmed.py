@@ -99,6 +99,8 @@ def describe(label: str, result: Confirmed | None, best_trial: str, best_value: 
         for key, gain in result.gains.items():
             other = result.alone if key == "gain_vs_alone" else f"the best paper default ({result.paper_default})"
             lines.append(f"  gain over {other}: {gain.text()} ({100 * gain.level:g}% paired t-interval)")
+        if result.paper_default == result.chosen:
+            lines.append("  the chosen config is the paper default itself: tuning found nothing better on these seeds")
         if result.alone_test_mean is not None:
             lines.append(f"  student alone: {100 * result.alone_test_mean:.2f} % (mean over the same seeds)")
         if result.teacher_test is not None:
