@@ -133,7 +133,8 @@ def check_feature_stages(configs: list[Config], data, teacher=None) -> None:
     if not reading:
         return
     cfg = reading[0]
-    teacher = probe_shapes(teacher or build_model(cfg.model.teacher, data.num_classes, data.in_channels),
+    teacher = probe_shapes(teacher if teacher is not None else build_model(cfg.model.teacher, data.num_classes,
+                                                                           data.in_channels),
                            data.in_channels, data.image_size)
     students: dict[str, object] = {}  # a sampled student: each architecture probed once
     for c in reading:
