@@ -7,7 +7,10 @@ Examples::
     python -m orchestrator.compare --run 3f2a... --tracking-uri http://127.0.0.1:5000
 
 Writes ``leaderboard.csv``, ``sweeps.csv``, ``leaderboard.html`` and PNG plots to ``--out``
-(default ``./reports/<experiment or run id>``) and prints the leaderboard. Bad input (unknown
+(default ``./reports/<experiment or run id>``) and prints the leaderboard and, per sweep, its result: the
+chosen config, its test mean ± sd over the confirmation seeds and its paired gains with their intervals
+(the parent run's ``confirm/*`` metrics, the numbers of the sweep's ``summary.json``); the best single
+search trial is printed as what it is, one trial on the search seeds. Bad input (unknown
 experiment or run id, unreachable server) prints one ``error: ...`` line and exits with code 2.
 """
 
@@ -90,10 +93,13 @@ def main(argv: list[str] | None = None) -> int:
 
     board = report.leaderboard.copy()
     board["run_id"] = board["run_id"].str[:8]
-    print(f"== Leaderboard: {', '.join(report.sweeps['sweep'])} (by best {args.metric}, {args.mode}) ==")
+    print(f"== Leaderboard: {', '.join(report.sweeps['sweep'])} (search trials by best {args.metric}, {args.mode}; "
+          "single trials on the search seeds) ==")
     print(printable(board).to_string())
     print("\n== Sweeps ==")
     print(printable(report.sweeps.drop(columns="parent_run_id")).to_string())
+    for lines in report.results.values():
+        print("\n" + "\n".join(lines))
     for note in report.notes:
         print(f"note: {note}")
     print(f"\nReport in {report.out_dir}:")

@@ -257,6 +257,8 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
     parser.add_argument("--data-root", help="where the student's dataset lives (default: the usual data root; "
                         "for an image folder: the folder holding train/ and test/, as data.root)")
+    parser.add_argument("--dry-run", action="store_true", help="check the source, the tracking store and --out, "
+                        "say what would be written; write nothing")
     return parser
 
 
@@ -289,8 +291,12 @@ def _load_student(path: Path, args):
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     out = Path(args.out) if args.out else Path("export") / FILES[args.format]
-    if out.is_dir() or (out.exists() and not args.force):
-        why = "is a folder" if out.is_dir() else "already exists; give --force to replace it"
+    from orchestrator.preflight import creatable
+
+    unwritable = None if out.exists() else creatable(out)
+    if out.is_dir() or (out.exists() and not args.force) or unwritable:
+        why = "is a folder" if out.is_dir() else f"cannot be written: {unwritable}" if unwritable else \
+            "already exists; give --force to replace it"
         print(f"error: --out '{out}' {why}", file=sys.stderr)
         return 2
 
@@ -320,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - an unknown run or version from MLflow
         print(f"error: cannot resolve '{args.source}': {exc}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        how = "raw [0, 1] pixels, normalised in the graph" if args.include_preprocessing else "normalised pixels"
+        print(f"would write {out} ({args.format}, {arch}, takes {how}; checked against PyTorch on "
+              f"{len(example_batch(data))} validation images)" + (f"; tags on {name} version {version}" if version else ""))
+        print("dry run: nothing was written")
+        return 0
     try:
         result = export_one(model, args.format, example_batch(data), out, meta, force=args.force)
     except ExportError as exc:

@@ -95,10 +95,10 @@ def plan_line(cfg: Config, configs, data) -> str:
     dim = None
     if choice.kind == "views":
         from orchestrator.models import build_model
-        from orchestrator.teachers import load_teacher, resolve_teacher
+        from orchestrator.teachers import checked_teacher
 
-        if cfg.teacher.checkpoint:
-            model = load_teacher(resolve_teacher(cfg, data), data.num_classes, data.in_channels, data.image_size)
+        if cfg.teacher.checkpoint:  # built in memory: a dry run writes no imported copy
+            model = checked_teacher(cfg.teacher.checkpoint, cfg.model.teacher, data, cfg.teacher.normalize)
         else:
             model = build_model(cfg.model.teacher, data.num_classes, data.in_channels)
         dim = int(model.embedding_dim)

@@ -205,6 +205,44 @@ def _teacher_stats(normalize: str, arch: str, ckpt: dict) -> tuple | None:
     return None
 
 
+def _given_state_dict(source: str, arch: str | None, normalize: str, arch_key: str) -> tuple[dict, dict] | None:
+    """(the file's contents, its state_dict) if the local file ``source`` is a plain state_dict of ``arch``;
+    None for anything :func:`load_teacher` reads as it is (this tool's checkpoint, TorchScript, a missing file)."""
+    if not Path(source).is_file() or is_torchscript(source):
+        if normalize not in ("auto", "data"):
+            raise TeacherCheckpointError(
+                f"teacher.normalize={normalize} applies to state_dict teachers; '{source}' must normalise its inputs itself"
+            )
+        return None
+    obj = _read(Path(source))
+    state_dict = plain_state_dict(obj)
+    if state_dict is None:
+        return None
+    if arch is None:
+        raise TeacherCheckpointError(f"teacher checkpoint '{source}' is a plain state_dict; set {arch_key}=<the "
+                                     "architecture it was saved from>")
+    return obj, state_dict
+
+
+def _imported_checkpoint(source: str, obj: dict, state_dict: dict, arch: str, data: DataBundle, normalize: str,
+                         arch_key: str) -> tuple[dict, nn.Module]:
+    """(this tool's checkpoint dict, the model) of the plain state_dict ``state_dict`` of ``arch`` (strict load;
+    mismatched keys are one error listing the first few), with the teacher's own normalisation if it has one."""
+    stats = _teacher_stats(normalize, arch, obj)
+    try:
+        model = load_weights(arch, state_dict, data.num_classes, data.in_channels)
+    except ValueError as exc:
+        raise TeacherCheckpointError(
+            f"teacher checkpoint '{source}' (a plain state_dict): {exc}. Set {arch_key}=<the architecture it was "
+            "saved from>: a registry name, tv_<torchvision name> or timm:<timm name>"
+        ) from exc
+    ckpt = {"arch": arch, "num_classes": data.num_classes, "in_channels": data.in_channels, "dataset": data.name,
+            "state_dict": model.state_dict(), "metrics": {}, "source": str(source)}
+    if stats:
+        ckpt["normalize"] = {"data_mean": data.mean, "data_std": data.std, "mean": stats[0], "std": stats[1]}
+    return ckpt, model
+
+
 def import_teacher(
     source: str, arch: str | None, data: DataBundle, normalize: str = "auto", arch_key: str = "model.teacher"
 ) -> str:
@@ -220,38 +258,38 @@ def import_teacher(
             except TeacherCheckpointError as exc:
                 raise TeacherCheckpointError(str(exc).replace(local, source)) from exc
         return source if imported == local else imported
-    if not Path(source).is_file() or is_torchscript(source):
-        if normalize not in ("auto", "data"):
-            raise TeacherCheckpointError(
-                f"teacher.normalize={normalize} applies to state_dict teachers; '{source}' must normalise its inputs itself"
-            )
+    given = _given_state_dict(source, arch, normalize, arch_key)
+    if given is None:
         return source
-    obj = _read(Path(source))
-    state_dict = plain_state_dict(obj)
-    if state_dict is None:
-        return source
-    if arch is None:
-        raise TeacherCheckpointError(f"teacher checkpoint '{source}' is a plain state_dict; set {arch_key}=<the "
-                                     "architecture it was saved from>")
-    stats = _teacher_stats(normalize, arch, obj)
     digest = hashlib.sha256(Path(source).read_bytes())
     digest.update(json.dumps([arch, normalize, data.num_classes, data.in_channels, data.mean, data.std]).encode())
     path = default_cache_dir() / "teachers" / "imported" / f"{Path(source).stem}-{digest.hexdigest()[:12]}.pt"
     if path.is_file():
         return str(path)
-    try:
-        model = load_weights(arch, state_dict, data.num_classes, data.in_channels)
-    except ValueError as exc:
-        raise TeacherCheckpointError(
-            f"teacher checkpoint '{source}' (a plain state_dict): {exc}. Set {arch_key}=<the architecture it was "
-            "saved from>: a registry name, tv_<torchvision name> or timm:<timm name>"
-        ) from exc
-    ckpt = {"arch": arch, "num_classes": data.num_classes, "in_channels": data.in_channels, "dataset": data.name,
-            "state_dict": model.state_dict(), "metrics": {}, "source": str(source)}
-    if stats:
-        ckpt["normalize"] = {"data_mean": data.mean, "data_std": data.std, "mean": stats[0], "std": stats[1]}
+    ckpt, _ = _imported_checkpoint(source, *given, arch, data, normalize, arch_key)
     atomic_torch_save(ckpt, path)
     return str(path)
+
+
+def checked_teacher(
+    source: str, arch: str | None, data: DataBundle, normalize: str = "auto", arch_key: str = "model.teacher"
+) -> nn.Module:
+    """The frozen teacher ``source`` gives, refused for the same reasons as :func:`import_teacher` then
+    :func:`load_teacher` refuse it, but built in memory: nothing is written (no imported copy in the cache).
+    What a dry run checks a given teacher with."""
+    if source.startswith(URI_SCHEMES):
+        with tempfile.TemporaryDirectory() as tmp:
+            local = str(uri_checkpoint(source, tmp))
+            try:
+                return checked_teacher(local, arch, data, normalize, arch_key)
+            except TeacherCheckpointError as exc:
+                raise TeacherCheckpointError(str(exc).replace(local, source)) from exc
+    given = _given_state_dict(source, arch, normalize, arch_key)
+    if given is None:
+        return load_teacher(source, data.num_classes, data.in_channels, data.image_size)
+    ckpt, model = _imported_checkpoint(source, *given, arch, data, normalize, arch_key)
+    norm = ckpt.get("normalize")
+    return freeze(Renormalize(model, **norm, channels=data.in_channels) if norm else model)
 
 
 def resolve_teacher(cfg: Config, data: DataBundle) -> str:

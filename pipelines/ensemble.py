@@ -39,10 +39,10 @@ import sys
 from dataclasses import replace
 
 from orchestrator import tracking
-from orchestrator.config import Config, ConfigError, pipeline_output_dir, pipeline_teachers
+from orchestrator.config import Config, ConfigError, pipeline_output_dir
 from pipelines.ensemble_pipeline import EnsemblePipeline, distill_configs
 from pipelines.teachers import build_parser as teachers_parser
-from pipelines.teachers import parse_cli
+from pipelines.teachers import describe_teachers, parse_cli, preflight_checks
 
 
 STAGES = ("teachers", "ensemble_eval", "distill_ensemble", "distill_best_teacher", "student_alone", "compare")
@@ -59,22 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--sweep", action="store_true",
                         help="distil the ensemble with a sweep over sweep.search_space (default: ensemble)")
-    parser.add_argument("--dry-run", action="store_true", help="validate and show what would run; start nothing")
     return parser
 
 
 def dry_run(cfg: Config, data) -> None:
     from orchestrator.teacher_inputs import choose, describe
-    from pipelines.teachers import teacher_path
 
-    print("teachers:")
-    for t in pipeline_teachers(cfg):
-        if t.checkpoint:
-            print(f"  {t.name:<26} given: {t.checkpoint}")
-        else:
-            path = teacher_path(cfg, t)
-            state = "cached" if path.is_file() else f"to train: {t.epochs} epoch(s), lr {t.lr}, seed {t.seed}"
-            print(f"  {t.name:<26} {state}  ({path.name})")
+    print("\n".join(describe_teachers(cfg)))
     c = cfg
     seeds = c.pipeline.student_seeds(c.seed)
     how = (f"sweep over '{c.sweep.search_space}' ({c.sweep.num_samples} trials)" if cfg.pipeline.sweep
@@ -102,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.data import DatasetNotFoundError, build_data
     from orchestrator.models.pretrained import WeightsUnavailableError
     from orchestrator.sweep.cli import check_weights_available
+    from orchestrator.teachers import TeacherCheckpointError
 
+    uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     try:
         data = build_data(cfg.data, cfg.seed)
         check_weights_available(cfg, data)
@@ -110,13 +103,13 @@ def main(argv: list[str] | None = None) -> int:
             from orchestrator.search import load_space
 
             load_space(cfg.sweep.search_space, cfg, len(data.train))  # bad space: exit 2 now
-    except (ConfigError, DatasetNotFoundError, WeightsUnavailableError) as exc:
+        preflight_checks(cfg, data, uri)  # tracking store, folder, given teachers: writing nothing
+    except (ConfigError, DatasetNotFoundError, WeightsUnavailableError, TeacherCheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
         dry_run(cfg, data)
         return 0
-    uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     try:
         client = tracking.check_connection(uri)
     except tracking.TrackingError as exc:

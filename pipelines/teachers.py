@@ -257,6 +257,9 @@ def build_parser(prog: str = "python -m pipelines.teachers", description: str | 
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
     parser.add_argument("--output-dir", help="pipeline folder (default: ./runs/<name>-pipeline)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the config, data, tracking store, folder and given teachers, show what would run; "
+                        "start and write nothing")
     return parser
 
 
@@ -290,6 +293,33 @@ def parse_cli(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[
     return args, cfg
 
 
+def preflight_checks(cfg: Config, data, uri: str) -> None:
+    """What a pipeline's run refuses, checked before it starts and writing nothing (so also by ``--dry-run``):
+    the tracking store, the pipeline folder (``pipeline.output_dir``) and each given teacher file, built in
+    memory (ConfigError or TeacherCheckpointError naming the key or file and the reason)."""
+    from orchestrator import preflight
+
+    preflight.check_tracking_store(uri)
+    preflight.check_storage(str(pipeline_output_dir(cfg)), key="pipeline.output_dir")
+    for t in pipeline_teachers(cfg):
+        if t.checkpoint:
+            preflight.check_teacher(t.checkpoint, t.state_dict_arch, data, cfg.teacher.normalize,
+                                    f"pipeline.teachers.{t.index}.arch", uri)
+
+
+def describe_teachers(cfg: Config) -> list[str]:
+    """One line per teacher of ``cfg.pipeline``: given (its file or URI), cached, or to train (how)."""
+    lines = ["teachers:"]
+    for t in pipeline_teachers(cfg):
+        if t.checkpoint:
+            lines.append(f"  {t.name:<26} given: {t.checkpoint}")
+        else:
+            path = teacher_path(cfg, t)
+            state = "cached" if path.is_file() else f"to train: {t.epochs} epoch(s), lr {t.lr}, seed {t.seed}"
+            lines.append(f"  {t.name:<26} {state}  ({path.name})")
+    return lines
+
+
 def local_cpus(cfg: Config) -> int | None:
     import os
 
@@ -307,10 +337,18 @@ def main(argv: list[str] | None = None) -> int:
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     try:
         data = build_data(cfg.data, cfg.seed)
-        client = tracking.check_connection(uri)
-    except (DatasetNotFoundError, tracking.TrackingError) as exc:
+        preflight_checks(cfg, data, uri)
+        if not args.dry_run:
+            client = tracking.check_connection(uri)
+    except (ConfigError, DatasetNotFoundError, TeacherCheckpointError, tracking.TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        print("\n".join(describe_teachers(cfg)))
+        print(f"MLflow: experiment '{TEACHERS_EXPERIMENT}' at {uri}; Ray Train results under "
+              f"{pipeline_output_dir(cfg) / 'ray-train'}")
+        print("dry run: nothing was started")
+        return 0
     started = cluster.connect(cluster.resolve_address(cfg.ray.address), local_cpus(cfg))
     try:
         cluster.check_tracking(uri)  # several nodes: the teachers' runs must reach the store

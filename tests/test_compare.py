@@ -6,6 +6,7 @@ the slow acceptance test runs a tiny real sweep against a real ``mlflow server``
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -32,8 +33,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def fake_sweep(client: MlflowClient, uri: str, name: str, trials: list[dict], space: str = "crd_kd") -> dict:
-    """A sweep as runner/trial/train_loop log it; ``trials``: dicts with ``sampled``, ``curve``, ``outcome``.
+def fake_sweep(client: MlflowClient, uri: str, name: str, trials: list[dict], space: str = "crd_kd",
+               result: dict | None = None) -> dict:
+    """A sweep as runner/trial/train_loop log it; ``trials``: dicts with ``sampled``, ``curve``, ``outcome``;
+    ``result``: the confirmed result (metrics and tags) its parent run gets, as sweep/summary.py logs them.
 
     Returns {"parent": id, "children": [ids in the order given]}.
     """
@@ -65,8 +68,10 @@ def fake_sweep(client: MlflowClient, uri: str, name: str, trials: list[dict], sp
     tracking.set_tags(client, children[best], {"orchestrator.best": "true"})
     tracking.log_metrics(client, parent, {
         "test/acc1": max(trials[best]["curve"]) - 0.01, "best/val/acc1": max(trials[best]["curve"]),
-        "teacher/test_acc1": 0.95, "student_alone/test_acc1": 0.80,
+        "teacher/test_acc1": 0.95, "student_alone/test_acc1": 0.80, **(result or {}).get("metrics", {}),
     }, step=0)
+    if result:
+        tracking.set_tags(client, parent, result["tags"])
     client.set_terminated(parent, "FINISHED")
     return {"parent": parent, "children": children, "experiment_id": exp}
 
@@ -83,6 +88,18 @@ CRD_KD_TRIALS = [
     {"sampled": {"distill.method": "kd", "distill.kd.temperature": 6.0, "train.lr": 0.3}, "curve": [],
      "outcome": "failed"},
 ]
+# The confirmation chose trial 1, not the best single search trial 2 (as real sweeps do when trial 2 was lucky).
+CRD_KD_RESULT = {
+    "metrics": {"confirm/chosen/test_acc1_mean": 0.9123, "confirm/chosen/test_acc1_sd": 0.0042,
+                "confirm/gain_vs_alone": 0.0167, "confirm/gain_vs_alone_low": 0.0070, "confirm/gain_vs_alone_high": 0.0263,
+                "confirm/gain_vs_paper_default": 0.004, "confirm/gain_vs_paper_default_low": -0.002,
+                "confirm/gain_vs_paper_default_high": 0.010, "test/acc1_mean": 0.9123, "test/acc1_sd": 0.0042},
+    "tags": {"confirm.chosen": "trial 1", "confirm.chosen_trial": "1", "confirm.confirmed": "true",
+             "confirm.chosen_params": '{"distill.method": "crd_kd", "distill.kd.temperature": 4.0, "train.lr": 0.1, '
+                                      '"distill.crd.nce_k": 256}',
+             "confirm.seeds": "[3, 4, 5, 6]", "confirm.level": "0.95", "confirm.alone": "student alone (lr 0.1)",
+             "confirm.paper_default": "trial 0 (paper default kd)"},
+}
 KD_TRIALS = [
     {"sampled": {"distill.kd.temperature": t, "distill.alpha": a}, "curve": c}
     for t, a, c in [(2.0, 0.5, [0.6, 0.8]), (4.0, 0.9, [0.7, 0.82]), (9.0, 0.3, [0.5, 0.6])]
@@ -96,7 +113,7 @@ def store(tmp_path_factory):
     client = MlflowClient(tracking_uri=uri)
     return {
         "uri": uri, "client": client, "root": root,
-        "crd_kd": fake_sweep(client, uri, "crd-kd-sweep", CRD_KD_TRIALS),
+        "crd_kd": fake_sweep(client, uri, "crd-kd-sweep", CRD_KD_TRIALS, result=CRD_KD_RESULT),
         "kd": fake_sweep(client, uri, "kd-sweep", KD_TRIALS, space="kd"),
     }
 
@@ -139,8 +156,45 @@ def test_one_sweep_by_experiment(store, tmp_path, capsys):
     sweeps = pd.read_csv(out / "sweeps.csv", index_col="rank")
     row = sweeps.iloc[0]
     assert row["sweep"] == "crd-kd-sweep" and row["trials"] == 5 and row["completed"] == 3
-    assert row["failed"] == 1 and row["best_trial"] == "trial-002"
-    assert row["teacher/test_acc1"] == pytest.approx(0.95) and row["gain_vs_student_alone"] == pytest.approx(0.12)
+    assert row["failed"] == 1 and row["best_search_trial"] == "trial-002"
+    # the confirmed result, not the best single trial: the chosen config's mean over seeds and its paired gains
+    assert row["chosen"] == "trial 1" and row["confirmed"] and row["seeds"] == 4
+    assert row["test/acc1_mean"] == pytest.approx(0.9123) and row["test/acc1_sd"] == pytest.approx(0.0042)
+    assert (row["gain_vs_alone"], row["gain_vs_alone_low"], row["gain_vs_alone_high"]) == pytest.approx(
+        (0.0167, 0.0070, 0.0263))
+    assert row["gain_vs_paper_default_low"] == pytest.approx(-0.002)
+    assert row["teacher/test_acc1"] == pytest.approx(0.95) and row["student_alone/test_acc1"] == pytest.approx(0.80)
+    result = printed[printed.index("== crd-kd-sweep: result =="):]
+    assert "chosen config: trial 1 (re-trained on fresh seeds [3, 4, 5, 6]" in result
+    assert "distill.method=crd_kd  distill.kd.temperature=4.0  train.lr=0.1  distill.crd.nce_k=256" in result
+    assert "test acc1: 91.23 ± 0.42 % (mean ± sd over 4 seeds)" in result
+    assert "gain over student alone (lr 0.1): +1.67 points [+0.70, +2.63], significant" in result
+    assert "gain over the best paper default (trial 0 (paper default kd)): +0.40 points [-0.20, +1.00], " \
+           "not significant" in result
+    assert "best single search trial: trial-002, best val/acc1 0.93 (one trial on the search seeds" in result
+    assert "chosen config: trial 1" in html
+
+
+def test_a_sweep_without_a_confirmed_result_says_so_and_shows_no_gain(store, tmp_path, capsys):
+    """A parent run without confirm/* metrics (unfinished, or older than the confirmation stage): no gain is made
+    up from a single trial and a mean."""
+    assert main(["--experiment", "kd-sweep", "--tracking-uri", store["uri"], "--out", str(tmp_path / "r")]) == 0
+    printed = capsys.readouterr().out
+    assert "no confirmed result in its parent run" in printed
+    assert "best single search trial: trial-001" in printed
+    row = pd.read_csv(tmp_path / "r" / "sweeps.csv", index_col="rank").iloc[0]
+    assert pd.isna(row["test/acc1_mean"]) and pd.isna(row["gain_vs_alone"]) and pd.isna(row["chosen"])
+
+
+def test_an_unconfirmed_sweep_is_labelled_unconfirmed(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tags = {**CRD_KD_RESULT["tags"], "confirm.confirmed": "false", "confirm.seeds": "[0]"}
+    metrics = {k: v for k, v in CRD_KD_RESULT["metrics"].items() if not k.endswith(("_low", "_high"))}
+    fake_sweep(MlflowClient(uri), uri, "top0", KD_TRIALS, result={"metrics": metrics, "tags": tags})
+    assert main(["--experiment", "top0", "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
+    printed = capsys.readouterr().out
+    assert "UNCONFIRMED: measured on the search's own seeds [0]" in printed
+    assert "gain over student alone (lr 0.1): +1.67 points (one seed: no interval)" in printed
 
 
 def test_two_sweeps_side_by_side(store, tmp_path):
@@ -250,7 +304,7 @@ def mlflow_server(tmp_path):
 
 
 @pytest.mark.slow
-def test_compare_after_real_sweep_on_real_server(mlflow_server, ray_session, tmp_path, monkeypatch):
+def test_compare_after_real_sweep_on_real_server(mlflow_server, ray_session, tmp_path, monkeypatch, capsys):
     from orchestrator.sweep import cli as sweep
 
     monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
@@ -302,6 +356,29 @@ def test_compare_after_real_sweep_on_real_server(mlflow_server, ray_session, tmp
                 "param_distill.method.png", "param_distill.kd.temperature.png"} <= names
         for png in pngs:
             assert_png(png)
+
+    # compare tells the sweep's confirmed story: its chosen config, mean ± sd and paired gains are summary.json's
+    summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
+    capsys.readouterr()
+    assert main(["--run", parent.info.run_id, "--tracking-uri", mlflow_server, "--out", str(tmp_path / "again")]) == 0
+    printed = capsys.readouterr().out
+    row = pd.read_csv(tmp_path / "again" / "sweeps.csv", index_col="rank").iloc[0]
+    assert summary["confirmed"] is True and row["confirmed"] and row["chosen"] == summary["chosen"]
+    assert row["seeds"] == len(summary["seeds"]) == 2
+    assert (row["test/acc1_mean"], row["test/acc1_sd"]) == pytest.approx((summary["test/acc1_mean"], summary["test/acc1_sd"]))
+    for key in ("gain_vs_alone", "gain_vs_paper_default"):
+        gain = summary[key]
+        if gain is None:
+            assert pd.isna(row[key])
+        else:
+            assert (row[key], row[f"{key}_low"], row[f"{key}_high"]) == pytest.approx((gain["mean"], gain["low"], gain["high"]))
+    assert summary["gain_vs_alone"] is not None
+    result = printed[printed.index("result ==\n"):]
+    assert f"chosen config: {summary['chosen']} (re-trained on fresh seeds {summary['seeds']}" in result
+    assert "  ".join(f"{k}={v}" for k, v in summary["best_params"].items()) in result
+    assert f"test acc1: {100 * summary['test/acc1_mean']:.2f} ± {100 * summary['test/acc1_sd']:.2f} %" in result
+    assert "best single search trial: trial-" in result and "one trial on the search seeds" in result
+    assert ("the chosen config is the paper default itself" in result) == (summary["paper_default"] == summary["chosen"])
 
 
 def test_plots_stay_readable_with_the_zoo_s_many_methods_and_a_long_importance_note(tmp_path):

@@ -183,7 +183,8 @@ def plot_sweeps(board: pd.DataFrame, table: pd.DataFrame, metric: str, mode: str
             ax_box.scatter([i + 1], [top], marker="*", s=140, color=colour, edgecolors="black", zorder=4)
     ax_box.set(ylabel=score, title=f"{score} per trial (star: best)")
     ax_box.grid(alpha=0.3, axis="y")
-    keys = [("test/acc1", "best student (test)"), ("student_alone/test_acc1", "student alone (test)"),
+    keys = [("test/acc1_mean", "chosen config (test, mean over seeds)"),
+            ("student_alone/test_acc1", "student alone (test, mean over seeds)"),
             ("teacher/test_acc1", "teacher (test)")]
     width = 0.8 / len(keys)
     x = np.arange(len(labels))

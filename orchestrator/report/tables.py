@@ -8,6 +8,7 @@ import warnings
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from orchestrator.report.confirmed import GAINS, confirmed_result
 from orchestrator.report.runs import SAMPLED, Sweep, metric_history, parse_values, runs_frame
 from orchestrator.tracking import OUTCOME
 
@@ -60,14 +61,16 @@ def build_leaderboard(
 
 
 def sweep_table(sweeps: list[Sweep], board: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
-    """One row per sweep: trial counts, best and median ``metric``, test accuracies from the parent run."""
+    """One row per sweep: trial counts, best and median ``metric`` of the search, its best single trial (one
+    trial on the search seeds), and the confirmed result from the parent run: the chosen config, its test
+    mean ± sd over the confirmation seeds, its paired gains with their intervals (NaN where not logged)."""
     score, rows = f"best {metric}", []
     for s in sweeps:
         trials = board[board["sweep"] == s.label]
         scored = trials.dropna(subset=[score])
         top = scored.iloc[0] if len(scored) else None  # board is sorted best first
-        pm = s.parent.data.metrics if s.parent else {}
         outcomes = trials["outcome"].value_counts()
+        result = confirmed_result(s)
         row = {
             "sweep": s.label,
             "search_space": (s.parent.data.tags.get("search_space") if s.parent else None) or "",
@@ -77,13 +80,22 @@ def sweep_table(sweeps: list[Sweep], board: pd.DataFrame, metric: str, mode: str
             "failed": int(outcomes.get("failed", 0)),
             score: top[score] if top is not None else math.nan,
             f"median {metric}": scored[score].median() if len(scored) else math.nan,
-            "best_trial": top["run_name"] if top is not None else "",
-            "test/acc1": pm.get("test/acc1", top["test/acc1"] if top is not None else math.nan),
-            "teacher/test_acc1": pm.get("teacher/test_acc1", math.nan),
-            "student_alone/test_acc1": pm.get("student_alone/test_acc1", math.nan),
-            "parent_run_id": s.parent_id,
+            "best_search_trial": top["run_name"] if top is not None else "",
+            "chosen": result.chosen if result else "",
+            "confirmed": pd.NA if result is None or result.confirmed is None else result.confirmed,
+            "seeds": len(result.seeds) if result else 0,
+            "test/acc1_mean": result.test_mean if result else math.nan,
+            "test/acc1_sd": result.test_sd if result else math.nan,
         }
-        row["gain_vs_student_alone"] = row["test/acc1"] - row["student_alone/test_acc1"]
+        for key in GAINS:
+            gain = result.gains.get(key) if result else None
+            row[key] = gain.mean if gain else math.nan
+            row[f"{key}_low"] = gain.low if gain and gain.low is not None else math.nan
+            row[f"{key}_high"] = gain.high if gain and gain.high is not None else math.nan
+        pm = s.parent.data.metrics if s.parent else {}
+        row["student_alone/test_acc1"] = pm.get("student_alone/test_acc1", math.nan)
+        row["teacher/test_acc1"] = pm.get("teacher/test_acc1", math.nan)
+        row["parent_run_id"] = s.parent_id
         rows.append(row)
     frame = pd.DataFrame(rows).sort_values(score, ascending=(mode == "min"), na_position="last")
     frame = frame.reset_index(drop=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from orchestrator.report.confirmed import confirmed_result, describe
 from orchestrator.report.plots import plot_history, plot_importance, plot_learning_curves, plot_param, plot_sweeps, slug
 from orchestrator.report.runs import ReportError, client_for, resolve_sweeps
 from orchestrator.report.tables import build_leaderboard, param_importances, sweep_table
@@ -28,13 +29,15 @@ class Report:
     sweeps_csv: Path
     plots: dict[str, Path] = field(default_factory=dict)  # name -> PNG
     notes: list[str] = field(default_factory=list)
+    results: dict[str, list[str]] = field(default_factory=dict)  # sweep label -> its result as printed lines
 
     @property
     def files(self) -> list[Path]:
         return [self.csv, self.sweeps_csv, self.html, *self.plots.values()]
 
 
-def _html(title: str, board: pd.DataFrame, table: pd.DataFrame, plots: dict[str, Path], notes: list[str]) -> str:
+def _html(title: str, board: pd.DataFrame, table: pd.DataFrame, plots: dict[str, Path], notes: list[str],
+          results: dict[str, list[str]]) -> str:
     def img(path: Path) -> str:
         data = base64.b64encode(path.read_bytes()).decode()
         return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}">' \
@@ -51,9 +54,10 @@ def _html(title: str, board: pd.DataFrame, table: pd.DataFrame, plots: dict[str,
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{style}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
+        "<h2>Results</h2>", *[f"<pre>{html.escape(chr(10).join(lines))}</pre>" for lines in results.values()],
         "<h2>Sweeps</h2>", table.to_html(**fmt),
-        "<h2>Leaderboard</h2><p>One row per trial (child run), sorted by its best validation score; "
-        "the test set is used for the best trial only.</p>", board.to_html(**fmt),
+        "<h2>Leaderboard</h2><p>One row per trial (child run) of the search, sorted by its best validation "
+        "score on the search seeds: single trials, not the confirmed result (see Sweeps).</p>", board.to_html(**fmt),
         "<h2>Plots</h2>", *[img(p) for p in plots.values()],
     ]
     if notes:
@@ -118,10 +122,13 @@ def write_report(
     if len(sweeps) > 1:
         plots["sweeps"] = plot_sweeps(board, table, metric, mode, labels, out / "sweeps.png")
 
+    rows, by_label = table.set_index("sweep"), {s.label: s for s in sweeps}
+    results = {label: describe(label, confirmed_result(by_label[label]), rows.loc[label, "best_search_trial"],
+                               rows.loc[label, f"best {metric}"], metric) for label in table["sweep"]}
     title = "Distillation sweeps: " + ", ".join(labels)
     html_path = out / "leaderboard.html"
-    html_path.write_text(_html(title, board, table, plots, notes))
-    report = Report(out, board, table, csv, html_path, sweeps_csv, plots, notes)
+    html_path.write_text(_html(title, board, table, plots, notes, results))
+    report = Report(out, board, table, csv, html_path, sweeps_csv, plots, notes, results)
     if log_to:
         for path in report.files:
             client.log_artifact(log_to, str(path), "report")

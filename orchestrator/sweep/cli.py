@@ -120,22 +120,22 @@ def check_weights_available(cfg: Config, data) -> None:
             build_with_weights(arch, data.num_classes, data.in_channels, weights)
 
 
-def check_feature_stages(configs: list[Config], data, teacher_source: str | None) -> None:
-    """Every stage selector the sweep can use picks stages the student and the teacher have (ConfigError naming
-    the knob and the student's stages), checked before any work instead of when a trial builds its terms."""
+def check_feature_stages(configs: list[Config], data, teacher=None) -> None:
+    """Every stage selector the sweep can use picks stages the student and the teacher (the given one, else
+    ``model.teacher``) have (ConfigError naming the knob and the student's stages), checked before any work
+    instead of when a trial builds its terms."""
     from orchestrator.distill.registry import knobs_of, method_terms, stage_problem, term
     from orchestrator.models import build_model
     from orchestrator.models.base import probe_shapes
-    from orchestrator.teachers import load_teacher
 
     reading = [c for c in configs if any(term(n).needs_for(knobs_of(c.distill, n)).stages
                                          for n in method_terms(c.distill.method))]
     if not reading:
         return
     cfg = reading[0]
-    teacher = probe_shapes(
-        load_teacher(teacher_source, data.num_classes, data.in_channels, data.image_size) if teacher_source
-        else build_model(cfg.model.teacher, data.num_classes, data.in_channels), data.in_channels, data.image_size)
+    teacher = probe_shapes(teacher if teacher is not None else build_model(cfg.model.teacher, data.num_classes,
+                                                                           data.in_channels),
+                           data.in_channels, data.image_size)
     students: dict[str, object] = {}  # a sampled student: each architecture probed once
     for c in reading:
         arch = student_arch(c.model)
@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator import cluster, preflight
     from orchestrator.data import DatasetNotFoundError, build_data
     from orchestrator.models.pretrained import WeightsUnavailableError
-    from orchestrator.teachers import TeacherCheckpointError, resolve_teacher
+    from orchestrator.teachers import TeacherCheckpointError
+    from orchestrator.tracking import resolve_tracking_uri
     from orchestrator.launcher import in_process
     from orchestrator.search import possible_configs
     from orchestrator.sweep.costs import students_table
@@ -177,9 +178,13 @@ def main(argv: list[str] | None = None) -> int:
         plan = make_plan(cfg, len(data.train))
         if address is None:
             preflight.check_local(cfg, plan.trial_cpu, in_process(cfg))
-        # a teacher that does not fit is an error before anything starts
-        teacher_source = resolve_teacher(cfg, data) if cfg.teacher.checkpoint else None
-        check_feature_stages([cfg, *possible_configs(plan.space, cfg)], data, teacher_source)
+        # what the run would refuse later (tracking store, a teacher that does not fit) is an error now, and
+        # checking it writes nothing (preflight)
+        uri = resolve_tracking_uri(cfg.tracking.uri)
+        preflight.check_tracking_store(uri)
+        teacher = preflight.check_teacher(cfg.teacher.checkpoint, cfg.model.teacher, data, cfg.teacher.normalize,
+                                          "model.teacher", uri) if cfg.teacher.checkpoint else None
+        check_feature_stages([cfg, *possible_configs(plan.space, cfg)], data, teacher)
         check_weights_available(cfg, data)
     except (ConfigError, DatasetNotFoundError, TeacherCheckpointError, WeightsUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -31,7 +31,7 @@ from orchestrator.sweep.costs import measure_students, params_cost, reachable_st
 from orchestrator.sweep.errors import SweepError
 from orchestrator.sweep.folder import open_folder, record_state, save_inputs
 from orchestrator.sweep.register import register_student
-from orchestrator.sweep.summary import headline_metrics, print_summary
+from orchestrator.sweep.summary import headline_metrics, headline_tags, print_summary
 from orchestrator.sweep.trial_errors import TrialInputError, failures, quiet_trial_tracebacks, report
 from orchestrator.teachers import TeacherCheckpointError, ensure_teacher, load_model_checkpoint, load_teacher
 from orchestrator.train_loop import STUDENT_FILE, student_file
@@ -209,6 +209,7 @@ class SweepRunner:
             "cost/threads": cfg.export.latency_threads,
         }
         tracking.log_metrics(client, parent_id, headline_metrics(summary, verdict), step=0)
+        tracking.set_tags(client, parent_id, headline_tags(verdict, cfg.sweep.confirm.level))
         best_run = [r for r in tracking.child_runs(client, client.get_run(parent_id).info.experiment_id, parent_id)
                     if r.data.tags.get("trial_number") == str(chosen.trial)]
         if best_run:

@@ -29,6 +29,17 @@ def headline_metrics(summary: dict, verdict: confirm.Verdict) -> dict[str, float
     return out
 
 
+def headline_tags(verdict: confirm.Verdict, level: float) -> dict[str, str]:
+    """Tags of the sweep's parent run naming what its ``confirm/*`` metrics are about (read by
+    ``python -m orchestrator.compare``): the chosen config, its trial and params, the seeds, the level."""
+    chosen = verdict.chosen
+    return {"confirm.chosen": chosen.label, "confirm.chosen_trial": "" if chosen.trial is None else str(chosen.trial),
+            "confirm.chosen_params": json.dumps(chosen.params, default=str), "confirm.confirmed": str(verdict.confirmed).lower(),
+            "confirm.seeds": json.dumps(verdict.seeds), "confirm.level": f"{level:g}",
+            "confirm.alone": chosen.alone.display if chosen.alone else "",
+            "confirm.paper_default": verdict.paper.label if verdict.paper else ""}
+
+
 def version_tags(summary: dict, verdict: confirm.Verdict) -> dict[str, str]:
     """Tags of the registered model version: the chosen config's mean, sd, gains and intervals, and its
     student's cost (``cost/params``, ``cost/macs``, ``cost/latency_ms``, ...)."""
