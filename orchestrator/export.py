@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from orchestrator import tracking
     from orchestrator.data import DatasetNotFoundError
+    from orchestrator.data.provision import dry_run_provisioning
     from orchestrator.teachers import TeacherCheckpointError
 
     try:
@@ -317,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ExportError(f"no MLflow store at '{store}' to find '{args.source}' in; give --tracking-uri")
             client = tracking.check_connection(uri)
         path, name, version, run_id = resolve_source(args.source, client)
-        model, data, arch = _load_student(path, args)
+        with dry_run_provisioning(args.dry_run):
+            model, data, arch = _load_student(path, args)
         meta = metadata(data, args.include_preprocessing, {"student": arch, **run_provenance(client, run_id)})
     except (tracking.TrackingError, ExportError, TeacherCheckpointError, DatasetNotFoundError,
             CheckpointFileError) as exc:

@@ -333,10 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     args, cfg = parsed
     from orchestrator import cluster
     from orchestrator.data import DatasetNotFoundError, build_data
+    from orchestrator.data.provision import dry_run_provisioning
 
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     try:
-        data = build_data(cfg.data, cfg.seed)
+        with dry_run_provisioning(args.dry_run):
+            data = build_data(cfg.data, cfg.seed)
         preflight_checks(cfg, data, uri)
         if not args.dry_run:
             client = tracking.check_connection(uri)

@@ -173,3 +173,36 @@ def test_storage_is_checked_without_being_created(places, capsys):
     (places["tmp"] / "a-file").write_text("")
     assert teachers_main(["--dry-run", *DIGITS, "--output-dir", str(places["tmp"] / "a-file" / "out")]) == 2
     assert "pipeline.output_dir" in capsys.readouterr().err
+
+
+def _fake_fashion_mnist_package(folder: Path) -> Path:
+    """A Debian-package-like folder of gzipped IDX files: 200 training and 50 test images of 28x28, 10 classes."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for split, n in (("train", 200), ("t10k", 50)):
+        images = struct.pack(">IIII", 0x803, n, 28, 28) + rng.integers(0, 256, (n, 28, 28), dtype=np.uint8).tobytes()
+        labels = struct.pack(">II", 0x801, n) + (np.arange(n) % 10).astype(np.uint8).tobytes()
+        (folder / f"{split}-images-idx3-ubyte.gz").write_bytes(gzip.compress(images))
+        (folder / f"{split}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))
+    return folder
+
+
+def test_dry_run_on_unprovisioned_fashion_mnist_reads_a_temporary_copy(places, monkeypatch, capsys):
+    """Fashion-MNIST missing under the data root: the dry run reads it from a temporary copy and says the run will
+    provision it; the data root stays empty. The real provisioning then fills it."""
+    from orchestrator.data.provision import ensure_fashion_mnist, fashion_mnist_raw_dir
+
+    monkeypatch.setenv("DISTILL_FASHION_MNIST_SYSTEM_DIR", str(_fake_fashion_mnist_package(places["tmp"] / "deb")))
+    monkeypatch.setenv("DISTILL_OFFLINE", "1")
+    before = snapshot(places["cwd"], places["cache"], places["data"])
+    assert teachers_main(["--dry-run", "pipeline.teachers=[tiny_teacher:0]"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert f"Fashion-MNIST is not provisioned under {places['data'].resolve()}; the run provisions it there" in out
+    assert snapshot(places["cwd"], places["cache"], places["data"]) == before
+    ensure_fashion_mnist(places["data"])  # what the run does
+    assert len(list(fashion_mnist_raw_dir(places["data"]).iterdir())) == 4

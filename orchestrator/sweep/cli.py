@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from orchestrator import cluster, preflight
     from orchestrator.data import DatasetNotFoundError, build_data
+    from orchestrator.data.provision import dry_run_provisioning
     from orchestrator.models.pretrained import WeightsUnavailableError
     from orchestrator.teachers import TeacherCheckpointError
     from orchestrator.tracking import resolve_tracking_uri
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
 
     address = cluster.resolve_address(cfg.ray.address)
     try:
-        data = build_data(cfg.data, cfg.seed)
+        with dry_run_provisioning(args.dry_run):
+            data = build_data(cfg.data, cfg.seed)
         plan = make_plan(cfg, len(data.train))
         if address is None:
             preflight.check_local(cfg, plan.trial_cpu, in_process(cfg))
