@@ -109,3 +109,24 @@ def test_an_over_budget_trial_reports_once_and_no_scheduler_ranks_it():
     assert scheduler.on_trial_result(None, Trial(), {**result, "training_iteration": 1}) == TrialScheduler.CONTINUE
     scheduler.on_trial_complete(None, Trial(), {**result, "training_iteration": 1})
     assert all(not recorded for _, recorded in scheduler._brackets[0]._rungs)  # nothing recorded at any rung
+
+
+def test_budget_sweep_never_trains_a_student_over_it(ray_session, isolated_cache, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    limit = _macs(2.0, 1)  # only width 2.0 at depth 2 is over it
+    assert _macs(0.5, 2) <= limit < _macs(2.0, 2)
+    assert main(_args(tmp_path, "sweep.paper_defaults=false", "sweep.confirm.top_k=0", f"sweep.budget=macs <= {limit}",
+                      "--max-concurrent", "1", samples=5)) == 0  # one at a time: the same configs every run
+    out = capsys.readouterr().out
+    exp_dir = next((tmp_path / "runs").glob("tiny-*"))
+    board = pd.read_csv(exp_dir / "leaderboard.csv")
+    over, within = board[board["cost/macs"] > limit], board[board["cost/macs"] <= limit]
+    assert len(over) >= 1 and (over["outcome"] == "over_budget").all() and over["val/acc1"].isna().all()
+    assert "over sweep.budget: not trained" in out
+    assert len(within) >= 1 and within["outcome"].isin(["completed", "early_stopped"]).all()
+    summary = json.loads((exp_dir / "summary.json").read_text())
+    assert summary["cost/macs"] <= limit
+    from test_sweep import runs_by_kind
+
+    trials = runs_by_kind(f"sqlite:///{tmp_path / 'mlflow.db'}")["trial"]
+    assert len(trials) == len(within)  # an over-budget trial opens no run: nothing was trained
