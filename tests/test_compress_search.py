@@ -33,6 +33,7 @@ def _macs(width: float, depth: int) -> int:
     return describe_model(build_model("tiny_student", 10, 1, width=width, depth=depth), 1, 8)["macs"]
 
 
+@pytest.mark.slow
 def test_multi_objective_sweep_on_digits(ray_session, isolated_cache, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = _args(tmp_path, "sweep.paper_defaults=false", "sweep.confirm.top_k=0",
@@ -111,6 +112,7 @@ def test_an_over_budget_trial_reports_once_and_no_scheduler_ranks_it():
     assert all(not recorded for _, recorded in scheduler._brackets[0]._rungs)  # nothing recorded at any rung
 
 
+@pytest.mark.slow
 def test_budget_sweep_never_trains_a_student_over_it(ray_session, isolated_cache, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     limit = _macs(2.0, 1)  # only width 2.0 at depth 2 is over it
