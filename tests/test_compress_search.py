@@ -132,3 +132,17 @@ def test_budget_sweep_never_trains_a_student_over_it(ray_session, isolated_cache
 
     trials = runs_by_kind(f"sqlite:///{tmp_path / 'mlflow.db'}")["trial"]
     assert len(trials) == len(within)  # an over-budget trial opens no run: nothing was trained
+
+
+def test_the_compress_space_samples_epochs_methods_and_a_20x_span():
+    from orchestrator.search import load_space
+    from orchestrator.sweep.costs import reachable_students
+
+    cfg = load_config(None, ["sweep.search_space=compress"])
+    space = load_space("compress", cfg)
+    params = {p.key: p for p in space.params}
+    assert params["train.epochs"].type == "categorical" and len(params["train.epochs"].choices) >= 2
+    assert {"kd", "crd_kd", "dkd", "dist"} <= set(params["distill.method"].choices)
+    archs, continuous = reachable_students(space, cfg)
+    macs = [describe_model(build_model(a, 10, 1), 1, 28)["macs"] for a in archs]
+    assert not continuous and max(macs) / min(macs) >= 20
