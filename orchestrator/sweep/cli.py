@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.tracking import resolve_tracking_uri
     from orchestrator.launcher import in_process
     from orchestrator.search import possible_configs
-    from orchestrator.sweep.costs import students_table
+    from orchestrator.sweep.costs import budget_problem, students_table
+    from orchestrator.sweep.objectives import budget_of
     from orchestrator.teacher_inputs import plan_line
 
     address = cluster.resolve_address(cfg.ray.address)
@@ -188,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
                                           "model.teacher", uri) if cfg.teacher.checkpoint else None
         check_feature_stages([cfg, *possible_configs(plan.space, cfg)], data, teacher)
         check_weights_available(cfg, data)
+        budget, budget_read = budget_of(cfg), {}
+        if budget is not None:  # no student of the space fits: an error before anything starts
+            problem, budget_read = budget_problem(plan.space, cfg, data, budget)
+            if problem:
+                raise ConfigError("sweep.budget", cfg.sweep.budget,
+                                  f"a budget some student of the space meets ({problem})")
     except (ConfigError, DatasetNotFoundError, TeacherCheckpointError, WeightsUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -199,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
         print(plan.describe())
-        print(students_table(plan.space, cfg, data))
+        print(students_table(plan.space, cfg, data, budget, budget_read))
         print(plan_line(cfg, possible_configs(plan.space, cfg), data))
         print(f"\nsearch spaces shipped: {', '.join(available_spaces())}")
         print("dry run: nothing was started")
