@@ -16,11 +16,16 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import ray
 import ray.tune
 
 from orchestrator.config import Config, apply_overrides, flatten, from_dict, search_seeds, to_dict
 from orchestrator.launcher import launch
 from orchestrator.ray_compat import tune_stop_signal
+from orchestrator.storage import inputs_uri
+
+
+NODE_TAG = "ray.node_id"
 
 
 @dataclass
@@ -30,7 +35,7 @@ class TrialContext:
     base: dict  # the sweep's resolved Config as a dict
     teachers: list[str]  # checkpoint paths or MLflow URIs
     teacher_outputs: list[str]  # precomputed teacher-output files ([] = run the teachers live)
-    storage_path: str  # absolute; Train runs go to <storage_path>/train
+    storage_path: str  # the sweep's folder or its URI (orchestrator.storage); Train runs go to <storage_path>/train
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
@@ -107,21 +112,23 @@ def _job_run_name(cfg: Config, trial_id: str) -> str:
 
 def _open_run(ctx: TrialContext, trial_id: str, name: str, kind: str, tags: dict, params: dict) -> tuple[str, bool]:
     """(id, ended) of the MLflow child run of this Tune trial under ``ctx.parent_run_id`` (a resumed trial
-    continues its own). ``ended``: that run already ended FINISHED (completed, or stopped by ASHA): the trial
-    ended before its driver died and Tune's restored state, saved earlier, did not know it yet. Nothing is to be
-    trained again (a confirmation job reports its result again: :func:`_finished_job_result`)."""
+    continues its own), tagged with the Ray node the trial runs on (``ray.node_id``). ``ended``: that run already
+    ended FINISHED (completed, or stopped by ASHA): the trial ended before its driver died and Tune's restored
+    state, saved earlier, did not know it yet. Nothing is to be trained again (a confirmation job reports its result again: :func:`_finished_job_result`)."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.tracking import log_params, reopen_run, start_run
+    from orchestrator.tracking import log_params, reopen_run, set_tags, start_run
 
     client = MlflowClient(tracking_uri=ctx.tracking_uri)
+    node = {NODE_TAG: ray.get_runtime_context().get_node_id()}  # where it runs (its last start, if resumed)
     run = _own_run(client, ctx, trial_id)
     if run is not None:
         if run.info.status == "FINISHED":
             return run.info.run_id, True
         reopen_run(client, run.info.run_id)
+        set_tags(client, run.info.run_id, node)
         return run.info.run_id, False
-    run_id = start_run(client, ctx.experiment_id, name, kind, parent_id=ctx.parent_run_id, tags=tags)
+    run_id = start_run(client, ctx.experiment_id, name, kind, parent_id=ctx.parent_run_id, tags={**tags, **node})
     log_params(client, run_id, params)
     return run_id, False
 
@@ -167,6 +174,7 @@ def _launch(cfg: Config, ctx: TrialContext, run_id: str, seeds: list[int], *, na
             "seeds": seeds,
             "teachers": ctx.teachers,
             "teacher_outputs": ctx.teacher_outputs,
+            "inputs_uri": inputs_uri(ctx.storage_path),  # what each node downloads once (orchestrator.storage)
             "data_seed": ctx.base["seed"],  # the sweep's split, whatever the training seeds
             "tracking_uri": ctx.tracking_uri,
             "mlflow_run_id": run_id,

@@ -164,23 +164,24 @@ HOST = "127.0.0.2"
 
 
 @contextlib.contextmanager
-def ray_cluster(env: dict) -> Iterator[tuple[str, Callable[[], None]]]:
-    """`ray start --head` on loopback with free ports (2 CPUs); yields its address and ``add_node()``, which starts
-    one more node (`ray start --address`) and waits until it is alive. Every node is stopped on exit."""
+def ray_cluster(env: dict, head_cpus: int = 2) -> Iterator[tuple[str, Callable[..., None]]]:
+    """`ray start --head` on loopback with free ports (``head_cpus`` CPUs); yields its address and ``add_node(wrap=(),
+    node_env=None)``, which starts one more node (`ray start --address`, 2 CPUs; run through the command prefix
+    ``wrap``, with its own environment ``node_env``) and waits until it is alive. Every node is stopped on exit."""
     port = _free_port()
     address = f"{HOST}:{port}"
     ray_bin = str(Path(sys.executable).parent / "ray")
     quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     head = [
-        ray_bin, "start", "--head", "--node-ip-address", HOST, "--port", str(port), "--num-cpus", "2",
+        ray_bin, "start", "--head", "--node-ip-address", HOST, "--port", str(port), "--num-cpus", str(head_cpus),
         "--include-dashboard", "true", "--dashboard-host", HOST, "--dashboard-port", str(_free_port()),
         "--temp-dir", f"/tmp/distill-ray-cluster-{port}", "--block",
     ]
     worker = [ray_bin, "start", "--address", address, "--node-ip-address", HOST, "--num-cpus", "2", "--block"]
     nodes = [subprocess.Popen(head, **quiet)]
 
-    def add_node() -> None:
-        nodes.append(subprocess.Popen(worker, **quiet))
+    def add_node(wrap: tuple[str, ...] = (), node_env: dict | None = None) -> None:
+        nodes.append(subprocess.Popen([*wrap, *worker], **{**quiet, "env": node_env or env}))
         _wait_for_nodes(port, len(nodes), env)
 
     try:
