@@ -175,3 +175,21 @@ def download(fs, fs_path: str, target: Path) -> None:
     for source, local in files:
         local.parent.mkdir(parents=True, exist_ok=True)
         pyarrow.fs.copy_files(source, str(local), source_filesystem=fs)
+
+
+def checkpoint_files(folders: list[str], storage_path: str, name: str, dest: Path) -> list[tuple[Path, str]]:
+    """Each ``checkpoint_*/<name>`` file under ``folders`` (paths or URIs on the URI ``storage_path``'s filesystem)
+    downloaded to ``dest/<i>/checkpoint_*/<name>``: (local folder ``dest/<i>``, the folder's path on the storage)."""
+    import pyarrow.fs
+
+    fs, _ = filesystem(storage_path)
+    out = []
+    for i, folder in enumerate(folders):
+        fs_path = filesystem(folder)[1] if is_uri(folder) else folder
+        local = dest / str(i)
+        for info in fs.get_file_info(pyarrow.fs.FileSelector(fs_path, allow_not_found=True)):
+            if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+                if fs.get_file_info(f"{info.path}/{name}").type == pyarrow.fs.FileType.File:
+                    download(fs, f"{info.path}/{name}", local / info.base_name / name)
+        out.append((local, fs_path))
+    return out

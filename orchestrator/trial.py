@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import ray
 import ray.tune
 
+from orchestrator import storage
 from orchestrator.config import Config, apply_overrides, flatten, from_dict, search_seeds, to_dict
 from orchestrator.launcher import launch
 from orchestrator.ray_compat import tune_stop_signal
-from orchestrator.storage import inputs_uri
 
 
 NODE_TAG = "ray.node_id"
@@ -148,14 +150,22 @@ def _finished_job_result(ctx: TrialContext, trial_id: str, run_id: str, cfg: Con
     job fails."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.finished_job import FinishedJobError, finished_job_result
+    from orchestrator.finished_job import CHECKPOINT_PATH, FinishedJobError, finished_job_result
     from orchestrator.tracking import ERROR, set_tags
+    from orchestrator.train_loop import STUDENT_FILE
 
     client = MlflowClient(tracking_uri=ctx.tracking_uri)
     folders = [ray.tune.get_context().get_storage().trial_fs_path,
                os.path.join(ctx.storage_path, "train", _job_run_name(cfg, trial_id))]
     try:
-        return finished_job_result(client, run_id, cfg.train.epochs, folders)
+        if not storage.is_uri(ctx.storage_path):
+            return finished_job_result(client, run_id, cfg.train.epochs, folders)
+        with tempfile.TemporaryDirectory() as tmp:  # the student files, read here; reported as paths on the storage
+            pairs = storage.checkpoint_files(folders, ctx.storage_path, STUDENT_FILE, Path(tmp))
+            result = finished_job_result(client, run_id, cfg.train.epochs, [local for local, _ in pairs])
+            found = Path(result[CHECKPOINT_PATH])
+            local, remote = next((lo, re) for lo, re in pairs if found.is_relative_to(lo))
+            return {**result, CHECKPOINT_PATH: f"{remote}/{found.relative_to(local).as_posix()}"}
     except FinishedJobError as exc:
         set_tags(client, run_id, {ERROR: str(exc)})
         raise
@@ -174,7 +184,7 @@ def _launch(cfg: Config, ctx: TrialContext, run_id: str, seeds: list[int], *, na
             "seeds": seeds,
             "teachers": ctx.teachers,
             "teacher_outputs": ctx.teacher_outputs,
-            "inputs_uri": inputs_uri(ctx.storage_path),  # what each node downloads once (orchestrator.storage)
+            "inputs_uri": storage.inputs_uri(ctx.storage_path),  # what each node downloads once (orchestrator.storage)
             "data_seed": ctx.base["seed"],  # the sweep's split, whatever the training seeds
             "tracking_uri": ctx.tracking_uri,
             "mlflow_run_id": run_id,

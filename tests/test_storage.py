@@ -84,6 +84,18 @@ def test_a_checkpoint_on_the_storage_is_copied_to_the_driver_once(tmp_path, s3):
     assert storage.local_copy(str(on_disk), str(tmp_path / "runs"), tmp_path / "dl") == on_disk  # a local folder
 
 
+def test_the_student_files_of_a_finished_job_are_read_from_the_storage(tmp_path, s3):
+    """A confirmation job that finished before its driver died: its checkpoints' student files, from the bucket."""
+    for key in ("runs/t/trial_x/checkpoint_000001/student.pt", "runs/t/trial_x/checkpoint_000002/student.pt",
+                "runs/t/trial_x/checkpoint_000002/state.pt", "runs/t/trial_x/result.json"):
+        s3.put_object(Bucket="bkt", Key=key, Body=key.encode())
+    pairs = storage.checkpoint_files(["bkt/runs/t/trial_x", "s3://bkt/runs/t/train/none"], "s3://bkt/runs", "student.pt",
+                                     tmp_path)
+    assert pairs == [(tmp_path / "0", "bkt/runs/t/trial_x"), (tmp_path / "1", "bkt/runs/t/train/none")]
+    got = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert got == ["0/checkpoint_000001/student.pt", "0/checkpoint_000002/student.pt"]  # students only
+
+
 def test_a_dataset_missing_on_a_node_names_the_node(ray_session, tmp_path):
     from orchestrator.config import DataConfig, load_config
     from orchestrator.data import DatasetNotFoundError
@@ -97,3 +109,14 @@ def test_a_dataset_missing_on_a_node_names_the_node(ray_session, tmp_path):
     message = str(info.value)
     assert f"on Ray node {node}" in message and "imagefolder" in message and "on that node" in message
     assert "\n" not in message
+
+
+def test_the_storage_benchmark_runs_and_prints_its_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
+    import storage_inputs
+
+    (tmp_path / "teacher.pt").write_bytes(b"\0" * 2**20)
+    assert storage_inputs.main([str(tmp_path / "teacher.pt")]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("1.0 MiB: upload ") and "first fetch on a node" in line and "cached" in line
