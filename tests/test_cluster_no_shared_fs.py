@@ -93,6 +93,7 @@ def _python(code: str, env: dict) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 @pytest.mark.skipif(not _can_hide(), reason="needs unshare --mount and tmpfs mounts (root or user namespaces)")
 def test_sweep_on_a_worker_node_that_sees_no_driver_file_resumes_from_the_bucket(isolated_cache, tmp_path,
                                                                                     mlflow_server, s3_server):
