@@ -122,13 +122,15 @@ def _open_run(ctx: TrialContext, trial_id: str, name: str, kind: str, tags: dict
     from orchestrator.tracking import log_params, reopen_run, set_tags, start_run
 
     client = MlflowClient(tracking_uri=ctx.tracking_uri)
-    node = {NODE_TAG: ray.get_runtime_context().get_node_id()}  # where it runs (its last start, if resumed)
+    # Where it runs (its last start, if resumed); outside Ray (tests) nothing: asking would start a Ray.
+    node = {NODE_TAG: ray.get_runtime_context().get_node_id()} if ray.is_initialized() else {}
     run = _own_run(client, ctx, trial_id)
     if run is not None:
         if run.info.status == "FINISHED":
             return run.info.run_id, True
         reopen_run(client, run.info.run_id)
-        set_tags(client, run.info.run_id, node)
+        if node:
+            set_tags(client, run.info.run_id, node)
         return run.info.run_id, False
     run_id = start_run(client, ctx.experiment_id, name, kind, parent_id=ctx.parent_run_id, tags={**tags, **node})
     log_params(client, run_id, params)
