@@ -45,6 +45,25 @@ def s3(tmp_path, monkeypatch):
     server.stop()
 
 
+def test_a_storage_uri_pyarrow_cannot_open_exits_2_naming_the_key(tmp_path, monkeypatch, capsys):
+    from test_sweep import tiny_args
+
+    from orchestrator.sweep.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--dry-run", *tiny_args(tmp_path, "--storage-path", "s4://bucket/runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "sweep.storage_path" in err and "s4://bucket/runs" in err
+    assert "Unrecognized filesystem type" in err and "\n" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_reachable_storage_uri_is_accepted_up_front(tmp_path, s3):
+    from orchestrator.preflight import check_storage
+
+    check_storage("s3://bkt/runs")  # moto's bucket; the driver's ./runs is probed too (nothing created)
+
+
 def test_inputs_are_uploaded_once_and_fetched_once_per_node(tmp_path, s3):
     teacher = tmp_path / "driver" / "teacher.pt"
     views = tmp_path / "driver" / "views-seed1"
