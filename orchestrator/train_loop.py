@@ -102,7 +102,8 @@ def data_on_this_node(cfg, seed: int):
 
 def train_loop_per_worker(config: dict) -> None:
     """``config``: cfg (resolved Config as dict), seeds (training seeds; default [cfg.seed]), teachers
-    (paths/URIs), teacher_outputs (paths: output files, or view cache folders per (teacher, seed)), in_process (bool), in_tune (reports go to Tune; default true),
+    (paths/URIs), teacher_outputs (paths: output files, or view cache folders per (teacher, seed)), inputs_uri
+    (teachers and outputs under this storage URI are downloaded once per node), in_process (bool), in_tune (reports go to Tune; default true),
     tracking_uri and mlflow_run_id (rank 0 logs there), data_seed (the split's seed; default cfg.seed),
     evaluate_test (add ``test/*`` at the last epoch), checkpoint (a Train checkpoint every epoch; default
     true), save_student (a file rank 0 writes the first seed's student to at the end).
