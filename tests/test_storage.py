@@ -115,6 +115,27 @@ def test_the_student_files_of_a_finished_job_are_read_from_the_storage(tmp_path,
     assert got == ["0/checkpoint_000001/student.pt", "0/checkpoint_000002/student.pt"]  # students only
 
 
+def test_a_view_cache_task_reads_its_teacher_from_the_storage_and_puts_its_views_there(tmp_path, s3):
+    """What the Ray task that builds a teacher's view caches does on whichever node it lands (run here, in-process)."""
+    from test_sweep_views import choice
+
+    from orchestrator.models import build_model
+    from orchestrator.sweep.teacher_outputs import build_teacher_views
+    from orchestrator.teacher_views import TeacherViews
+    from orchestrator.teachers import save_model_checkpoint
+
+    views, cfg, data = choice("data.augment=true", "train.in_process=false")
+    path = tmp_path / "driver" / "teacher.pt"
+    save_model_checkpoint(path, build_model("tiny_teacher", data.num_classes, data.in_channels), "tiny_teacher", data,
+                          {})
+    inputs = "s3://bkt/runs/tiny-1/inputs"
+    [teacher] = storage.publish([str(path)], inputs)
+    path.unlink()  # the task's node has no such file
+    folders, built, _ = build_teacher_views(teacher, cfg, views, None, False, 1, data, inputs=inputs)
+    assert built == 2 * len(views.seeds) and all(f.startswith(inputs + "/") for f in folders)
+    assert [TeacherViews(storage.fetch(f)).meta.seed for f in folders] == list(views.seeds)
+
+
 def test_a_dataset_missing_on_a_node_names_the_node(ray_session, tmp_path):
     from orchestrator.config import DataConfig, load_config
     from orchestrator.data import DatasetNotFoundError
