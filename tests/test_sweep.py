@@ -175,6 +175,7 @@ def ray_cluster(env: dict, head_cpus: int = 2) -> Iterator[tuple[str, Callable[.
     head = [
         ray_bin, "start", "--head", "--node-ip-address", HOST, "--port", str(port), "--num-cpus", str(head_cpus),
         "--include-dashboard", "true", "--dashboard-host", HOST, "--dashboard-port", str(_free_port()),
+        "--ray-client-server-port", str(_free_port()),  # not the fixed 10001 another test's cluster may hold
         "--temp-dir", f"/tmp/distill-ray-cluster-{port}", "--block",
     ]
     worker = [ray_bin, "start", "--address", address, "--node-ip-address", HOST, "--num-cpus", "2", "--block"]
@@ -219,7 +220,11 @@ def _wait_for_nodes(port: int, count: int, env: dict, timeout: float = 120) -> N
     )
     deadline = time.time() + timeout
     while time.time() < deadline:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.strip()
+        try:  # ray.init against a head that died retries for minutes
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                 timeout=60).stdout.strip()
+        except subprocess.TimeoutExpired:
+            continue
         if out.splitlines() and out.splitlines()[-1] == str(count):
             return
         time.sleep(2)
