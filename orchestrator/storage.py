@@ -72,8 +72,8 @@ def inputs_uri(place: str) -> str:
 
 
 def publish(paths: list[str], dest: str) -> list[str]:
-    """Upload each local file or folder in ``paths`` under ``dest`` (once: a complete earlier upload is kept) and
-    return their URIs; entries that are not local paths (MLflow URIs) are returned as they are."""
+    """Upload each local file or folder in ``paths`` to ``dest/<hash of its path>-<name>`` (once: a complete earlier
+    upload is kept) and return their URIs; entries that are not local paths (MLflow URIs) are returned as they are."""
     import pyarrow.fs
 
     out = []
@@ -81,7 +81,9 @@ def publish(paths: list[str], dest: str) -> list[str]:
         if ":/" in path or not os.path.exists(path):
             out.append(path)
             continue
-        target = f"{dest}/{Path(path).name}"
+        # Two local files of one name (teachers at /a/teacher.pt and /b/teacher.pt) get their own uploads.
+        where = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:8]
+        target = f"{dest}/{where}-{Path(path).name}"
         fs, fs_path = filesystem(target)
         if fs.get_file_info(f"{fs_path}{DONE}").type == pyarrow.fs.FileType.NotFound:
             if os.path.isdir(path):

@@ -72,19 +72,24 @@ def test_inputs_are_uploaded_once_and_fetched_once_per_node(tmp_path, s3):
     (views / "epoch1" / "logits.bin").write_bytes(b"\x01\x02")
     dest = "s3://bkt/runs/tiny-1/inputs"
 
-    uris = storage.publish([str(teacher), str(views), "runs:/abc/teacher"], dest)
-    assert uris == [f"{dest}/teacher.pt", f"{dest}/views-seed1", "runs:/abc/teacher"]  # MLflow URIs as they are
-    read = lambda key: s3.get_object(Bucket="bkt", Key=key)["Body"].read()  # noqa: E731
-    assert read("runs/tiny-1/inputs/views-seed1/epoch1/logits.bin") == b"\x01\x02"
+    other = tmp_path / "elsewhere" / "teacher.pt"  # a second teacher of the same file name
+    other.parent.mkdir()
+    other.write_bytes(b"other weights")
+    uris = storage.publish([str(teacher), str(views), "runs:/abc/teacher", str(other)], dest)
+    assert uris[2] == "runs:/abc/teacher"  # MLflow URIs as they are
+    assert [u.rpartition("/")[0] for u in uris[:2]] == [dest, dest] and uris[0] != uris[3]
+    assert uris[0].endswith("-teacher.pt") and uris[1].endswith("-views-seed1") and uris[3].endswith("-teacher.pt")
+    read = lambda uri: s3.get_object(Bucket="bkt", Key=uri.removeprefix("s3://bkt/"))["Body"].read()  # noqa: E731
+    assert read(f"{uris[1]}/epoch1/logits.bin") == b"\x01\x02" and read(uris[3]) == b"other weights"
     teacher.write_bytes(b"changed")
-    storage.publish([str(teacher)], dest)  # a complete upload is kept
-    assert read("runs/tiny-1/inputs/teacher.pt") == b"weights"
+    assert storage.publish([str(teacher)], dest) == uris[:1]  # a complete upload is kept
+    assert read(uris[0]) == b"weights"
 
     local = storage.fetch_under(uris, dest)
     assert local[2] == "runs:/abc/teacher"
     assert Path(local[0]).read_bytes() == b"weights" and Path(local[0]).is_relative_to(tmp_path / "node-cache")
     assert (Path(local[1]) / "epoch1" / "logits.bin").read_bytes() == b"\x01\x02"
-    s3.delete_object(Bucket="bkt", Key="runs/tiny-1/inputs/teacher.pt")
+    s3.delete_object(Bucket="bkt", Key=uris[0].removeprefix("s3://bkt/"))
     assert storage.fetch(uris[0]) == local[0]  # downloaded once per node, then read from its cache
     assert storage.fetch_under([str(teacher)], dest) == [str(teacher)]  # not an upload of this sweep: as it is
     with pytest.raises(FileNotFoundError, match="other.pt is not in the sweep's storage"):
