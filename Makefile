@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 FMNIST_DEB_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data sweep test test-fast clean
+.PHONY: setup data sweep test test-cluster test-fast clean
 
 setup: $(STAMP) data
 
@@ -38,9 +38,13 @@ TEST_WORKERS ?= 2
 XDIST := -n $(TEST_WORKERS) --dist load --maxschedchunk 2
 
 # pytest exits 5 when it collects no test: that is a failure with its own message.
+# The multi-node tests (marker `cluster`, minutes each) are left to `make test-cluster`, which CI runs too.
 test: setup
-	@$(PY) -m pytest $(XDIST) $(PYTEST_ARGS); code=$$?; \
+	@$(PY) -m pytest $(XDIST) -m "not cluster" $(PYTEST_ARGS); code=$$?; \
 	if [ $$code = 5 ]; then echo "error: pytest collected no tests"; fi; exit $$code
+
+test-cluster: setup
+	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)

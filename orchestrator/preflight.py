@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from orchestrator.config import Config, ConfigError
+from orchestrator.storage import LOCAL_ROOT
 
 
 def check_local(cfg: Config, trial_cpu: float, in_process: bool) -> None:
@@ -153,11 +154,12 @@ PROBE_BYTES = 1 << 20
 
 
 def check_storage(storage_path: str, key: str = "sweep.storage_path", min_free_mb: int = MIN_FREE_MB) -> None:
-    """Raise ConfigError naming ``key`` and the folder if ``storage_path`` (a local folder; URIs are left
-    to Ray) cannot take a 1 MiB write or has less than ``min_free_mb`` MB free. The probe goes to the
-    nearest existing folder (nothing is created) and is removed."""
-    if "://" in storage_path:
-        return
+    """Raise ConfigError naming ``key`` and the folder if ``storage_path`` (a local folder; for a URI, one pyarrow
+    opens, and ``./runs``, the driver's folder) cannot take a 1 MiB write or has less than ``min_free_mb`` MB free.
+    The probe goes to the nearest existing folder (nothing is created) and is removed."""
+    if "://" in storage_path:  # Ray's records go there; the driver's own files to ./runs (orchestrator.storage)
+        check_storage_uri(storage_path, key)
+        storage_path = LOCAL_ROOT
     path = Path(storage_path).resolve()
     folder = _nearest_existing(path)
     if not folder.is_dir():
@@ -179,3 +181,15 @@ def check_storage(storage_path: str, key: str = "sweep.storage_path", min_free_m
             key, str(path), f"a folder on a filesystem with at least {min_free_mb} MB free for checkpoints; {folder} "
             f"has {free_mb:.1f} MB free",
         )
+
+
+def check_storage_uri(uri: str, key: str = "sweep.storage_path") -> None:
+    """Raise ConfigError naming ``key`` if ``uri`` is not a filesystem pyarrow (hence Ray) can open from here: an
+    unknown scheme, or a store it cannot reach (``s3://``: it asks the bucket's region)."""
+    from orchestrator.storage import filesystem
+
+    try:
+        filesystem(uri)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... with the reason
+        raise ConfigError(key, uri, "a local folder or a URI of a filesystem pyarrow opens (s3://bucket/prefix, "
+                                    f"gs://..., hdfs://..., with its credentials in the environment): {str(exc).splitlines()[0]}") from exc

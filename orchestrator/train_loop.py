@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import socket
 import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
@@ -24,10 +25,12 @@ import torch
 
 from orchestrator.config import from_dict, student_arch
 from orchestrator.data import build_data
+from orchestrator.data.common import DatasetNotFoundError
 from orchestrator.distill import registry
 from orchestrator.engine import CachedTeacherOutputs, Trainer
 from orchestrator.loop import fit
 from orchestrator.safe_load import load_tensors
+from orchestrator.storage import fetch_under
 from orchestrator.atomic_files import atomic_torch_save
 from orchestrator.teacher_views import TeacherViews
 from orchestrator.teachers import load_teacher, save_model_checkpoint
@@ -85,9 +88,22 @@ def teacher_inputs_tag(inputs: dict[int, list]) -> str:
     return ", ".join(f"seed {seed}: {kind(caches)}" for seed, caches in inputs.items())
 
 
+def data_on_this_node(cfg, seed: int):
+    """``build_data`` on the node this worker runs on; a dataset missing there is a DatasetNotFoundError naming
+    the node (each node provisions its own data: ``python -m orchestrator.data.provision``)."""
+    try:
+        return build_data(cfg.data, seed)
+    except DatasetNotFoundError as exc:
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "?"
+        raise DatasetNotFoundError(
+            exc.dataset, [f"{', '.join(exc.looked_in)} on Ray node {node} (host {socket.gethostname()})"],
+            f"{exc.how_to_get} on that node (every node reads its own copy of the data)") from None
+
+
 def train_loop_per_worker(config: dict) -> None:
     """``config``: cfg (resolved Config as dict), seeds (training seeds; default [cfg.seed]), teachers
-    (paths/URIs), teacher_outputs (paths: output files, or view cache folders per (teacher, seed)), in_process (bool), in_tune (reports go to Tune; default true),
+    (paths/URIs), teacher_outputs (paths: output files, or view cache folders per (teacher, seed)), inputs_uri
+    (teachers and outputs under this storage URI are downloaded once per node), in_process (bool), in_tune (reports go to Tune; default true),
     tracking_uri and mlflow_run_id (rank 0 logs there), data_seed (the split's seed; default cfg.seed),
     evaluate_test (add ``test/*`` at the last epoch), report_extra (metrics added to every report, not logged:
     the student's ``cost/*``, logged once by the trial), checkpoint (a Train checkpoint every epoch; default
@@ -111,8 +127,9 @@ def train_loop_per_worker(config: dict) -> None:
 
     # The split is seeded by the sweep's seed (data_seed), not the training seed: every trial is scored on
     # the same validation images and precomputed teacher outputs stay aligned with the train indices.
-    data = build_data(cfg.data, config.get("data_seed", cfg.seed))
-    caches = [load_outputs(p) for p in config.get("teacher_outputs") or []]
+    data = data_on_this_node(cfg, config.get("data_seed", cfg.seed))
+    shared = config.get("inputs_uri") or ""  # a storage URI: the driver's files, downloaded once per node
+    caches = [load_outputs(p) for p in fetch_under(config.get("teacher_outputs") or [], shared)]
     inputs = {seed: outputs_for_seed(caches, seed, len(config.get("teachers") or []), cfg.distill) for seed in seeds}
     teachers = []
     if not all(inputs.values()) and registry.needs_teacher(cfg.distill):
@@ -120,7 +137,8 @@ def train_loop_per_worker(config: dict) -> None:
             import mlflow
 
             mlflow.set_tracking_uri(config["tracking_uri"])
-        teachers = [load_teacher(t, data.num_classes, data.in_channels, data.image_size) for t in config["teachers"]]
+        teachers = [load_teacher(t, data.num_classes, data.in_channels, data.image_size)
+                    for t in fetch_under(config["teachers"], shared)]
     trainers = [
         Trainer(replace(cfg, seed=seed), data, [] if inputs[seed] else teachers, device=device, rank=rank,
                 world_size=world_size, teacher_outputs=inputs[seed] or None)

@@ -13,14 +13,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import ray
 import ray.tune
 
+from orchestrator import storage
 from orchestrator.config import Config, apply_overrides, flatten, from_dict, search_seeds, to_dict
 from orchestrator.launcher import launch
 from orchestrator.ray_compat import tune_stop_signal
+
+
+NODE_TAG = "ray.node_id"
 
 
 @dataclass
@@ -30,7 +37,7 @@ class TrialContext:
     base: dict  # the sweep's resolved Config as a dict
     teachers: list[str]  # checkpoint paths or MLflow URIs
     teacher_outputs: list[str]  # precomputed teacher-output files ([] = run the teachers live)
-    storage_path: str  # absolute; Train runs go to <storage_path>/train
+    storage_path: str  # the sweep's folder or its URI (orchestrator.storage); Train runs go to <storage_path>/train
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
@@ -132,21 +139,25 @@ def _job_run_name(cfg: Config, trial_id: str) -> str:
 
 def _open_run(ctx: TrialContext, trial_id: str, name: str, kind: str, tags: dict, params: dict) -> tuple[str, bool]:
     """(id, ended) of the MLflow child run of this Tune trial under ``ctx.parent_run_id`` (a resumed trial
-    continues its own). ``ended``: that run already ended FINISHED (completed, or stopped by ASHA): the trial
-    ended before its driver died and Tune's restored state, saved earlier, did not know it yet. Nothing is to be
-    trained again (a confirmation job reports its result again: :func:`_finished_job_result`)."""
+    continues its own), tagged with the Ray node the trial runs on (``ray.node_id``). ``ended``: that run already
+    ended FINISHED (completed, or stopped by ASHA): the trial ended before its driver died and Tune's restored
+    state, saved earlier, did not know it yet. Nothing is to be trained again (a confirmation job reports its result again: :func:`_finished_job_result`)."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.tracking import log_params, reopen_run, start_run
+    from orchestrator.tracking import log_params, reopen_run, set_tags, start_run
 
     client = MlflowClient(tracking_uri=ctx.tracking_uri)
+    # Where it runs (its last start, if resumed); outside Ray (tests) nothing: asking would start a Ray.
+    node = {NODE_TAG: ray.get_runtime_context().get_node_id()} if ray.is_initialized() else {}
     run = _own_run(client, ctx, trial_id)
     if run is not None:
         if run.info.status == "FINISHED":
             return run.info.run_id, True
         reopen_run(client, run.info.run_id)
+        if node:
+            set_tags(client, run.info.run_id, node)
         return run.info.run_id, False
-    run_id = start_run(client, ctx.experiment_id, name, kind, parent_id=ctx.parent_run_id, tags=tags)
+    run_id = start_run(client, ctx.experiment_id, name, kind, parent_id=ctx.parent_run_id, tags={**tags, **node})
     log_params(client, run_id, params)
     return run_id, False
 
@@ -166,14 +177,22 @@ def _finished_job_result(ctx: TrialContext, trial_id: str, run_id: str, cfg: Con
     job fails."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.finished_job import FinishedJobError, finished_job_result
+    from orchestrator.finished_job import CHECKPOINT_PATH, FinishedJobError, finished_job_result
     from orchestrator.tracking import ERROR, set_tags
+    from orchestrator.train_loop import STUDENT_FILE
 
     client = MlflowClient(tracking_uri=ctx.tracking_uri)
     folders = [ray.tune.get_context().get_storage().trial_fs_path,
                os.path.join(ctx.storage_path, "train", _job_run_name(cfg, trial_id))]
     try:
-        return finished_job_result(client, run_id, cfg.train.epochs, folders)
+        if not storage.is_uri(ctx.storage_path):
+            return finished_job_result(client, run_id, cfg.train.epochs, folders)
+        with tempfile.TemporaryDirectory() as tmp:  # the student files, read here; reported as paths on the storage
+            pairs = storage.checkpoint_files(folders, ctx.storage_path, STUDENT_FILE, Path(tmp))
+            result = finished_job_result(client, run_id, cfg.train.epochs, [local for local, _ in pairs])
+            found = Path(result[CHECKPOINT_PATH])
+            local, remote = next((lo, re) for lo, re in pairs if found.is_relative_to(lo))
+            return {**result, CHECKPOINT_PATH: f"{remote}/{found.relative_to(local).as_posix()}"}
     except FinishedJobError as exc:
         set_tags(client, run_id, {ERROR: str(exc)})
         raise
@@ -193,6 +212,7 @@ def _launch(cfg: Config, ctx: TrialContext, run_id: str, seeds: list[int], *, na
             "seeds": seeds,
             "teachers": ctx.teachers,
             "teacher_outputs": ctx.teacher_outputs,
+            "inputs_uri": storage.inputs_uri(ctx.storage_path),  # what each node downloads once (orchestrator.storage)
             "data_seed": ctx.base["seed"],  # the sweep's split, whatever the training seeds
             "tracking_uri": ctx.tracking_uri,
             "mlflow_run_id": run_id,

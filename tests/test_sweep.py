@@ -164,23 +164,25 @@ HOST = "127.0.0.2"
 
 
 @contextlib.contextmanager
-def ray_cluster(env: dict) -> Iterator[tuple[str, Callable[[], None]]]:
-    """`ray start --head` on loopback with free ports (2 CPUs); yields its address and ``add_node()``, which starts
-    one more node (`ray start --address`) and waits until it is alive. Every node is stopped on exit."""
+def ray_cluster(env: dict, head_cpus: int = 2) -> Iterator[tuple[str, Callable[..., None]]]:
+    """`ray start --head` on loopback with free ports (``head_cpus`` CPUs); yields its address and ``add_node(wrap=(),
+    node_env=None)``, which starts one more node (`ray start --address`, 2 CPUs; run through the command prefix
+    ``wrap``, with its own environment ``node_env``) and waits until it is alive. Every node is stopped on exit."""
     port = _free_port()
     address = f"{HOST}:{port}"
     ray_bin = str(Path(sys.executable).parent / "ray")
     quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     head = [
-        ray_bin, "start", "--head", "--node-ip-address", HOST, "--port", str(port), "--num-cpus", "2",
+        ray_bin, "start", "--head", "--node-ip-address", HOST, "--port", str(port), "--num-cpus", str(head_cpus),
         "--include-dashboard", "true", "--dashboard-host", HOST, "--dashboard-port", str(_free_port()),
+        "--ray-client-server-port", str(_free_port()),  # not the fixed 10001 another test's cluster may hold
         "--temp-dir", f"/tmp/distill-ray-cluster-{port}", "--block",
     ]
     worker = [ray_bin, "start", "--address", address, "--node-ip-address", HOST, "--num-cpus", "2", "--block"]
     nodes = [subprocess.Popen(head, **quiet)]
 
-    def add_node() -> None:
-        nodes.append(subprocess.Popen(worker, **quiet))
+    def add_node(wrap: tuple[str, ...] = (), node_env: dict | None = None) -> None:
+        nodes.append(subprocess.Popen([*wrap, *worker], **{**quiet, "env": node_env or env}))
         _wait_for_nodes(port, len(nodes), env)
 
     try:
@@ -218,7 +220,11 @@ def _wait_for_nodes(port: int, count: int, env: dict, timeout: float = 120) -> N
     )
     deadline = time.time() + timeout
     while time.time() < deadline:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.strip()
+        try:  # ray.init against a head that died retries for minutes
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                 timeout=60).stdout.strip()
+        except subprocess.TimeoutExpired:
+            continue
         if out.splitlines() and out.splitlines()[-1] == str(count):
             return
         time.sleep(2)

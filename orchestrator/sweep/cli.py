@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     where = parser.add_argument_group("where")
     where.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     where.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
-    where.add_argument("--storage-path", help="where Ray writes trial results and checkpoints (default: ./runs)")
+    where.add_argument("--storage-path", help="where Ray writes trial results and checkpoints: a folder (default: ./runs) or a "
+                       "URI (s3://bucket/prefix, gs://..., any pyarrow filesystem) every node can reach; with a URI "
+                       "the driver's own files stay in ./runs")
     return parser
 
 
@@ -88,12 +90,11 @@ def hold_given(cfg: Config, given: list[str]) -> Config:
 def resumed_config(cfg: Config, path: str | None, overrides: list[str], resume: str) -> Config:
     """The config the resumed sweep started with (its ``config.yaml``) under what was given now; anything given
     now that differs from it is a ConfigError naming every differing key. A changed search-space file too."""
-    from pathlib import Path
-
     from orchestrator.search import space_path
+    from orchestrator.storage import local_root
     from orchestrator.sweep.folder import CONFIG_FILE, differing_keys, find_folder, space_changed
 
-    folder = find_folder(Path(cfg.sweep.storage_path or "runs").resolve(), cfg.name, resume)
+    folder = find_folder(local_root(cfg.sweep.storage_path), cfg.name, resume)
     if not (folder / CONFIG_FILE).is_file():  # stopped before it saved its config: nothing to restore
         return cfg
     saved = flatten(to_dict(load_config(folder / CONFIG_FILE)))

@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from orchestrator import cluster, confirm, tracking
+from orchestrator import cluster, confirm, storage, tracking
 from orchestrator.config import confirm_seeds, search_seeds
 from orchestrator.data import DataBundle
 from orchestrator.engine import evaluate_model
@@ -37,7 +37,8 @@ def confirm_winner(client, parent_id: str, summaries, plan: Plan, data: DataBund
         row = next(s for s in summaries if s.number == best.trial)
         for s in seeds:
             best.val[s] = row.best.get(f"seed{s}/{metric}", row.best[metric])
-            path = Path(row.checkpoint_dir) / student_file(s, seeds)
+            folder = storage.local_copy(row.checkpoint_dir, cfg.sweep.storage_path, exp_dir / "checkpoints")
+            path = folder / student_file(s, seeds)
             model = load_model_checkpoint(path, data.num_classes, data.in_channels)
             best.test[s] = evaluate_model(model, data.test, cfg.data.eval_batch_size)["acc1"]
             best.checkpoints[s] = row.checkpoint_dir

@@ -17,7 +17,7 @@ from pathlib import Path
 import mlflow
 import ray
 
-from orchestrator import cluster, confirm, tracking
+from orchestrator import cluster, confirm, storage, tracking
 from orchestrator.config import dump_yaml, flatten, search_seeds, to_dict
 from orchestrator.cost import cost_metrics
 from orchestrator.data import DataBundle
@@ -55,7 +55,7 @@ class SweepRunner:
         parent_tags: dict[str, str] | None = None,
     ):
         self.plan, self.cfg, self.data, self.resume = plan, plan.cfg, data, resume
-        self.storage = Path(self.cfg.sweep.storage_path or "runs").resolve()
+        self.storage = storage.local_root(self.cfg.sweep.storage_path)  # the driver's sweep folders
         self.teachers, self.given_outputs, self.parent_tags = teachers, teacher_outputs, dict(parent_tags or {})
         self.points = paper_points(plan.space, self.cfg) if self.cfg.sweep.paper_defaults else []
 
@@ -125,12 +125,14 @@ class SweepRunner:
         tracking.log_text(client, parent_id, dump_yaml(cfg), "config.yaml")
         save_inputs(exp_dir, dump_yaml(cfg), space_path(cfg.sweep.search_space))  # what --resume restores
         tracking.log_file(client, parent_id, space_path(cfg.sweep.search_space))
+        place = storage.location(cfg.sweep.storage_path, exp_dir)  # exp_dir, or its place under a storage URI
         if self.given_outputs is not None:
             outputs = list(self.given_outputs)
         else:
-            outputs = teacher_outputs.outputs_for(teachers, self.plan, self.data, uri)
+            outputs = teacher_outputs.outputs_for(teachers, self.plan, self.data, uri, storage.inputs_uri(place))
+        trial_teachers, outputs = self._share_inputs(teachers, outputs, place)
         ctx = TrialContext(
-            base=to_dict(cfg), teachers=teachers, teacher_outputs=outputs, storage_path=str(exp_dir),
+            base=to_dict(cfg), teachers=trial_teachers, teacher_outputs=outputs, storage_path=place,
             tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent_id, costs=self._student_costs(),
             data_shape=[self.data.num_classes, self.data.in_channels, self.data.image_size],
         )
@@ -148,6 +150,18 @@ class SweepRunner:
             ended = {r.metrics["trial_id"] for r in results if r.error is None and "trial_id" in (r.metrics or {})}
             tracking.finish_ended_trials(client, experiment_id, parent_id, ended, cfg.train.epochs)
         self._finish(client, parent_id, teachers, results, ctx, exp_dir, state, uri, start)
+
+    @staticmethod
+    def _share_inputs(teachers: list[str], outputs: list[str], place: str) -> tuple[list[str], list[str]]:
+        """The teachers and teacher outputs as trials on any node reach them: as they are for a local storage
+        folder; uploaded under a storage URI otherwise (each node downloads them once: :mod:`orchestrator.storage`)."""
+        shared = storage.inputs_uri(place)
+        if not shared:
+            return teachers, outputs
+        uris, seconds, size = storage.publish_timed([*teachers, *outputs], shared)
+        print(f"trial inputs (teacher, teacher outputs): {size / 2**20:.1f} MiB on this disk, in {shared} after "
+              f"{seconds:.1f} s; each node downloads them once", flush=True)
+        return uris[:len(teachers)], uris[len(teachers):]
 
     def _student_costs(self) -> dict[str, dict]:
         """Every student architecture the space can reach, measured here before any trial runs."""
@@ -196,7 +210,8 @@ class SweepRunner:
                                                exp_dir, state, bool(self.resume))
         chosen = verdict.chosen
         seed = max(chosen.checkpoints, key=lambda s: chosen.val[s])  # the chosen config's best seed on validation
-        student_path = Path(chosen.checkpoints[seed]) / (
+        checkpoint = storage.local_copy(chosen.checkpoints[seed], cfg.sweep.storage_path, exp_dir / "checkpoints")
+        student_path = checkpoint / (
             STUDENT_FILE if verdict.confirmed else student_file(seed, search_seeds(cfg)))
         student = load_model_checkpoint(student_path, data.num_classes, data.in_channels)
 

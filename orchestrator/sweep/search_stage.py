@@ -12,6 +12,7 @@ import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
+from orchestrator import storage
 from orchestrator.config import asha_grace, tpe_startup_trials
 from orchestrator.launcher import in_process
 from orchestrator.plan import Plan
@@ -56,8 +57,9 @@ def search(plan: Plan, points: list, ctx: TrialContext, exp_dir: Path, resume: b
     cfg = plan.cfg
     save_state_before_trials_start()
     trainable = tune_runs.trainable(run_trial, ctx, plan)
-    if resume and tune.Tuner.can_restore(str(exp_dir)):
-        return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
+    place = storage.location(cfg.sweep.storage_path, exp_dir)  # exp_dir, or its place under a storage URI
+    if resume and tune.Tuner.can_restore(place):
+        return tune.Tuner.restore(place, trainable=trainable, resume_unfinished=True,
                                   resume_errored=True).fit()
     concurrency = tune_runs.concurrency(plan)
     print(f"running up to {concurrency} trial(s) at once ({plan.mode_text})", flush=True)

@@ -14,6 +14,7 @@ from dataclasses import replace
 import ray
 import torch
 
+from orchestrator import storage
 from orchestrator.config import Config, from_dict, to_dict
 from orchestrator.data import DataBundle, build_data
 from orchestrator.distill import registry
@@ -26,9 +27,11 @@ from orchestrator.teacher_views import TeacherViews
 from orchestrator.teachers import load_teacher
 
 
-def outputs_for(teachers: list[str], plan: Plan, data: DataBundle, tracking_uri: str | None = None) -> list[str]:
+def outputs_for(teachers: list[str], plan: Plan, data: DataBundle, tracking_uri: str | None = None,
+                inputs: str = "") -> list[str]:
     """Precompute, once, what every objective the space can choose reads from ``teachers``: output files (one
-    per teacher) or view cache folders (one per teacher and seed); [] when the teachers run live.
+    per teacher) or view cache folders (one per teacher and seed); [] when the teachers run live. ``inputs``:
+    the sweep's storage URI for trial inputs (:mod:`orchestrator.storage`), where Ray tasks put the views.
 
     When every field and feature stage they read would exceed ``teacher.cache_max_gb`` on the un-augmented
     split, only the vector fields (logits, embedding) are cached: trials whose objective reads no feature map
@@ -50,23 +53,26 @@ def outputs_for(teachers: list[str], plan: Plan, data: DataBundle, tracking_uri:
         return [] if None in paths else [str(p) for p in paths]
     if choice.kind == "views":  # as many epochs as the longest trial trains
         longest = replace(cfg, train=replace(cfg.train, epochs=plan.max_epochs))
-        return shared_views(teachers, longest, data, choice, tracking_uri)
+        return shared_views(teachers, longest, data, choice, tracking_uri, inputs=inputs)
     if choice.kind == "live" and cfg.data.augment:
         print(f"teacher outputs: live, on every batch of every trial ({choice.reason})", flush=True)
     return []
 
 
 def shared_views(teachers: list[str], cfg: Config, data: DataBundle, choice: TeacherInputs,
-                 tracking_uri: str | None, readers: str = "every trial") -> list[str]:
+                 tracking_uri: str | None, readers: str = "every trial", inputs: str = "") -> list[str]:
     """Build (or find) the view caches of every teacher for ``choice.seeds``; print what they hold and who reads
-    them (``readers``: the sweep's trials, or the ensemble pipeline's distillation stages)."""
+    them (``readers``: the sweep's trials, or the ensemble pipeline's distillation stages). With ``inputs`` (a
+    storage URI) a Ray task, on whichever node, gets the teacher from there and puts its views there."""
     gpu = ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1
     start = time.perf_counter()
     if gpu or not in_process(cfg):
         cpus = max(1, int(cfg.train.cpus_per_worker * cfg.train.num_workers))
         task = ray.remote(num_cpus=0 if gpu else cpus, num_gpus=1 if gpu else 0)(build_teacher_views)
         where = f"{len(teachers)} Ray task(s), one per teacher, on {'a GPU' if gpu else f'{cpus} CPU(s)'}"
-        results = ray.get([task.remote(t, to_dict(cfg), choice, tracking_uri, gpu, cpus) for t in teachers])
+        sources = storage.publish(teachers, inputs) if inputs else teachers
+        results = ray.get([task.remote(t, to_dict(cfg), choice, tracking_uri, gpu, cpus, inputs=inputs)
+                           for t in sources])
     else:
         where = "in this process (one CPU worker per run)"
         results = [build_teacher_views(t, cfg, choice, None, False, None, data) for t in teachers]
@@ -77,7 +83,7 @@ def shared_views(teachers: list[str], cfg: Config, data: DataBundle, choice: Tea
     built = sum(b for _, b, _ in results)
     per_epoch = results[0][2]
     total = sum(b for _, _, b in results) * cfg.train.epochs * len(choice.seeds)
-    what = TeacherViews(folders[0]).meta.stored()
+    what = f"uploaded to {inputs}" if storage.is_uri(folders[0]) else TeacherViews(folders[0]).meta.stored()
     how = f"built {built} epoch(s) of views in {seconds:.1f} s, {where}" if built else "found in the cache"
     print(f"teacher outputs: shared view cache ({what}), seeds {list(choice.seeds)} x {cfg.train.epochs} epochs x "
           f"{len(data.train)} views, {per_epoch / 2**20:.2f} MiB per epoch per seed per teacher, "
@@ -87,9 +93,11 @@ def shared_views(teachers: list[str], cfg: Config, data: DataBundle, choice: Tea
 
 
 def build_teacher_views(teacher: str, cfg, choice: TeacherInputs, tracking_uri: str | None, gpu: bool,
-                        threads: int | None, data: DataBundle | None = None) -> tuple[list[str], int, int] | None:
+                        threads: int | None, data: DataBundle | None = None,
+                        inputs: str = "") -> tuple[list[str], int, int] | None:
     """One teacher's view caches for ``choice.seeds``: (folders, epochs built now, bytes per epoch), or None when
-    they would exceed ``teacher.cache_max_gb`` (the teacher then runs live). Runs in a Ray task or in process."""
+    they would exceed ``teacher.cache_max_gb`` (the teacher then runs live). Runs in a Ray task or in process;
+    with ``inputs`` (a storage URI) the teacher is read from there and the folders returned are their uploads."""
     cfg = from_dict(cfg) if isinstance(cfg, dict) else cfg
     if threads:
         torch.set_num_threads(threads)
@@ -98,7 +106,7 @@ def build_teacher_views(teacher: str, cfg, choice: TeacherInputs, tracking_uri: 
 
         mlflow.set_tracking_uri(tracking_uri)
     data = data or build_data(cfg.data, cfg.seed)
-    model = load_teacher(teacher, data.num_classes, data.in_channels, data.image_size)
+    model = load_teacher(storage.fetch_under([teacher], inputs)[0], data.num_classes, data.in_channels, data.image_size)
     per_epoch = views_bytes(cfg, choice, len(data.train), data.num_classes, int(model.embedding_dim))
     total = per_epoch * cfg.train.epochs * len(choice.seeds)
     if total > cfg.teacher.cache_max_gb * 2**30:
@@ -106,4 +114,5 @@ def build_teacher_views(teacher: str, cfg, choice: TeacherInputs, tracking_uri: 
               f"{cfg.teacher.cache_max_gb:g}): {RUNS_LIVE}", flush=True)
         return None
     folders, built = ensure_views(model, cfg, data, choice.needs, choice.seeds, device="cuda" if gpu else "cpu")
-    return [str(f) for f in folders], built, per_epoch
+    folders = [str(f) for f in folders]
+    return (storage.publish(folders, inputs) if inputs else folders), built, per_epoch

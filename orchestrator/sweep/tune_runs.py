@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ray import tune
 
-from orchestrator import cluster, confirm
+from orchestrator import cluster, confirm, storage
 from orchestrator.launcher import checkpoint_config, in_process
 from orchestrator.plan import Plan
 from orchestrator.ray_compat import save_state_before_trials_start
@@ -29,11 +29,13 @@ def concurrency(plan: Plan) -> int:
 
 
 def run_config(plan: Plan, folder: Path, printer: tune.Callback) -> tune.RunConfig:
-    """Tune's run config for the trials or a stage: storage ``folder``, one progress printer, the
-    failure budget and checkpoint retention of ``train.*``."""
+    """Tune's run config for the trials or a stage: storage ``folder`` (or its place under a URI
+    ``sweep.storage_path``: :mod:`orchestrator.storage`), one progress printer, the failure budget and
+    checkpoint retention of ``train.*``."""
     cfg = plan.cfg
+    parent, name = storage.split(storage.location(cfg.sweep.storage_path, folder))
     return tune.RunConfig(
-        name=folder.name, storage_path=str(folder.parent), verbose=0, callbacks=[printer],
+        name=name, storage_path=parent, verbose=0, callbacks=[printer],
         # In-process trials are restarted by Tune, worker groups by Train (trial.py): same budget.
         failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures if in_process(cfg) else 0,
                                           fail_fast=False),
@@ -47,8 +49,9 @@ def run_jobs(plan: Plan, jobs: list[dict], ctx: TrialContext, folder: Path, resu
     cfg = plan.cfg
     save_state_before_trials_start()  # a job that started is one a restore resumes (orchestrator.ray_compat)
     fn = trainable(run_job, ctx, plan)
-    if resume and tune.Tuner.can_restore(str(folder)):
-        return tune.Tuner.restore(str(folder), trainable=fn, resume_unfinished=True, resume_errored=True).fit()
+    place = storage.location(cfg.sweep.storage_path, folder)
+    if resume and tune.Tuner.can_restore(place):
+        return tune.Tuner.restore(place, trainable=fn, resume_unfinished=True, resume_errored=True).fit()
     tuner = tune.Tuner(
         fn,
         param_space={"job": tune.grid_search(jobs)},
