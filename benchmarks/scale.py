@@ -1,6 +1,6 @@
 """The driver at scale: a sweep of N trials that train almost nothing, and what grows with N.
 
-    python benchmarks/scale.py                      # 1,000 trials (about an hour on 2 loaded cores)
+    python benchmarks/scale.py                      # 1,000 trials (about 40 min on 2 loaded cores)
     python benchmarks/scale.py --num-samples 100    # a short look
     python benchmarks/scale.py --quick              # 5 trials (the smoke test)
     python benchmarks/scale.py --append             # also append the tables to docs/BENCHMARKS.md
@@ -16,8 +16,9 @@ also starts the trial actor, a one-off, reported alone):
 - wall time per finished trial (between consecutive trial completions, as the driver sees them);
 - of which: time inside the trial's MLflow child run (in the trial's actor: data, models, 1 epoch,
   evaluation, checkpoint, logging), and the driver's pieces timed in this process by wrapping them:
-  Tune's experiment-state save before each new trial, Optuna's suggest (TPE) and tell, ASHA, the
-  progress lines; the rest is Tune's event loop, actor reuse and the trial function's set-up before its run;
+  Tune's experiment-state saves (before each new trial, and Tune's own after trial checkpoints), Optuna's
+  suggest (TPE) and tell, ASHA, the progress lines; the rest is Tune's event loop, actor reuse and the trial
+  function's set-up before its run;
 - the driver's RSS (and the Ray processes' RSS) at each tenth of the trials;
 - at the end: the size of the MLflow store, the Optuna journal and the sweep folder, the time of one
   lookup of a trial's own MLflow run among all the sweep's children, and of ``python -m orchestrator.compare``.
@@ -47,10 +48,10 @@ OVERRIDES = [
 ]
 
 
-def rss_bytes(pid: int | None = None) -> int:
-    """Resident set size of ``pid`` (default: this process), from /proc (0 where there is none)."""
+def rss_bytes() -> int:
+    """Resident set size of this process, from /proc (0 where there is none)."""
     try:
-        pages = int(Path(f"/proc/{pid or 'self'}/statm").read_text().split()[1])
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
     except (OSError, ValueError, IndexError):
         return 0
     return pages * os.sysconf("SC_PAGE_SIZE")
@@ -95,7 +96,7 @@ class Recorder:
 
 
 PIECES = {  # label -> (module, owner attribute path, method)
-    "Tune state save (before each new trial)": ("ray.tune.execution.tune_controller", "TuneController", "checkpoint"),
+    "Tune experiment-state saves": ("ray.tune.execution.tune_controller", "TuneController", "checkpoint"),
     "Optuna suggest (TPE)": ("orchestrator.ray_compat", "JournalSearch", "suggest"),
     "Optuna tell": ("ray.tune.search.optuna", "OptunaSearch", "on_trial_complete"),
     "ASHA decision": ("orchestrator.sweep.search_stage", "PaperDefaultsFinish", "on_trial_result"),
@@ -282,7 +283,8 @@ def tables_for(res: dict) -> list[common.Table]:
     sizes.add("MLflow store (SQLite file)", common.fmt_bytes(res["mlflow_db_bytes"]))
     sizes.add("MLflow artifacts", common.fmt_bytes(res["mlflow_artifacts_bytes"]))
     sizes.add("Optuna journal", common.fmt_bytes(res["journal_bytes"]))
-    sizes.add("sweep folder (Tune state, trial folders, checkpoints, journal)", common.fmt_bytes(res["sweep_folder_bytes"]))
+    sizes.add("sweep folder (Tune state, trial folders, checkpoints, journal)",
+              common.fmt_bytes(res["sweep_folder_bytes"]))
     sizes.add("driver RSS before the sweep", common.fmt_bytes(res["rss_before_sweep_bytes"]))
     for row in res["rss"]:
         sizes.add(f"driver RSS / Ray processes' RSS after {row['trials']} trials",

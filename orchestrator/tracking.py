@@ -275,7 +275,8 @@ def _close_children_of(client: MlflowClient, run_id: str, status: str) -> None:
 def child_runs(client: MlflowClient, experiment_id: str, parent_id: str, tags: dict[str, str] | None = None) -> list:
     """The child runs of ``parent_id``; ``tags``: only those with these tag values, filtered by the store (a
     lookup of one child then reads one run, not all of a 1,000-trial sweep's)."""
-    where = " and ".join([f"tags.`{PARENT}` = '{parent_id}'", *(f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items())])
+    where = " and ".join([f"tags.`{PARENT}` = '{parent_id}'",
+                          *(f"tags.`{key}` = '{value}'" for key, value in (tags or {}).items())])
     return client.search_runs([experiment_id], filter_string=where, max_results=10000)
 
 
