@@ -272,8 +272,12 @@ def _close_children_of(client: MlflowClient, run_id: str, status: str) -> None:
     close_open_children(client, experiment_id, run_id, status, CHILD_OUTCOME[status])
 
 
-def child_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> list:
-    return client.search_runs([experiment_id], filter_string=f"tags.`{PARENT}` = '{parent_id}'", max_results=10000)
+def child_runs(client: MlflowClient, experiment_id: str, parent_id: str, tags: dict[str, str] | None = None) -> list:
+    """The child runs of ``parent_id``; ``tags``: only those with these tag values, filtered by the store (a
+    lookup of one child then reads one run, not all of a 1,000-trial sweep's)."""
+    where = " and ".join([f"tags.`{PARENT}` = '{parent_id}'",
+                          *(f"tags.`{key}` = '{value}'" for key, value in (tags or {}).items())])
+    return client.search_runs([experiment_id], filter_string=where, max_results=10000)
 
 
 def close_open_children(client: MlflowClient, experiment_id: str, parent_id: str, status: str, outcome: str) -> int:

@@ -166,8 +166,7 @@ def _own_run(client, ctx: TrialContext, trial_id: str):
     """The MLflow child run of Tune trial ``trial_id`` under ``ctx.parent_run_id``, if it has one."""
     from orchestrator.tracking import child_runs
 
-    return next((r for r in child_runs(client, ctx.experiment_id, ctx.parent_run_id)
-                 if r.data.tags.get("trial_id") == trial_id), None)
+    return next(iter(child_runs(client, ctx.experiment_id, ctx.parent_run_id, {"trial_id": trial_id})), None)
 
 
 def _finished_job_result(ctx: TrialContext, trial_id: str, run_id: str, cfg: Config) -> dict:

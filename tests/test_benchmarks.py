@@ -18,6 +18,7 @@ sys.path.insert(0, str(BENCH))
 import common  # noqa: E402
 import kernels  # noqa: E402
 import memory as memory_bench  # noqa: E402
+import scale  # noqa: E402
 import scaling  # noqa: E402
 import step  # noqa: E402
 import sweep_overhead  # noqa: E402
@@ -155,6 +156,28 @@ def test_sweep_overhead_views_quick(ray_session, tmp_path, monkeypatch, capsys):
     assert sweep_overhead.main(["--quick", "--views", "--no-pieces"]) == 0
     out = capsys.readouterr().out
     assert "live teacher vs shared view cache" in out and "augmented, shared views" in out
+
+
+@pytest.mark.slow
+def test_scale_quick(ray_session, tmp_path, monkeypatch, capsys):
+    """5 tiny trials: every figure of the 1,000-trial benchmark is there and consistent."""
+    import json
+
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    assert scale.main(["--num-samples", "1"]) == 2 and "--num-samples" in capsys.readouterr().err
+    assert scale.main(["--quick", "--json", str(tmp_path / "scale.json")]) == 0
+    res = json.loads((tmp_path / "scale.json").read_text())
+    assert res["num_samples"] == 5 and len(res["raw"]["completions"]) == 5 == res["child_runs"]
+    first, last = res["windows"]
+    assert (first["trials"], last["trials"]) == ("2-2", "5-5")
+    for w in (first, last):
+        assert 0 < w["in_trial_run_s"] <= w["wall_per_trial_s"] and w["Tune experiment-state saves"] > 0
+    assert res["mlflow_db_bytes"] > 0 and res["journal_bytes"] > 0 and res["sweep_folder_bytes"] > 0
+    assert [r["trials"] for r in res["rss"]] == [1, 2, 3, 4, 5] and all(r["driver_bytes"] > 0 for r in res["rss"])
+    assert res["compare_s"] > 0 and 0 < res["own_run_lookup_s"] and 0 < res["own_run_read_all_s"]
+    out = capsys.readouterr().out
+    assert "Driver overhead per trial" in out and "`python -m orchestrator.compare` on the sweep" in out
 
 
 @pytest.mark.slow

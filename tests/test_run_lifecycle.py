@@ -76,3 +76,23 @@ def test_an_error_in_on_finish_fails_the_run_and_its_open_children(store):
     assert run.info.status == "FAILED" and "disk full" in run.data.tags[tracking.ERROR]
     assert client.get_run(child).info.status == "FINISHED"  # closed before on_finish ran: it had ended
     assert_every_run_closed(uri)
+
+
+def test_a_trial_finds_its_own_run_by_a_store_filter(store):
+    """A starting trial looks up its own child run by its Tune trial id: the store filters on the parent and the
+    trial id, so only that run is read (not every child: the per-trial cost grew with the sweep's size)."""
+    from orchestrator.trial import TrialContext, _own_run
+
+    uri, client, exp = store
+    parents = [tracking.start_run(client, exp, f"sweep-{i}", "sweep") for i in range(2)]
+    ids = {(p, t): tracking.start_run(client, exp, f"trial-{t}", "trial", parent_id=p, tags={"trial_id": t})
+           for p in parents for t in ("a_00001", "a_00002")}
+    for parent in parents:
+        ctx = TrialContext(base={}, teachers=[], teacher_outputs=[], storage_path="", tracking_uri=uri,
+                           experiment_id=exp, parent_run_id=parent)
+        assert [_own_run(client, ctx, t).info.run_id for t in ("a_00001", "a_00002")] == [
+            ids[parent, "a_00001"], ids[parent, "a_00002"]]
+        assert _own_run(client, ctx, "a_00003") is None
+    assert len(tracking.child_runs(client, exp, parents[0])) == 2
+    assert [r.info.run_id for r in tracking.child_runs(client, exp, parents[0], {"trial_id": "a_00002"})] == [
+        ids[parents[0], "a_00002"]]
