@@ -37,9 +37,10 @@ On plain tensors, any registered term: `python -c "import torch; from orchestrat
 Stages: every term that reads feature stages takes one selector syntax (names, positions, `last`, slices such
 as `1:`, joined by commas), checked against the student's and teacher's stages before a sweep starts. The
 defaults select what RepDistiller (b84f547) selects on every zoo model: `1:` (its `feat[1:-1]`) for AT, NST,
-KDSVD, VID and AB, `0:` (its `feat[:-1]`) for FSP, `-1` (its `feat[-2]`) for SP and FT; FitNet's `-2` is its
-`--hint_layer 2` on the 4-stage ResNets, WRNs and ShuffleNets and one stage deeper on VGG and MobileNetV2
-(`distill.fitnet.stage=2` reproduces it there; `-2` also works on two-stage models).
+KDSVD, VID and AB, `0:` (its `feat[:-1]`) for FSP, `-1` (its `feat[-2]`) for SP and FT, and the stage named
+`stage2` for FitNet (its `--hint_layer 2`, `feat[2]`: zoo models name their stages `stem, stage1, ...`). Models
+without a stem (the project's CNNs, `tiny_*`, `tv_*`, `timm:*`) name theirs `stage1, stage2, ...`, so FitNet's
+hint is their second stage, which two-stage students have too (a position `2` would not exist there).
 
 AT's power: `|a|^p` as the AT paper writes it (the default); `distill.at.signed=true` takes RepDistiller's
 `a^p` of the signed activation (integer p). Equal at p = 2 (the paper default) and 4; at p = 1 they differ
