@@ -93,13 +93,23 @@ class FitNet(Term):
         super().__init__()
         self.teacher_weights = normalise_weights(teacher_weights, len(teachers))
         self.pairs: list[tuple[int, int]] = []
+        self.hint_shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []  # (student map, teacher map) per teacher
         connectors = []
         for teacher in teachers:
             (s, t) = (self._one(stage, shapes, who) for shapes, who in ((student, "the student"),
                                                                         (teacher, "the teacher")))
             self.pairs.append((s, t))
-            connectors.append(hint_connector(list(student.stages.values())[s], list(teacher.stages.values())[t]))
+            self.hint_shapes.append((tuple(list(student.stages.values())[s]), tuple(list(teacher.stages.values())[t])))
+            connectors.append(hint_connector(*self.hint_shapes[-1]))
         self.connectors = nn.ModuleList(connectors)
+
+    def use_identity_parts(self) -> None:
+        """Identity connectors: the MSE of the hint maps themselves (needs maps of one shape)."""
+        for s_shape, t_shape in self.hint_shapes:
+            if s_shape != t_shape:
+                raise ValueError(f"FitNet: an identity connector needs hint maps of one shape, got student {s_shape} "
+                                 f"and teacher {t_shape}")
+        self.connectors = nn.ModuleList(nn.Identity() for _ in self.connectors)
 
     @staticmethod
     def _one(stage: str, shapes: Shapes, who: str) -> int:
