@@ -73,7 +73,7 @@ def test_one_connector_per_teacher_weighted():
     other = Shapes(20, {"stage1": (5, 8, 8), "stage2": (10, 4, 4)})
     objective = build_term("ce+fitnet", teachers=(TEACHER, other), teacher_weights=[1.0, 3.0])
     term = objective.terms["fitnet"]
-    assert term.pairs == [(1, 2), (1, 0)] and len(term.connectors) == 2
+    assert term.pairs == [(1, 1), (1, 1)] and len(term.connectors) == 2  # stage2 of each model
     student, teachers = outputs(teachers=(TEACHER, other))
     term.eval()  # BatchNorm running statistics: the same value however often it runs
     single = [F.mse_loss(c(student.features[s]), t.features[j]) for c, (s, j), t in zip(term.connectors, term.pairs,
