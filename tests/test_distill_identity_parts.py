@@ -57,7 +57,8 @@ def test_cc_with_identity_heads_is_the_correlation_of_the_embeddings():
     value = evaluate("cc", s, t, identity_parts=True)
     torch.testing.assert_close(value, correlation(s.embedding, t.embedding))
     assert not torch.allclose(evaluate("cc", s, t), value)  # the heads were there before
-    with pytest.raises(ValueError, match="CC: identity heads need embeddings of one size, got student 12 and teacher 20"):
+    with pytest.raises(ValueError, match="CC: identity heads need embeddings of one size, got student 12 and "
+                                         "teacher 20"):
         evaluate("cc", s, _output(1, (4, 8, 8), dim=20), identity_parts=True)
 
 

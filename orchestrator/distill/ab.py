@@ -116,7 +116,7 @@ class AB(ConnectedStages):
         return ab_loss(student, teacher, self.margin)
 
     def use_identity_parts(self) -> None:
-        """Identity connectors: the boundary loss of the student maps themselves (needs maps of the teacher's shapes)."""
+        """Identity connectors: the boundary loss of the student maps themselves (needs the teacher's shapes)."""
         for conn in self.connectors:
             for c in conn:
                 if c.shapes[0] != c.shapes[1]:
