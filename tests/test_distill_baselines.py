@@ -19,9 +19,10 @@ from orchestrator.models.base import Shapes, probe_shapes
 from orchestrator.search import load_space, paper_points
 
 TERMS = ("fitnet", "at", "sp", "cc", "vid", "rkd")
-CRD_PAPER_PAIRS = [  # (teacher, student) of the CRD paper's CIFAR-100 tables that our zoo holds
+CRD_PAPER_PAIRS = [  # (teacher, student) of the CRD paper's CIFAR-100 tables (Tables 1 and 2)
     ("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"), ("resnet110", "resnet20"),
     ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"), ("vgg13", "MobileNetV2"),
+    ("ResNet50", "MobileNetV2"), ("ResNet50", "vgg8"),
     ("resnet32x4", "ShuffleV1"), ("resnet32x4", "ShuffleV2"), ("wrn_40_2", "ShuffleV1"),
 ]
 # RepDistiller scripts/run_cifar_distill.sh (-b) at commit b84f547c5db6a35318d4671d7d5c4de74c822403
@@ -155,9 +156,9 @@ def test_several_teachers_are_weighted(name):
 
 def test_selector_needs_reach_the_teacher_output_cache(digits):
     cfg, data, teacher = digits
-    cfg = apply_overrides(cfg, {"distill.method": "ce+at+fitnet", "train.epochs": 1})
+    cfg = apply_overrides(cfg, {"distill.method": "ce+at+fitnet", "distill.fitnet.stage": "0", "train.epochs": 1})
     needs = registry.teacher_needs(cfg.distill)
-    assert needs.stages == ("1:", "-2")
+    assert needs.stages == ("1:", "0")
     cached = compute_teacher_outputs(teacher, data.train_eval, 256, needs=needs)
     assert sorted(cached.features) == ["stage1", "stage2"] and cached.logits is None
     trainer = Trainer(cfg, data, [], teacher_outputs=[cached])

@@ -5,7 +5,7 @@ Reference: ``HintLoss()(ConvReg(s_shape, t_shape)(f_s), f_t)`` of HobbitLong/Rep
 ``ConvReg`` holding the weights our ``hint_connector`` draws after ``torch.manual_seed(case)``, evaluated in
 float64 (BatchNorm in training mode) on ``maps(case, student_shape, teacher_shape)`` of
 ``tests/baseline_inputs.py``; the term's value is ``100 *`` that for the stage pair (s2, t3) of ``outputs()``
-(stage ``-2`` of each model) with the connector built after ``torch.manual_seed(0)``.
+(``distill.fitnet.stage=-2``) with the connector built after ``torch.manual_seed(0)``.
 """
 
 from __future__ import annotations
@@ -40,8 +40,12 @@ def test_fitnet_matches_repdistiller(case):
     assert F.mse_loss(connector(f_s), f_t).item() == pytest.approx(REFERENCE[case], rel=1e-6)
 
 
+def test_the_default_hint_is_the_stage_named_stage2():
+    assert build_term("ce+fitnet").terms["fitnet"].pairs == [(1, 1)]  # RepDistiller's feat[2] on the zoo
+
+
 def test_the_term_hints_stage_minus_two_at_the_paper_weight():
-    objective = build_term("ce+fitnet")
+    objective = build_term("ce+fitnet", fitnet__stage="-2")
     assert objective.terms["fitnet"].pairs == [(1, 2)] and objective.weights["fitnet"] == 100.0
     student, teachers = outputs()
     value = objective(student, teachers, torch.arange(B) % 10, torch.arange(B))["fitnet"]
@@ -69,7 +73,7 @@ def test_one_connector_per_teacher_weighted():
     other = Shapes(20, {"stage1": (5, 8, 8), "stage2": (10, 4, 4)})
     objective = build_term("ce+fitnet", teachers=(TEACHER, other), teacher_weights=[1.0, 3.0])
     term = objective.terms["fitnet"]
-    assert term.pairs == [(1, 2), (1, 0)] and len(term.connectors) == 2
+    assert term.pairs == [(1, 1), (1, 1)] and len(term.connectors) == 2  # stage2 of each model
     student, teachers = outputs(teachers=(TEACHER, other))
     term.eval()  # BatchNorm running statistics: the same value however often it runs
     single = [F.mse_loss(c(student.features[s]), t.features[j]) for c, (s, j), t in zip(term.connectors, term.pairs,

@@ -24,7 +24,7 @@ REPDISTILLER_PARAMS = {
     "resnet56": 861_620, "resnet110": 1_736_564, "resnet8x4": 1_233_540, "resnet32x4": 7_433_860,
     "wrn_16_1": 180_916, "wrn_16_2": 703_284, "wrn_40_1": 569_780, "wrn_40_2": 2_255_156,
     "vgg8": 3_965_028, "vgg11": 9_277_284, "vgg13": 9_462_180, "vgg16": 14_774_436, "vgg19": 20_086_692,
-    "MobileNetV2": 812_836, "ShuffleV1": 949_258, "ShuffleV2": 1_355_528,
+    "MobileNetV2": 812_836, "ShuffleV1": 949_258, "ShuffleV2": 1_355_528, "ResNet50": 23_705_252,
 }
 ZOO = list(REPDISTILLER_PARAMS)
 
@@ -170,6 +170,8 @@ def zoo_plan(name: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ..
     shuffle_sides = ((32, 16, 8, 4), (28, 14, 7, 4))
     if name.endswith("x4"):
         return (32, 64, 128, 256), *resnet_sides, 256
+    if name == "ResNet50":
+        return (64, 256, 512, 1024, 2048), (32, 32, 16, 8, 4), (28, 28, 14, 7, 4), 2048
     if name.startswith("resnet"):
         return (16, 16, 32, 64), *resnet_sides, 64
     if name.startswith("wrn"):

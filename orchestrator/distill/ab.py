@@ -97,6 +97,7 @@ class Connector(nn.Sequential):
             raise ValueError(f"no connector from a student map {tuple(s_shape)} to a larger teacher map "
                              f"{tuple(t_shape)}; choose other stages (distill.ab.stages)")
         super().__init__(conv, nn.BatchNorm2d(c_t))
+        self.shapes = (tuple(s_shape), tuple(t_shape))
 
 
 class AB(ConnectedStages):
@@ -113,6 +114,15 @@ class AB(ConnectedStages):
 
     def stage_loss(self, student: list[Tensor], teacher: list[Tensor]) -> Tensor:
         return ab_loss(student, teacher, self.margin)
+
+    def use_identity_parts(self) -> None:
+        """Identity connectors: the boundary loss of the student maps themselves (needs the teacher's shapes)."""
+        for conn in self.connectors:
+            for c in conn:
+                if c.shapes[0] != c.shapes[1]:
+                    raise ValueError(f"AB: an identity connector needs maps of one shape, got student {c.shapes[0]} "
+                                     f"and teacher {c.shapes[1]}")
+        self.connectors = nn.ModuleList(nn.ModuleList(nn.Identity() for _ in conn) for conn in self.connectors)
 
     def pre_stage_loss(self, batch: Batch) -> Tensor:
         return self.forward(batch)

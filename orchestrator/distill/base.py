@@ -78,6 +78,16 @@ class Term(nn.Module):
     def pre_stage_loss(self, batch: Batch) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} declares no pre-stage")
 
+    def use_identity_parts(self) -> None:
+        """Replace the learnable parts that the term's loss formula lacks (CC's heads, FitNet's and AB's
+        connectors, FT's paraphraser and translator) by identities, so that on plain tensors it computes the bare
+        formula (checks against a reference). A term without parameters has nothing to replace; one whose parts
+        are its method's own (CRD's heads, VID's regressors, peers) raises ValueError, as do those terms where
+        the shapes do not allow an identity."""
+        if any(True for _ in self.parameters()):
+            raise ValueError(f"{type(self).__name__}'s learnable parts have no identity replacement (they are its "
+                             "method's own, or a knob selects identities, e.g. connectors=none)")
+
     def networks(self) -> dict[str, nn.Module]:
         """Networks this term trains besides the student (peers), by name; they are evaluated too."""
         return {}

@@ -61,6 +61,15 @@ class CC(Term):
         self.heads_s = nn.ModuleList(nn.Linear(student_dim, feat_dim) for _ in teacher_dims)
         self.heads_t = nn.ModuleList(nn.Linear(dim, feat_dim) for dim in teacher_dims)
 
+    def use_identity_parts(self) -> None:
+        """Identity heads: the correlation of the embeddings themselves (needs Ds = Dt)."""
+        for head_s, head_t in zip(self.heads_s, self.heads_t):
+            if head_s.in_features != head_t.in_features:
+                raise ValueError(f"CC: identity heads need embeddings of one size, got student {head_s.in_features} "
+                                 f"and teacher {head_t.in_features}")
+        self.heads_s = nn.ModuleList(nn.Identity() for _ in self.heads_s)
+        self.heads_t = nn.ModuleList(nn.Identity() for _ in self.heads_t)
+
     def forward(self, batch: Batch) -> Tensor:
         if len(batch.teachers) != len(self.heads_t):
             raise ValueError(f"CC was built for {len(self.heads_t)} teacher(s), got {len(batch.teachers)}")

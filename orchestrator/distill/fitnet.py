@@ -8,6 +8,11 @@ student map is twice the teacher's height, stride-2 transposed 4x4 conv when it 
 refused when the term is built. FitNets' first stage (training the student up to the hint with the
 connector alone) is the optional pre-stage ``hint_epochs``; RepDistiller's CIFAR runs skip it (0).
 With M teachers: one connector per teacher, the M errors weighted by the teacher weights.
+
+The default hint stage is the stage named ``stage2``: RepDistiller's ``--hint_layer 2`` (``feat[2]``) on every
+zoo model, whose stages are ``stem, stage1, ...`` (its ``feat[0]`` is our stem), and the second stage of
+models without a stem (the project's CNNs, ``tiny_*``, ``tv_*``, ``timm:*``), so that two-stage students have
+it too; a position such as ``2`` would be absent there.
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ from orchestrator.distill.stages import check_selector, positions
 from orchestrator.models.base import Shapes
 
 # The paper's settings (RepDistiller scripts/run_cifar_distill.sh, FitNet: --distill hint -a 0 -b 100, and
-# train_student.py's --hint_layer 2 = our stage -2 on the CIFAR ResNets; at commit
+# train_student.py's --hint_layer 2 = feat[2] = our stage named stage2 on every zoo model; at commit
 # b84f547c5db6a35318d4671d7d5c4de74c822403), as config keys.
-PAPER_DEFAULTS = {"distill.gamma": 1.0, "distill.fitnet.weight": 100.0, "distill.fitnet.stage": "-2",
+HINT_STAGE = "stage2"
+PAPER_DEFAULTS = {"distill.gamma": 1.0, "distill.fitnet.weight": 100.0, "distill.fitnet.stage": HINT_STAGE,
                   "distill.fitnet.hint_epochs": 0}
 STAGE_KEY = "distill.fitnet.stage"
 
@@ -36,9 +42,10 @@ STAGE_KEY = "distill.fitnet.stage"
 @dataclass
 class FitNetKnobs:
     """``distill.fitnet.*``: the hint stage (a selector picking one stage of each model, see
-    ``distill/stages.py``), the hint pre-stage's epochs and the term's weight."""
+    ``distill/stages.py``; default ``stage2``, see the module docstring), the hint pre-stage's epochs and the
+    term's weight."""
 
-    stage: str = "-2"  # the hint stage, one of each model: a stage selector (distill/stages.py)
+    stage: str = HINT_STAGE  # the hint stage, one of each model: a stage selector (distill/stages.py)
     hint_epochs: int = 0  # pre-stage epochs training the student up to the hint with the connector alone; 0 = none
     weight: float = 100.0  # the term's weight
 
@@ -82,17 +89,27 @@ class FitNet(Term):
     """
 
     def __init__(self, student: Shapes, teachers: Sequence[Shapes], teacher_weights: Sequence[float] | None = None,
-                 stage: str = "-2"):
+                 stage: str = HINT_STAGE):
         super().__init__()
         self.teacher_weights = normalise_weights(teacher_weights, len(teachers))
         self.pairs: list[tuple[int, int]] = []
+        self.hint_shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []  # (student map, teacher map) per teacher
         connectors = []
         for teacher in teachers:
             (s, t) = (self._one(stage, shapes, who) for shapes, who in ((student, "the student"),
                                                                         (teacher, "the teacher")))
             self.pairs.append((s, t))
-            connectors.append(hint_connector(list(student.stages.values())[s], list(teacher.stages.values())[t]))
+            self.hint_shapes.append((tuple(list(student.stages.values())[s]), tuple(list(teacher.stages.values())[t])))
+            connectors.append(hint_connector(*self.hint_shapes[-1]))
         self.connectors = nn.ModuleList(connectors)
+
+    def use_identity_parts(self) -> None:
+        """Identity connectors: the MSE of the hint maps themselves (needs maps of one shape)."""
+        for s_shape, t_shape in self.hint_shapes:
+            if s_shape != t_shape:
+                raise ValueError(f"FitNet: an identity connector needs hint maps of one shape, got student {s_shape} "
+                                 f"and teacher {t_shape}")
+        self.connectors = nn.ModuleList(nn.Identity() for _ in self.connectors)
 
     @staticmethod
     def _one(stage: str, shapes: Shapes, who: str) -> int:

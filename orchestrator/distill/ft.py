@@ -116,6 +116,13 @@ class FT(Term):
         self.translators = nn.ModuleList(translator(student_channels, k) for k in widths)
         self.teacher_weights = normalise_weights(teacher_weights, len(self.t_pos))
 
+    def use_identity_parts(self) -> None:
+        """Identity translator and paraphraser: the factor loss of the two maps themselves (RepDistiller's
+        ``FactorTransfer()(f_s, f_t)``; any channel counts, the larger map pooled); the pre-stage loss is then 0."""
+        self.translators = nn.ModuleList(nn.Identity() for _ in self.translators)
+        for para in self.paraphrasers:
+            para.encoder, para.decoder = nn.Identity(), nn.Identity()
+
     def _check(self, batch: Batch) -> None:
         if len(batch.teachers) != len(self.t_pos):
             raise ValueError(f"FT was built for {len(self.t_pos)} teacher(s), got {len(batch.teachers)}")

@@ -32,7 +32,8 @@ def shapes_of(out: ModelOutput) -> Shapes:
 
 
 def evaluate(name: str, student: Outputs, teachers: Outputs | Sequence[Outputs] = (), labels: Tensor | None = None,
-             teacher_weights: Sequence[float] | None = None, seed: int = 0, **knobs) -> Tensor:
+             teacher_weights: Sequence[float] | None = None, seed: int = 0, identity_parts: bool = False,
+             **knobs) -> Tensor:
     """The unweighted value of registered term ``name`` (a scalar) on one batch.
 
     student, teachers: ModelOutputs, or logits (B, C) alone; one teacher or several.
@@ -40,6 +41,10 @@ def evaluate(name: str, student: Outputs, teachers: Outputs | Sequence[Outputs] 
     knobs: the term's ``distill.<name>.*`` settings (checked as in a config; e.g. ``temperature=4.0``).
     Built with torch's seed ``seed`` (learnable parts such as heads or connectors start from it) and the batch
     as the whole training set (memory banks hold B rows).
+    identity_parts: replace the learnable parts the loss formula lacks (CC's heads, FitNet's and AB's
+    connectors, FT's paraphraser and translator) by identities, so the value is the bare formula on the given
+    tensors (``Term.use_identity_parts``; ValueError where the shapes do not allow it or the parts are the
+    method's own, e.g. CRD's heads).
     """
     spec = term_spec(name)
     s = as_output(student)
@@ -53,4 +58,6 @@ def evaluate(name: str, student: Outputs, teachers: Outputs | Sequence[Outputs] 
                       tuple(w / sum(weights) for w in weights) if t else (), labels, seed)
     torch.manual_seed(seed)
     built = spec.build(ctx, spec.knobs(**knobs) if spec.knobs else None)
+    if identity_parts:
+        built.use_identity_parts()
     return built(Batch(s, t, labels, torch.arange(batch_size)))

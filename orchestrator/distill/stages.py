@@ -11,7 +11,8 @@ so a term's stage knob is a *selector*, resolved against each model's stage name
 
 The picked stages come back in the model's order, each once. Our stage lists are RepDistiller's
 feature lists without their last entry (the pooled vector, our ``embedding``), so its ``feat[1:-1]``
-is the selector ``1:``, its ``feat[-2]`` is ``-1`` and its ``hint_layer=2`` on a ResNet is ``-2``.
+is the selector ``1:``, its ``feat[-2]`` is ``-1`` and its ``feat[2]`` (FitNet's ``hint_layer=2``) is ``2`` or,
+by name, ``stage2`` (zoo models name their stages ``stem, stage1, ...``).
 Selectors may stand in ``Needs.stages``; the teacher-output cache resolves them with :func:`select`.
 """
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from orchestrator.models import (  # noqa: F401  (registers)
-    cnn, mobilenetv2, resnet, shufflenet, timm_adapter, tiny, torchvision_adapter, vgg, wrn,
+    cnn, mobilenetv2, resnet, resnet50, shufflenet, timm_adapter, tiny, torchvision_adapter, vgg, wrn,
 )
 from orchestrator.models.base import ModelOutput, build_model, model_names, register_model
 

@@ -65,6 +65,7 @@ class Renormalize(nn.Module):
         super().__init__()
         self.model = model
         self.embedding_dim = model.embedding_dim
+        self.stage_names = tuple(getattr(model, "stage_names", ()) or ())  # selectors name the wrapped model's stages
         d_mean, d_std = _per_channel(data_mean, channels), _per_channel(data_std, channels)
         m, s = _per_channel(mean, channels), _per_channel(std, channels)
         self.register_buffer("scale", d_std / s, persistent=False)
