@@ -1,6 +1,6 @@
 """A deployment budget on a student's cost, e.g. ``cost/latency_ms <= 0.02`` or ``macs <= 2e6``.
 
-Pure parsing and checks; the sweep does not use them yet (budget mode is still to be wired).
+Pure parsing and checks (no torch): config validation parses ``sweep.budget`` with them.
 """
 
 from __future__ import annotations
@@ -9,15 +9,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from orchestrator.cost import METRICS
+from orchestrator.cost_metrics import ALIASES, METRICS
 
-ALIASES = {m.split("/", 1)[1]: m for m in METRICS.values()}  # "macs" -> "cost/macs", ...
 _FORM = re.compile(r"^\s*([\w/.]+)\s*<=\s*([0-9.eE+-]+)\s*$")
 
 
 @dataclass(frozen=True)
 class Budget:
-    """``metric <= limit`` (metric: one of :data:`orchestrator.cost.METRICS`' values)."""
+    """``metric <= limit`` (metric: one of :data:`orchestrator.cost_metrics.METRICS`' values)."""
 
     metric: str
     limit: float

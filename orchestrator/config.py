@@ -154,6 +154,11 @@ class SweepConfig:
     tpe_startup_trials: int | None = None  # finished trials before TPE models them; None -> half, 2 to 10
     metric: str = "val/acc1"
     mode: str = "max"
+    # several objectives: 'metric:mode' items, sweep.metric:sweep.mode first, then cost metrics to minimise,
+    # e.g. [val/acc1:max, cost/latency_ms:min] (multi-objective search); null/[] = the single sweep.metric
+    objectives: list[Any] | None = None
+    # budget mode, e.g. 'cost/latency_ms <= 0.02' or 'macs <= 2e6': the most accurate student within it
+    budget: str | None = None
     asha: AshaConfig = field(default_factory=AshaConfig)
     storage_path: str | None = None  # None -> ./runs (made absolute)
     resume: bool = False
@@ -162,6 +167,12 @@ class SweepConfig:
     # keys held at their configured value, taken out of the search space: filled with the keys the space
     # samples or fixes that were given on the command line or in --config (never replaced silently)
     held_keys: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.objectives is not None:  # YAML's {metric: mode} items as 'metric:mode' text
+            from orchestrator.sweep.objectives import objective_text
+
+            self.objectives = [objective_text(item) for item in self.objectives]
 
 
 @dataclass
@@ -521,6 +532,26 @@ def _check_student_knobs(model: ModelConfig) -> None:
                                                       f"{takes or 'no size knobs'}")
 
 
+def _check_objectives(sw: SweepConfig) -> None:
+    """``sweep.objectives`` (accuracy first, then costs) and ``sweep.budget`` (one cost metric <= a limit)."""
+    from orchestrator.budget import parse_budget
+    from orchestrator.sweep.objectives import parse_objectives  # pure parsing (no torch)
+
+    try:
+        objectives = parse_objectives(sw.objectives or [], sw.metric, sw.mode)
+    except ValueError as exc:
+        raise ConfigError("sweep.objectives", sw.objectives, str(exc)) from None
+    if sw.budget is None:
+        return
+    try:
+        parse_budget(sw.budget)
+    except ValueError as exc:
+        raise ConfigError("sweep.budget", sw.budget, str(exc)) from None
+    _check(len(objectives) <= 1, "sweep.budget", sw.budget,
+           "null when sweep.objectives has several entries (budget mode maximises sweep.metric within the "
+           "budget; a front is searched without one)")
+
+
 def validate(cfg: Config) -> None:
     """Check every value that has a constraint; raise ConfigError on the first bad one."""
     d, t, ds, tr, sw = cfg.data, cfg.teacher, cfg.distill, cfg.train, cfg.sweep
@@ -585,6 +616,7 @@ def validate(cfg: Config) -> None:
            "an integer >= 2 (an interval needs two seeds); or set sweep.confirm.top_k=0")
     _check(0.5 <= sw.confirm.level < 1.0, "sweep.confirm.level", sw.confirm.level, "a confidence level in [0.5, 1)")
     _check(sw.mode in ("max", "min"), "sweep.mode", sw.mode, "'max' or 'min'")
+    _check_objectives(sw)
     _positive("sweep.asha.grace_period", sw.asha.grace_period, allow_none=True)
     _check(sw.asha.reduction_factor >= 2, "sweep.asha.reduction_factor", sw.asha.reduction_factor, "an integer >= 2")
     _check(

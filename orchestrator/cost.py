@@ -22,14 +22,12 @@ import torch
 
 from orchestrator.atomic_files import write_json_atomic
 from orchestrator.convert import to_onnx
+from orchestrator.cost_metrics import METRICS
 from orchestrator.export import latency_ms, predictor
 from orchestrator.models import build_model, describe_model
 
 BATCH_REPEATS = {1: 200, 64: 20}  # timed calls per batch size (after WARMUP untimed ones)
 WARMUP = 10
-# cost record field -> MLflow metric / leaderboard column
-METRICS = {"params": "cost/params", "macs": "cost/macs", "latency_ms_b1": "cost/latency_ms",
-           "latency_ms_b64": "cost/latency_ms_b64"}
 
 
 def machine() -> str:
