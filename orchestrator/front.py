@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.budget import Budget
-from orchestrator.confirm import Candidate, alone_for, fmt, from_trial, optimiser_params
-from orchestrator.cost import METRICS
+from orchestrator.confirm import Candidate, alone_for, fmt, from_trial
+from orchestrator.cost_metrics import METRICS
 from orchestrator.leaderboard import TrialSummary
 from orchestrator.pareto import pareto_front, spread
 from orchestrator.search import PaperPoint
@@ -59,8 +59,8 @@ def spec_of(objectives: Mapping[str, str] | None, budget: Budget | None, metric:
 
 def select(summaries: Sequence[TrialSummary], points: Sequence[PaperPoint], spec: FrontSpec, top_k: int,
            cost_of: Callable[[dict], Mapping[str, float]], baseline: bool = True) -> list[Candidate]:
-    """The configs to confirm, cheapest first, then their students alone (``baseline``; one per distinct
-    architecture and optimiser settings, linked to each config sharing them). Only completed trials count (a
+    """The configs to confirm, cheapest first, then their students alone (``baseline``: each config's
+    architecture and optimiser settings, :func:`orchestrator.confirm.optimiser_params`, trained with CE). Only completed trials count (a
     trial stopped early was scored on fewer epochs); a config searched twice counts once, at its best.
     ``cost_of``: a trial's sampled params -> its student's ``cost/*`` metrics. Raises NoStudentFits when a
     budget leaves nothing, ValueError when no trial completed."""
@@ -84,16 +84,17 @@ def select(summaries: Sequence[TrialSummary], points: Sequence[PaperPoint], spec
                                 f"{done[cheapest].number}, has {spec.budget.metric} = {rows[cheapest][spec.budget.metric]:g}")
         sign = 1 if spec.accuracy_mode == "max" else -1
         picked = [max(fits, key=lambda i: (sign * rows[i][spec.accuracy], -rows[i][spec.cost], -i))]
-    else:
-        picked = spread(rows, pareto_front(rows, spec.objectives), spec.cost, top_k)
+    else:  # a tie in both objectives (e.g. two configs of one student scoring alike) is confirmed once: the earlier
+        front = pareto_front(rows, spec.objectives)
+        distinct = [i for n, i in enumerate(front)
+                    if all(rows[j][spec.accuracy] != rows[i][spec.accuracy] or rows[j][spec.cost] != rows[i][spec.cost]
+                           for j in front[:n])]
+        picked = spread(rows, distinct, spec.cost, top_k)
     chosen = [from_trial(done[i], points, spec.accuracy) for i in picked]
     if not baseline:
         return chosen
-    groups: dict[str, list[Candidate]] = {}
-    for c in chosen:
-        groups.setdefault(repr(sorted(optimiser_params(c.params).items())), []).append(c)
-    alones = [alone_for(group, label=f"{' + '.join(c.label.split(' (')[0] for c in group)} alone") for group in groups.values()]
-    return chosen + alones
+    # Points differ in cost, so in architecture: each has its own student alone.
+    return chosen + [alone_for([c], label=f"{c.label.split(' (')[0]} alone") for c in chosen]
 
 
 def _better(a: float, b: float, mode: str) -> bool:
@@ -187,7 +188,7 @@ def table(points: Sequence[FrontPoint], spec: FrontSpec, seeds: Sequence[int], t
             f"the accuracy-vs-cost front ({spec.accuracy} {spec.accuracy_mode}, {spec.cost} min)")
     lines = [f"== {what}: re-trained on fresh seeds [{', '.join(map(str, seeds))}], each paired with the same "
              "architecture trained alone ==",
-             f"  {'architecture':<34} {'params':>10} {'M MACs':>8} {'ms/img':>8}  {'test acc1 %':>14}  "
+             f"  {'architecture':<40} {'params':>10} {'M MACs':>8} {'ms/img':>8}  {'test acc1 %':>14}  "
              f"{'alone %':>14}   gain over alone [95% CI]",
              _row(" ", f"teacher {teacher['label']}", teacher, f"{100 * teacher['test_acc1']:.2f}", "", "(reference)")]
     for i, p in enumerate(points, 1):
@@ -202,7 +203,7 @@ def table(points: Sequence[FrontPoint], spec: FrontSpec, seeds: Sequence[int], t
 
 def _row(mark: str, name: str, cost: Mapping[str, Any], test: str, alone: str, gain: str) -> str:
     params, macs, ms = (cost.get(k) for k in ("cost/params", "cost/macs", "cost/latency_ms"))
-    return (f"{mark} {name:<34} {'' if params is None else f'{int(params):,}':>10} "
+    return (f"{mark} {name:<40} {'' if params is None else f'{int(params):,}':>10} "
             f"{'' if macs is None else f'{macs / 1e6:.3f}':>8} {'' if ms is None else f'{ms:.4f}':>8}  "
             f"{test:>14}  {alone:>14}   {gain}")
 

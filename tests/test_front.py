@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from orchestrator.budget import parse_budget
@@ -56,24 +60,18 @@ def test_select_confirms_the_pareto_front_of_completed_trials_cheapest_first():
 def test_ties_are_kept_and_a_long_front_is_spread_along_the_cost():
     trials = [t for t in TRIALS if t.number != 8]
     distilled = [c.trial for c in select(trials, [], SPEC, top_k=10, cost_of=_cost) if c.role != "alone"]
-    assert distilled == [5, 2, 3, 0]  # the tie 2/3 (equal in both objectives) is not dominated
+    assert distilled == [5, 2, 0]  # the tie 2/3 (equal in both objectives) is not dominated: confirmed once
     capped = [c.trial for c in select(trials, [], SPEC, top_k=2, cost_of=_cost) if c.role != "alone"]
     assert capped == [5, 0]  # both ends of the front
-    capped = [c.trial for c in select(trials, [], SPEC, top_k=3, cost_of=_cost) if c.role != "alone"]
-    assert capped[0] == 5 and capped[-1] == 0 and len(capped) == 3
+    longer = trials + [_trial(9, 2.0, 0.93), _trial(10, 0.25, 0.79, lr=0.3)]  # 9 extends the front; 10 is dominated
+    assert [c.trial for c in select(longer, [], SPEC, top_k=10, cost_of=_cost) if c.role != "alone"] == [5, 2, 0, 9]
+    capped = [c.trial for c in select(longer, [], SPEC, top_k=3, cost_of=_cost) if c.role != "alone"]
+    assert capped == [5, 2, 9] or capped == [5, 0, 9]  # both ends, one between
 
 
-def test_configs_sharing_architecture_and_lr_share_one_alone():
-    trials = [_trial(0, 1.0, 0.90), _trial(1, 0.5, 0.86),
-              TrialSummary(2, "t2", "completed", 2, {"val/acc1": 0.86},
-                           {"model.student_width": 0.5, "distill.method": "dkd", "train.lr": 0.1}, "/c")]
-    cands = select(trials, [], SPEC, top_k=5, cost_of=_cost)
-    alones = [c for c in cands if c.role == "alone"]
-    assert len(alones) == 2
-    shared = next(a for a in alones if a.params["model.student_width"] == 0.5)
-    assert shared.label == "trial 1 + trial 2 alone"
-    assert [c.alone for c in cands if c.trial in (1, 2)] == [shared, shared]
-    assert all(c.role != "alone" for c in select(trials, [], SPEC, top_k=5, cost_of=_cost, baseline=False))
+def test_without_baseline_no_alone_is_trained():
+    assert all(c.role != "alone" and c.alone is None
+               for c in select(TRIALS, [], SPEC, top_k=5, cost_of=_cost, baseline=False))
 
 
 def test_budget_mode_picks_the_most_accurate_trial_within_the_budget():
@@ -134,3 +132,69 @@ def test_confirmed_points_carry_cost_gain_and_the_confirmed_front(tmp_path):
     line = budget_line(points[0], parse_budget("latency_ms <= 0.02"))
     assert line.startswith("Within cost/latency_ms <= 0.02: cnn_student_small[width=0.25] (trial 5;")
     assert "over the same architecture alone: +3.00 points" in line
+
+
+FRONT_SPACE = str(Path(__file__).parent / "data" / "tiny_front_space.yaml")
+
+
+@pytest.mark.slow
+def test_a_tiny_compress_sweep_ends_with_a_confirmed_front(ray_session, isolated_cache, tmp_path, monkeypatch, capsys):
+    """Digits through Ray Tune + Ray Train: the front of a 1/2-channel and a 16/32-channel student, each point
+    re-trained on 2 fresh seeds with its architecture alone, exported to ONNX, logged and registered."""
+    import onnxruntime
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.sweep.cli import main
+    from test_sweep import runs_by_kind, tiny_args
+
+    monkeypatch.chdir(tmp_path)
+    args = tiny_args(tmp_path, f"sweep.search_space={FRONT_SPACE}", "sweep.objectives=[val/acc1:max,cost/macs:min]",
+                     "sweep.confirm.top_k=3", samples=4)
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    print(out)  # shown if an assertion fails
+    assert "the accuracy-vs-cost front (val/acc1 max, cost/macs min): re-trained on fresh seeds [1, 2]" in out
+    assert "teacher tiny_teacher" in out and "(reference)" in out
+    exp_dir = next((tmp_path / "runs").glob("tiny-*"))
+    summary = json.loads((exp_dir / "summary.json").read_text())
+    section = summary["front"]
+    points = section["points"]
+    assert len(points) >= 2 and section["objectives"] == {"val/acc1": "max", "cost/macs": "min"}
+    assert [p["arch"] for p in points] == ["tiny_student[width=0.125]", "tiny_student[width=2.0]"]
+    assert section["teacher"]["cost/macs"] >= points[-1]["cost/macs"] > points[0]["cost/macs"]  # tiny_teacher = width 2
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    kinds = runs_by_kind(uri)
+    (parent,) = kinds["sweep"]
+    confirm_jobs = kinds["confirm"]
+    point_runs = {r.data.tags["front_point"]: r for r in kinds["front"]}
+    versions = {v.version: v for v in client.search_model_versions("name='distill-student'")}
+    for i, p in enumerate(points, 1):
+        # its alone pair: the same architecture, CE only, trained on the same fresh seeds
+        assert p["seeds"] == [1, 2] and sorted(p["alone_test"]) == ["1", "2"]  # JSON keys
+        alone_runs = [r for r in confirm_jobs if r.data.tags["config_label"] == p["alone_label"]]
+        assert {r.data.tags["seed"] for r in alone_runs} == {"1", "2"}
+        assert all(r.data.params["distill.method"] == "ce" and r.data.tags["cost.arch"] == p["arch"] for r in alone_runs)
+        assert p["gain_vs_alone"]["n"] == 2 and p["gain_vs_alone"]["low"] is not None
+        # its ONNX file: parity checked when written, and it runs
+        onnx_path = Path(p["onnx"])
+        assert onnx_path.parent == exp_dir / "front" and onnx_path.name.startswith(f"{i}-")
+        session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        assert session.run(None, {"images": np.zeros((2, 1, 8, 8), np.float32)})[0].shape == (2, 10)
+        # its MLflow child run and registered version, tagged with cost and accuracy
+        run = point_runs[str(i)]
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["arch"] == p["arch"] and run.data.metrics["cost/macs"] == p["cost/macs"]
+        assert run.data.metrics["test_acc1_mean"] == pytest.approx(p["test_mean"])
+        assert f"export/{onnx_path.name}" in {a.path for a in client.list_artifacts(run.info.run_id, "export")}
+        version = versions[p["registered_version"]]
+        assert version.tags["arch"] == p["arch"] and float(version.tags["cost/macs"]) == p["cost/macs"]
+        assert float(version.tags["test_acc1_mean"]) == pytest.approx(p["test_mean"], abs=1e-6)
+        assert version.tags["gain_vs_alone_significant"] in ("true", "false") and "gain_vs_alone_interval" in version.tags
+        assert parent.data.metrics[f"front/{i}/test_acc1_mean"] == pytest.approx(p["test_mean"])
+        assert f"front/{i}/gain_vs_alone_low" in parent.data.metrics and parent.data.tags[f"front.{i}.arch"] == p["arch"]
+    assert len({p["registered_version"] for p in points}) == len(points)  # one version per point, none twice
+    assert summary["best_params"] in [p["params"] for p in points]  # the chosen (most accurate) point
+    assert (exp_dir / "front.png").stat().st_size > 10_000
+    assert "front.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "front/teacher/test_acc1" in parent.data.metrics and "front/teacher/cost/macs" in parent.data.metrics

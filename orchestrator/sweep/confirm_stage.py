@@ -28,16 +28,16 @@ def confirm_winner(client, parent_id: str, summaries, plan: Plan, data: DataBund
                    cost_of: Callable[[dict], Mapping[str, float]] | None = None) -> confirm.Verdict:
     """Re-train the best configs (+ best paper default + student alone) on fresh seeds; or, with
     ``sweep.confirm.top_k=0``, test the best trial's students and train the student alone on the search seeds.
-    With ``front_spec`` (a cost objective or a budget, and top_k > 0) the candidates are the front's
+    With ``front_spec`` (a cost objective with top_k > 0, or a budget) the candidates are the front's
     (:func:`orchestrator.front.select`; ``cost_of``: sampled params -> ``cost/*`` metrics), each with its own
     architecture alone; the winner is still the best on mean validation accuracy."""
     cfg = plan.cfg
     metric, mode, top_k = cfg.sweep.metric, cfg.sweep.mode, cfg.sweep.confirm.top_k
     confirmed = top_k > 0
     seeds = confirm_seeds(cfg) if confirmed else search_seeds(cfg)
-    if front_spec is not None and confirmed:
+    if front_spec is not None and (confirmed or front_spec.budget is not None):  # unconfirmed: the budget still holds
         try:
-            cands = front.select(summaries, points, front_spec, top_k, cost_of, cfg.sweep.baseline)
+            cands = front.select(summaries, points, front_spec, max(top_k, 1), cost_of, cfg.sweep.baseline)
         except ValueError as exc:  # NoStudentFits included
             raise SweepError(str(exc)) from exc
     else:

@@ -52,7 +52,8 @@ def publish(client, parent_id: str, cfg: Config, fixed: Mapping[str, Any], data:
         tags.update({f"front.{i}.arch": p.arch, f"front.{i}.config": p.cand.label,
                      f"front.{i}.significant": p.tags().get("gain_vs_alone_significant", "n/a")})
     plot = plot_front(points, teacher, verdict.seeds, exp_dir / "front.png",
-                      f"the most accurate student within {spec.budget}" if spec.budget else "accuracy vs latency front")
+                      f"the most accurate student within {spec.budget}" if spec.budget
+                      else f"the front over {spec.accuracy} ({spec.accuracy_mode}) and {spec.cost} (min)")
     tracking.log_metrics(client, parent_id, metrics, step=0)
     tracking.set_tags(client, parent_id, {"front.points": str(len(points)), **tags})
     tracking.log_file(client, parent_id, plot)

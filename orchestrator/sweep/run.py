@@ -26,7 +26,7 @@ from orchestrator.leaderboard import best_summary, summarise, to_frame
 from orchestrator.plan import Plan
 from orchestrator.search import paper_points, sampled_keys, space_path
 from orchestrator.stats import mean_sd
-from orchestrator.sweep import confirm_stage, front_stage, search_stage, teacher_outputs
+from orchestrator.sweep import confirm_stage, front_stage, objectives, search_stage, teacher_outputs
 from orchestrator.sweep.costs import measure_students, params_cost, reachable_students
 from orchestrator.sweep.errors import SweepError
 from orchestrator.sweep.folder import open_folder, record_state, save_inputs
@@ -169,7 +169,7 @@ class SweepRunner:
     def _front_spec(self) -> front.FrontSpec | None:
         """The front the sweep confirms (a cost objective or a budget), or None (the top-k confirmation)."""
         sw = self.cfg.sweep
-        return front.spec_of(getattr(sw, "objectives", None), getattr(sw, "budget", None), sw.metric, sw.mode)
+        return front.spec_of(objectives.resolve(self.cfg), objectives.budget_of(self.cfg), sw.metric, sw.mode)
 
     def _local_cpus(self) -> int | None:
         if self.cfg.ray.num_cpus:
