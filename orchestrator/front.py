@@ -60,8 +60,9 @@ def spec_of(objectives: Mapping[str, str] | None, budget: Budget | None, metric:
 def select(summaries: Sequence[TrialSummary], points: Sequence[PaperPoint], spec: FrontSpec, top_k: int,
            cost_of: Callable[[dict], Mapping[str, float]], baseline: bool = True) -> list[Candidate]:
     """The configs to confirm, cheapest first, then their students alone (``baseline``: each config's
-    architecture and optimiser settings, :func:`orchestrator.confirm.optimiser_params`, trained with CE). Only completed trials count (a
-    trial stopped early was scored on fewer epochs); a config searched twice counts once, at its best.
+    architecture and optimiser settings, :func:`orchestrator.confirm.optimiser_params`, trained with CE).
+    Only completed trials count (a trial stopped early was scored on fewer epochs); a config searched twice
+    counts once, at its best.
     ``cost_of``: a trial's sampled params -> its student's ``cost/*`` metrics. Raises NoStudentFits when a
     budget leaves nothing, ValueError when no trial completed."""
     best: dict[str, TrialSummary] = {}
@@ -80,8 +81,9 @@ def select(summaries: Sequence[TrialSummary], points: Sequence[PaperPoint], spec
         fits = [i for i, row in enumerate(rows) if spec.budget.fits(row)]
         if not fits:
             cheapest = min(range(len(rows)), key=lambda i: rows[i][spec.budget.metric])
+            value = rows[cheapest][spec.budget.metric]
             raise NoStudentFits(f"no student fits {spec.budget}: the cheapest completed trial, trial "
-                                f"{done[cheapest].number}, has {spec.budget.metric} = {rows[cheapest][spec.budget.metric]:g}")
+                                f"{done[cheapest].number}, has {spec.budget.metric} = {value:g}")
         sign = 1 if spec.accuracy_mode == "max" else -1
         picked = [max(fits, key=lambda i: (sign * rows[i][spec.accuracy], -rows[i][spec.cost], -i))]
     else:  # a tie in both objectives (e.g. two configs of one student scoring alike) is confirmed once: the earlier
@@ -149,7 +151,8 @@ class FrontPoint:
                 "on_confirmed_front": str(self.on_front).lower(),
                 **{k: f"{v:.6g}" for k, v in self.metrics().items()}}
         if self.gain is not None:
-            tags["gain_vs_alone_interval"] = "n/a" if self.gain.low is None else f"[{self.gain.low:.6f}, {self.gain.high:.6f}]"
+            low, high = self.gain.low, self.gain.high
+            tags["gain_vs_alone_interval"] = "n/a" if low is None else f"[{low:.6f}, {high:.6f}]"
             tags["gain_vs_alone_significant"] = str(self.gain.significant).lower()
         return tags
 

@@ -141,11 +141,8 @@ FRONT_SPACE = str(Path(__file__).parent / "data" / "tiny_front_space.yaml")
 def test_a_tiny_compress_sweep_ends_with_a_confirmed_front(ray_session, isolated_cache, tmp_path, monkeypatch, capsys):
     """Digits through Ray Tune + Ray Train: the front of a 1/2-channel and a 16/32-channel student, each point
     re-trained on 2 fresh seeds with its architecture alone, exported to ONNX, logged and registered."""
-    import onnxruntime
-    from mlflow.tracking import MlflowClient
-
     from orchestrator.sweep.cli import main
-    from test_sweep import runs_by_kind, tiny_args
+    from test_sweep import tiny_args
 
     monkeypatch.chdir(tmp_path)
     args = tiny_args(tmp_path, f"sweep.search_space={FRONT_SPACE}", "sweep.objectives=[val/acc1:max,cost/macs:min]",
@@ -155,6 +152,16 @@ def test_a_tiny_compress_sweep_ends_with_a_confirmed_front(ray_session, isolated
     print(out)  # shown if an assertion fails
     assert "the accuracy-vs-cost front (val/acc1 max, cost/macs min): re-trained on fresh seeds [1, 2]" in out
     assert "teacher tiny_teacher" in out and "(reference)" in out
+    assert_front_published(tmp_path)
+
+
+def assert_front_published(tmp_path: Path) -> None:
+    """The sweep in ``tmp_path`` ended with a front of the two students, each point logged and registered."""
+    import onnxruntime
+    from mlflow.tracking import MlflowClient
+
+    from test_sweep import runs_by_kind
+
     exp_dir = next((tmp_path / "runs").glob("tiny-*"))
     summary = json.loads((exp_dir / "summary.json").read_text())
     section = summary["front"]
@@ -168,7 +175,7 @@ def test_a_tiny_compress_sweep_ends_with_a_confirmed_front(ray_session, isolated
     (parent,) = kinds["sweep"]
     confirm_jobs = kinds["confirm"]
     point_runs = {r.data.tags["front_point"]: r for r in kinds["front"]}
-    versions = {v.version: v for v in client.search_model_versions("name='distill-student'")}
+    versions = {str(v.version): v for v in client.search_model_versions("name='distill-student'")}
     for i, p in enumerate(points, 1):
         # its alone pair: the same architecture, CE only, trained on the same fresh seeds
         assert p["seeds"] == [1, 2] and sorted(p["alone_test"]) == ["1", "2"]  # JSON keys
