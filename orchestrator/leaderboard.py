@@ -9,13 +9,14 @@ import pandas as pd
 from ray.tune import ResultGrid
 
 from orchestrator.search import PaperPoint, matching_point
+from orchestrator.sweep.objectives import OVER_BUDGET
 
 
 @dataclass
 class TrialSummary:
     number: int
     trial_id: str
-    outcome: str  # completed | early_stopped | failed
+    outcome: str  # completed | early_stopped | failed | over_budget (its student exceeds sweep.budget: not trained)
     epochs: int
     best: dict  # the reported row with the best metric
     params: dict
@@ -30,6 +31,10 @@ def summarise(results: ResultGrid, metric: str, mode: str, epochs: int, sampled_
         frame = result.metrics_dataframe
         trial_id = str((result.metrics or {}).get("trial_id") or _id_from_path(result.path))
         number = trial_number(result.path or "", trial_id)
+        params = {k: result.config.get(k) for k in sampled_keys if k in (result.config or {})}
+        if frame is not None and OVER_BUDGET in frame and frame[OVER_BUDGET].fillna(0).any():
+            summaries.append(TrialSummary(number, trial_id, "over_budget", 0, {}, params, None))  # not trained
+            continue
         if frame is None or frame.empty or metric not in frame:
             summaries.append(TrialSummary(number, trial_id, "failed", 0, {}, {}, None))
             continue
@@ -38,8 +43,8 @@ def summarise(results: ResultGrid, metric: str, mode: str, epochs: int, sampled_
         pick = latest_first.idxmax() if mode == "max" else latest_first.idxmin()
         best = frame.loc[pick].to_dict()
         done = int(frame["training_iteration"].max())
-        outcome = "failed" if result.error else ("completed" if done >= epochs else "early_stopped")
-        params = {k: result.config.get(k) for k in sampled_keys if k in result.config}
+        own = result.config.get("train.epochs", epochs)  # its own epochs when the space samples them
+        outcome = "failed" if result.error else ("completed" if done >= own else "early_stopped")
         summaries.append(
             TrialSummary(number, trial_id, outcome, done, best, params, _checkpoint_dir(result, best, metric, mode))
         )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from orchestrator.config import Config, asha_grace, confirm_seeds, search_seeds, student_arch, tpe_startup_trials
 from orchestrator.distill import registry
 from orchestrator.search import SearchSpace, load_space, paper_points, possible_configs
+from orchestrator.sweep.objectives import budget_of, is_multi_objective, resolve
 
 
 @dataclass
@@ -20,16 +21,23 @@ class Plan:
     trial_gpu: float
     mode_text: str
 
+    @property
+    def max_epochs(self) -> int:
+        """The most epochs a trial trains: the largest ``train.epochs`` the space can sample, else the config's
+        (ASHA's max_t, the teacher view cache's length)."""
+        return largest_epochs(self.space, self.cfg)
+
     def describe(self) -> str:
         c = self.cfg
         return "\n".join(
             [
                 self.space.table(),
                 "",
-                f"trials: {c.sweep.num_samples} (Optuna TPE, seed {c.seed}, random until {tpe_startup_trials(c.sweep)} "
-                f"have finished; ASHA on {c.sweep.metric} ({c.sweep.mode}), "
+                *self._goal(),
+                f"trials: {c.sweep.num_samples} ({self._search()}, seed {c.seed}, random until "
+                f"{tpe_startup_trials(c.sweep)} have finished; {self._stopping()}, "
                 f"grace {asha_grace(c)} epoch(s), reduction x{c.sweep.asha.reduction_factor})",
-                f"each trial: {c.train.epochs} epochs of {self.num_train} training images, student {self._student()}, "
+                f"each trial: {self._epochs()} of {self.num_train} training images, student {self._student()}, "
                 f"teacher {c.teacher.checkpoint or c.model.teacher + ' (trained once, cached)'}",
                 f"each trial needs: {self.trial_cpu:g} CPU, {self.trial_gpu:g} GPU ({self.mode_text})",
                 f"every trial trains with seeds {search_seeds(c)} (common random numbers: trials differ only by config)",
@@ -38,6 +46,34 @@ class Plan:
                 self._confirmation(),
             ]
         )
+
+    def _goal(self) -> list[str]:
+        """What the search optimises (``sweep.objectives``) and the budget it keeps to (``sweep.budget``)."""
+        objectives = resolve(self.cfg)
+        budget = budget_of(self.cfg)
+        named = ", ".join(f"{k} ({m})" for k, m in objectives.items())
+        lines = [f"search objectives: {named} (multi-objective: an accuracy-vs-cost front)" if len(objectives) > 1
+                 else f"search objective: {named}"]
+        if budget is not None:
+            lines.append(f"budget: {budget}: the most accurate student within it; a trial whose student is over it "
+                         "is never trained (one result 'over budget', the worst value for Optuna)")
+        return lines
+
+    def _search(self) -> str:
+        return "Optuna multi-objective TPE" if is_multi_objective(self.cfg) else "Optuna TPE"
+
+    def _stopping(self) -> str:
+        if is_multi_objective(self.cfg):
+            return "successive halving on Pareto rank of the objectives (ParetoHalving)"
+        return f"ASHA on {self.cfg.sweep.metric} ({self.cfg.sweep.mode})"
+
+    def _epochs(self) -> str:
+        p = next((p for p in self.space.params if p.key == "train.epochs"), None)
+        if p is None:
+            return f"{self.max_epochs} epochs"
+        values = p.choices if p.type == "categorical" else [int(p.low), int(p.high)]
+        return (f"its sampled train.epochs ({', '.join(map(str, values))}; its learning-rate schedule spans "
+                f"them; early stopping's max_t {self.max_epochs + 1})")
 
     def _student(self) -> str:
         sampled = [p.key for p in self.space.params if p.key.startswith("model.student")]
@@ -63,9 +99,29 @@ class Plan:
         if c.confirm.top_k == 0:
             return (f"confirmation: off (sweep.confirm.top_k=0); the result will be UNCONFIRMED"
                     f"{', the student alone trained on the search seeds' if c.baseline else ''}")
+        seeds = f"fresh seeds {confirm_seeds(self.cfg)}"
+        objectives, budget = resolve(self.cfg), budget_of(self.cfg)
+        if budget is not None:
+            return (f"confirmation: the most accurate completed trial within {budget}, with its architecture "
+                    f"trained alone, re-trained on {seeds}; test mean ± sd, the paired gain with a "
+                    f"{100 * c.confirm.level:g}% interval")
+        if len(objectives) > 1:
+            cost = list(objectives)[1]
+            return (f"confirmation: the Pareto front of the completed trials over {', '.join(objectives)}, at most "
+                    f"{c.confirm.top_k} points spread along {cost}, each with its architecture trained alone, "
+                    f"re-trained on {seeds}; per point: cost, test mean ± sd, the paired gain with a "
+                    f"{100 * c.confirm.level:g}% interval")
         return (f"confirmation: the top {c.confirm.top_k} configs, the best paper default{alone} re-trained on "
-                f"fresh seeds {confirm_seeds(self.cfg)}; chosen by mean {c.metric}; test mean ± sd, "
+                f"{seeds}; chosen by mean {c.metric}; test mean ± sd, "
                 f"paired gains with {100 * c.confirm.level:g}% intervals")
+
+
+def largest_epochs(space: SearchSpace, cfg: Config) -> int:
+    """The largest ``train.epochs`` a trial of ``space`` trains (categorical choices or an int range)."""
+    p = next((p for p in space.params if p.key == "train.epochs"), None)
+    if p is None:
+        return int(space.fixed.get("train.epochs", cfg.train.epochs))
+    return int(max(p.choices) if p.type == "categorical" else p.high)
 
 
 def make_plan(cfg: Config, num_train: int) -> Plan:

@@ -323,7 +323,8 @@ def finish_ended_trials(client: MlflowClient, experiment_id: str, parent_id: str
         tags = run.data.tags
         if tags.get("trial_id") in ended and run.info.status == "KILLED" and tags.get(OUTCOME) == "interrupted":
             epochs = max((m.value for m in client.get_metric_history(run.info.run_id, "epoch")), default=0)
-            set_tags(client, run.info.run_id, {OUTCOME: "completed" if epochs >= expected_epochs else "early_stopped"})
+            own = int(run.data.params.get("train.epochs", expected_epochs))  # its own when the space samples them
+            set_tags(client, run.info.run_id, {OUTCOME: "completed" if epochs >= own else "early_stopped"})
             client.set_terminated(run.info.run_id, "FINISHED")
             finished += 1
     return finished

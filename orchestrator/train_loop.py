@@ -89,7 +89,8 @@ def train_loop_per_worker(config: dict) -> None:
     """``config``: cfg (resolved Config as dict), seeds (training seeds; default [cfg.seed]), teachers
     (paths/URIs), teacher_outputs (paths: output files, or view cache folders per (teacher, seed)), in_process (bool), in_tune (reports go to Tune; default true),
     tracking_uri and mlflow_run_id (rank 0 logs there), data_seed (the split's seed; default cfg.seed),
-    evaluate_test (add ``test/*`` at the last epoch), checkpoint (a Train checkpoint every epoch; default
+    evaluate_test (add ``test/*`` at the last epoch), report_extra (metrics added to every report, not logged:
+    the student's ``cost/*``, logged once by the trial), checkpoint (a Train checkpoint every epoch; default
     true), save_student (a file rank 0 writes the first seed's student to at the end).
 
     With several seeds one student is trained per seed, epoch by epoch (:func:`orchestrator.loop.fit`);
@@ -145,6 +146,8 @@ def train_loop_per_worker(config: dict) -> None:
             with contextlib.suppress(Exception):  # informative only: never fail a trial for it
                 set_tags(client, config["mlflow_run_id"], {"teacher_inputs": teacher_inputs_tag(inputs)})
 
+    extra = dict(config.get("report_extra") or {})  # constants reported with every epoch (the student's cost/*)
+
     def report(metrics: dict, per_seed: list[dict]) -> None:
         epoch = metrics["epoch"]
         if client is not None and epoch > logged:
@@ -159,7 +162,7 @@ def train_loop_per_worker(config: dict) -> None:
                     save_model_checkpoint(Path(folder) / student_file(seed, seeds), trainer.chosen,
                                           student_arch(cfg.model), data, numbers)
                 ckpt = ray.train.Checkpoint.from_directory(folder)
-            (ray.tune.report if via_tune else ray.train.report)(metrics, checkpoint=ckpt)
+            (ray.tune.report if via_tune else ray.train.report)({**metrics, **extra}, checkpoint=ckpt)
 
     try:
         metrics = fit(trainers, evaluate_test=config.get("evaluate_test", False), on_epoch=report)

@@ -56,13 +56,35 @@ def run_trial(sampled: dict, ctx: TrialContext) -> None:
     trial_id = tune_ctx.get_trial_id()
     number = trial_number(tune_ctx.get_trial_dir(), trial_id)
     cfg = trial_config(from_dict(ctx.base), sampled)
+    skipped = over_budget_result(cfg, ctx)
+    if skipped is not None:  # never trained: one result saying so (the schedulers and the leaderboard skip it)
+        ray.tune.report(skipped)
+        return
     run_id, ended = _open_run(ctx, trial_id, f"trial-{number:03d}", "trial",
                               {"trial_id": trial_id, "trial_number": str(number)},
                               {**flatten(to_dict(cfg)), **{f"sampled.{k}": v for k, v in sampled.items()}})
     if ended:
         return
-    log_cost(ctx, run_id, cfg)
-    _launch(cfg, ctx, run_id, search_seeds(from_dict(ctx.base)), name=f"{cfg.name}-{trial_id}")
+    costs = log_cost(ctx, run_id, cfg)
+    _launch(cfg, ctx, run_id, search_seeds(from_dict(ctx.base)), name=f"{cfg.name}-{trial_id}", costs=costs)
+
+
+def over_budget_result(cfg: Config, ctx: TrialContext) -> dict | None:
+    """The one result of a trial whose student exceeds ``sweep.budget`` (its costs, the worst value of
+    ``sweep.metric`` for Optuna, :data:`~orchestrator.sweep.objectives.OVER_BUDGET` = 1), or None: it fits
+    (or there is no budget)."""
+    from orchestrator.cost import cost_metrics
+    from orchestrator.sweep.costs import cost_of
+    from orchestrator.sweep.objectives import OVER_BUDGET, budget_of
+
+    budget = budget_of(cfg)
+    if budget is None or not ctx.data_shape:
+        return None
+    costs = cost_metrics(cost_of(cfg, ctx.costs, ctx.data_shape))
+    if budget.fits(costs):
+        return None
+    worst = float("-inf") if cfg.sweep.mode == "max" else float("inf")
+    return {**costs, cfg.sweep.metric: worst, OVER_BUDGET: 1.0}
 
 
 def run_job(config: dict, ctx: TrialContext) -> None:
@@ -78,15 +100,16 @@ def run_job(config: dict, ctx: TrialContext) -> None:
     if ended:  # it ended before its driver died: what it reported last, again
         ray.tune.report(_finished_job_result(ctx, trial_id, run_id, cfg))
         return
-    log_cost(ctx, run_id, cfg)
-    _launch(cfg, ctx, run_id, [job["seed"]], name=_job_run_name(cfg, trial_id), evaluate_test=True)
+    costs = log_cost(ctx, run_id, cfg)
+    _launch(cfg, ctx, run_id, [job["seed"]], name=_job_run_name(cfg, trial_id), evaluate_test=True, costs=costs)
 
 
-def log_cost(ctx: TrialContext, run_id: str, cfg: Config) -> None:
+def log_cost(ctx: TrialContext, run_id: str, cfg: Config) -> dict[str, float]:
     """The student's cost as metrics of run ``run_id`` (``cost/params``, ``cost/macs``, ``cost/latency_ms``,
-    ``cost/latency_ms_b64``, step 0) and tags (its architecture, the thread count and the machine timed on)."""
+    ``cost/latency_ms_b64``, step 0) and tags (its architecture, the thread count and the machine timed on);
+    returns the metrics ({} when the context has no data shape: costs not logged)."""
     if not ctx.data_shape:
-        return
+        return {}
     from mlflow.tracking import MlflowClient
 
     from orchestrator.cost import cost_metrics
@@ -95,9 +118,11 @@ def log_cost(ctx: TrialContext, run_id: str, cfg: Config) -> None:
 
     client = MlflowClient(tracking_uri=ctx.tracking_uri)
     cost = cost_of(cfg, ctx.costs, ctx.data_shape)
-    log_metrics(client, run_id, cost_metrics(cost), step=0)
+    metrics = cost_metrics(cost)
+    log_metrics(client, run_id, metrics, step=0)
     set_tags(client, run_id, {"cost.arch": cost["arch"], "cost.threads": str(cost["threads"]),
                               "cost.machine": cost["machine"]})
+    return metrics
 
 
 def _job_run_name(cfg: Config, trial_id: str) -> str:
@@ -155,8 +180,9 @@ def _finished_job_result(ctx: TrialContext, trial_id: str, run_id: str, cfg: Con
 
 
 def _launch(cfg: Config, ctx: TrialContext, run_id: str, seeds: list[int], *, name: str,
-            evaluate_test: bool = False) -> None:
-    """Train ``cfg`` on ``seeds`` as one TorchTrainer run inside the scope of MLflow run ``run_id``."""
+            evaluate_test: bool = False, costs: dict[str, float] | None = None) -> None:
+    """Train ``cfg`` on ``seeds`` as one TorchTrainer run inside the scope of MLflow run ``run_id``; ``costs``
+    (the student's ``cost/*`` metrics) go with every report, so Tune's searcher and scheduler see them."""
     from mlflow.tracking import MlflowClient
 
     from orchestrator.tracking import run_scope
@@ -171,6 +197,7 @@ def _launch(cfg: Config, ctx: TrialContext, run_id: str, seeds: list[int], *, na
             "tracking_uri": ctx.tracking_uri,
             "mlflow_run_id": run_id,
             "evaluate_test": evaluate_test,
+            "report_extra": dict(costs or {}),
         }, name=name, storage_path=os.path.join(ctx.storage_path, "train"))
 
 

@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.teachers import TeacherCheckpointError, resolve_teacher
     from orchestrator.launcher import in_process
     from orchestrator.search import possible_configs
-    from orchestrator.sweep.costs import students_table
+    from orchestrator.sweep.costs import budget_problem, students_table
+    from orchestrator.sweep.objectives import budget_of
     from orchestrator.teacher_inputs import plan_line
 
     address = cluster.resolve_address(cfg.ray.address)
@@ -181,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
         teacher_source = resolve_teacher(cfg, data) if cfg.teacher.checkpoint else None
         check_feature_stages([cfg, *possible_configs(plan.space, cfg)], data, teacher_source)
         check_weights_available(cfg, data)
+        budget, budget_read = budget_of(cfg), {}
+        if budget is not None:  # no student of the space fits: an error before anything starts
+            problem, budget_read = budget_problem(plan.space, cfg, data, budget)
+            if problem:
+                raise ConfigError("sweep.budget", cfg.sweep.budget,
+                                  f"a budget some student of the space meets ({problem})")
     except (ConfigError, DatasetNotFoundError, TeacherCheckpointError, WeightsUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -192,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
         print(plan.describe())
-        print(students_table(plan.space, cfg, data))
+        print(students_table(plan.space, cfg, data, budget, budget_read))
         print(plan_line(cfg, possible_configs(plan.space, cfg), data))
         print(f"\nsearch spaces shipped: {', '.join(available_spaces())}")
         print("dry run: nothing was started")

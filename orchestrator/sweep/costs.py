@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.budget import Budget, no_fit_problem
 from orchestrator.config import STUDENT_KNOBS, Config, apply_overrides, flatten, student_arch, to_dict
-from orchestrator.cost import describe_cost, student_cost
+from orchestrator.cost import cost_metrics, describe_cost, student_cost
 from orchestrator.models import build_model, describe_model
 from orchestrator.models.base import arch_spec, knob_problem
 from orchestrator.search import Param, SearchSpace
@@ -103,16 +104,46 @@ def params_cost(base: Config, params: dict[str, Any], costs: dict[str, dict], da
     return cost_of(apply_overrides(base, params) if params else base, costs, data_shape)
 
 
-def students_table(space: SearchSpace, base: Config, data) -> str:
+def budget_costs(archs: list[str], data, budget: Budget, threads: int) -> dict[str, dict[str, float]]:
+    """The ``cost/*`` metrics of each of ``archs`` that ``budget`` reads: parameters and MACs from the
+    architecture alone; a latency budget measures latency (cached per architecture, as the sweep does)."""
+    if budget.metric in ("cost/params", "cost/macs"):
+        out = {}
+        for a in archs:
+            size = describe_model(build_model(a, data.num_classes, data.in_channels), data.in_channels, data.image_size)
+            out[a] = {"cost/params": float(size["params"]), "cost/macs": float(size["macs"])}
+        return out
+    return {a: cost_metrics(student_cost(a, data.num_classes, data.in_channels, data.image_size, threads))
+            for a in archs}
+
+
+def budget_problem(space: SearchSpace, base: Config, data, budget: Budget) -> tuple[str | None, dict]:
+    """(why no student ``space`` can train fits ``budget``, or None; the costs read). A student key sampled
+    from a continuous range cannot be enumerated: then None (each trial checks its own student)."""
+    archs, continuous = reachable_students(space, base)
+    costs = budget_costs(archs, data, budget, base.export.latency_threads)
+    return (None if continuous else no_fit_problem(budget, costs)), costs
+
+
+def students_table(space: SearchSpace, base: Config, data, budget: Budget | None = None,
+                   costs: dict[str, dict[str, float]] | None = None) -> str:
     """The students trials can train with their parameters and MACs per image (a dry run's view; latency is
-    measured when the sweep starts), smallest first."""
+    measured when the sweep starts), smallest first; with a ``budget`` (and the ``costs`` it read), whether
+    each fits."""
     archs, continuous = reachable_students(space, base)
     sizes = {a: describe_model(build_model(a, data.num_classes, data.in_channels), data.in_channels, data.image_size)
              for a in archs}
     shape = f"{data.in_channels}x{data.image_size}x{data.image_size}"
     width = max(len(a) for a in archs)
+
+    def verdict(a: str) -> str:
+        if budget is None or costs is None or a not in costs:
+            return ""
+        value = costs[a][budget.metric]
+        return f"  within {budget}" if budget.fits(costs[a]) else f"  over budget ({budget.metric} = {value:g}): never trained"
+
     lines = [f"students ({len(archs)}; MACs per {shape} image; ONNX Runtime latency is measured when the sweep starts):"]
-    lines += [f"  {a:<{width}}  {sizes[a]['params']:>11,} params  {sizes[a]['macs'] / 1e6:>9.3f} M MACs"
+    lines += [f"  {a:<{width}}  {sizes[a]['params']:>11,} params  {sizes[a]['macs'] / 1e6:>9.3f} M MACs{verdict(a)}"
               for a in sorted(archs, key=lambda a: sizes[a]["macs"])]
     if len(archs) > 1:
         macs = [s["macs"] for s in sizes.values()]

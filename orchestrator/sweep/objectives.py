@@ -14,6 +14,7 @@ from orchestrator.budget import Budget, parse_budget
 from orchestrator.cost_metrics import ALIASES, METRICS
 
 MODES = ("max", "min")
+OVER_BUDGET = "budget/over"  # 1 in the one result of a trial whose student exceeds sweep.budget (not trained)
 
 
 def objective_text(item: Any) -> Any:

@@ -6,6 +6,8 @@ import time
 
 from ray import tune
 
+from orchestrator.sweep.objectives import OVER_BUDGET
+
 
 def trial_number(trial) -> str:
     """Tune's trial number (the head of its experiment tag), else its id."""
@@ -28,14 +30,15 @@ class ProgressPrinter(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)
-        if value is None:
+        if value is None or result.get(OVER_BUDGET):
             return
         better = self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0])
         if better:
             self.best = (value, trial_number(trial))
         running = sum(t.status == "RUNNING" for t in trials)
         print(
-            f"{self._clock()}  trial {trial_number(trial):>3}  epoch {result.get('epoch', '?')}/{self.epochs}  "
+            f"{self._clock()}  trial {trial_number(trial):>3}  epoch {result.get('epoch', '?')}/"
+            f"{trial.config.get('train.epochs', self.epochs)}  "
             f"{self.metric} {value:.4f}  train/loss {result.get('train/loss', float('nan')):.4f}  "
             f"{result.get('throughput/train_img_s', 0):6.0f} img/s  | best {self.best[0]:.4f} "
             f"(trial {self.best[1]})  | {running} running, {self.done}/{self.total} done",
@@ -44,8 +47,14 @@ class ProgressPrinter(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
-        epochs = trial.last_result.get("epoch", 0) if trial.last_result else 0
-        how = "completed" if epochs >= self.epochs else f"stopped early by ASHA after {epochs} epoch(s)"
+        last = trial.last_result or {}
+        epochs = last.get("epoch", 0)
+        if last.get(OVER_BUDGET):
+            how = "over sweep.budget: not trained"
+        elif epochs >= trial.config.get("train.epochs", self.epochs):  # its own epochs when the space samples them
+            how = "completed"
+        else:
+            how = f"stopped early after {epochs} epoch(s)"
         print(f"{self._clock()}  trial {trial_number(trial):>3}  {how}", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -30,6 +30,7 @@ from orchestrator.sweep import confirm_stage, front_stage, objectives, search_st
 from orchestrator.sweep.costs import measure_students, params_cost, reachable_students
 from orchestrator.sweep.errors import SweepError
 from orchestrator.sweep.folder import open_folder, record_state, save_inputs
+from orchestrator.sweep.objectives import OVER_BUDGET
 from orchestrator.sweep.register import register_student
 from orchestrator.sweep.summary import headline_metrics, print_summary
 from orchestrator.sweep.trial_errors import TrialInputError, failures, quiet_trial_tracebacks, report
@@ -140,6 +141,9 @@ class SweepRunner:
         with quiet_trial_tracebacks():
             results = search_stage.search(self.plan, self.points, ctx, exp_dir, bool(self.resume))
         report(failures(results), exp_dir / "errors")  # a config/data problem: TrialInputError, exit 2
+        if len(results) and all((r.metrics or {}).get(OVER_BUDGET) for r in results):
+            raise SweepError(f"every trial's student was over sweep.budget ({cfg.sweep.budget}), so none was trained: "
+                             "more trials (sweep.num_samples) or a larger budget")
         if self.resume:
             ended = {r.metrics["trial_id"] for r in results if r.error is None and "trial_id" in (r.metrics or {})}
             tracking.finish_ended_trials(client, experiment_id, parent_id, ended, cfg.train.epochs)

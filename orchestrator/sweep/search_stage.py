@@ -1,5 +1,8 @@
 """The search: Tune trials sampled by Optuna's TPE (the paper defaults first), stopped early by ASHA (never the
-paper defaults: :class:`PaperDefaultsFinish`)."""
+paper defaults: :class:`PaperDefaultsFinish`). With several objectives (``sweep.objectives``: accuracy and
+costs) Optuna's TPE is multi-objective (MOTPE) and early stopping ranks trials by Pareto front
+(:class:`~orchestrator.sweep.pareto_halving.ParetoHalving`), so a small student is not stopped for trailing
+large ones."""
 
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ from orchestrator.ray_compat import JournalSearch, save_state_before_trials_star
 from orchestrator.search import matching_point
 from orchestrator.sweep import tune_runs
 from orchestrator.sweep.folder import optuna_storage
+from orchestrator.sweep.objectives import OVER_BUDGET, resolve
+from orchestrator.sweep.pareto_halving import ParetoHalving
 from orchestrator.sweep.progress import ProgressPrinter
 from orchestrator.trial import TrialContext, run_trial
 
@@ -31,8 +36,16 @@ class PaperDefaultsFinish(ASHAScheduler):
         self.points = points
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if result.get(OVER_BUDGET):  # a student over sweep.budget, not trained: no rung sees it
+            return self.CONTINUE
         decision = super().on_trial_result(tune_controller, trial, result)
         return self.CONTINUE if matching_point(trial.config, self.points) else decision
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        if result and result.get(OVER_BUDGET):
+            self.on_trial_remove(tune_controller, trial)
+            return
+        super().on_trial_complete(tune_controller, trial, result)
 
 
 def search(plan: Plan, points: list, ctx: TrialContext, exp_dir: Path, resume: bool) -> tune.ResultGrid:
@@ -52,21 +65,28 @@ def search(plan: Plan, points: list, ctx: TrialContext, exp_dir: Path, resume: b
     params = [p.params for p in points]
     if params:
         print("first trials: the paper defaults\n" + "\n".join(f"  {p.describe()}" for p in points), flush=True)
+    objectives = resolve(cfg)
+    multi = len(objectives) > 1  # Optuna gets metric and mode lists; Tune's TuneConfig none (its metric is single)
     searcher = JournalSearch(
-        space=plan.space.define_by_run(cfg), metric=cfg.sweep.metric, mode=cfg.sweep.mode, sampler=sampler,
+        space=plan.space.define_by_run(cfg), sampler=sampler,
+        metric=list(objectives) if multi else cfg.sweep.metric, mode=list(objectives.values()) if multi else cfg.sweep.mode,
         points_to_evaluate=params or None, study_name=exp_dir.name, storage=optuna_storage(exp_dir, fresh=True),
     )
-    scheduler = PaperDefaultsFinish(
-        points,
-        time_attr="training_iteration",
-        max_t=cfg.train.epochs + 1,  # must exceed the number of reports (NOTES-ray pitfall 4)
+    halving = dict(
+        max_t=plan.max_epochs + 1,  # must exceed the number of reports of the longest trial (NOTES-ray pitfall 4)
         grace_period=asha_grace(cfg),
         reduction_factor=cfg.sweep.asha.reduction_factor,
     )
+    if multi:
+        scheduler = ParetoHalving(objectives, spare=lambda config: matching_point(config, points) is not None,
+                                  **halving)
+    else:
+        scheduler = PaperDefaultsFinish(points, time_attr="training_iteration", **halving)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=scheduler, metric=cfg.sweep.metric, mode=cfg.sweep.mode,
+            search_alg=searcher, scheduler=scheduler,
+            metric=None if multi else cfg.sweep.metric, mode=None if multi else cfg.sweep.mode,
             num_samples=cfg.sweep.num_samples, max_concurrent_trials=concurrency,
             reuse_actors=in_process(cfg),
         ),

@@ -9,6 +9,7 @@ this process when trials run in-process on the CPU.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import ray
 import torch
@@ -47,8 +48,9 @@ def outputs_for(teachers: list[str], plan: Plan, data: DataBundle, tracking_uri:
                 print(f"cached the teacher's {', '.join(sorted(vectors.fields))} only: trials of {', '.join(live)} "
                       "read feature maps and run the teacher live", flush=True)
         return [] if None in paths else [str(p) for p in paths]
-    if choice.kind == "views":
-        return shared_views(teachers, cfg, data, choice, tracking_uri)
+    if choice.kind == "views":  # as many epochs as the longest trial trains
+        longest = replace(cfg, train=replace(cfg.train, epochs=plan.max_epochs))
+        return shared_views(teachers, longest, data, choice, tracking_uri)
     if choice.kind == "live" and cfg.data.augment:
         print(f"teacher outputs: live, on every batch of every trial ({choice.reason})", flush=True)
     return []
