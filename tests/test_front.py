@@ -127,7 +127,7 @@ def test_confirmed_points_carry_cost_gain_and_the_confirmed_front(tmp_path):
     text = table(points, SPEC, [1, 2, 3], teacher)
     assert "teacher cnn_teacher" in text and "(reference)" in text and "95.00" in text
     assert "1. cnn_student_small[width=0.25]" in text and "+3.00 points [" in text and "not significant" in text
-    path = plot_front(points, teacher, [1, 2, 3], tmp_path / "front.png", "front")
+    path = plot_front(points, teacher, [1, 2, 3], tmp_path / "front.png", "front", budget_ms=0.02)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     line = budget_line(points[0], parse_budget("latency_ms <= 0.02"))
     assert line.startswith("Within cost/latency_ms <= 0.02: cnn_student_small[width=0.25] (trial 5;")

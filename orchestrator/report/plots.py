@@ -208,11 +208,12 @@ def plot_sweeps(board: pd.DataFrame, table: pd.DataFrame, metric: str, mode: str
     return _save(fig, path)
 
 
-def plot_front(points, teacher: dict, seeds: list[int], path: Path, title: str) -> Path:
+def plot_front(points, teacher: dict, seeds: list[int], path: Path, title: str, budget_ms: float | None = None) -> Path:
     """Test accuracy (%) vs ONNX Runtime latency (ms/image at batch 1, log x) of the confirmed front
     (:class:`orchestrator.front.FrontPoint`): each point distilled (filled, mean ± sd over ``seeds``) and its
     architecture alone (hollow, same latency), joined by a line (the gain); the confirmed front as a step line;
-    ``teacher`` (``label``, ``test_acc1``, ``cost/latency_ms``) as a star with its accuracy dashed."""
+    ``teacher`` (``label``, ``test_acc1``, ``cost/latency_ms``) as a star with its accuracy dashed; a latency
+    budget ``budget_ms`` as a dotted vertical line."""
     fig = _figure(8, 5)
     ax = fig.add_subplot()
     ax.set_xscale("log")
@@ -234,6 +235,8 @@ def plot_front(points, teacher: dict, seeds: list[int], path: Path, title: str) 
         ax.scatter([teacher["cost/latency_ms"]], [100 * teacher["test_acc1"]], marker="*", s=180, color="tab:red",
                    edgecolors="black", zorder=4, label=f"teacher {teacher['label']}")
     ax.axhline(100 * teacher["test_acc1"], color="tab:red", ls="--", lw=0.8, alpha=0.6)
+    if budget_ms is not None:
+        ax.axvline(budget_ms, color="black", ls=":", lw=1, label=f"budget {budget_ms:g} ms/image")
     ax.set(xlabel="latency (ms/image, ONNX Runtime, batch 1; log scale)", ylabel="test acc1 (%)",
            title=f"{title}\nconfirmed on fresh seeds [{', '.join(map(str, seeds))}]")
     ax.title.set_fontsize(10)

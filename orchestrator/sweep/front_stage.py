@@ -53,7 +53,8 @@ def publish(client, parent_id: str, cfg: Config, fixed: Mapping[str, Any], data:
                      f"front.{i}.significant": p.tags().get("gain_vs_alone_significant", "n/a")})
     plot = plot_front(points, teacher, verdict.seeds, exp_dir / "front.png",
                       f"the most accurate student within {spec.budget}" if spec.budget
-                      else f"the front over {spec.accuracy} ({spec.accuracy_mode}) and {spec.cost} (min)")
+                      else f"the front over {spec.accuracy} ({spec.accuracy_mode}) and {spec.cost} (min)",
+                      spec.budget.limit if spec.budget and spec.budget.metric == "cost/latency_ms" else None)
     tracking.log_metrics(client, parent_id, metrics, step=0)
     tracking.set_tags(client, parent_id, {"front.points": str(len(points)), **tags})
     tracking.log_file(client, parent_id, plot)
