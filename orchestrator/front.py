@@ -61,33 +61,38 @@ def select(summaries: Sequence[TrialSummary], points: Sequence[PaperPoint], spec
            cost_of: Callable[[dict], Mapping[str, float]], baseline: bool = True) -> list[Candidate]:
     """The configs to confirm, cheapest first, then their students alone (``baseline``: each config's
     architecture and optimiser settings, :func:`orchestrator.confirm.optimiser_params`, trained with CE).
-    Only completed trials count (a trial stopped early was scored on fewer epochs); a config searched twice
-    counts once, at its best.
-    ``cost_of``: a trial's sampled params -> its student's ``cost/*`` metrics. Raises NoStudentFits when a
-    budget leaves nothing, ValueError when no trial completed."""
+    Completed trials count first: trials stopped early (scored on fewer epochs) only when no completed trial
+    qualifies (none at all; or, with a budget, none within it). A config searched twice counts once, at its
+    best. ``cost_of``: a trial's sampled params -> its student's ``cost/*`` metrics. Raises NoStudentFits when
+    no trial within the budget was scored, ValueError when no trial was scored at all."""
+    sign = 1 if spec.accuracy_mode == "max" else -1
+
+    def rank(s: TrialSummary) -> tuple:  # completed first, then the better score
+        return s.outcome == "completed", sign * s.best[spec.accuracy]
+
     best: dict[str, TrialSummary] = {}
     for s in summaries:
-        value = s.best.get(spec.accuracy)
-        if s.outcome != "completed" or value is None:
+        if s.outcome not in ("completed", "early_stopped") or s.best.get(spec.accuracy) is None:
             continue
         key = repr(sorted(s.params.items()))
-        if key not in best or _better(value, best[key].best[spec.accuracy], spec.accuracy_mode):
+        if key not in best or rank(s) > rank(best[key]):
             best[key] = s
     done = sorted(best.values(), key=lambda s: s.number)
     if not done:
-        raise ValueError(f"no trial completed all its epochs with a value of {spec.accuracy}: nothing to confirm")
+        raise ValueError(f"no trial reported {spec.accuracy}: nothing to confirm")
     rows = [{spec.accuracy: s.best[spec.accuracy], **cost_of(s.params)} for s in done]
+    tiers = [[i for i, s in enumerate(done) if s.outcome == outcome] for outcome in ("completed", "early_stopped")]
     if spec.budget is not None:
-        fits = [i for i, row in enumerate(rows) if spec.budget.fits(row)]
-        if not fits:
+        fits = next((f for f in ([i for i in tier if spec.budget.fits(rows[i])] for tier in tiers) if f), None)
+        if fits is None:
             cheapest = min(range(len(rows)), key=lambda i: rows[i][spec.budget.metric])
             value = rows[cheapest][spec.budget.metric]
-            raise NoStudentFits(f"no student fits {spec.budget}: the cheapest completed trial, trial "
+            raise NoStudentFits(f"no student fits {spec.budget}: the cheapest trial that was scored, trial "
                                 f"{done[cheapest].number}, has {spec.budget.metric} = {value:g}")
-        sign = 1 if spec.accuracy_mode == "max" else -1
         picked = [max(fits, key=lambda i: (sign * rows[i][spec.accuracy], -rows[i][spec.cost], -i))]
     else:  # a tie in both objectives (e.g. two configs of one student scoring alike) is confirmed once: the earlier
-        front = pareto_front(rows, spec.objectives)
+        pool = next(tier for tier in tiers if tier)
+        front = [pool[i] for i in pareto_front([rows[i] for i in pool], spec.objectives)]
         distinct = [i for n, i in enumerate(front)
                     if all(rows[j][spec.accuracy] != rows[i][spec.accuracy] or rows[j][spec.cost] != rows[i][spec.cost]
                            for j in front[:n])]
@@ -97,10 +102,6 @@ def select(summaries: Sequence[TrialSummary], points: Sequence[PaperPoint], spec
         return chosen
     # Points differ in cost, so in architecture: each has its own student alone.
     return chosen + [alone_for([c], label=f"{c.label.split(' (')[0]} alone") for c in chosen]
-
-
-def _better(a: float, b: float, mode: str) -> bool:
-    return a > b if mode == "max" else a < b
 
 
 @dataclass

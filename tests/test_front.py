@@ -81,10 +81,17 @@ def test_budget_mode_picks_the_most_accurate_trial_within_the_budget():
     macs = FrontSpec("val/acc1", "max", "cost/macs", parse_budget("macs <= 1e5"))
     assert [c.trial for c in select(TRIALS, [], macs, top_k=3, cost_of=_cost) if c.role != "alone"] == [5]
     never = FrontSpec("val/acc1", "max", "cost/macs", parse_budget("macs <= 10"))
-    with pytest.raises(NoStudentFits, match=r"no student fits cost/macs <= 10: the cheapest completed trial, trial 5"):
+    with pytest.raises(NoStudentFits, match=r"no student fits cost/macs <= 10: the cheapest trial that was scored, trial 5"):
         select(TRIALS, [], never, top_k=3, cost_of=_cost)
-    with pytest.raises(ValueError, match="no trial completed"):
-        select([_trial(0, 1.0, 0.9, outcome="early_stopped")], [], SPEC, top_k=3, cost_of=_cost)
+    # Within the budget only a trial stopped early: it is the one (completed trials first, when one qualifies).
+    tight = FrontSpec("val/acc1", "max", "cost/macs", parse_budget("macs <= 1e5"))
+    stopped = [_trial(0, 1.0, 0.9), _trial(1, 0.25, 0.7, outcome="early_stopped")]
+    assert [c.trial for c in select(stopped, [], tight, top_k=3, cost_of=_cost) if c.role != "alone"] == [1]
+    # No trial completed: the front of those stopped early; none scored at all: an error.
+    stopped = [_trial(0, 1.0, 0.9, outcome="early_stopped"), _trial(1, 0.25, 0.7, outcome="early_stopped")]
+    assert [c.trial for c in select(stopped, [], SPEC, top_k=3, cost_of=_cost) if c.role != "alone"] == [1, 0]
+    with pytest.raises(ValueError, match="no trial reported val/acc1"):
+        select([_trial(0, 1.0, 0.9, outcome="failed")], [], SPEC, top_k=3, cost_of=_cost)
 
 
 def test_spec_of_reads_objectives_and_budget():
