@@ -77,28 +77,34 @@ def candidates(summaries: Sequence[TrialSummary], points: Sequence[PaperPoint], 
         if len(chosen) >= top_k:
             break
         if all(c.params != s.params for c in chosen):
-            chosen.append(_from_trial(s, points, metric))
+            chosen.append(from_trial(s, points, metric))
     papers = [s for s in rank if matching_point(s.params, points)]
     if papers and all(c.params != papers[0].params for c in chosen):
-        chosen.append(_from_trial(papers[0], points, metric))
+        chosen.append(from_trial(papers[0], points, metric))
     if baseline and chosen:  # the student alone with the best-ranked config's settings serves those sharing them
         first = optimiser_params(chosen[0].params)
         chosen.append(alone_for([c for c in chosen if optimiser_params(c.params) == first]))
     return chosen
 
 
-def alone_for(cands: Sequence[Candidate]) -> Candidate:
+def alone_for(cands: Sequence[Candidate], label: str = "student alone") -> Candidate:
     """The student alone with the optimiser settings of ``cands`` (all share them); linked to each."""
-    alone = Candidate("student alone", optimiser_params(cands[0].params), "alone")
+    alone = Candidate(label, optimiser_params(cands[0].params), "alone")
     for c in cands:
         c.alone = alone
     return alone
 
 
-def _from_trial(s: TrialSummary, points: Sequence[PaperPoint], metric: str) -> Candidate:
+def from_trial(s: TrialSummary, points: Sequence[PaperPoint], metric: str) -> Candidate:
+    """Trial ``s`` as a candidate (labelled with its paper default, if it is one)."""
     point = matching_point(s.params, points)
     label = f"trial {s.number}" + (f" ({point.label})" if point else "")
     return Candidate(label, dict(s.params), "paper" if point else "tuned", s.number, s.best[metric])
+
+
+def best_seed(cand: Candidate) -> int:
+    """The seed whose run of ``cand`` scored best on validation (the student that is registered and exported)."""
+    return max(cand.checkpoints, key=lambda s: cand.val[s])
 
 
 def jobs(cands: Sequence[Candidate], seeds: Sequence[int], fixed: dict[str, Any]) -> list[dict]:

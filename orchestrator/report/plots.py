@@ -207,3 +207,40 @@ def plot_sweeps(board: pd.DataFrame, table: pd.DataFrame, metric: str, mode: str
         for tick in ax.get_xticklabels():
             tick.set_rotation(15 if len(labels) > 2 else 0)
     return _save(fig, path)
+
+
+def plot_front(points, teacher: dict, seeds: list[int], path: Path, title: str, budget_ms: float | None = None) -> Path:
+    """Test accuracy (%) vs ONNX Runtime latency (ms/image at batch 1, log x) of the confirmed front
+    (:class:`orchestrator.front.FrontPoint`): each point distilled (filled, mean ± sd over ``seeds``) and its
+    architecture alone (hollow, same latency), joined by a line (the gain); the confirmed front as a step line;
+    ``teacher`` (``label``, ``test_acc1``, ``cost/latency_ms``) as a star with its accuracy dashed; a latency
+    budget ``budget_ms`` as a dotted vertical line."""
+    fig = _figure(8, 5)
+    ax = fig.add_subplot()
+    ax.set_xscale("log")
+    for i, p in enumerate(points):
+        x, (mean, sd) = p.cost["cost/latency_ms"], p.test
+        ax.errorbar([x], [100 * mean], yerr=[100 * sd], fmt="o", color=_colour(0), capsize=4, zorder=3,
+                    label="distilled (mean ± sd)" if i == 0 else None)
+        if p.alone_test:
+            a_mean, a_sd = p.alone_test
+            ax.errorbar([x], [100 * a_mean], yerr=[100 * a_sd], fmt="o", mfc="white", color="tab:grey", capsize=4,
+                        zorder=2, label="same architecture alone" if i == 0 else None)
+            ax.plot([x, x], [100 * a_mean, 100 * mean], color="tab:grey", lw=0.8, ls=":", zorder=1)
+        ax.annotate(f"{i + 1}. {p.arch}", (x, 100 * mean), textcoords="offset points", xytext=(6, 4), fontsize=7)
+    front = sorted((p.cost["cost/latency_ms"], 100 * p.test[0]) for p in points if p.on_front)
+    if front:
+        xs, ys = zip(*front)
+        ax.step(xs, ys, where="post", color=_colour(0), alpha=0.6, label="confirmed front")
+    if teacher.get("cost/latency_ms") is not None:
+        ax.scatter([teacher["cost/latency_ms"]], [100 * teacher["test_acc1"]], marker="*", s=180, color="tab:red",
+                   edgecolors="black", zorder=4, label=f"teacher {teacher['label']}")
+    ax.axhline(100 * teacher["test_acc1"], color="tab:red", ls="--", lw=0.8, alpha=0.6)
+    if budget_ms is not None:
+        ax.axvline(budget_ms, color="black", ls=":", lw=1, label=f"budget {budget_ms:g} ms/image")
+    ax.set(xlabel="latency (ms/image, ONNX Runtime, batch 1; log scale)", ylabel="test acc1 (%)",
+           title=f"{title}\nconfirmed on fresh seeds [{', '.join(map(str, seeds))}]")
+    ax.title.set_fontsize(10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)

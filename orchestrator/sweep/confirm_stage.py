@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from orchestrator import cluster, confirm, storage, tracking
+from orchestrator import cluster, confirm, front, storage, tracking
 from orchestrator.config import confirm_seeds, search_seeds
 from orchestrator.data import DataBundle
 from orchestrator.engine import evaluate_model
@@ -23,15 +24,25 @@ from orchestrator.trial import TrialContext
 
 
 def confirm_winner(client, parent_id: str, summaries, plan: Plan, data: DataBundle, points: list, ctx: TrialContext,
-                   exp_dir: Path, state: dict, resume: bool) -> confirm.Verdict:
+                   exp_dir: Path, state: dict, resume: bool, front_spec: front.FrontSpec | None = None,
+                   cost_of: Callable[[dict], Mapping[str, float]] | None = None) -> confirm.Verdict:
     """Re-train the best configs (+ best paper default + student alone) on fresh seeds; or, with
-    ``sweep.confirm.top_k=0``, test the best trial's students and train the student alone on the search seeds."""
+    ``sweep.confirm.top_k=0``, test the best trial's students and train the student alone on the search seeds.
+    With ``front_spec`` (a cost objective with top_k > 0, or a budget) the candidates are the front's
+    (:func:`orchestrator.front.select`; ``cost_of``: sampled params -> ``cost/*`` metrics), each with its own
+    architecture alone; the winner is still the best on mean validation accuracy."""
     cfg = plan.cfg
     metric, mode, top_k = cfg.sweep.metric, cfg.sweep.mode, cfg.sweep.confirm.top_k
     confirmed = top_k > 0
     seeds = confirm_seeds(cfg) if confirmed else search_seeds(cfg)
-    cands = confirm.candidates(summaries, points if confirmed else [], max(top_k, 1), metric, mode,
-                               cfg.sweep.baseline)
+    if front_spec is not None and (confirmed or front_spec.budget is not None):  # unconfirmed: the budget still holds
+        try:
+            cands = front.select(summaries, points, front_spec, max(top_k, 1), cost_of, cfg.sweep.baseline)
+        except ValueError as exc:  # NoStudentFits included
+            raise SweepError(str(exc)) from exc
+    else:
+        cands = confirm.candidates(summaries, points if confirmed else [], max(top_k, 1), metric, mode,
+                                   cfg.sweep.baseline)
     if not confirmed:  # the best trial as it was: its students, one per search seed
         best = cands[0]
         row = next(s for s in summaries if s.number == best.trial)

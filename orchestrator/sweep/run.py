@@ -17,7 +17,7 @@ from pathlib import Path
 import mlflow
 import ray
 
-from orchestrator import cluster, confirm, storage, tracking
+from orchestrator import cluster, confirm, front, storage, tracking
 from orchestrator.config import dump_yaml, flatten, search_seeds, to_dict
 from orchestrator.cost import cost_metrics
 from orchestrator.data import DataBundle
@@ -26,7 +26,7 @@ from orchestrator.leaderboard import best_summary, summarise, to_frame
 from orchestrator.plan import Plan
 from orchestrator.search import paper_points, sampled_keys, space_path
 from orchestrator.stats import mean_sd
-from orchestrator.sweep import confirm_stage, search_stage, teacher_outputs
+from orchestrator.sweep import confirm_stage, front_stage, objectives, search_stage, teacher_outputs
 from orchestrator.sweep.costs import measure_students, params_cost, reachable_students
 from orchestrator.sweep.errors import SweepError
 from orchestrator.sweep.folder import open_folder, record_state, save_inputs
@@ -179,6 +179,16 @@ class SweepRunner:
         """``cost/*`` metrics of the student a trial with sampled ``params`` trains."""
         return cost_metrics(params_cost(self.cfg, {**self.plan.space.fixed, **params}, ctx.costs, ctx.data_shape))
 
+    def _point_cost(self, ctx: TrialContext, params: dict) -> dict:
+        """The architecture (``arch``) and ``cost/*`` metrics of the student a trial with ``params`` trains."""
+        cost = params_cost(self.cfg, {**self.plan.space.fixed, **params}, ctx.costs, ctx.data_shape)
+        return {"arch": cost["arch"], **cost_metrics(cost)}
+
+    def _front_spec(self) -> front.FrontSpec | None:
+        """The front the sweep confirms (a cost objective or a budget), or None (the top-k confirmation)."""
+        sw = self.cfg.sweep
+        return front.spec_of(objectives.resolve(self.cfg), objectives.budget_of(self.cfg), sw.metric, sw.mode)
+
     def _local_cpus(self) -> int | None:
         if self.cfg.ray.num_cpus:
             return self.cfg.ray.num_cpus
@@ -201,15 +211,17 @@ class SweepRunner:
             raise SweepError(
                 "no trial finished an epoch; each failed trial's reason is in its MLflow run's orchestrator.error tag"
             )
-        teacher_test = max(
-            (evaluate_model(load_teacher(t, data.num_classes, data.in_channels, data.image_size), data.test,
-                            cfg.data.eval_batch_size) for t in teachers),
-            key=lambda m: m["acc1"],
-        )["acc1"]  # several teachers: the best single one
+        teacher_source, teacher_test = max(
+            ((t, evaluate_model(load_teacher(t, data.num_classes, data.in_channels, data.image_size), data.test,
+                                cfg.data.eval_batch_size)["acc1"]) for t in teachers),
+            key=lambda pair: pair[1],
+        )  # several teachers: the best single one
+        spec = self._front_spec()
         verdict = confirm_stage.confirm_winner(client, parent_id, summaries, self.plan, data, self.points, ctx,
-                                               exp_dir, state, bool(self.resume))
+                                               exp_dir, state, bool(self.resume), spec,
+                                               lambda params: self._trial_cost(ctx, params))
         chosen = verdict.chosen
-        seed = max(chosen.checkpoints, key=lambda s: chosen.val[s])  # the chosen config's best seed on validation
+        seed = confirm.best_seed(chosen)  # the chosen config's best seed on validation
         checkpoint = storage.local_copy(chosen.checkpoints[seed], cfg.sweep.storage_path, exp_dir / "checkpoints")
         student_path = checkpoint / (
             STUDENT_FILE if verdict.confirmed else student_file(seed, search_seeds(cfg)))
@@ -233,12 +245,23 @@ class SweepRunner:
                     if r.data.tags.get("trial_number") == str(chosen.trial)]
         if best_run:
             tracking.set_tags(client, best_run[0].info.run_id, {"orchestrator.best": "true"})
+        version = register_student(client, parent_id, cfg, data, student, student_path, summary, verdict, exp_dir)
+        label = cfg.model.teacher if not self.teachers or len(self.teachers) == 1 else f"best of {len(self.teachers)} teachers"
+        if spec is not None and verdict.confirmed:  # the front: each point exported, logged, registered
+            teacher = front_stage.teacher_row(teacher_source, label, teacher_test, cfg, data)
+            points, summary["front"] = front_stage.publish(
+                client, parent_id, cfg, self.plan.space.fixed, data, verdict, spec,
+                lambda params: self._point_cost(ctx, params), teacher, version, exp_dir)
         (exp_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         tracking.log_file(client, parent_id, exp_dir / "summary.json")
         tracking.log_file(client, parent_id, confirm.plot(verdict, exp_dir / "confirm.png"))
-        version = register_student(client, parent_id, cfg, data, student, student_path, summary, verdict, exp_dir)
-        label = cfg.model.teacher if not self.teachers or len(self.teachers) == 1 else f"best of {len(self.teachers)} teachers"
-        print("\n" + confirm.table(verdict, label, teacher_test))
+        if "front" in summary:
+            print("\n" + front.table(points, spec, verdict.seeds, teacher))
+            if spec.budget is not None:
+                print("\n" + front.budget_line(next(p for p in points if p.cand is chosen), spec.budget))
+            print(f"Front: {exp_dir / 'front.png'}; each point's student as ONNX in {exp_dir / 'front'}")
+        else:
+            print("\n" + confirm.table(verdict, label, teacher_test))
         print("\n" + confirm.conclusion(verdict))
         print_summary(cfg, chosen, seed, version, parent_id, exp_dir, uri, start)
 
