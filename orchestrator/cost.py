@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from orchestrator import dry_run
 from orchestrator.atomic_files import write_json_atomic
 from orchestrator.convert import to_onnx
 from orchestrator.cost_metrics import METRICS
@@ -77,8 +78,9 @@ def student_cost(arch: str, num_classes: int, in_channels: int, image_size: int,
         except (OSError, ValueError):
             pass  # a torn or foreign file: measured again and replaced
     cost = measure_cost(arch, num_classes, in_channels, image_size, threads)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, cost)
+    if not dry_run.active():  # a dry run measures and shows, caches nothing
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, cost)
     return cost
 
 

@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from orchestrator import tracking
     from orchestrator.data import DatasetNotFoundError
-    from orchestrator.data.provision import dry_run_provisioning
+    from orchestrator.dry_run import writing_nothing
     from orchestrator.teachers import TeacherCheckpointError
 
     try:
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ExportError(f"no MLflow store at '{store}' to find '{args.source}' in; give --tracking-uri")
             client = tracking.check_connection(uri)
         path, name, version, run_id = resolve_source(args.source, client)
-        with dry_run_provisioning(args.dry_run):
+        with writing_nothing(args.dry_run):
             model, data, arch = _load_student(path, args)
         meta = metadata(data, args.include_preprocessing, {"student": arch, **run_provenance(client, run_id)})
     except (tracking.TrackingError, ExportError, TeacherCheckpointError, DatasetNotFoundError,

@@ -131,6 +131,17 @@ def space_keys(name_or_path: str) -> set[str]:
     return {str(k) for part in ("fixed", "params") if isinstance(raw.get(part), dict) for k in raw[part]}
 
 
+def space_objectives(name_or_path: str) -> list | None:
+    """The ``objectives:`` a space file declares (its default ``sweep.objectives``, e.g. compress.yaml's
+    accuracy-vs-latency front), or None (none declared, or the file cannot be read: :func:`load_space` says why)."""
+    path = space_path(name_or_path)
+    try:
+        raw = read_yaml(path) if path.is_file() else None
+    except ConfigError:
+        return None
+    return raw.get("objectives") if isinstance(raw, dict) else None
+
+
 def available_spaces() -> list[str]:
     return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
 
@@ -143,9 +154,10 @@ def load_space(name_or_path: str, base: Config, num_train_samples: int | None = 
     raw = read_yaml(path) or {}
     if not isinstance(raw, dict) or not isinstance(raw.get("params", {}), dict):
         raise ConfigError("sweep.search_space", str(path), "a YAML mapping with a 'params' mapping")
-    unknown = set(raw) - {"description", "fixed", "params"}
+    unknown = set(raw) - {"description", "fixed", "params", "objectives"}
     if unknown:
-        raise ConfigError(f"{path.name}:{sorted(unknown)[0]}", raw[sorted(unknown)[0]], "description, fixed, params")
+        raise ConfigError(f"{path.name}:{sorted(unknown)[0]}", raw[sorted(unknown)[0]],
+                          "description, fixed, params, objectives")
     fixed = dict(raw.get("fixed") or {})
     params = [_parse_param(key, spec, path.name) for key, spec in (raw.get("params") or {}).items()]
     space = _hold(SearchSpace(path.stem, params, fixed, str(raw.get("description", "")).strip()), base)

@@ -91,14 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         return parsed
     args, cfg = parsed
     from orchestrator.data import DatasetNotFoundError, build_data
-    from orchestrator.data.provision import dry_run_provisioning
+    from orchestrator.dry_run import writing_nothing
     from orchestrator.models.pretrained import WeightsUnavailableError
     from orchestrator.sweep.cli import check_weights_available
     from orchestrator.teachers import TeacherCheckpointError
 
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     try:
-        with dry_run_provisioning(args.dry_run):
+        with writing_nothing(args.dry_run):
             data = build_data(cfg.data, cfg.seed)
         check_weights_available(cfg, data)
         if cfg.pipeline.sweep:

@@ -333,11 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     args, cfg = parsed
     from orchestrator import cluster
     from orchestrator.data import DatasetNotFoundError, build_data
-    from orchestrator.data.provision import dry_run_provisioning
+    from orchestrator.dry_run import writing_nothing
 
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     try:
-        with dry_run_provisioning(args.dry_run):
+        with writing_nothing(args.dry_run):
             data = build_data(cfg.data, cfg.seed)
         preflight_checks(cfg, data, uri)
         if not args.dry_run:

@@ -206,3 +206,15 @@ def test_dry_run_on_unprovisioned_fashion_mnist_reads_a_temporary_copy(places, m
     assert snapshot(places["cwd"], places["cache"], places["data"]) == before
     ensure_fashion_mnist(places["data"])  # what the run does
     assert len(list(fashion_mnist_raw_dir(places["data"]).iterdir())) == 4
+
+
+def test_sweep_dry_run_of_a_student_search_measures_costs_but_caches_none(places, capsys):
+    """A space that samples the student: the dry run shows each student's measured cost, and the cost cache (what a
+    run fills) stays as it was."""
+    space = Path(__file__).parent / "data" / "tiny_front_space.yaml"
+    before = snapshot(places["cwd"], places["cache"], places["data"])
+    argv = ["--dry-run", *DIGITS, f"sweep.search_space={space}", "sweep.objectives=[val/acc1:max,latency_ms:min]"]
+    assert sweep_main(argv) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "cost/latency_ms (min)" in out and "dry run: nothing was started" in out
+    assert snapshot(places["cwd"], places["cache"], places["data"]) == before

@@ -71,3 +71,17 @@ def test_bad_objectives_exit_2_through_the_cli(capsys):
 
     assert main(["sweep.objectives=[val/acc1:max,cost/flops:min]", "--dry-run"]) == 2
     assert "sweep.objectives" in capsys.readouterr().err
+
+
+def test_a_space_declares_its_default_objectives_which_a_given_key_or_a_budget_replaces():
+    """compress.yaml declares the accuracy-vs-latency front; sweep.objectives or sweep.budget given by the user win."""
+    from orchestrator.sweep.cli import build_parser, resolve_config
+
+    def objectives(*argv: str):
+        return resolve_config(build_parser().parse_intermixed_args(list(argv))).sweep.objectives
+
+    assert objectives("sweep.search_space=compress") == ["val/acc1:max", "cost/latency_ms:min"]
+    assert objectives("sweep.search_space=compress", "sweep.objectives=[val/acc1:max,macs:min]") == [
+        "val/acc1:max", "macs:min"]
+    assert objectives("sweep.search_space=compress", "sweep.budget=macs <= 2e6") is None
+    assert objectives("sweep.search_space=kd") is None  # a space without objectives: the single sweep.metric

@@ -29,11 +29,9 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from pathlib import Path
 
+from orchestrator import dry_run
 from orchestrator.data.common import DatasetNotFoundError, default_data_root
 
 FASHION_MNIST_FILES = (
@@ -45,18 +43,6 @@ FASHION_MNIST_FILES = (
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 SYSTEM_DIR_ENV = "DISTILL_FASHION_MNIST_SYSTEM_DIR"
 OFFLINE_ENV = "DISTILL_OFFLINE"
-_DRY_RUN: ContextVar[bool] = ContextVar("fashion_mnist_dry_run", default=False)
-
-
-@contextmanager
-def dry_run_provisioning(enabled: bool = True) -> Iterator[None]:
-    """Within it (``enabled``), a Fashion-MNIST missing under the data root is provisioned into a temporary folder
-    removed at exit, with one line saying the run will provision it: a dry run reads the data, writes none."""
-    token = _DRY_RUN.set(enabled)
-    try:
-        yield
-    finally:
-        _DRY_RUN.reset(token)
 
 
 def fashion_mnist_raw_dir(root: Path) -> Path:
@@ -129,7 +115,7 @@ def ensure_fashion_mnist(
     raw = fashion_mnist_raw_dir(root)
     if _have_all(raw):
         return root
-    if _DRY_RUN.get():
+    if dry_run.active():
         return _temporary_copy(root, system_dir, download)
     tried = [str(raw)]
     try:  # .gz files dropped in by hand (or left by an interrupted download)
@@ -162,11 +148,8 @@ def _temporary_copy(root: Path, system_dir: Path | str | None, download: bool | 
         _decompress_into(fashion_mnist_raw_dir(root), fashion_mnist_raw_dir(temporary))
     except (OSError, EOFError):
         pass
-    token = _DRY_RUN.set(False)
-    try:
+    with dry_run.writing_nothing(False):  # into the temporary folder
         ensure_fashion_mnist(temporary, system_dir=system_dir, download=download)
-    finally:
-        _DRY_RUN.reset(token)
     print(f"dry run: Fashion-MNIST is not provisioned under {root}; the run provisions it there "
           "(this dry run read a temporary copy)")
     return temporary

@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from orchestrator.config import (
-    Config, ConfigError, dump_yaml, flatten, given_keys, load_config, student_arch, to_dict,
+    Config, ConfigError, apply_overrides, dump_yaml, flatten, given_keys, load_config, student_arch, to_dict,
 )
 from orchestrator.plan import make_plan
 from orchestrator.search import available_spaces
@@ -74,7 +74,20 @@ def resolve_config(args: argparse.Namespace) -> Config:
     cfg = load_config(args.config, overrides)
     if args.resume:  # the held keys are the ones the sweep started with (its config.yaml)
         return resumed_config(cfg, args.config, overrides, args.resume)
-    return hold_given(cfg, given_keys(args.config, overrides))
+    given = given_keys(args.config, overrides)
+    return space_objectives_unless_given(hold_given(cfg, given), given)
+
+
+def space_objectives_unless_given(cfg: Config, given: list[str]) -> Config:
+    """``cfg`` with ``sweep.objectives`` taken from the search space's ``objectives:`` (e.g. compress.yaml's
+    accuracy-vs-latency front) unless the user set it or a ``sweep.budget`` (budget mode has the one objective);
+    validated like a given value (ConfigError)."""
+    from orchestrator.search import space_objectives
+
+    declared = space_objectives(cfg.sweep.search_space)
+    if declared is None or "sweep.objectives" in given or cfg.sweep.budget:
+        return cfg
+    return apply_overrides(cfg, {"sweep.objectives": declared})
 
 
 def hold_given(cfg: Config, given: list[str]) -> Config:
@@ -150,6 +163,13 @@ def check_feature_stages(configs: list[Config], data, teacher=None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
+    from orchestrator.dry_run import writing_nothing
+
+    with writing_nothing(args.dry_run):  # a dry run computes what it shows (data, costs) and caches none of it
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         cfg = resolve_config(args)
     except (ConfigError, FileNotFoundError) as exc:
@@ -165,7 +185,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from orchestrator import cluster, preflight
     from orchestrator.data import DatasetNotFoundError, build_data
-    from orchestrator.data.provision import dry_run_provisioning
     from orchestrator.models.pretrained import WeightsUnavailableError
     from orchestrator.teachers import TeacherCheckpointError
     from orchestrator.tracking import resolve_tracking_uri
@@ -177,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
     address = cluster.resolve_address(cfg.ray.address)
     try:
-        with dry_run_provisioning(args.dry_run):
-            data = build_data(cfg.data, cfg.seed)
+        data = build_data(cfg.data, cfg.seed)
         plan = make_plan(cfg, len(data.train))
         if address is None:
             preflight.check_local(cfg, plan.trial_cpu, in_process(cfg))
