@@ -60,3 +60,11 @@ class StagedNet(nn.Module):
     def embed(self, x: Tensor) -> Tensor:
         """The last stage's output (B, C, H, W) -> the embedding (B, D)."""
         return self.pool(x).flatten(1)
+
+
+def projection_shortcut(in_ch: int, out_ch: int, stride: int) -> nn.Module:
+    """A residual block's shortcut: the identity, or conv1x1 (stride)-BN where the shape changes.
+    (B, in_ch, H, W) -> (B, out_ch, H / stride, W / stride)."""
+    if stride == 1 and in_ch == out_ch:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))

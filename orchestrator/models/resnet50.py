@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from orchestrator.models.base import register_model
-from orchestrator.models.blocks import ReLUStage, StagedNet, init_conv_weights, zoo_stage_names
+from orchestrator.models.blocks import ReLUStage, StagedNet, init_conv_weights, projection_shortcut, zoo_stage_names
 
 EXPANSION = 4  # a bottleneck's output channels per inner channel
 BLOCKS = (3, 4, 6, 3)  # ResNet-50's blocks per stage
@@ -35,9 +35,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_ch)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+        self.shortcut = projection_shortcut(in_ch, out_ch, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
