@@ -240,7 +240,7 @@ def _job_run_that_ended(tmp_path: Path, trial_id: str, tune_folder: Path, epochs
 
     cfg = load_config(None, ["train.epochs=3"])
     train_folder = tmp_path / "train" / f"{cfg.name}-confirm-{trial_id}"
-    data = SimpleNamespace(num_classes=3, in_channels=1, name="toy")
+    data = SimpleNamespace(num_classes=3, in_channels=1, name="toy", image_size=2, resize="resize_then_center_crop")
     for epoch in checkpoints:
         folder = (train_folder / f"checkpoint_2026-12-01_0{epoch}" if train_run
                   else tune_folder / f"checkpoint_00000{epoch - 1}")
