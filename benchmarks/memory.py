@@ -7,7 +7,7 @@
 Every variant runs in a fresh Python process (so one variant's freed memory cannot hide
 another's peak) with ``MALLOC_MMAP_THRESHOLD_`` fixed, so that glibc returns large freed
 blocks to the system and the resident set follows the live tensors. The process builds a
-real :class:`~orchestrator.engine.Trainer` (``cnn_teacher`` live -> ``cnn_student_tiny``, batch
+real :class:`~orchestrator.run.learner.Learner` (``cnn_teacher`` live -> ``cnn_student_tiny``, batch
 128, random 1x28x28 images generated per batch: nothing is stored per image, so N = 1.28M
 costs only the banks), runs one warm-up step, then resets the kernel's peak-RSS mark
 (``/proc/self/clear_refs``) and runs ``--steps`` steps. Reported:

@@ -6,7 +6,7 @@
     python benchmarks/methods.py --tune 6 --out /tmp/methods              # also a short sweep per method's space
 
 Each method (a preset, or ``ce+<term>`` for a term no preset starts with) is trained with the project's
-plain-PyTorch ``Trainer`` (what every trial and confirmation job runs) at the paper defaults the registry
+plain-PyTorch ``Learner`` (what every trial and confirmation job runs) at the paper defaults the registry
 records for it, on each seed, with the default config's data split, teacher and optimiser; the student
 alone (``ce``) is trained on the same seeds with the same optimiser. The teacher's outputs are computed once
 per set of fields the method reads (``output_cache.ensure_outputs``, the sweep's cache) unless they exceed
@@ -69,24 +69,24 @@ def space_for(method: str) -> Path:
 
 def method_config(base, method: str, after: dict | None = None):
     """``base`` with ``distill.method=method`` at its paper defaults, then ``after`` (``--set``)."""
-    from orchestrator.config import apply_overrides
+    from orchestrator.config.schema import apply_overrides
     from orchestrator.distill import registry
 
     return apply_overrides(base, {"distill.method": method, **registry.paper_defaults(method), **(after or {})})
 
 
 def teacher_inputs(cfg, data, teacher_path: str):
-    """(teachers, teacher_outputs) for the Trainer: the cached outputs of the fields ``cfg`` reads, or the live
+    """(teachers, teacher_outputs) for the Learner: the cached outputs of the fields ``cfg`` reads, or the live
     teacher when they exceed the cache limit; ((), None) for a method that reads no teacher."""
     from orchestrator.distill import registry
-    from orchestrator.engine import CachedTeacherOutputs
-    from orchestrator.teachers import load_teacher
+    from orchestrator.teacher_outputs import CachedTeacherOutputs
+    from orchestrator.teacher.checkpoint import load_teacher
 
     if not registry.needs_teacher(cfg.distill):
         return (), None
     model = load_teacher(teacher_path, data.num_classes, data.in_channels, data.image_size)
     if registry.cacheable(cfg.distill):
-        from orchestrator.output_cache import ensure_outputs
+        from orchestrator.teacher_outputs import ensure_outputs
 
         path, _ = ensure_outputs(model, cfg, data, registry.teacher_needs(cfg.distill))
         if path is not None:
@@ -96,13 +96,13 @@ def teacher_inputs(cfg, data, teacher_path: str):
 
 def train(cfg, data, teacher_path: str, seed: int) -> dict:
     """Train ``cfg`` on ``seed``: {"test", "val", "seconds"} (accuracies as fractions)."""
-    from orchestrator.config import apply_overrides
-    from orchestrator.engine import Trainer
+    from orchestrator.config.schema import apply_overrides
+    from orchestrator.run.learner import Learner
 
     cfg = apply_overrides(cfg, {"seed": seed})
     start = time.perf_counter()
     teachers, outputs = teacher_inputs(cfg, data, teacher_path)
-    trainer = Trainer(cfg, data, teachers, teacher_outputs=outputs)
+    trainer = Learner(cfg, data, teachers, teacher_outputs=outputs)
     for epoch in range(1, cfg.train.epochs + 1):  # a pre-stage, if any, runs inside the first epoch
         metrics = trainer.train_one_epoch()
         prestage = f"{metrics['prestage/epochs']} pre-stage epochs, then " if "prestage/epochs" in metrics else ""
@@ -115,7 +115,7 @@ def train(cfg, data, teacher_path: str, seed: int) -> dict:
 
 def table(results: dict[str, dict[str, dict]], methods: list[str], seeds: list[int], title: str) -> common.Table:
     from orchestrator.distill import registry
-    from orchestrator.stats import mean_sd, paired_gain
+    from orchestrator.report.stats import mean_sd, paired_gain
 
     out = common.Table(title, ["method", "terms", "test acc1 %", "test per seed", "gain over alone, points [95% CI]",
                                "min/run"])
@@ -135,7 +135,7 @@ def table(results: dict[str, dict[str, dict]], methods: list[str], seeds: list[i
 
 def paired_gains(results: dict[str, dict[str, dict]], methods: list[str]) -> list[tuple[str, object]]:
     """(method, its paired gain over the student alone of ``results``) for the methods that have runs."""
-    from orchestrator.stats import paired_gain
+    from orchestrator.report.stats import paired_gain
 
     alone = {int(s): r["test"] for s, r in results.get(ALONE, {}).items()}
     gains = [(m, paired_gain({int(s): r["test"] for s, r in results.get(m, {}).items()}, alone)) for m in methods]
@@ -169,8 +169,8 @@ def plot(gains: list[tuple[str, object]], path: Path) -> Path:
 
 def tune(spaces: dict[Path, list[str]], samples: int, out: Path, overrides: list[str]) -> common.Table:
     """One short sweep per space (resumable: a finished space's summary is kept); the table of their results."""
-    from orchestrator.atomic_files import write_json_atomic
-    from orchestrator.teachers import default_cache_dir
+    from orchestrator.infra.atomic_files import write_json_atomic
+    from orchestrator.infra.cache_dir import default_cache_dir
 
     table = common.Table(f"After a short sweep per method ({samples} trials on seed 0, confirmed on seeds 1, 2, 3)",
                          ["space", "methods", "chosen", "chosen test %", "alone test %", "gain vs alone [95% CI]",
@@ -213,12 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="config overrides (key=value) for every run, after --")
     args = parser.parse_args(argv)
 
-    from orchestrator.atomic_files import write_json_atomic
-    from orchestrator.config import ConfigError, load_config
+    from orchestrator.infra.atomic_files import write_json_atomic
+    from orchestrator.config.schema import ConfigError, load_config
     from orchestrator.data import build_data
     from orchestrator.distill import registry
-    from orchestrator.teachers import ensure_teacher
-    from orchestrator.tracking import resolve_tracking_uri
+    from orchestrator.teacher.training import ensure_teacher
+    from orchestrator.infra.tracking import resolve_tracking_uri
 
     common.set_threads(args.threads)
     try:

@@ -85,9 +85,10 @@ def measure(quick: bool, repeats: int, steps: int, n: int) -> dict[str, dict[str
     """term -> {"live": ratio, "cached": ratio} of its ce+<term> step to the ce step."""
     import torch
 
-    from orchestrator.config import load_config
+    from orchestrator.config.schema import load_config
     from orchestrator.distill import registry
-    from orchestrator.engine import Trainer, compute_teacher_outputs
+    from orchestrator.run.learner import Learner
+    from orchestrator.teacher_outputs import compute_teacher_outputs
 
     n, batch = (600, 32) if quick else (n, 128)
     setup = step_bench.make_setup(n, batch, "cpu", "cnn_teacher", "cnn_student_tiny", materialise=False)
@@ -111,7 +112,7 @@ def measure(quick: bool, repeats: int, steps: int, n: int) -> dict[str, dict[str
                     caches[key] = compute_teacher_outputs(setup.teacher, setup.data.train_eval, 512, needs=needs)
                 outputs = [caches[key]]
             torch.manual_seed(0)
-            trainer = Trainer(cfg, setup.data, [setup.teacher] if mode == "live" else [], teacher_outputs=outputs)
+            trainer = Learner(cfg, setup.data, [setup.teacher] if mode == "live" else [], teacher_outputs=outputs)
             variant = step_bench.Variant(label, teacher=mode if label != "ce" else None)
             runners[f"{label}|{mode}"] = step_bench.step_runner(trainer, setup, variant, steps, 5.0, None)
     times = common.interleave(runners, repeats, warmup=1,

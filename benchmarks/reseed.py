@@ -4,7 +4,7 @@
     python benchmarks/reseed.py runs/fmnist-crd-kd-<time> --seeds 7 8 9 10
 
 Reads the sweep folder's ``config.yaml`` (its resolved config) and ``summary.json`` (the chosen config's
-sampled values, ``best_params``, and the space's constants, ``space_fixed``), and trains, with the project's plain-PyTorch ``Trainer`` and the sweep's
+sampled values, ``best_params``, and the space's constants, ``space_fixed``), and trains, with the project's plain-PyTorch ``Learner`` and the sweep's
 teacher (outputs computed once, as the sweep does), for each seed: the chosen config and the student alone
 with the chosen config's optimiser settings. Prints test accuracy mean ± sd, the paired gain with its 95%
 interval, and whether the new mean gain lies inside the interval the sweep printed.
@@ -20,15 +20,17 @@ from pathlib import Path
 
 import torch
 
-from orchestrator.config import apply_overrides, load_config
-from orchestrator.confirm import ALONE, optimiser_params
+from orchestrator.config.schema import apply_overrides, load_config
+from orchestrator.sweep.confirm.outcome import ALONE, optimiser_params
 from orchestrator.data import build_data
 from orchestrator.distill import registry
-from orchestrator.engine import CachedTeacherOutputs, Trainer
-from orchestrator.output_cache import teacher_outputs_file
-from orchestrator.stats import mean_sd, paired_gain
-from orchestrator.teachers import ensure_teacher, load_teacher
-from orchestrator.tracking import resolve_tracking_uri
+from orchestrator.teacher_outputs import CachedTeacherOutputs
+from orchestrator.run.learner import Learner
+from orchestrator.teacher_outputs import teacher_outputs_file
+from orchestrator.report.stats import mean_sd, paired_gain
+from orchestrator.teacher.checkpoint import load_teacher
+from orchestrator.teacher.training import ensure_teacher
+from orchestrator.infra.tracking import resolve_tracking_uri
 
 
 def train(cfg, data, outputs, teachers, seed: int) -> float:
@@ -36,7 +38,7 @@ def train(cfg, data, outputs, teachers, seed: int) -> float:
     unless CE only)."""
     cfg = apply_overrides(cfg, {"seed": seed})
     reads = registry.needs_teacher(cfg.distill)
-    trainer = Trainer(cfg, data, teachers if reads else [], teacher_outputs=outputs if reads else None)
+    trainer = Learner(cfg, data, teachers if reads else [], teacher_outputs=outputs if reads else None)
     for _ in range(cfg.train.epochs):
         trainer.train_one_epoch()
     return trainer.evaluate("test")["acc1"]

@@ -97,9 +97,9 @@ class Recorder:
 
 PIECES = {  # label -> (module, owner attribute path, method)
     "Tune experiment-state saves": ("ray.tune.execution.tune_controller", "TuneController", "checkpoint"),
-    "Optuna suggest (TPE)": ("orchestrator.ray_compat", "JournalSearch", "suggest"),
+    "Optuna suggest (TPE)": ("orchestrator.infra.ray_compat", "JournalSearch", "suggest"),
     "Optuna tell": ("ray.tune.search.optuna", "OptunaSearch", "on_trial_complete"),
-    "ASHA decision": ("orchestrator.sweep.search_stage", "PaperDefaultsFinish", "on_trial_result"),
+    "ASHA decision": ("orchestrator.sweep.search.search_stage", "PaperDefaultsFinish", "on_trial_result"),
     "progress lines": ("orchestrator.sweep.progress", "ProgressPrinter", "on_trial_result"),
 }
 
@@ -156,8 +156,8 @@ def own_run_lookup_s(uri: str, experiment: str) -> tuple[float, float, int]:
     before), and how many children there are."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.tracking import PARENT, child_runs
-    from orchestrator.trial import TrialContext, _own_run
+    from orchestrator.infra.tracking import PARENT, child_runs
+    from orchestrator.sweep.trial import TrialContext, _own_run
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)

@@ -5,7 +5,7 @@
     python benchmarks/scaling.py --quick              # tiny sizes, CPU
     python benchmarks/scaling.py --append             # also append the tables to docs/BENCHMARKS.md
 
-Part 1 runs the project's Ray Train trial (``orchestrator.train_loop.train_loop_per_worker`` in a
+Part 1 runs the project's Ray Train trial (``orchestrator.run.worker.run_worker`` in a
 ``TorchTrainer`` worker group, gloo, one CPU and ``--threads`` torch threads per worker, teacher
 outputs precomputed as the sweep does) with 1 and then 2 workers, alternating, and reports the
 training throughput (all workers together, last epoch) and the wall time of ``fit()``.
@@ -48,11 +48,12 @@ def prepare(args, folder: Path) -> tuple[list[str], str, str]:
     """Config overrides, an (untrained) teacher checkpoint and its precomputed outputs on the train split."""
     import torch
 
-    from orchestrator.config import load_config
+    from orchestrator.config.schema import load_config
     from orchestrator.data import DatasetNotFoundError, build_data
-    from orchestrator.engine import compute_teacher_outputs, freeze
+    from orchestrator.teacher_outputs import compute_teacher_outputs
+    from orchestrator.models.base import freeze
     from orchestrator.models import build_model
-    from orchestrator.teachers import save_model_checkpoint
+    from orchestrator.teacher.checkpoint import save_model_checkpoint
 
     overrides = trial_overrides(args)
     cfg = load_config(None, overrides)
@@ -76,12 +77,12 @@ def fit_once(workers: int, overrides: list[str], teacher: str, outputs: str, sto
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from orchestrator.config import load_config, to_dict
-    from orchestrator.train_loop import train_loop_per_worker
+    from orchestrator.config.schema import load_config, to_dict
+    from orchestrator.run.worker import run_worker
 
     cfg = load_config(None, [*overrides, f"train.num_workers={workers}"])
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        run_worker,
         train_loop_config={
             "cfg": to_dict(cfg), "teachers": [teacher], "teacher_outputs": [outputs], "in_process": False,
             "tracking_uri": None, "mlflow_run_id": None,
@@ -104,8 +105,7 @@ def fit_once(workers: int, overrides: list[str], teacher: str, outputs: str, sto
 def ray_scaling(args) -> common.Table:
     import ray
 
-    from orchestrator import cluster
-
+    from orchestrator.infra import cluster
     folder = Path(tempfile.mkdtemp(prefix="distill-bench-scaling-"))
     os.environ.setdefault("DISTILL_RAY_TMPDIR", "/tmp/distill-ray-bench")
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")

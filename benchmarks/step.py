@@ -7,7 +7,7 @@
     python benchmarks/step.py --topk-accuracy # top-k view caches: KD loss error and val acc1 (digits)
     python benchmarks/step.py --append        # also append the tables to docs/BENCHMARKS.md
 
-Every variant is a real :class:`orchestrator.engine.Trainer` (default teacher ``cnn_teacher``,
+Every variant is a real :class:`orchestrator.run.learner.Learner` (default teacher ``cnn_teacher``,
 student ``cnn_student_tiny``, batch 128, Fashion-MNIST shapes: N = 54,000 memory-bank rows,
 1x28x28 random images) whose ``train_one_epoch`` runs over a few prepared batches: the timed
 code is the engine's own step (forward, loss terms, backward, optimiser, loss bookkeeping).
@@ -172,7 +172,8 @@ def make_setup(n: int, batch: int, device: str, teacher: str, student: str, chan
                classes: int = 10, n_batches: int = 8, materialise: bool = True, cache: bool = True) -> Setup:
     import torch
 
-    from orchestrator.engine import CachedTeacherOutputs, freeze
+    from orchestrator.teacher_outputs import CachedTeacherOutputs
+    from orchestrator.models.base import freeze
     from orchestrator.models import build_model
 
     data = common.synthetic_bundle(n, channels, size, classes, materialise=materialise)
@@ -187,9 +188,9 @@ def make_setup(n: int, batch: int, device: str, teacher: str, student: str, chan
 
 
 def make_trainer(setup: Setup, v: Variant, batch: int, extra: list[str] = ()):
-    from orchestrator.config import load_config
+    from orchestrator.config.schema import load_config
     from orchestrator.distill import registry
-    from orchestrator.engine import Trainer
+    from orchestrator.run.learner import Learner
 
     overrides = [
         f"distill.method={v.method}", f"data.batch_size={batch}", "train.scheduler=none",
@@ -203,7 +204,7 @@ def make_trainer(setup: Setup, v: Variant, batch: int, extra: list[str] = ()):
     reads_teacher = registry.needs_teacher(cfg.distill)
     live = reads_teacher and v.teacher == "live"
     cached = reads_teacher and v.teacher == "cached"
-    return Trainer(
+    return Learner(
         cfg, setup.data, [setup.teacher] if live else [], device=setup.device,
         teacher_outputs=[setup.cache] if cached else None,
     )
@@ -315,7 +316,7 @@ def instrument(clock: Clock) -> Iterator[None]:
 
 
 def instrumented_step(trainer, batch, clock: Clock) -> None:
-    """The body of ``Trainer.train_one_epoch`` for one batch, each phase timed."""
+    """The body of ``Learner.train_one_epoch`` for one batch, each phase timed."""
     import torch
 
     images, labels, indices = batch
@@ -459,12 +460,13 @@ def augmented_steps(args, repeats: int) -> list[common.Table]:
 
     import torch
 
-    from orchestrator.config import load_config
+    from orchestrator.config.schema import load_config
     from orchestrator.data.transforms import IN_MEMORY_AUGMENT
     from orchestrator.distill.registry import LOGITS, OUTPUTS, Needs
-    from orchestrator.engine import Trainer, freeze
+    from orchestrator.run.learner import Learner
+    from orchestrator.models.base import freeze
     from orchestrator.models import build_model
-    from orchestrator.teacher_views import build_views
+    from orchestrator.teacher_outputs import build_views
 
     k, topk = args.aug_k, args.aug_topk
     aug = common.synthetic_bundle(args.n, augment=IN_MEMORY_AUGMENT["fashion_mnist"])
@@ -493,7 +495,7 @@ def augmented_steps(args, repeats: int) -> list[common.Table]:
                      f"distill.crd.nce_k={k}", "distill.crd.negatives_mode=shared"]
         cfg = load_config(None, overrides)
         data = aug if v.augment else plain
-        trainer = Trainer(cfg, data, [teacher] if v.teacher == "live" else [], device=args.device,
+        trainer = Learner(cfg, data, [teacher] if v.teacher == "live" else [], device=args.device,
                           teacher_outputs=[caches[v.teacher]] if v.teacher and v.teacher != "live" else None)
         trainer.train_loader = LoaderSlice(trainer.train_loader, args.steps)
         runners[v.label] = aug_runner(trainer, args.device, args.steps)
@@ -543,13 +545,13 @@ def topk_accuracy(args) -> common.Table:
 
     import torch
 
-    from orchestrator.config import load_config
+    from orchestrator.config.schema import load_config
     from orchestrator.data import build_data
     from orchestrator.distill.kd import kd_loss
     from orchestrator.distill.registry import LOGITS, Needs
-    from orchestrator.engine import Trainer
-    from orchestrator.teacher_views import build_views
-    from orchestrator.teachers import train_alone
+    from orchestrator.run.learner import Learner
+    from orchestrator.teacher_outputs import build_views
+    from orchestrator.teacher.training import train_alone
 
     epochs = args.topk_epochs
     cfg = load_config(None, ["data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student",
@@ -574,14 +576,14 @@ def topk_accuracy(args) -> common.Table:
         errors = []
         if views is not None:  # the KD loss of an untrained student's logits against the stored vs exact logits
             torch.manual_seed(0)
-            probe = Trainer(cfg, data, teacher_outputs=[views])
+            probe = Learner(cfg, data, teacher_outputs=[views])
             for images, _, indices in probe.train_loader:
                 with torch.no_grad():
                     s = probe.student(images).logits
                     exact = kd_loss(s, teacher(images).logits, temperature)
                     stored = kd_loss(s, views.rows(indices, torch.device("cpu"), 0).logits, temperature)
                 errors.append(abs(float(stored - exact)) / float(exact))
-        trainer = Trainer(cfg, data, [teacher] if views is None else [], teacher_outputs=[views] if views else None)
+        trainer = Learner(cfg, data, [teacher] if views is None else [], teacher_outputs=[views] if views else None)
         last = {}
         for _ in range(epochs):
             last = trainer.train_one_epoch()
@@ -602,10 +604,11 @@ def topk_accuracy(args) -> common.Table:
 
 def accuracy(args) -> common.Table:
     """Train cnn_student_tiny with crd_kd, exact and shared negatives, same seed, same teacher."""
-    from orchestrator.config import load_config
+    from orchestrator.config.schema import load_config
     from orchestrator.data import build_data
-    from orchestrator.engine import Trainer, compute_teacher_outputs
-    from orchestrator.teachers import train_alone
+    from orchestrator.run.learner import Learner
+    from orchestrator.teacher_outputs import compute_teacher_outputs
+    from orchestrator.teacher.training import train_alone
 
     base = [
         "data.dataset=fashion_mnist", f"data.train_subset={args.acc_subset}", "distill.method=crd_kd",
@@ -623,7 +626,7 @@ def accuracy(args) -> common.Table:
         ["negatives_mode", *[f"val acc1 ep{e + 1}" for e in range(args.acc_epochs)], "s/epoch (median)", "final train/loss_crd"],
     )
     for mode in ("exact", "shared"):
-        trainer = Trainer(load_config(None, [*base, f"distill.crd.negatives_mode={mode}"]), data, teacher_outputs=[outputs])
+        trainer = Learner(load_config(None, [*base, f"distill.crd.negatives_mode={mode}"]), data, teacher_outputs=[outputs])
         accs, secs, last = [], [], {}
         for epoch in range(args.acc_epochs):
             last = trainer.train_one_epoch()

@@ -1,5 +1,5 @@
 """What moving a sweep's trial inputs through a storage URI costs: the driver's upload (once per sweep), a node's
-first download (once per node) and a later read (its cache), through :mod:`orchestrator.storage` against moto's S3
+first download (once per node) and a later read (its cache), through :mod:`orchestrator.infra.storage` against moto's S3
 server on 127.0.0.1 (a real S3 adds the network; this measures the tool's side).
 
     python benchmarks/storage_inputs.py FILE_OR_FOLDER [...]    # e.g. the teacher and its output cache
@@ -27,8 +27,7 @@ def measure(paths: list[str]) -> dict[str, float]:
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from orchestrator import storage
-
+    from orchestrator.infra import storage
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

@@ -20,13 +20,12 @@ Where the time goes, per sweep and per trial, is read from three places:
   launch, data, models, teacher outputs) = first epoch's metrics - run start - first epoch's
   training - one epoch's evaluation/checkpoint/report overhead;
 - direct measurements of the pieces of a trial's start-up in this process (a fresh
-  interpreter importing the train loop, ``build_data``, ``Trainer(...)``).
+  interpreter importing the train loop, ``build_data``, ``Learner(...)``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import subprocess
 import sys
@@ -72,7 +71,7 @@ def resolve_dataset(args) -> None:
     """Fall back to digits when Fashion-MNIST is not provisioned (``make test`` provisions it)."""
     if args.dataset != "fashion_mnist":
         return
-    from orchestrator.config import load_config
+    from orchestrator.config.schema import load_config
     from orchestrator.data import DatasetNotFoundError, build_data
 
     try:
@@ -86,10 +85,10 @@ def make_teacher(folder: Path, overrides: list[str]) -> str:
     """An untrained teacher checkpoint of the configured architecture."""
     import torch
 
-    from orchestrator.config import load_config
+    from orchestrator.config.schema import load_config
     from orchestrator.data import build_data
     from orchestrator.models import build_model
-    from orchestrator.teachers import save_model_checkpoint
+    from orchestrator.teacher.checkpoint import save_model_checkpoint
 
     cfg = load_config(None, overrides)
     data = build_data(cfg.data, cfg.seed)
@@ -106,9 +105,11 @@ def phase_timers(phases: dict[str, float]):
     import ray
 
     import orchestrator.data
-    from orchestrator import cluster, tracking
-    from orchestrator.sweep import confirm_stage, run, search_stage, teacher_outputs
-
+    from orchestrator.infra import cluster, tracking
+    from orchestrator.sweep.confirm import confirm_stage
+    from orchestrator.sweep import run
+    from orchestrator.sweep.search import search_stage
+    from orchestrator import teacher_outputs
     targets = [
         (orchestrator.data, "build_data", "build_data (driver)"),
         (tracking, "check_connection", "MLflow store check (SQLite create/migrate)"),
@@ -203,15 +204,16 @@ def startup_pieces(args, teacher: str, folder: Path) -> common.Table:
     """What a trial's start-up is made of, measured directly (median of a few)."""
     import torch
 
-    from orchestrator.config import load_config
+    from orchestrator.config.schema import load_config
     from orchestrator.data import build_data
     from orchestrator.data.common import clear_cache
-    from orchestrator.engine import Trainer, compute_teacher_outputs
-    from orchestrator.teachers import load_teacher
+    from orchestrator.run.learner import Learner
+    from orchestrator.teacher_outputs import compute_teacher_outputs
+    from orchestrator.teacher.checkpoint import load_teacher
 
     cfg = load_config(None, [*data_overrides(args), "distill.method=crd_kd", "distill.crd.nce_k=256"])
     rows = []
-    script = "import time; t = time.perf_counter(); import orchestrator.train_loop; print(time.perf_counter() - t)"
+    script = "import time; t = time.perf_counter(); import orchestrator.run.worker; print(time.perf_counter() - t)"
     imports = []
     for _ in range(2):
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -233,17 +235,17 @@ def startup_pieces(args, teacher: str, folder: Path) -> common.Table:
     path = folder / "outputs.pt"
     torch.save({"logits": outputs.logits, "embedding": outputs.embedding}, path)
     loads, builds = [], []
-    from orchestrator.engine import CachedTeacherOutputs
+    from orchestrator.teacher_outputs import CachedTeacherOutputs
 
     for _ in range(3):
         t0 = time.perf_counter()
         cached = CachedTeacherOutputs.load(str(path))
         loads.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        Trainer(cfg, data, teacher_outputs=[cached])
+        Learner(cfg, data, teacher_outputs=[cached])
         builds.append(time.perf_counter() - t0)
     rows.append(("load the teacher-output cache file", common.median(loads)))
-    rows.append(("Trainer(...): student, CRD heads + banks, optimiser, loader", common.median(builds)))
+    rows.append(("Learner(...): student, CRD heads + banks, optimiser, loader", common.median(builds)))
     table = common.Table("Pieces of a trial's start-up, measured alone (median)", ["piece", "seconds"])
     for label, secs in rows:
         table.add(label, f"{secs:.2f}")

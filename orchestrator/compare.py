@@ -23,9 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from orchestrator import tracking
-
-
+from orchestrator.infra import tracking
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator.compare",

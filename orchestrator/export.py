@@ -34,20 +34,18 @@ import json
 import os
 import platform
 import re
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from orchestrator.convert import LogitsOnly, Normalized, to_onnx, to_torchscript
+from orchestrator.deploy.runtime import latency_ms, predictor
+from orchestrator.deploy.convert import LogitsOnly, Normalized, to_onnx, to_torchscript
 from orchestrator.data.transforms import RESIZE_POLICIES
-from orchestrator.safe_load import CheckpointFileError, load_tensors
+from orchestrator.infra.safe_load import CheckpointFileError, load_tensors
 
 FILES = {"onnx": "student.onnx", "torchscript": "student.torchscript.pt"}
 BATCHES = (1, 64)
@@ -78,41 +76,6 @@ def metadata(data, include_preprocessing: bool, provenance: dict[str, str] | Non
         "class_names": json.dumps(list(data.classes) or [str(i) for i in range(data.num_classes)]),
         "dataset": data.name, **(provenance or {}),
     }
-
-
-def predictor(fmt: str, path: Path, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """A function (B, C, H, W) float32 -> (B, K) logits running the exported file (ONNX with ``threads``
-    intra-op threads and one inter-op thread when given; else ONNX Runtime's default)."""
-    if fmt == "onnx":
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return lambda x: session.run(None, {"images": x})[0]
-    module = torch.jit.load(str(path), map_location="cpu").eval()
-
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return module(torch.from_numpy(x)).numpy()
-
-    return run
-
-
-def latency_ms(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int, repeats: int = 20,
-               warmup: int = 10) -> float:
-    """Median wall time per image (ms) of ``predict`` on ``batch`` images (tiled from ``images``), over
-    ``repeats`` timed calls after ``warmup`` untimed ones."""
-    x = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
-    for _ in range(warmup):  # TorchScript's profiling executor optimises after a few calls
-        predict(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        predict(x)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times) / batch
 
 
 def _umask() -> int:
@@ -164,7 +127,7 @@ def export_one(model: nn.Module, fmt: str, images: Tensor, path: Path, meta: dic
 def config_provenance(cfg, teachers: list[str] | None = None) -> dict[str, str]:
     """``student``, ``teacher`` (``teachers`` joined with " + " when given, e.g. an ensemble's) and ``config``
     (flattened, JSON) of a run's Config, for :func:`metadata`."""
-    from orchestrator.config import flatten, to_dict
+    from orchestrator.config.schema import flatten, to_dict
 
     teacher = " + ".join(teachers) if teachers else cfg.teacher.checkpoint or cfg.model.teacher
     return {"student": cfg.model.student, "teacher": teacher,
@@ -264,10 +227,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load_student(path: Path, args):
     """(model, data) of this tool's checkpoint, or of a plain state_dict with ``--arch``/``--dataset``."""
-    from orchestrator.config import DataConfig
+    from orchestrator.config.schema import DataConfig
     from orchestrator.data import build_data
     from orchestrator.models.weights import load_weights
-    from orchestrator.teachers import load_model_checkpoint, plain_state_dict
+    from orchestrator.teacher.checkpoint import load_model_checkpoint, plain_state_dict
 
     ckpt = load_tensors(path, "student checkpoint")
     weights = plain_state_dict(ckpt)
@@ -291,7 +254,7 @@ def _load_student(path: Path, args):
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     out = Path(args.out) if args.out else Path("export") / FILES[args.format]
-    from orchestrator.preflight import creatable
+    from orchestrator.infra.preflight import creatable
 
     unwritable = None if out.exists() else creatable(out)
     if out.is_dir() or (out.exists() and not args.force) or unwritable:
@@ -300,10 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --out '{out}' {why}", file=sys.stderr)
         return 2
 
-    from orchestrator import tracking
+    from orchestrator.infra import tracking
     from orchestrator.data import DatasetNotFoundError
-    from orchestrator.dry_run import writing_nothing
-    from orchestrator.teachers import TeacherCheckpointError
+    from orchestrator.infra.dry_run import writing_nothing
+    from orchestrator.teacher.checkpoint import TeacherCheckpointError
 
     try:
         client = None

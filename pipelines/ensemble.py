@@ -38,8 +38,8 @@ import argparse
 import sys
 from dataclasses import replace
 
-from orchestrator import tracking
-from orchestrator.config import Config, ConfigError, pipeline_output_dir
+from orchestrator.infra import tracking
+from orchestrator.config.schema import Config, ConfigError, pipeline_output_dir
 from pipelines.ensemble_pipeline import EnsemblePipeline, distill_configs
 from pipelines.teachers import build_parser as teachers_parser
 from pipelines.teachers import describe_teachers, parse_cli, preflight_checks
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def dry_run(cfg: Config, data) -> None:
-    from orchestrator.teacher_inputs import choose, describe
+    from orchestrator.teacher_outputs import choose, describe
 
     print("\n".join(describe_teachers(cfg)))
     c = cfg
@@ -72,7 +72,7 @@ def dry_run(cfg: Config, data) -> None:
            else f"{c.distill.method}, {c.train.epochs} epochs, lr {c.train.lr}")
     print(f"student: {c.model.student}; ensemble distillation: {how}; each student trained on seeds {seeds}")
     if cfg.pipeline.sweep:
-        from orchestrator.search import load_space
+        from orchestrator.sweep.search.space import load_space
 
         space = load_space(cfg.sweep.search_space, cfg, len(data.train))
         if space.held:
@@ -91,10 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         return parsed
     args, cfg = parsed
     from orchestrator.data import DatasetNotFoundError, build_data
-    from orchestrator.dry_run import writing_nothing
+    from orchestrator.infra.dry_run import writing_nothing
     from orchestrator.models.pretrained import WeightsUnavailableError
     from orchestrator.sweep.cli import check_weights_available
-    from orchestrator.teachers import TeacherCheckpointError
+    from orchestrator.teacher.checkpoint import TeacherCheckpointError
 
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     try:
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             data = build_data(cfg.data, cfg.seed)
         check_weights_available(cfg, data)
         if cfg.pipeline.sweep:
-            from orchestrator.search import load_space
+            from orchestrator.sweep.search.space import load_space
 
             load_space(cfg.sweep.search_space, cfg, len(data.train))  # bad space: exit 2 now
         preflight_checks(cfg, data, uri)  # tracking store, folder, given teachers: writing nothing

@@ -14,8 +14,8 @@ from pathlib import Path
 import ray
 import torch
 
-from orchestrator import cluster, tracking
-from orchestrator.config import (
+from orchestrator.infra import cluster, tracking
+from orchestrator.config.schema import (
     Config,
     ConfigError,
     apply_overrides,
@@ -27,9 +27,10 @@ from orchestrator.config import (
     to_dict,
 )
 from orchestrator.distill import registry
-from orchestrator.stats import PairedGain, mean_sd, paired_gain
-from orchestrator.teacher_inputs import TeacherInputs, choose
-from orchestrator.teachers import TeacherCheckpointError, alone_config
+from orchestrator.report.stats import PairedGain, mean_sd, paired_gain
+from orchestrator.teacher_outputs import TeacherInputs, choose
+from orchestrator.teacher.checkpoint import TeacherCheckpointError
+from orchestrator.teacher.training import alone_config
 from pipelines import comparison
 from pipelines.ensemble_tasks import distill_task, teacher_eval_task
 from pipelines.stages import Stages, cancel, cpu_share, files_exist, fingerprint, stage_hash, wait_with_progress
@@ -55,7 +56,7 @@ def distill_configs(cfg: Config, num_train: int) -> list[Config]:
     config of ``sweep.search_space``."""
     if not cfg.pipeline.sweep:
         return [cfg]
-    from orchestrator.search import load_space, possible_configs
+    from orchestrator.sweep.search.space import load_space, possible_configs
 
     return possible_configs(load_space(cfg.sweep.search_space, cfg, num_train), cfg)
 
@@ -210,8 +211,8 @@ class EnsemblePipeline:
         return {**result, "hash": digest}
 
     def _measure_cost(self, rows: list[dict]) -> dict:
-        from orchestrator.teachers import load_teacher
-        from orchestrator.engine import CachedTeacherOutputs
+        from orchestrator.teacher.checkpoint import load_teacher
+        from orchestrator.teacher_outputs import CachedTeacherOutputs
 
         d = self.data
         models = [load_teacher(r["source"], d.num_classes, d.in_channels, d.image_size) for r in rows]
@@ -373,7 +374,7 @@ class EnsemblePipeline:
         """stage -> its teachers' view caches (``data.augment``), for the runs (stage -> (config, teachers)) that
         read them: built once per teacher and seed by ``sweep.teacher_outputs.shared_views`` (one Ray task per
         teacher, on a GPU if the cluster has one; found in the cache when an earlier stage or sweep built them)."""
-        from orchestrator.sweep.teacher_outputs import shared_views
+        from orchestrator.teacher_outputs import shared_views
 
         wanted: dict[int, tuple[TeacherInputs, dict[str, None]]] = {}  # seed -> (inputs, teachers in order)
         for run_cfg, sources in runs.values():
@@ -391,8 +392,8 @@ class EnsemblePipeline:
     def _sweep_stage(self, ens: dict, sources: list[str], outputs: list[str]) -> dict:
         """distill_ensemble through the sweep machinery (SweepRunner) over ``sweep.search_space``."""
         from orchestrator.sweep.run import SweepRunner
-        from orchestrator.search import space_path
-        from orchestrator.plan import make_plan
+        from orchestrator.sweep.search.space import space_path
+        from orchestrator.sweep.plan import make_plan
 
         cfg = apply_overrides(self.cfg, {"sweep.storage_path": str(self.out / "sweep"), "sweep.baseline": False,
                                          "tracking.uri": self.uri})
@@ -472,7 +473,7 @@ class EnsemblePipeline:
 
     def _comparison_table(self, teachers: dict, ens: dict, students: dict):
         from orchestrator.models import build_model
-        from orchestrator.teachers import load_model_checkpoint, load_teacher
+        from orchestrator.teacher.checkpoint import load_model_checkpoint, load_teacher
 
         d, p, arch = self.data, self.cfg.pipeline, student_arch(self.cfg.model)
         images = torch.stack([d.test[i][0] for i in range(min(p.inference_batch, len(d.test)))])

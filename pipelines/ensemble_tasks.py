@@ -10,8 +10,8 @@ from pathlib import Path
 import ray
 import torch
 
-from orchestrator import tracking
-from orchestrator.config import from_dict, student_arch
+from orchestrator.infra import tracking
+from orchestrator.config.schema import from_dict, student_arch
 from orchestrator.distill import registry
 from pipelines.stages import numbers
 
@@ -20,9 +20,9 @@ def evaluate_teacher(source: str, cfg_dict: dict, cache: bool, threads: int) -> 
     """One teacher: its outputs on the train split cached by content if ``cache`` (the sweep's file: weights,
     split, the fields the objective reads), logits on val and test."""
     from orchestrator.data import build_data
-    from orchestrator.engine import compute_teacher_outputs
-    from orchestrator.output_cache import ensure_outputs
-    from orchestrator.teachers import load_teacher
+    from orchestrator.teacher_outputs import compute_teacher_outputs
+    from orchestrator.teacher_outputs import ensure_outputs
+    from orchestrator.teacher.checkpoint import load_teacher
 
     torch.set_num_threads(threads)
     cfg = from_dict(cfg_dict)
@@ -44,23 +44,23 @@ teacher_eval_task = ray.remote(num_cpus=1)(evaluate_teacher)
 
 def distill(cfg_dict: dict, teachers: list[str], outputs: list[str], checkpoint: str, uri: str, run_id: str,
             register: str | None = None, data_seed: int | None = None) -> dict:
-    """One student run through the training loop (:func:`orchestrator.loop.fit`): epochs (val each), test at
+    """One student run through the training loop (:func:`orchestrator.run.epochs.run_epochs`): epochs (val each), test at
     the last, logged to MLflow run ``run_id``; then its checkpoint and model (registered and exported if named).
     Trained with seed ``cfg.seed`` on the split of ``data_seed`` (default ``cfg.seed``): the pipeline's
     students share one split and differ in their training seed.
 
     ``outputs``: the teachers' precomputed outputs (un-augmented split) or view caches (``data.augment``), read
-    as a sweep's trial reads them (:func:`orchestrator.train_loop.outputs_for_seed`); without them, or when they
+    as a sweep's trial reads them (:func:`orchestrator.run.worker.outputs_for_seed`); without them, or when they
     do not serve this run, the teachers run live. The run's tag ``teacher_inputs`` says which."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
     from orchestrator.data import build_data
-    from orchestrator.engine import Trainer
+    from orchestrator.run.learner import Learner
     from orchestrator.export import config_provenance, example_batch, export_student, metadata
-    from orchestrator.loop import fit
-    from orchestrator.teachers import load_teacher, save_model_checkpoint
-    from orchestrator.train_loop import load_outputs, outputs_for_seed, teacher_inputs_tag
+    from orchestrator.run.epochs import run_epochs
+    from orchestrator.teacher.checkpoint import load_teacher, save_model_checkpoint
+    from orchestrator.teacher_outputs import load_outputs, outputs_for_seed, teacher_inputs_tag
 
     cfg = from_dict(cfg_dict)
     torch.set_num_threads(cfg.train.torch_threads or cfg.train.cpus_per_worker)
@@ -71,7 +71,7 @@ def distill(cfg_dict: dict, teachers: list[str], outputs: list[str], checkpoint:
     models = []
     if not inputs and uses_teacher:  # nothing precomputed serves this run: the teachers run live (no grad, eval)
         models = [load_teacher(t, data.num_classes, data.in_channels, data.image_size) for t in teachers]
-    trainer = Trainer(cfg, data, models, teacher_outputs=inputs or None)
+    trainer = Learner(cfg, data, models, teacher_outputs=inputs or None)
     client = MlflowClient(tracking_uri=uri)
     used = teacher_inputs_tag({cfg.seed: inputs}) if uses_teacher else None
     if used:
@@ -84,7 +84,7 @@ def distill(cfg_dict: dict, teachers: list[str], outputs: list[str], checkpoint:
         tracking.log_metrics(client, run_id, metrics, step=metrics["epoch"])
 
     try:
-        metrics = fit([trainer], evaluate_test=True, on_epoch=report)  # test: the only look, at the last epoch
+        metrics = run_epochs([trainer], evaluate_test=True, on_epoch=report)  # test: the only look, at the last epoch
     finally:
         tracking.flush_metrics(client, run_id)  # epochs an unreachable server could not take yet
     save_model_checkpoint(Path(checkpoint), trainer.chosen, student_arch(cfg.model), data, numbers(metrics))

@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from orchestrator import tracking
-from orchestrator.atomic_files import write_json_atomic
+from orchestrator.infra import tracking
+from orchestrator.infra.atomic_files import write_json_atomic
 
 STAGE_HASH = "orchestrator.stage_hash"
 REUSED_FROM = "orchestrator.reused_from"

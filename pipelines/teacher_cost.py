@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from orchestrator.config import Config, student_arch
+from orchestrator.config.schema import Config, student_arch
 
 
 @torch.no_grad()

@@ -10,11 +10,11 @@ worker group instead. Each teacher is an MLflow run with tag
 and the same file as ``teacher/checkpoint.pt``, so ``runs:/<id>/teacher`` loads it without unpickling code).
 
 Finished teachers are cached under ``<cache>/teachers`` by a hash of what
-changes them (:func:`orchestrator.teachers.training_key`, the same cache as the
+changes them (:func:`orchestrator.teacher.checkpoint.training_key`, the same cache as the
 sweep's default teacher), so a rerun reuses them. Teachers given as a checkpoint
 path or an MLflow model URI (``runs:/...``, ``models:/...``) are checked and used
 as they are; a plain state_dict is imported as its ``arch`` the way the sweep imports
-``teacher.checkpoint`` (:func:`orchestrator.teachers.import_teacher`).
+``teacher.checkpoint`` (:func:`orchestrator.teacher.checkpoint.import_teacher`).
 
 Examples::
 
@@ -33,8 +33,8 @@ from pathlib import Path
 import ray
 import torch
 
-from orchestrator import tracking
-from orchestrator.config import (
+from orchestrator.infra import tracking
+from orchestrator.config.schema import (
     NATIVE_SIZES,
     Config,
     ConfigError,
@@ -48,17 +48,12 @@ from orchestrator.config import (
     pipeline_teachers,
     to_dict,
 )
-from orchestrator.launcher import in_process
-from orchestrator.pipeline_section import ResolvedTeacher
-from orchestrator.safe_load import load_tensors
-from orchestrator.teachers import (
-    TeacherCheckpointError,
-    alone_config,
-    default_cache_dir,
-    import_teacher,
-    load_teacher,
-    training_key,
-)
+from orchestrator.config.schema import in_process
+from orchestrator.config.pipeline_section import ResolvedTeacher
+from orchestrator.infra.safe_load import load_tensors
+from orchestrator.teacher.checkpoint import TeacherCheckpointError, import_teacher, load_teacher
+from orchestrator.infra.cache_dir import default_cache_dir
+from orchestrator.teacher.training import alone_config, training_key
 from pipelines.stages import cancel, cpu_share, wait_with_progress
 
 TEACHER_KEY_TAG = "orchestrator.teacher_key"
@@ -107,7 +102,7 @@ def train_teacher_task(cfg_dict: dict, data_seed: int, path: str, uri: str, run_
     its checkpoint and model logged to its MLflow run, all inside that run's scope."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.launcher import launch
+    from orchestrator.run.launcher import launch
 
     cfg = from_dict(cfg_dict)
     torch.set_num_threads(cfg.train.torch_threads or cfg.train.cpus_per_worker)
@@ -297,8 +292,7 @@ def preflight_checks(cfg: Config, data, uri: str) -> None:
     """What a pipeline's run refuses, checked before it starts and writing nothing (so also by ``--dry-run``):
     the tracking store, the pipeline folder (``pipeline.output_dir``) and each given teacher file, built in
     memory (ConfigError or TeacherCheckpointError naming the key or file and the reason)."""
-    from orchestrator import preflight
-
+    from orchestrator.infra import preflight
     preflight.check_tracking_store(uri)
     preflight.check_storage(str(pipeline_output_dir(cfg)), key="pipeline.output_dir")
     for t in pipeline_teachers(cfg):
@@ -331,9 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(parsed, int):  # a config error (2) or --print-config (0)
         return parsed
     args, cfg = parsed
-    from orchestrator import cluster
+    from orchestrator.infra import cluster
     from orchestrator.data import DatasetNotFoundError, build_data
-    from orchestrator.dry_run import writing_nothing
+    from orchestrator.infra.dry_run import writing_nothing
 
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     try:

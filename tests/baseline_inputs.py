@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 
 from distill_helpers import distill_config
-from orchestrator.config import apply_overrides
+from orchestrator.config.schema import apply_overrides
 from orchestrator.distill import build_objective
-from orchestrator.engine import Trainer
+from orchestrator.run.learner import Learner
 from orchestrator.models.base import ModelOutput, Shapes
 
 B = 8
@@ -66,7 +66,7 @@ def digits_accuracy(digits, method: str, **overrides) -> float:
     """Test accuracy of the digits student after the fixture's epochs with ``method`` (and overrides)."""
     cfg, data, teacher = digits
     cfg = apply_overrides(cfg, {"distill.method": method, **overrides})
-    trainer = Trainer(cfg, data, [teacher])
+    trainer = Learner(cfg, data, [teacher])
     for _ in range(cfg.train.epochs):
         metrics = trainer.train_one_epoch()
     assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k.startswith("train/loss"))

@@ -15,7 +15,7 @@ os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ... under pytest-xdist; "" otherwise
 if WORKER:  # teacher/output caches of tests that do not ask for isolated_cache: one folder per worker
-    from orchestrator.teachers import default_cache_dir
+    from orchestrator.infra.cache_dir import default_cache_dir
 
     os.environ["DISTILL_CACHE_DIR"] = str(Path(default_cache_dir()) / f"xdist-{WORKER}")
 
@@ -31,8 +31,7 @@ def ray_session(tmp_path_factory):
     """A local Ray with the dashboard (needed for clean trial stops) and 4 logical CPUs."""
     import ray
 
-    from orchestrator import cluster
-
+    from orchestrator.infra import cluster
     ray.shutdown()
     os.environ["DISTILL_RAY_TMPDIR"] = "/tmp/distill-ray-tests" + (f"-{WORKER}" if WORKER else "")
     cluster.connect(None, num_cpus=4)
@@ -50,9 +49,9 @@ def isolated_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def digits():
     """(config, data, teacher): digits with tiny models and a tiny_teacher trained for 6 epochs (>80% test)."""
-    from orchestrator.config import load_config
+    from orchestrator.config.schema import load_config
     from orchestrator.data import build_data
-    from orchestrator.teachers import train_alone
+    from orchestrator.teacher.training import train_alone
 
     cfg = load_config(
         None,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from orchestrator.config import Config, apply_overrides
+from orchestrator.config.schema import Config, apply_overrides
 from orchestrator.distill import Objective, build_objective
 from orchestrator.models.base import Shapes
 

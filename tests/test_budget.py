@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.budget import Budget, no_fit_problem, parse_budget
-from orchestrator.pareto import pareto_front, spread
+from orchestrator.config.budget import Budget, no_fit_problem, parse_budget
+from orchestrator.sweep.pareto import pareto_front, spread
 
 
 def test_budgets_parse_with_aliases():

@@ -206,8 +206,8 @@ def test_pipeline_imports_a_given_plain_state_dict_like_the_sweep(tmp_path, isol
     from mlflow.tracking import MlflowClient as Client
 
     from orchestrator.data import build_data
-    from orchestrator.teachers import TeacherCheckpointError, load_model_checkpoint
-    from orchestrator.config import load_pipeline_config
+    from orchestrator.teacher.checkpoint import TeacherCheckpointError, load_model_checkpoint
+    from orchestrator.config.schema import load_pipeline_config
     from pipelines.teachers import ensure_teachers
 
     state = build_model("tiny_teacher", 10, 1).state_dict()

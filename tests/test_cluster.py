@@ -10,7 +10,7 @@ import pytest
 def test_reused_trial_actors_wait_for_the_previous_trial(ray_session):
     """In-process trials reuse their actor; Tune's default 2 s wait for the previous trial's thread is too short
     on a loaded machine (the next trial then errors and the sweep stalls), so the workers get 300 s."""
-    from orchestrator.cluster import REUSE_WAIT
+    from orchestrator.infra.cluster import REUSE_WAIT
 
     @ray_session.remote
     def seen() -> str | None:
@@ -21,7 +21,7 @@ def test_reused_trial_actors_wait_for_the_previous_trial(ray_session):
 
 @pytest.mark.parametrize("uri", ["sqlite:////tmp/x/mlflow.db", "file:///tmp/x/mlruns", "/tmp/x/mlruns", "mlruns"])
 def test_a_driver_local_tracking_store_is_refused_only_on_several_nodes(uri):
-    from orchestrator.cluster import driver_only_tracking
+    from orchestrator.infra.cluster import driver_only_tracking
 
     assert driver_only_tracking(uri, 1) is None  # a local Ray or `ray start --head` alone: one disk
     reason = driver_only_tracking(uri, 2)
@@ -31,6 +31,6 @@ def test_a_driver_local_tracking_store_is_refused_only_on_several_nodes(uri):
 
 @pytest.mark.parametrize("uri", ["http://10.0.0.5:5000", "https://mlflow.example.com", "databricks"])
 def test_a_tracking_server_is_accepted_on_any_cluster(uri):
-    from orchestrator.cluster import driver_only_tracking
+    from orchestrator.infra.cluster import driver_only_tracking
 
     assert driver_only_tracking(uri, 1) is None and driver_only_tracking(uri, 8) is None

@@ -20,7 +20,7 @@ import pytest
 from matplotlib.image import imread
 from mlflow.tracking import MlflowClient
 
-from orchestrator import tracking
+from orchestrator.infra import tracking
 from orchestrator.compare import main
 from orchestrator.report.write import write_report
 
@@ -306,7 +306,6 @@ def mlflow_server(tmp_path):
 @pytest.mark.slow
 def test_compare_after_real_sweep_on_real_server(mlflow_server, ray_session, tmp_path, monkeypatch, capsys):
     from orchestrator.sweep import cli as sweep
-
     monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     # crd_kd's shape (categorical method, conditional CRD knobs) with K small enough for digits (1294 images)

@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from orchestrator.config import load_config
+from orchestrator.config.schema import load_config
 from orchestrator.models import build_model, describe_model
 from orchestrator.sweep.cli import main
 from orchestrator.sweep.folder import optuna_storage
-from orchestrator.sweep.objectives import OVER_BUDGET
-from orchestrator.sweep.search_stage import PaperDefaultsFinish
-from orchestrator.trial import TrialContext, over_budget_result
+from orchestrator.config.objectives import OVER_BUDGET
+from orchestrator.sweep.search.search_stage import PaperDefaultsFinish
+from orchestrator.sweep.trial import TrialContext, over_budget_result
 from test_sweep import tiny_args
 
 MULTI = str(Path(__file__).parent / "data" / "tiny_multi_space.yaml")
@@ -135,7 +135,7 @@ def test_budget_sweep_never_trains_a_student_over_it(ray_session, isolated_cache
 
 
 def test_the_compress_space_samples_epochs_methods_and_a_20x_span():
-    from orchestrator.search import load_space
+    from orchestrator.sweep.search.space import load_space
     from orchestrator.sweep.costs import reachable_students
 
     cfg = load_config(None, ["sweep.search_space=compress"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config import (
+from orchestrator.config.schema import (
     Config,
     ConfigError,
     apply_overrides,

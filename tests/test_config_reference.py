@@ -8,15 +8,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.config import Config, flatten, load_pipeline_config, to_dict
-from orchestrator.config_reference import COMMAND, field_docs, keys, render
+from orchestrator.config.schema import Config, flatten, load_pipeline_config, to_dict
+from orchestrator.config.reference import COMMAND, field_docs, keys, render
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_committed_reference_is_what_the_generator_prints():
     """The CLI's output equals docs/CONFIG.md; when a key changed, the integrator reruns the one-liner."""
-    out = subprocess.run([sys.executable, "-m", "orchestrator.config_reference"], cwd=ROOT, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "orchestrator.config.reference"], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
     committed = (ROOT / "docs" / "CONFIG.md").read_text()
     diff = "".join(difflib.unified_diff(committed.splitlines(True), out.splitlines(True), "docs/CONFIG.md",

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.config import load_config
-from orchestrator.confirm import Candidate, alone_for, candidates, decide, jobs
-from orchestrator.leaderboard import TrialSummary
-from orchestrator.search import load_space, matching_point, paper_points
-from orchestrator.stats import mean_sd, paired_gain
+from orchestrator.config.schema import load_config
+from orchestrator.sweep.confirm.outcome import Candidate, alone_for, candidates, decide, jobs
+from orchestrator.sweep.leaderboard import TrialSummary
+from orchestrator.sweep.search.space import load_space, matching_point, paper_points
+from orchestrator.report.stats import mean_sd, paired_gain
 from orchestrator.sweep.cli import main
 from test_sweep import runs_by_kind, tiny_args
 
@@ -124,7 +124,7 @@ def test_decide_picks_the_best_mean_validation_accuracy():
 
 
 def test_the_table_names_each_student_alones_settings_and_reads_gains_naturally():
-    from orchestrator.confirm import conclusion, table
+    from orchestrator.sweep.confirm.outcome import conclusion, table
 
     a = Candidate("trial 2", {"train.lr": 0.1188, "distill.alpha": 1.0}, "tuned", 2,
                   val={1: 0.90, 2: 0.91, 3: 0.90}, test={1: 0.89, 2: 0.90, 3: 0.91})

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config import load_config
+from orchestrator.config.schema import load_config
 from orchestrator.distill import paper_defaults
-from orchestrator.search import load_space, paper_points
+from orchestrator.sweep.search.space import load_space, paper_points
 
 
 @pytest.mark.parametrize("name", ["seed", "supcon", "crd_queue", "cacr"])

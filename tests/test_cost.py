@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from orchestrator.cost import cost_metrics, student_cost
+from orchestrator.deploy.cost import cost_metrics, student_cost
 from orchestrator.models import ModelOutput, build_model, describe_model
 
 
@@ -70,7 +70,7 @@ def test_cost_pareto_and_budget_load_neither_ray_nor_mlflow():
     import subprocess
     import sys
 
-    code = ("import sys, orchestrator.cost, orchestrator.pareto, orchestrator.budget; "
+    code = ("import sys, orchestrator.deploy.cost, orchestrator.sweep.pareto, orchestrator.config.budget; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from orchestrator.config import DataConfig
+from orchestrator.config.schema import DataConfig
 from orchestrator.data import DataBundle, build_data, default_data_root, make_loader, set_epoch
 from orchestrator.data.datasets import InMemoryDataset
 from orchestrator.data.loaders import SeededSampler

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.config import DataConfig
+from orchestrator.config.schema import DataConfig
 from orchestrator.data import DatasetNotFoundError, build_data, default_data_root, ensure_fashion_mnist, make_loader
 from orchestrator.data import provision
 from orchestrator.data.transforms import STATS

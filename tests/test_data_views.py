@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from orchestrator.config import DataConfig
+from orchestrator.config.schema import DataConfig
 from orchestrator.data import build_data, make_loader, set_epoch
 from orchestrator.data.loaders import SeededSampler, ViewKeys
 from orchestrator.data.transforms import CropFlip

@@ -3,7 +3,7 @@
 The pinned values are RepDistiller's ``distiller_zoo/AB.py`` (github.com/HobbitLong/RepDistiller at commit
 b84f547c5db6a35318d4671d7d5c4de74c822403), ``sum(ABLoss(2, margin)(g_s, g_t))`` on the inputs of
 :func:`_pinned_inputs` (the connector outputs and the teacher maps); the connectors' parameter counts are
-those of its ``models/util.py`` ``ConvReg(s, t, use_relu=False)``. The digits run and the Trainer's pre-stage
+those of its ``models/util.py`` ``ConvReg(s, t, use_relu=False)``. The digits run and the Learner's pre-stage
 are in tests/test_distill_feature_terms.py.
 """
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from feature_term_helpers import assert_student_gets_gradients_teacher_none, term_and_batch
-from orchestrator.config import ConfigError, load_config
+from orchestrator.config.schema import ConfigError, load_config
 from orchestrator.distill import paper_defaults
 from orchestrator.distill.ab import Connector, ab_loss
 

@@ -42,7 +42,7 @@ def test_signed_power_matches_repdistiller_at_odd_p_on_signed_maps(case):
 
 
 def test_signed_is_a_knob_and_needs_an_integer_power():
-    from orchestrator.config import ConfigError, load_config
+    from orchestrator.config.schema import ConfigError, load_config
 
     assert load_config(None, ["distill.at.signed=true", "distill.at.p=1"]).distill.at.signed is True
     assert load_config(None, []).distill.at.signed is False  # the paper's |a|^p; p=2 (paper default) equal anyway

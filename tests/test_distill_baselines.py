@@ -11,12 +11,13 @@ import torch
 
 from baseline_inputs import B, STUDENT, TEACHER, build_term, digits_accuracy, outputs
 from distill_helpers import distill_config
-from orchestrator.config import ConfigError, Config, apply_overrides, load_config
+from orchestrator.config.schema import ConfigError, Config, apply_overrides, load_config
 from orchestrator.distill import build_objective, paper_defaults, registry
-from orchestrator.engine import Trainer, compute_teacher_outputs
+from orchestrator.run.learner import Learner
+from orchestrator.teacher_outputs import compute_teacher_outputs
 from orchestrator.models import build_model, model_names
 from orchestrator.models.base import Shapes, probe_shapes
-from orchestrator.search import load_space, paper_points
+from orchestrator.sweep.search.space import load_space, paper_points
 
 TERMS = ("fitnet", "at", "sp", "cc", "vid", "rkd")
 CRD_PAPER_PAIRS = [  # (teacher, student) of the CRD paper's CIFAR-100 tables (Tables 1 and 2)
@@ -161,7 +162,7 @@ def test_selector_needs_reach_the_teacher_output_cache(digits):
     assert needs.stages == ("1:", "0")
     cached = compute_teacher_outputs(teacher, data.train_eval, 256, needs=needs)
     assert sorted(cached.features) == ["stage1", "stage2"] and cached.logits is None
-    trainer = Trainer(cfg, data, [], teacher_outputs=[cached])
+    trainer = Learner(cfg, data, [], teacher_outputs=[cached])
     metrics = trainer.train_one_epoch()
     assert metrics["train/loss_at"] > 0 and metrics["train/loss_fitnet"] > 0
 

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from distill_helpers import build, distill_config
-from orchestrator.config import ConfigError, apply_overrides, load_config
+from orchestrator.config.schema import ConfigError, apply_overrides, load_config
 from orchestrator.distill import registry
 from orchestrator.distill.base import Batch
 from orchestrator.distill.cacr import cacr_attraction, cacr_loss, cacr_repulsion
-from orchestrator.engine import Trainer
+from orchestrator.run.learner import Learner
 from orchestrator.models.base import ModelOutput
 
 # (views, alpha, beta, tau_pos, tau_neg) -> the authors' (attraction, repulsion)
@@ -117,7 +117,7 @@ def test_declarations_and_knob_errors():
 def test_cacr_learns_digits_alongside_ce(digits):
     cfg, data, teacher = digits
     cfg = apply_overrides(cfg, {"distill.method": "ce+cacr", "distill.cacr.feat_dim": 32})
-    trainer = Trainer(cfg, data, [teacher])
+    trainer = Learner(cfg, data, [teacher])
     for _ in range(cfg.train.epochs):
         metrics = trainer.train_one_epoch()
     assert math.isfinite(metrics["train/loss_cacr"])

@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from distill_helpers import build, distill_config
-from orchestrator.config import ConfigError, apply_overrides, load_config
+from orchestrator.config.schema import ConfigError, apply_overrides, load_config
 from orchestrator.data import UNLABELLED, build_data
 from orchestrator.data.negatives import NegativeSampler
 from orchestrator.distill import registry
 from orchestrator.distill.base import Batch
 from orchestrator.distill.crd import CRD, CRDLoss
 from orchestrator.distill.nce import contrast_dots, contrast_scores, nce_loss
-from orchestrator.engine import Trainer
+from orchestrator.run.learner import Learner
 from orchestrator.models.base import ModelOutput
 
 B, DS, DT, K, D = 6, 5, 7, 10, 4
@@ -338,8 +338,8 @@ def test_knob_errors_name_the_key():
 # ---------------------------------------------------------------- digits runs
 
 
-def _train(cfg, data, teacher) -> tuple[Trainer, dict]:
-    trainer = Trainer(cfg, data, [teacher])
+def _train(cfg, data, teacher) -> tuple[Learner, dict]:
+    trainer = Learner(cfg, data, [teacher])
     for _ in range(cfg.train.epochs):
         metrics = trainer.train_one_epoch()
     return trainer, metrics
@@ -363,7 +363,7 @@ def test_uniform_negatives_see_the_unlabelled_images_on_digits(digits):
                                 "train.epochs": 3})
     data = build_data(cfg.data, cfg.seed)
     unlabelled = (data.train_labels == UNLABELLED).nonzero().flatten()
-    trainer = Trainer(cfg, data, [teacher])
+    trainer = Learner(cfg, data, [teacher])
     assert trainer.objective.labelled_only == {"ce"}
     bank = trainer.objective.terms["crd"].crds[0].memory.bank_s
     before = bank[unlabelled].clone()

@@ -24,12 +24,12 @@ import pytest
 import torch
 
 from distill_helpers import build, distill_config
-from orchestrator.config import ConfigError, apply_overrides, load_config
+from orchestrator.config.schema import ConfigError, apply_overrides, load_config
 from orchestrator.distill import paper_defaults
 from orchestrator.distill.dist import DIST, DISTKnobs, dist_loss, pearson
-from orchestrator.engine import Trainer
+from orchestrator.run.learner import Learner
 from orchestrator.models.base import ModelOutput
-from orchestrator.search import load_space, paper_points
+from orchestrator.sweep.search.space import load_space, paper_points
 
 # (beta, gamma, tau) -> the authors' DIST on the pinned inputs.
 REFERENCE = {
@@ -160,7 +160,7 @@ def test_builder_reads_the_dist_section_and_the_paper_defaults():
 
 def test_dist_learns_digits(digits):
     cfg, data, teacher = digits
-    trainer = Trainer(apply_overrides(cfg, {"distill.method": "dist"}), data, [teacher])
+    trainer = Learner(apply_overrides(cfg, {"distill.method": "dist"}), data, [teacher])
     for _ in range(cfg.train.epochs):
         metrics = trainer.train_one_epoch()
     assert {k for k in metrics if k.startswith("train/loss_")} == {"train/loss_ce", "train/loss_dist"}

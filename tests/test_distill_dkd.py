@@ -18,12 +18,12 @@ import pytest
 import torch
 
 from distill_helpers import build, distill_config
-from orchestrator.config import apply_overrides, load_config
+from orchestrator.config.schema import apply_overrides, load_config
 from orchestrator.distill import paper_defaults
 from orchestrator.distill.dkd import DKD, dkd_loss
-from orchestrator.engine import Trainer
+from orchestrator.run.learner import Learner
 from orchestrator.models.base import ModelOutput
-from orchestrator.search import load_space, paper_points
+from orchestrator.sweep.search.space import load_space, paper_points
 
 # (alpha, beta, temperature) -> mdistiller's dkd_loss on the pinned inputs.
 REFERENCE = {
@@ -154,7 +154,7 @@ def test_paper_points_of_the_dkd_space_are_the_paper_values():
 def test_dkd_learns_digits_and_its_warmup_follows_the_trainer(digits):
     cfg, data, teacher = digits
     cfg = apply_overrides(cfg, {"distill.method": "dkd", "distill.dkd.warmup": 2})
-    trainer = Trainer(cfg, data, [teacher])
+    trainer = Learner(cfg, data, [teacher])
     factors = []
     for _ in range(cfg.train.epochs):
         metrics = trainer.train_one_epoch()

@@ -1,4 +1,4 @@
-"""The feature-based CRD-paper baselines (PKT, NST, KDSVD, FSP, AB, FT) in the Trainer: digits runs at the
+"""The feature-based CRD-paper baselines (PKT, NST, KDSVD, FSP, AB, FT) in the Learner: digits runs at the
 paper weights, the pre-stage of AB/FSP/FT end to end, stage selectors through the teacher-output cache."""
 
 from __future__ import annotations
@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from orchestrator.config import Config, apply_overrides
+from orchestrator.config.schema import Config, apply_overrides
 from orchestrator.distill import build_objective, registry
 from orchestrator.distill.features import resolve
 from orchestrator.distill.stages import select_all
-from orchestrator.engine import Trainer, compute_teacher_outputs
+from orchestrator.run.learner import Learner
+from orchestrator.teacher_outputs import compute_teacher_outputs
 from orchestrator.models import build_model
 from orchestrator.models.base import probe_shapes
 
@@ -36,7 +37,7 @@ def one_thread():
 def test_each_term_trains_the_digits_student_well_above_chance(digits, one_thread, name):
     cfg, data, teacher = digits
     cfg = _config(cfg, name)
-    trainer = Trainer(cfg, data, [teacher])
+    trainer = Learner(cfg, data, [teacher])
     for _ in range(cfg.train.epochs):
         metrics = trainer.train_one_epoch()
     assert f"train/loss_{name}" in metrics and all(v == v for v in metrics.values())
@@ -52,7 +53,7 @@ def test_pre_stage_losses_decrease_then_distillation_runs_from_a_cached_teacher(
     assert needs.stages == ("last",)
     cache = compute_teacher_outputs(teacher, data.train_eval, 256, needs=needs)
     assert list(cache.features) == [cache.stage_names[-1]]  # the selector resolved to the teacher's name
-    trainer = Trainer(cfg, data, [], teacher_outputs=[cache])
+    trainer = Learner(cfg, data, [], teacher_outputs=[cache])
     term = trainer.objective.terms["ft"]
     per_epoch: list[list[float]] = [[] for _ in range(3)]
     steps = len(trainer.train_loader)
@@ -80,7 +81,7 @@ def test_pre_stage_losses_decrease_then_distillation_runs_from_a_cached_teacher(
 def test_ab_and_fsp_pre_stages_train_the_student(digits, one_thread):
     cfg, data, teacher = digits
     for name in ("ab", "fsp"):
-        trainer = Trainer(_config(cfg, name, **{f"distill.{name}.init_epochs": 2}), data, [teacher])
+        trainer = Learner(_config(cfg, name, **{f"distill.{name}.init_epochs": 2}), data, [teacher])
         before = {k: v.clone() for k, v in trainer.student.state_dict().items()}
         metrics = trainer._pre_stage()
         assert metrics["prestage/epochs"] == 2 and metrics[f"prestage/loss_{name}"] > 0
@@ -127,7 +128,7 @@ def test_default_stages_work_for_zoo_pairs(one_thread, teacher, student, size):
 
 
 def test_search_spaces_load_and_start_from_the_paper_point():
-    from orchestrator.search import load_space, paper_points
+    from orchestrator.sweep.search.space import load_space, paper_points
 
     cfg = Config()
     for name in TERMS:

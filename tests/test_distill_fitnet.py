@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from baseline_inputs import B, TEACHER, build_term, check_gradients, maps, outputs
-from orchestrator.config import apply_overrides
+from orchestrator.config.schema import apply_overrides
 from orchestrator.distill.base import Batch
 from orchestrator.distill.fitnet import hint_connector
-from orchestrator.engine import Trainer
+from orchestrator.run.learner import Learner
 from orchestrator.models.base import Shapes
 
 # (student shape, teacher shape) -> (connector convolution, kernel), RepDistiller's value
@@ -88,7 +88,7 @@ def test_gradients_reach_the_student_and_the_connector_never_the_teacher():
 
 def test_the_hint_pre_stage_trains_before_distillation(digits):
     cfg, data, teacher = digits
-    trainer = Trainer(apply_overrides(cfg, {"distill.method": "fitnet", "distill.fitnet.hint_epochs": 1}), data, [teacher])
+    trainer = Learner(apply_overrides(cfg, {"distill.method": "fitnet", "distill.fitnet.hint_epochs": 1}), data, [teacher])
     assert trainer.objective.pre_stage_length == 1
     metrics = trainer.train_one_epoch()
     assert metrics["prestage/epochs"] == 1 and metrics["prestage/loss_fitnet"] > 0 and metrics["train/loss_fitnet"] > 0

@@ -2,7 +2,7 @@
 
 The pinned value is RepDistiller's ``distiller_zoo/FSP.py`` (github.com/HobbitLong/RepDistiller at commit
 b84f547c5db6a35318d4671d7d5c4de74c822403), ``sum(FSP(s_shapes, t_shapes)(g_s, g_t))`` on the inputs of
-:func:`_pinned_inputs`, in float64. The digits run and the Trainer's pre-stage are in
+:func:`_pinned_inputs`, in float64. The digits run and the Learner's pre-stage are in
 tests/test_distill_feature_terms.py.
 """
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from feature_term_helpers import assert_student_gets_gradients_teacher_none, term_and_batch
-from orchestrator.config import load_config
+from orchestrator.config.schema import load_config
 from orchestrator.distill import paper_defaults, registry
 from orchestrator.distill.fsp import fsp_loss
 

@@ -4,7 +4,7 @@ The pinned values are RepDistiller's ``distiller_zoo/FT.py`` (github.com/HobbitL
 b84f547c5db6a35318d4671d7d5c4de74c822403), ``FactorTransfer()(f_s, f_t)`` on the inputs of
 :func:`_pinned_inputs`; the paraphraser's and translator's parameter counts are those of its
 ``models/util.py`` ``Paraphraser((2, 12, 4, 4))`` and ``Translator((2, 8, 4, 4), (2, 12, 4, 4))``. The digits
-run and the Trainer's pre-stage are in tests/test_distill_feature_terms.py.
+run and the Learner's pre-stage are in tests/test_distill_feature_terms.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from feature_term_helpers import assert_student_gets_gradients_teacher_none, term_and_batch
-from orchestrator.config import ConfigError, load_config
+from orchestrator.config.schema import ConfigError, load_config
 from orchestrator.distill import paper_defaults
 from orchestrator.distill.ft import Paraphraser, ft_loss, translator
 

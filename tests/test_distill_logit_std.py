@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from distill_helpers import build, distill_config
-from orchestrator.config import ConfigError, apply_overrides, load_config
+from orchestrator.config.schema import ConfigError, apply_overrides, load_config
 from orchestrator.distill import paper_defaults
 from orchestrator.distill.dkd import dkd_loss
 from orchestrator.distill.kd import ensemble_kd_loss, kd_loss
 from orchestrator.distill.logit_std import tempered, z_score
-from orchestrator.engine import Trainer
+from orchestrator.run.learner import Learner
 from orchestrator.models.base import ModelOutput
-from orchestrator.search import load_space, paper_points
+from orchestrator.sweep.search.space import load_space, paper_points
 
 KD_REFERENCE = {2.0: 0.8558410207347803, 4.0: 0.8631482282703432, 1.0: 0.8183738072815014}  # base T -> value
 DKD_REFERENCE = {  # (alpha, beta, base T) -> value
@@ -131,7 +131,7 @@ def test_a_non_boolean_standardize_is_refused_naming_the_key():
 
 def test_standardised_kd_learns_digits(digits):
     cfg, data, teacher = digits
-    trainer = Trainer(apply_overrides(cfg, {"distill.method": "kd", "distill.kd.standardize": True,
+    trainer = Learner(apply_overrides(cfg, {"distill.method": "kd", "distill.kd.standardize": True,
                                             "distill.kd.temperature": 2.0}), data, [teacher])
     for _ in range(cfg.train.epochs):
         trainer.train_one_epoch()

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from feature_term_helpers import assert_student_gets_gradients_teacher_none, term_and_batch
-from orchestrator.config import ConfigError, load_config
+from orchestrator.config.schema import ConfigError, load_config
 from orchestrator.distill import paper_defaults
 from orchestrator.distill.nst import nst_loss
 

@@ -1,5 +1,5 @@
 """Online mutual distillation (DML, DoGo): pinned to the DoGo authors' KL, DML's closed form, gradients,
-peers evaluated and chosen by the Trainer, a digits run.
+peers evaluated and chosen by the Learner, a digits run.
 
 DoGo reference: NeurAI-Lab/DoGo at commit e303820 (``criterion/kl.py``, ``KLLoss``), evaluated in float64
 on the inputs of :func:`_embeddings` with both views equal (``KLLoss()(s, s, p, p, temperature=T)``):
@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill_helpers import distill_config
-from orchestrator.config import apply_overrides
+from orchestrator.config.schema import apply_overrides
 from orchestrator.data import build_data
 from orchestrator.distill import registry
 from orchestrator.distill.base import Batch
 from orchestrator.distill.peers import MutualLearning, PeerKnobs, class_log_probs, similarity_log_probs
-from orchestrator.engine import Trainer
+from orchestrator.run.learner import Learner
 from orchestrator.models.base import ModelOutput
 
 DOGO_REFERENCE = {0.1: (0.1879021941495069, 0.060972953100426226), 0.5: (0.06385664638947514, 0.05313445659474821)}
@@ -149,7 +149,7 @@ def test_knobs_are_checked():
 def test_peers_train_on_digits_every_peer_is_evaluated_and_the_best_chosen(digits, method):
     cfg, data, _ = digits
     cfg = apply_overrides(cfg, {"distill.method": method, "train.epochs": 3})
-    trainer = Trainer(cfg, data)
+    trainer = Learner(cfg, data)
     assert not trainer.objective.needs_teacher
     for _ in range(cfg.train.epochs):
         trainer.train_one_epoch()
@@ -158,7 +158,7 @@ def test_peers_train_on_digits_every_peer_is_evaluated_and_the_best_chosen(digit
     best = max(val["student/acc1"], val["peer1/acc1"])
     assert val["acc1"] == best > 0.5  # ten classes: chance is 0.1
     assert trainer.chosen is trainer.networks()[["student", "peer1"][val["chosen"]]]
-    restored = Trainer(cfg, data)
+    restored = Learner(cfg, data)
     restored.load_state_dict(trainer.state_dict())
     assert restored.chosen_name == trainer.chosen_name
     for a, b in zip(trainer.chosen.state_dict().values(), restored.chosen.state_dict().values()):
@@ -168,7 +168,7 @@ def test_peers_train_on_digits_every_peer_is_evaluated_and_the_best_chosen(digit
 def test_dogo_with_augmentation_contrasts_two_views_and_learns_digits(digits):
     cfg, _, _ = digits
     cfg = apply_overrides(cfg, {"distill.method": "ce+dogo", "train.epochs": 3, "data.augment": True})
-    trainer = Trainer(cfg, build_data(cfg.data, cfg.seed))
+    trainer = Learner(cfg, build_data(cfg.data, cfg.seed))
     assert trainer.extra_views == 1  # the student's and the peer's second view
     for _ in range(cfg.train.epochs):
         metrics = trainer.train_one_epoch()

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from distill_helpers import build, distill_config
-from orchestrator.config import ConfigError, apply_overrides, load_config
+from orchestrator.config.schema import ConfigError, apply_overrides, load_config
 from orchestrator.distill import registry
 from orchestrator.distill.queue import FeatureQueue
 from orchestrator.distill.seed import SEEDLoss, seed_loss
-from orchestrator.engine import Trainer
+from orchestrator.run.learner import Learner
 from orchestrator.models.base import ModelOutput
 
 B, DS, DT, K = 8, 6, 5, 16
@@ -154,7 +154,7 @@ def test_declarations_no_labels_and_knob_errors_name_the_key():
 def test_seed_learns_digits_alongside_ce(digits):
     cfg, data, teacher = digits
     cfg = apply_overrides(cfg, {"distill.method": "ce+seed", "distill.seed.queue_size": 256})
-    trainer = Trainer(cfg, data, [teacher])
+    trainer = Learner(cfg, data, [teacher])
     for _ in range(cfg.train.epochs):
         metrics = trainer.train_one_epoch()
     assert {k for k in metrics if k.startswith("train/loss_")} == {"train/loss_ce", "train/loss_seed"}

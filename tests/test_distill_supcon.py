@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from distill_helpers import build, distill_config
-from orchestrator.config import ConfigError, apply_overrides, load_config
+from orchestrator.config.schema import ConfigError, apply_overrides, load_config
 from orchestrator.distill import registry
 from orchestrator.data import build_data
 from orchestrator.distill.base import Batch
 from orchestrator.distill.supcon import SupCon, supcon_loss
-from orchestrator.engine import Trainer
+from orchestrator.run.learner import Learner
 from orchestrator.models.base import ModelOutput
 
 # (views, temperature, base_temperature) -> the authors' SupConLoss
@@ -132,7 +132,7 @@ def test_supcon_learns_digits_alongside_ce(digits, augment):
     cfg, data, _ = digits
     cfg = apply_overrides(cfg, {"distill.method": "ce+supcon", "distill.supcon.feat_dim": 32, "data.augment": augment})
     data = build_data(cfg.data, cfg.seed) if augment else data
-    trainer = Trainer(cfg, data, [])
+    trainer = Learner(cfg, data, [])
     assert trainer.extra_views == int(augment)  # with augmentation: two views of every image
     for _ in range(cfg.train.epochs):
         metrics = trainer.train_one_epoch()

@@ -18,10 +18,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from orchestrator import tracking
-from orchestrator.ray_compat import JournalSearch
+from orchestrator.infra import tracking
+from orchestrator.infra.ray_compat import JournalSearch
 from orchestrator.sweep.folder import optuna_storage
-from orchestrator.trial import TrialContext, _open_run
+from orchestrator.sweep.trial import TrialContext, _open_run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -169,7 +169,7 @@ def test_a_trial_starts_only_once_tunes_saved_state_holds_it(ray_session, tmp_pa
     import ray.cloudpickle
     from ray import tune
 
-    from orchestrator.ray_compat import save_state_before_trials_start
+    from orchestrator.infra.ray_compat import save_state_before_trials_start
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import test modules
     save_state_before_trials_start()
@@ -224,8 +224,8 @@ def _job_run_that_ended(tmp_path: Path, trial_id: str, tune_folder: Path, epochs
 
     import torch
 
-    from orchestrator.config import load_config, to_dict
-    from orchestrator.teachers import save_model_checkpoint
+    from orchestrator.config.schema import load_config, to_dict
+    from orchestrator.teacher.checkpoint import save_model_checkpoint
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = tracking.check_connection(uri)
@@ -281,16 +281,16 @@ def test_a_confirmation_job_that_ended_before_the_kill_gives_the_stage_its_final
     Now it reports what it reported last: the last epoch's numbers and the checkpoint holding that epoch's student."""
     from types import SimpleNamespace
 
-    from orchestrator import confirm
-    from orchestrator.safe_load import load_tensors
-    from orchestrator.trial import run_job
+    from orchestrator.sweep.confirm import outcome
+    from orchestrator.infra.safe_load import load_tensors
+    from orchestrator.sweep.trial import run_job
 
     job = _finished_job(tmp_path, monkeypatch, train_run=train_run)
     other = SimpleNamespace(config={"job": {**job.job, "key": "0-8", "seed": 8}}, error=None, checkpoint=None,
                             metrics={"val/acc1": 0.7, "test/acc1": 0.75, "checkpoint_path": "elsewhere"})
 
-    before = confirm.Candidate("trial 1", {}, "tuned")  # what the stage got before: the restored result only
-    assert confirm.collect([job.restored, other], [before]) == ["trial 1 seed 7"]
+    before = outcome.Candidate("trial 1", {}, "tuned")  # what the stage got before: the restored result only
+    assert outcome.collect([job.restored, other], [before]) == ["trial 1 seed 7"]
     assert sorted(before.test) == [8]
 
     run_job({"job": job.job}, job.ctx)  # the resumed job: not trained again (no launch), its result read back
@@ -299,9 +299,9 @@ def test_a_confirmation_job_that_ended_before_the_kill_gives_the_stage_its_final
     assert reported == {**job.per_epoch[3], "epoch": 3, "checkpoint_path": str(final)}
     assert job.client.get_run(job.run).info.status == "FINISHED"
 
-    cand = confirm.Candidate("trial 1", {}, "tuned")
+    cand = outcome.Candidate("trial 1", {}, "tuned")
     resumed = SimpleNamespace(**{**vars(job.restored), "metrics": reported})  # Tune's last result = the new report
-    assert confirm.collect([resumed, other], [cand]) == []
+    assert outcome.collect([resumed, other], [cand]) == []
     assert (cand.val, cand.test) == ({7: 0.8, 8: 0.7}, {7: 0.8, 8: 0.75})
     assert cand.checkpoints[7] == str(final)  # not the restored epoch-2 checkpoint Tune still holds
     assert load_tensors(final / "student.pt", "student")["metrics"]["test/acc1"] == 0.8
@@ -313,8 +313,8 @@ def test_a_confirmation_job_that_ended_before_the_kill_gives_the_stage_its_final
 ])
 def test_a_finished_confirmation_job_whose_result_is_not_whole_fails_clearly(tmp_path, monkeypatch, epochs_logged,
                                                                             checkpoints, says):
-    from orchestrator.finished_job import FinishedJobError
-    from orchestrator.trial import run_job
+    from orchestrator.sweep.confirm.finished_job import FinishedJobError
+    from orchestrator.sweep.trial import run_job
 
     job = _finished_job(tmp_path, monkeypatch, epochs_logged=epochs_logged, checkpoints=checkpoints)
     with pytest.raises(FinishedJobError, match=says):
@@ -331,7 +331,7 @@ def _job_whose_run_ended_before_the_kill(config, tmp: str):
     import torch
     from ray import tune
 
-    from orchestrator.trial import run_job
+    from orchestrator.sweep.trial import run_job
 
     with tempfile.TemporaryDirectory() as folder:
         torch.save({"metrics": {}}, Path(folder) / "student.pt")
@@ -347,8 +347,8 @@ def test_a_finished_confirmation_job_reports_its_final_result_through_tune(ray_s
     import ray.cloudpickle
     from ray import tune
 
-    from orchestrator import confirm
-    from orchestrator.safe_load import load_tensors
+    from orchestrator.sweep.confirm import outcome
+    from orchestrator.infra.safe_load import load_tensors
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import test modules
     job = {"key": "0-7", "label": "trial 1", "overrides": {}, "seed": 7}
@@ -356,8 +356,8 @@ def test_a_finished_confirmation_job_reports_its_final_result_through_tune(ray_s
         tune.with_parameters(_job_whose_run_ended_before_the_kill, tmp=str(tmp_path)), param_space={"job": job},
         run_config=tune.RunConfig(name="confirm", storage_path=str(tmp_path / "runs"), verbose=0),
     ).fit()
-    cand = confirm.Candidate("trial 1", {}, "tuned")
-    assert confirm.collect(results, [cand]) == []
+    cand = outcome.Candidate("trial 1", {}, "tuned")
+    assert outcome.collect(results, [cand]) == []
     assert (cand.val, cand.test) == ({7: 0.8}, {7: 0.8})
     final = Path(cand.checkpoints[7])
     assert final.name == "checkpoint_000002" and final != Path(results[0].checkpoint.path)  # not Tune's own

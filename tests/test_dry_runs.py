@@ -35,10 +35,10 @@ def snapshot(*folders: Path) -> dict[str, object]:
 def places(tmp_path, monkeypatch):
     """A working directory, a cache and a data root of their own, and the inputs the CLIs are given (outside them):
     a plain state_dict of tiny_teacher, a student checkpoint of this tool, a file of random bytes."""
-    from orchestrator.config import load_config
+    from orchestrator.config.schema import load_config
     from orchestrator.data import build_data
     from orchestrator.models import build_model
-    from orchestrator.teachers import save_model_checkpoint
+    from orchestrator.teacher.checkpoint import save_model_checkpoint
 
     cwd, cache, data_root, given = (tmp_path / name for name in ("cwd", "cache", "data", "given"))
     for folder in (cwd, cache, data_root, given):

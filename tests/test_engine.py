@@ -5,15 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from orchestrator.config import apply_overrides
+from orchestrator.config.schema import apply_overrides
 from orchestrator.data import build_data
-from orchestrator.engine import NonFiniteLossError, Trainer, compute_teacher_outputs
+from orchestrator.run.learner import NonFiniteLossError
+from orchestrator.run.learner import Learner
+from orchestrator.teacher_outputs import compute_teacher_outputs
 
 
 @pytest.mark.parametrize("method", ["ce", "kd", "crd", "crd_kd"])
 def test_each_objective_learns_digits(digits, method):
     cfg, data, teacher = digits
-    trainer = Trainer(apply_overrides(cfg, {"distill.method": method}), data, [teacher])
+    trainer = Learner(apply_overrides(cfg, {"distill.method": method}), data, [teacher])
     for _ in range(cfg.train.epochs):
         metrics = trainer.train_one_epoch()
     test = trainer.evaluate("test")
@@ -24,7 +26,7 @@ def test_each_objective_learns_digits(digits, method):
 
 def test_teacher_is_frozen_and_never_checkpointed(digits):
     cfg, data, teacher = digits
-    trainer = Trainer(apply_overrides(cfg, {"distill.method": "crd_kd"}), data, [teacher])
+    trainer = Learner(apply_overrides(cfg, {"distill.method": "crd_kd"}), data, [teacher])
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     trainer.train_one_epoch()
     assert not teacher.training
@@ -43,13 +45,13 @@ def test_teacher_is_frozen_and_never_checkpointed(digits):
 def test_checkpoint_round_trip_resumes_exactly(digits, tmp_path):
     cfg, data, teacher = digits
     cfg = apply_overrides(cfg, {"distill.method": "crd_kd", "train.epochs": 3})
-    straight = Trainer(cfg, data, [teacher])
+    straight = Learner(cfg, data, [teacher])
     straight.train_one_epoch()
     path = tmp_path / "state.pt"
     torch.save(straight.state_dict(), path)
     straight.train_one_epoch()
 
-    resumed = Trainer(cfg, data, [teacher])
+    resumed = Learner(cfg, data, [teacher])
     resumed.load_state_dict(torch.load(path, weights_only=True))
     assert resumed.epoch == 1
     resumed.train_one_epoch()
@@ -64,8 +66,8 @@ def test_cached_teacher_outputs_match_live_teacher(digits):
     cfg, data, teacher = digits
     cfg = apply_overrides(cfg, {"distill.method": "kd", "train.epochs": 1})
     cache = compute_teacher_outputs(teacher, data.train_eval)
-    live = Trainer(cfg, data, [teacher])
-    cached = Trainer(cfg, data, teacher_outputs=[cache])
+    live = Learner(cfg, data, [teacher])
+    cached = Learner(cfg, data, teacher_outputs=[cache])
     cached.student.load_state_dict(live.student.state_dict())
     a, b = live.train_one_epoch(), cached.train_one_epoch()
     assert a["train/loss_kd"] == pytest.approx(b["train/loss_kd"], rel=1e-4)
@@ -73,7 +75,7 @@ def test_cached_teacher_outputs_match_live_teacher(digits):
 
 def test_nan_loss_is_one_clear_error(digits):
     cfg, data, teacher = digits
-    trainer = Trainer(apply_overrides(cfg, {"distill.method": "kd", "train.lr": 1e6}), data, [teacher])
+    trainer = Learner(apply_overrides(cfg, {"distill.method": "kd", "train.lr": 1e6}), data, [teacher])
     with pytest.raises(NonFiniteLossError, match="lower train.lr"):
         for _ in range(3):
             trainer.train_one_epoch()
@@ -82,7 +84,7 @@ def test_nan_loss_is_one_clear_error(digits):
 def test_method_that_needs_a_teacher_refuses_to_run_without(digits):
     cfg, data, _ = digits
     with pytest.raises(ValueError, match="needs at least one teacher"):
-        Trainer(apply_overrides(cfg, {"distill.method": "kd"}), data)
+        Learner(apply_overrides(cfg, {"distill.method": "kd"}), data)
 
 
 def test_teacher_outputs_of_another_split_are_refused(digits):
@@ -90,11 +92,11 @@ def test_teacher_outputs_of_another_split_are_refused(digits):
     cache = compute_teacher_outputs(teacher, data.train_eval)
     other = build_data(cfg.data, seed=cfg.seed + 1)  # same size, other images in the train split
     with pytest.raises(ValueError, match="different train split"):
-        Trainer(apply_overrides(cfg, {"distill.method": "kd"}), other, teacher_outputs=[cache])
+        Learner(apply_overrides(cfg, {"distill.method": "kd"}), other, teacher_outputs=[cache])
 
 
 def test_a_trainer_leaves_the_process_rng_as_it_found_it_and_checkpoints_its_own(digits, tmp_path):
-    """A Trainer draws from its own stream (seeded by seed + rank) and restores the process's RNG state after
+    """A Learner draws from its own stream (seeded by seed + rank) and restores the process's RNG state after
     building and after each epoch; its checkpoint holds that stream (and the CUDA generator's on a GPU)."""
     import random
 
@@ -109,24 +111,24 @@ def test_a_trainer_leaves_the_process_rng_as_it_found_it_and_checkpoints_its_own
     torch.manual_seed(1234)
     np.random.seed(1234)
     random.seed(1234)
-    trainer = Trainer(cfg, data, [teacher])
+    trainer = Learner(cfg, data, [teacher])
     trainer.train_one_epoch()
     state = trainer.state_dict()
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
     # The same seed gives the same student whatever the process drew in between (its own stream).
-    again = Trainer(cfg, data, [teacher])
+    again = Learner(cfg, data, [teacher])
     torch.rand(100)
     again.train_one_epoch()
     for a, b in zip(trainer.student.state_dict().values(), again.student.state_dict().values()):
         assert torch.equal(a, b)
     assert "cuda" not in state["rng"]
     if torch.cuda.is_available():  # the CUDA generator is checkpointed and restored too
-        gpu = Trainer(cfg, data, [teacher], device="cuda")
+        gpu = Learner(cfg, data, [teacher], device="cuda")
         before = torch.cuda.get_rng_state()
         gpu.train_one_epoch()
         assert torch.equal(torch.cuda.get_rng_state(), before)
         saved = gpu.state_dict()["rng"]["cuda"]
-        resumed = Trainer(cfg, data, [teacher], device="cuda")
+        resumed = Learner(cfg, data, [teacher], device="cuda")
         resumed.load_state_dict(gpu.state_dict())
         assert torch.equal(resumed.state_dict()["rng"]["cuda"], saved)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from orchestrator import tracking
+from orchestrator.infra import tracking
 from orchestrator.export import FILES, example_batch, export_one, main, metadata
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,9 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def student():
     """(data, tiny_student trained 2 epochs on digits)."""
-    from orchestrator.config import load_config
+    from orchestrator.config.schema import load_config
     from orchestrator.data import build_data
-    from orchestrator.teachers import train_alone
+    from orchestrator.teacher.training import train_alone
 
     cfg = load_config(None, ["data.dataset=digits", "data.batch_size=64"])
     data = build_data(cfg.data, cfg.seed)
@@ -73,7 +73,7 @@ def test_default_onnx_takes_raw_pixels_and_describes_itself(student, tmp_path):
 
 
 def test_torchscript_carries_the_same_metadata(student, tmp_path):
-    from orchestrator.convert import TORCHSCRIPT_METADATA
+    from orchestrator.deploy.convert import TORCHSCRIPT_METADATA
 
     data, model = student
     meta = metadata(data, True, {"teacher": "tiny_teacher"})
@@ -85,7 +85,7 @@ def test_torchscript_carries_the_same_metadata(student, tmp_path):
 
 @pytest.fixture
 def checkpoint(student, tmp_path):
-    from orchestrator.teachers import save_model_checkpoint
+    from orchestrator.teacher.checkpoint import save_model_checkpoint
 
     data, model = student
     path = tmp_path / "ckpt" / "best_student.pt"
@@ -151,7 +151,7 @@ def registered(student, tmp_path, monkeypatch):
     """A registered student as the sweep logs it: tool checkpoint + ONNX model version 1."""
     import mlflow
 
-    from orchestrator.teachers import save_model_checkpoint
+    from orchestrator.teacher.checkpoint import save_model_checkpoint
 
     data, model = student
     monkeypatch.chdir(tmp_path)
@@ -228,7 +228,7 @@ def test_sweep_export_names_teacher_config_and_honours_include_preprocessing(stu
     """What a sweep exports (export_student with its Config): export.include_preprocessing decides the input."""
     import onnxruntime
 
-    from orchestrator.config import load_config
+    from orchestrator.config.schema import load_config
     from orchestrator.export import export_student
 
     data, model = student

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.budget import parse_budget
-from orchestrator.front import FrontSpec, NoStudentFits, budget_line, confirmed_points, select, spec_of, table
-from orchestrator.leaderboard import TrialSummary
+from orchestrator.config.budget import parse_budget
+from orchestrator.sweep.confirm.front import FrontSpec, NoStudentFits, budget_line, confirmed_points, select, spec_of, table
+from orchestrator.sweep.leaderboard import TrialSummary
 from orchestrator.report.plots import plot_front
 
 SPEC = FrontSpec("val/acc1", "max", "cost/latency_ms")

@@ -12,12 +12,12 @@ from collections import namedtuple
 import pytest
 import torch
 
-from orchestrator import atomic_files, preflight
-from orchestrator.atomic_files import atomic_torch_save
-from orchestrator.config import ConfigError
-from orchestrator.safe_load import load_tensors
+from orchestrator.infra import atomic_files, preflight
+from orchestrator.infra.atomic_files import atomic_torch_save
+from orchestrator.config.schema import ConfigError
+from orchestrator.infra.safe_load import load_tensors
 from orchestrator.sweep.cli import main
-from orchestrator.train_loop import StorageFullError, disk_full_is_clear
+from orchestrator.run.worker import StorageFullError, disk_full_is_clear
 
 TINY = ["data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student", "sweep.search_space=kd"]
 

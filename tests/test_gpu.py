@@ -12,10 +12,11 @@ import io
 import pytest
 import torch
 
-from orchestrator.config import apply_overrides
+from orchestrator.config.schema import apply_overrides
 from orchestrator.data.negatives import NegativeSampler
 from distill_helpers import build, distill_config
-from orchestrator.engine import Trainer, compute_teacher_outputs
+from orchestrator.run.learner import Learner
+from orchestrator.teacher_outputs import compute_teacher_outputs
 from orchestrator.models.base import ModelOutput
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -119,7 +120,7 @@ def test_negatives_drawn_on_the_gpu_are_valid_and_reproducible():
     assert host.device.type == "cpu" and not torch.equal(host, neg.cpu())
 
 
-def _close_students(a: Trainer, b: Trainer) -> None:
+def _close_students(a: Learner, b: Learner) -> None:
     for (name, x), y in zip(a.student.state_dict().items(), b.student.state_dict().values()):
         torch.testing.assert_close(y.cpu(), x.cpu(), rtol=1e-3, atol=1e-4, msg=name)
 
@@ -128,8 +129,8 @@ def test_kd_epoch_on_gpu_matches_cpu_and_its_state_resumes_on_a_cpu(digits):
     """Same seed, same batches: one KD epoch on the GPU lands where the CPU's does; its checkpoint resumes on a CPU."""
     cfg, data, teacher = digits
     cfg = apply_overrides(cfg, {"distill.method": "kd"})
-    cpu = Trainer(cfg, data, [teacher])
-    gpu = Trainer(cfg, data, [copy.deepcopy(teacher)], device="cuda")
+    cpu = Learner(cfg, data, [teacher])
+    gpu = Learner(cfg, data, [copy.deepcopy(teacher)], device="cuda")
     m_cpu, m_gpu = cpu.train_one_epoch(), gpu.train_one_epoch()
     for key in ("train/loss", "train/loss_ce", "train/loss_kd"):
         assert m_gpu[key] == pytest.approx(m_cpu[key], rel=1e-3), key
@@ -138,7 +139,7 @@ def test_kd_epoch_on_gpu_matches_cpu_and_its_state_resumes_on_a_cpu(digits):
     buf = io.BytesIO()
     torch.save(gpu.state_dict(), buf)
     buf.seek(0)
-    resumed = Trainer(cfg, data, [teacher])
+    resumed = Learner(cfg, data, [teacher])
     resumed.load_state_dict(torch.load(buf, map_location="cpu", weights_only=True))
     assert resumed.epoch == 1 and all(p.device.type == "cpu" for p in resumed.student.parameters())
     m_resumed, m_gpu = resumed.train_one_epoch(), gpu.train_one_epoch()
@@ -149,14 +150,14 @@ def test_kd_epoch_on_gpu_matches_cpu_and_its_state_resumes_on_a_cpu(digits):
 def test_crd_kd_learns_on_gpu_and_resumes_on_gpu(digits):
     cfg, data, teacher = digits
     cfg = apply_overrides(cfg, {"distill.method": "crd_kd", "distill.crd.negatives_mode": "exact"})
-    teacher = copy.deepcopy(teacher)  # a Trainer moves its teachers to its device
-    straight = Trainer(cfg, data, [teacher], device="cuda")
+    teacher = copy.deepcopy(teacher)  # a Learner moves its teachers to its device
+    straight = Learner(cfg, data, [teacher], device="cuda")
     straight.train_one_epoch()
     buf = io.BytesIO()
     torch.save(straight.state_dict(), buf)
     buf.seek(0)
     second = straight.train_one_epoch()
-    resumed = Trainer(cfg, data, [teacher], device="cuda")
+    resumed = Learner(cfg, data, [teacher], device="cuda")
     resumed.load_state_dict(torch.load(buf, map_location="cuda", weights_only=True))
     assert resumed.train_one_epoch()["train/loss_crd"] == pytest.approx(second["train/loss_crd"], rel=1e-4)
     for _ in range(cfg.train.epochs - 2):
@@ -173,7 +174,7 @@ def test_cached_teacher_outputs_from_gpu_feed_a_gpu_trainer(digits):
     reference = compute_teacher_outputs(copy.deepcopy(teacher).eval(), data.train, 256, "cpu")
     assert cache.logits.device.type == "cpu"  # caches live in host memory, rows move per batch
     torch.testing.assert_close(cache.logits, reference.logits, rtol=1e-4, atol=1e-4)
-    cached = Trainer(cfg, data, device="cuda", teacher_outputs=[cache]).train_one_epoch()
-    live = Trainer(cfg, data, [gpu_teacher], device="cuda").train_one_epoch()
+    cached = Learner(cfg, data, device="cuda", teacher_outputs=[cache]).train_one_epoch()
+    live = Learner(cfg, data, [gpu_teacher], device="cuda").train_one_epoch()
     for key in ("train/loss", "train/loss_kd"):
         assert cached[key] == pytest.approx(live[key], rel=1e-4), key

@@ -8,15 +8,15 @@ import torch
 import torch.nn.functional as F
 
 from distill_helpers import build, distill_config
-from orchestrator.config import ConfigError, apply_overrides, load_config
+from orchestrator.config.schema import ConfigError, apply_overrides, load_config
 from orchestrator.data import UNLABELLED, build_data, make_loader
 from orchestrator.data.negatives import NegativeSampler
 from orchestrator.data.split import hide_labels
 from orchestrator.distill.dkd import dkd_loss
 from orchestrator.distill.kd import kd_loss
-from orchestrator.engine import Trainer
+from orchestrator.run.learner import Learner
 from orchestrator.models.base import ModelOutput
-from orchestrator.search import load_space, paper_points
+from orchestrator.sweep.search.space import load_space, paper_points
 
 LABELS = torch.arange(1000) % 10
 
@@ -134,7 +134,7 @@ def _semi_supervised_accuracies(digits, seed: int) -> dict[str, float]:
     data = build_data(cfg.data, cfg.seed)
     acc = {}
     for method in ("ce", "kd"):
-        trainer = Trainer(apply_overrides(cfg, {"distill.method": method}), data, [teacher] if method == "kd" else [])
+        trainer = Learner(apply_overrides(cfg, {"distill.method": method}), data, [teacher] if method == "kd" else [])
         for _ in range(cfg.train.epochs):
             metrics = trainer.train_one_epoch()
         assert torch.isfinite(torch.tensor(metrics["train/loss"]))
@@ -170,18 +170,17 @@ def test_the_semi_supervised_space_loads_with_one_percent_of_the_labels():
 
 
 def test_the_default_teacher_is_trained_on_every_label(monkeypatch, isolated_cache):
-    from orchestrator import teachers
-
+    from orchestrator.teacher import training
     seen = {}
 
     def stop(cfg, data, *args, **kwargs):
         seen["labels"] = data.train_labels
         raise RuntimeError("stop before training")
 
-    monkeypatch.setattr(teachers, "_train_logged", stop)
+    monkeypatch.setattr(training, "_train_logged", stop)
     cfg = load_config(None, ["data.dataset=digits", "data.labeled_fraction=0.1", "model.teacher=tiny_teacher"])
     with pytest.raises(RuntimeError, match="stop before training"):
-        teachers.ensure_teacher(cfg, "unused")
+        training.ensure_teacher(cfg, "unused")
     assert (seen["labels"] != UNLABELLED).all()
 
 
@@ -209,7 +208,7 @@ def test_batches_hold_labelled_images_only_when_no_term_reads_the_others(digits,
     cfg, _, teacher = digits
     cfg = apply_overrides(cfg, {"data.labeled_fraction": 0.1, "distill.method": method})
     data = build_data(cfg.data, cfg.seed)
-    trainer = Trainer(cfg, data, [teacher] if method != "ce" else [])
+    trainer = Learner(cfg, data, [teacher] if method != "ce" else [])
     labels = torch.cat([batch[1] for batch in trainer.train_loader])
     assert len(labels) == len(data.train)
     assert bool((labels != UNLABELLED).all()) == labelled_only

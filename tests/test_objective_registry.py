@@ -10,13 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from distill_helpers import distill_config
-from orchestrator.config import ConfigError, Config, apply_overrides, load_config
+from orchestrator.config.schema import ConfigError, Config, apply_overrides, load_config
 from orchestrator.distill import Term, registry
 from orchestrator.distill.checks import check_weight
-from orchestrator.engine import Trainer, compute_teacher_outputs
+from orchestrator.run.learner import Learner
+from orchestrator.teacher_outputs import compute_teacher_outputs
 from orchestrator.models import build_model
 from orchestrator.models.base import probe_shapes
-from orchestrator.search import SearchSpace, Param, possible_configs
+from orchestrator.sweep.search.space import SearchSpace, Param, possible_configs
 
 
 def test_presets_are_term_lists_with_paper_defaults():
@@ -138,7 +139,7 @@ def test_a_feature_term_trains_from_live_and_cached_teachers_with_its_pre_stage(
     needs = registry.teacher_needs(cfg.distill)
     assert needs.stages == ("stage2",) and not needs.fields
     caches = [compute_teacher_outputs(teacher, data.train_eval, 256, needs=needs)] if cached else None
-    trainer = Trainer(cfg, data, [] if cached else [teacher], teacher_outputs=caches)
+    trainer = Learner(cfg, data, [] if cached else [teacher], teacher_outputs=caches)
     metrics = trainer.train_one_epoch()
     term = trainer.objective.terms["toy"]
     assert term.pre_batches == len(trainer.train_loader)  # one pre-stage epoch, then distillation

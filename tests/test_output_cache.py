@@ -7,12 +7,12 @@ import shutil
 import pytest
 import torch
 
-from orchestrator.config import load_config
+from orchestrator.config.schema import load_config
 from orchestrator.data import build_data
-from orchestrator.engine import CachedTeacherOutputs, compute_teacher_outputs
+from orchestrator.teacher_outputs import CachedTeacherOutputs, compute_teacher_outputs
 from orchestrator.models import build_model
-from orchestrator.output_cache import teacher_outputs_file
-from orchestrator.teachers import save_model_checkpoint
+from orchestrator.teacher_outputs import teacher_outputs_file
+from orchestrator.teacher.checkpoint import save_model_checkpoint
 
 DIGITS = ["data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student"]
 
@@ -54,8 +54,7 @@ def _log_teachers(tmp_path, data, models) -> list[str]:
     """``runs:/<id>/teacher`` URIs of ``models``, each logged as this tool's checkpoint in its own run."""
     import mlflow
 
-    from orchestrator import tracking
-
+    from orchestrator.infra import tracking
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     client = tracking.check_connection(uri)
@@ -84,7 +83,7 @@ def test_two_runs_uris_get_their_own_outputs(small, isolated_cache, tmp_path):
 def test_pipeline_uses_each_teachers_own_outputs_and_shares_the_sweeps_files(small, isolated_cache, tmp_path):
     """The ensemble pipeline's teacher task: same file names and same-stem URIs get their own outputs, in
     the sweep's content-keyed file (the fields the objective reads)."""
-    from orchestrator.config import to_dict
+    from orchestrator.config.schema import to_dict
     from orchestrator.distill import registry
     from pipelines.ensemble_tasks import evaluate_teacher
 
@@ -135,9 +134,9 @@ def test_second_sweep_with_another_teacher_of_the_same_name_uses_its_own_outputs
 
 
 def test_a_cache_larger_than_the_limit_is_not_built_and_the_teacher_runs_live(small, isolated_cache, tmp_path, capsys):
-    from orchestrator.config import apply_overrides
+    from orchestrator.config.schema import apply_overrides
     from orchestrator.distill.registry import Needs
-    from orchestrator.output_cache import estimated_bytes
+    from orchestrator.teacher_outputs import estimated_bytes
 
     cfg, data = small
     model = _teacher(1)
@@ -155,10 +154,11 @@ def test_a_cache_larger_than_the_limit_is_not_built_and_the_teacher_runs_live(sm
 def test_sweep_caches_the_vector_fields_when_feature_maps_exceed_the_limit(small, isolated_cache, tmp_path, capsys):
     """A space of KD and AT whose AT feature maps exceed ``teacher.cache_max_gb``: the sweep caches logits and
     embedding only; KD's trials are covered by it, AT's are not (they run the teacher live)."""
-    from orchestrator.config import apply_overrides
+    from orchestrator.config.schema import apply_overrides
     from orchestrator.distill import registry
-    from orchestrator.plan import make_plan
-    from orchestrator.sweep.teacher_outputs import outputs_for
+    from orchestrator.sweep.plan import make_plan
+    from orchestrator.sweep.search.space import possible_configs
+    from orchestrator.teacher_outputs import outputs_for
 
     cfg, data = small
     space = tmp_path / "space.yaml"
@@ -169,7 +169,8 @@ def test_sweep_caches_the_vector_fields_when_feature_maps_exceed_the_limit(small
                                                                     model(data.train_eval[0][0][None]).embedding))
     cfg = apply_overrides(cfg, {"sweep.search_space": str(space), "sweep.storage_path": str(tmp_path / "runs"),
                                 "teacher.cache_max_gb": 2 * vectors / 2**30})  # vectors fit, feature maps don't
-    [path] = outputs_for([str(tmp_path / "t" / "teacher.pt")], make_plan(cfg, len(data.train)), data)
+    plan = make_plan(cfg, len(data.train))
+    [path] = outputs_for([str(tmp_path / "t" / "teacher.pt")], cfg, possible_configs(plan.space, cfg), plan.max_epochs, data)
     printed = capsys.readouterr().out
     assert "trials of at read feature maps and run the teacher live" in printed
     assert "trying the vector fields alone" in printed and "the teacher runs live instead" not in printed
@@ -184,18 +185,18 @@ def test_a_trial_uses_the_cache_only_when_it_holds_what_its_objective_reads(meth
                                                                              ray_session, monkeypatch):
     """Given a cache of logits only, a KD trial reads it (the teacher file is never loaded) and an AT trial
     loads the live teacher."""
-    from orchestrator import train_loop
-    from orchestrator.config import apply_overrides
+    from orchestrator.run import worker
+    from orchestrator.config.schema import apply_overrides
     from orchestrator.distill.registry import Needs
-    from orchestrator.launcher import launch
+    from orchestrator.run.launcher import launch
 
     cfg, data = small
     model = _teacher(4)
     save_model_checkpoint(tmp_path / "teacher.pt", model, "tiny_teacher", data, {})
     logits = teacher_outputs_file(str(tmp_path / "teacher.pt"), cfg, data, Needs(frozenset({"logits"})))
     loaded = []
-    real_load = train_loop.load_teacher
-    monkeypatch.setattr(train_loop, "load_teacher", lambda *a, **k: loaded.append(a[0]) or real_load(*a, **k))
+    real_load = worker.load_teacher
+    monkeypatch.setattr(worker, "load_teacher", lambda *a, **k: loaded.append(a[0]) or real_load(*a, **k))
     cfg = apply_overrides(cfg, {"distill.method": method, "train.epochs": 1})
     result = launch(cfg, {"teachers": [str(tmp_path / "teacher.pt")], "teacher_outputs": [str(logits)]},
                     name=f"cache-{method}", storage_path=str(tmp_path / "train"), in_tune=False)

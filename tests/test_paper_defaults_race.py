@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from orchestrator.search import PaperPoint
-from orchestrator.sweep.search_stage import PaperDefaultsFinish
+from orchestrator.sweep.search.space import PaperPoint
+from orchestrator.sweep.search.search_stage import PaperDefaultsFinish
 
 CRD_KD = PaperPoint("crd_kd", {"distill.method": "crd_kd", "distill.crd.nce_t": 0.07})
 

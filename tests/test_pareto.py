@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from orchestrator.pareto import dominates, pareto_front
+from orchestrator.sweep.pareto import dominates, pareto_front
 
 OBJ = {"val/acc1": "max", "cost/latency_ms": "min"}
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from orchestrator.sweep.pareto_halving import ParetoHalving, fronts_ahead, keeps, rungs
+from orchestrator.sweep.search.pareto_halving import ParetoHalving, fronts_ahead, keeps, rungs
 
 OBJ = {"val/acc1": "max", "cost/macs": "min"}
 STOP, GO = TrialScheduler.STOP, TrialScheduler.CONTINUE

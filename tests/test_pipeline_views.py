@@ -11,11 +11,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from orchestrator import tracking
-from orchestrator.config import apply_overrides, load_pipeline_config, to_dict
+from orchestrator.infra import tracking
+from orchestrator.config.schema import apply_overrides, load_pipeline_config, to_dict
 from orchestrator.data import build_data
-from orchestrator.teacher_views import TeacherViews
-from orchestrator.teachers import save_model_checkpoint
+from orchestrator.teacher_outputs import TeacherViews
+from orchestrator.teacher.checkpoint import save_model_checkpoint
 from pipelines.ensemble_pipeline import EnsemblePipeline
 from pipelines.ensemble_tasks import distill
 
@@ -93,7 +93,7 @@ def test_augmented_stages_share_one_view_cache_per_teacher_and_match_the_live_te
         raise AssertionError("a teacher was loaded in a run fed the view caches")
 
     with monkeypatch.context() as patch:  # the run never loads (so never runs) a teacher
-        patch.setattr("orchestrator.teachers.load_teacher", no_teacher)
+        patch.setattr("orchestrator.teacher.checkpoint.load_teacher", no_teacher)
         cached_id = _run(client, experiment_id, "views")
         cached = distill(to_dict(cfg), [t0, t1], views["distill_ensemble"], str(tmp_path / "v.pt"), pipe.uri, cached_id)
     live_id = _run(client, experiment_id, "live")

@@ -41,11 +41,11 @@ runpy.run_path(script, run_name="__main__")
 def exported(tmp_path_factory):
     """(folder of N_IMAGES Fashion-MNIST test PNGs named <index>_<label>.png, ONNX file of a briefly trained
     tiny_student with the default export, the same without the normalisation in the graph, the student, its data)."""
-    from orchestrator.config import load_config
+    from orchestrator.config.schema import load_config
     from orchestrator.data import build_data
     from orchestrator.data.common import default_data_root
     from orchestrator.data.fashion_mnist import load_fashion_mnist
-    from orchestrator.teachers import train_alone
+    from orchestrator.teacher.training import train_alone
 
     tmp = tmp_path_factory.mktemp("predict")
     cfg = load_config(None, ["data.dataset=fashion_mnist", "data.train_subset=3000", "data.batch_size=128"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from orchestrator import tracking
+from orchestrator.infra import tracking
 from orchestrator.models import build_model
 from run_checks import assert_every_run_closed, last_artifact_ms
 
@@ -81,7 +81,7 @@ def test_an_error_in_on_finish_fails_the_run_and_its_open_children(store):
 def test_a_trial_finds_its_own_run_by_a_store_filter(store):
     """A starting trial looks up its own child run by its Tune trial id: the store filters on the parent and the
     trial id, so only that run is read (not every child: the per-trial cost grew with the sweep's size)."""
-    from orchestrator.trial import TrialContext, _own_run
+    from orchestrator.sweep.trial import TrialContext, _own_run
 
     uri, client, exp = store
     parents = [tracking.start_run(client, exp, f"sweep-{i}", "sweep") for i in range(2)]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.engine import CachedTeacherOutputs
-from orchestrator.safe_load import UnsafeFileError
+from orchestrator.teacher_outputs import CachedTeacherOutputs
+from orchestrator.infra.safe_load import UnsafeFileError
 from orchestrator.sweep.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +61,7 @@ def test_every_torch_load_is_weights_only_and_yaml_is_safe_load():
     for path in sources:
         text = path.read_text()
         if path.name != "safe_load.py":
-            assert "torch.load(" not in text, f"{path}: read checkpoints with orchestrator.safe_load.load_tensors"
+            assert "torch.load(" not in text, f"{path}: read checkpoints with orchestrator.infra.safe_load.load_tensors"
         assert not re.search(r"yaml\.(load|full_load|unsafe_load)\(", text), f"{path}: use yaml.safe_load"
 
 
@@ -94,7 +94,7 @@ def test_mlflow_uri_teachers_are_never_unpickled(tmp_path, monkeypatch, capsys):
     (exit 2, one line); the payload never runs."""
     import mlflow.pytorch
 
-    from orchestrator.teachers import TeacherCheckpointError, load_teacher
+    from orchestrator.teacher.checkpoint import TeacherCheckpointError, load_teacher
 
     monkeypatch.chdir(tmp_path)
     marker = tmp_path / "code-ran"
@@ -116,7 +116,7 @@ def test_mlflow_uri_teachers_are_never_unpickled(tmp_path, monkeypatch, capsys):
 
 
 def test_files_that_are_not_checkpoints_are_named_as_such(evil, tmp_path):
-    from orchestrator.safe_load import NotACheckpointError, load_tensors
+    from orchestrator.infra.safe_load import NotACheckpointError, load_tensors
 
     (tmp_path / "random.pt").write_bytes(bytes(range(256)) * 8)
     (tmp_path / "empty.pt").write_bytes(b"")

@@ -7,8 +7,8 @@ import pickle
 import optuna
 import pytest
 
-from orchestrator.config import ConfigError, load_config
-from orchestrator.search import available_spaces, load_space
+from orchestrator.config.schema import ConfigError, load_config
+from orchestrator.sweep.search.space import available_spaces, load_space
 
 
 def _space_file(tmp_path, body: str):
@@ -99,7 +99,7 @@ def test_a_given_value_the_space_samples_is_held_and_taken_out_of_the_space(tmp_
         assert "distill.kd.temperature" not in trial.params
         study.tell(trial, 0.5)
     # The paper defaults respect it too (they set only what is still sampled).
-    from orchestrator.search import paper_points
+    from orchestrator.sweep.search.space import paper_points
 
     (point,) = paper_points(space, cfg)
     assert "distill.kd.temperature" not in point.params
@@ -117,7 +117,7 @@ def test_a_given_method_outside_the_spaces_choices_is_the_method_with_its_knobs_
     assert space.fixed["distill.method"] == "ce+pkt" and "distill.method" not in [p.key for p in space.params]
     assert "distill.beta" in space.not_sampled and "distill.beta" not in [p.key for p in space.params]
     assert "distill.alpha" in [p.key for p in space.params]  # unconditional: kept
-    from orchestrator.search import paper_points, possible_configs
+    from orchestrator.sweep.search.space import paper_points, possible_configs
 
     assert {c.distill.method for c in possible_configs(space, cfg)} == {"ce+pkt"}
     assert [p.method for p in paper_points(space, cfg)] == ["ce+pkt"]

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import storage
-
-
+from orchestrator.infra import storage
 def test_a_uri_keeps_the_sweep_folder_local_and_ray_under_the_uri(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert storage.local_root("s3://bkt/runs") == tmp_path / "runs" and storage.local_root(None) == tmp_path / "runs"
@@ -59,7 +57,7 @@ def test_a_storage_uri_pyarrow_cannot_open_exits_2_naming_the_key(tmp_path, monk
 
 
 def test_a_reachable_storage_uri_is_accepted_up_front(tmp_path, s3):
-    from orchestrator.preflight import check_storage
+    from orchestrator.infra.preflight import check_storage
 
     check_storage("s3://bkt/runs")  # moto's bucket; the driver's ./runs is probed too (nothing created)
 
@@ -125,9 +123,9 @@ def test_a_view_cache_task_reads_its_teacher_from_the_storage_and_puts_its_views
     from test_sweep_views import choice
 
     from orchestrator.models import build_model
-    from orchestrator.sweep.teacher_outputs import build_teacher_views
-    from orchestrator.teacher_views import TeacherViews
-    from orchestrator.teachers import save_model_checkpoint
+    from orchestrator.teacher_outputs import build_teacher_views
+    from orchestrator.teacher_outputs import TeacherViews
+    from orchestrator.teacher.checkpoint import save_model_checkpoint
 
     views, cfg, data = choice("data.augment=true", "train.in_process=false")
     path = tmp_path / "driver" / "teacher.pt"
@@ -142,9 +140,9 @@ def test_a_view_cache_task_reads_its_teacher_from_the_storage_and_puts_its_views
 
 
 def test_a_dataset_missing_on_a_node_names_the_node(ray_session, tmp_path):
-    from orchestrator.config import DataConfig, load_config
+    from orchestrator.config.schema import DataConfig, load_config
     from orchestrator.data import DatasetNotFoundError
-    from orchestrator.train_loop import data_on_this_node
+    from orchestrator.run.worker import data_on_this_node
 
     cfg = load_config(None, [])
     cfg.data = DataConfig(dataset="imagefolder", root=str(tmp_path / "nothing"))

@@ -1,7 +1,7 @@
 """A second augmented view of the student's batch for the terms that ask (``Needs.student_views``, SupCon).
 
 The second view comes from the deterministic view stream (view 1 of ``(seed, epoch, index)``): it differs
-from the loader's view 0 and is the same in every trial with the seed. The Trainer runs the student on it
+from the loader's view 0 and is the same in every trial with the seed. The Learner runs the student on it
 only when an enabled term asks and the data are augmented; everything else takes the path it always took.
 """
 
@@ -16,13 +16,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from distill_helpers import build, distill_config
-from orchestrator.config import Config, apply_overrides
+from orchestrator.config.schema import Config, apply_overrides
 from orchestrator.data import build_data
 from orchestrator.data import views
 from orchestrator.distill import registry
 from orchestrator.distill.base import Batch, split_views
 from orchestrator.distill.objective import labelled_rows
-from orchestrator.engine import Trainer
+from orchestrator.run.learner import Learner
 from orchestrator.models.base import ModelOutput
 
 DIGITS = {"data.dataset": "digits", "model.student": "tiny_student", "data.batch_size": 64, "train.epochs": 1,
@@ -55,7 +55,7 @@ def test_view_one_differs_from_view_zero_and_is_reproducible(augmented):
 
 def test_view_zero_is_what_the_loader_gives(augmented):
     cfg, data = augmented
-    trainer = Trainer(cfg, data)
+    trainer = Learner(cfg, data)
     images, _, positions = next(iter(trainer.train_loader))
     assert torch.equal(images, data.train.view_images(cfg.seed, 0, positions))
 
@@ -70,7 +70,7 @@ def test_registry_knows_who_reads_views():
     assert "2 student views" in registry.describe("ce+supcon")
 
 
-def _spy_student(trainer: Trainer) -> list[torch.Tensor]:
+def _spy_student(trainer: Learner) -> list[torch.Tensor]:
     inputs: list[torch.Tensor] = []
     trainer.student.register_forward_hook(lambda module, args, out: inputs.append(args[0].detach().clone()))
     return inputs
@@ -81,14 +81,14 @@ def _spy_student(trainer: Trainer) -> list[torch.Tensor]:
 def test_the_student_runs_on_a_second_view_only_when_a_term_asks_and_data_augment(method, augment, views_):
     cfg = _config(method, augment, **{"data.train_subset": 128})
     data = build_data(cfg.data, cfg.seed)
-    trainer = Trainer(cfg, data)
+    trainer = Learner(cfg, data)
     assert trainer.extra_views == views_ - 1
     inputs = _spy_student(trainer)
     seen: dict[str, list[int]] = {}
     for name, term in trainer.objective.terms.items():
         term.register_forward_pre_hook(lambda module, args, name=name: seen.setdefault(name, []).append(
             (len(args[0].student_views), len(args[0].view_images))))
-    positions = [p for _, _, p in trainer.train_loader]  # epoch 0's order (the Trainer's pass draws the same)
+    positions = [p for _, _, p in trainer.train_loader]  # epoch 0's order (the Learner's pass draws the same)
     trainer.train_one_epoch()
     assert [x.shape[0] for x in inputs] == [views_ * p.numel() for p in positions]
     if views_ == 2:
@@ -128,7 +128,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str, method: str
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         cfg = _config(method, True, **{"data.train_subset": 128})
-        trainer = Trainer(cfg, build_data(cfg.data, cfg.seed), rank=rank, world_size=world)
+        trainer = Learner(cfg, build_data(cfg.data, cfg.seed), rank=rank, world_size=world)
         metrics = trainer.train_one_epoch()
         torch.save({"loss": metrics[f"train/loss_{method.split('+')[1]}"], "extra": trainer.extra_views,
                     "student": {k: p.detach() for k, p in trainer.student.named_parameters()},

@@ -112,7 +112,7 @@ def test_tiny_sweep_end_to_end(ray_session, isolated_cache, tmp_path, monkeypatc
     # The logged teacher loads back as a teacher from its MLflow URI.
     import mlflow
 
-    from orchestrator.teachers import load_teacher
+    from orchestrator.teacher.checkpoint import load_teacher
 
     mlflow.set_tracking_uri(uri)
     teacher = load_teacher(f"runs:/{teachers[0].info.run_id}/teacher", num_classes=10, in_channels=1, image_size=8)
@@ -337,7 +337,7 @@ def test_teacher_checkpoint_that_does_not_fit_exits_2(tmp_path, monkeypatch, cap
 
 
 def test_resume_with_a_different_config_exits_2_naming_the_keys(tmp_path, monkeypatch, capsys):
-    from orchestrator.config import dump_yaml
+    from orchestrator.config.schema import dump_yaml
     from orchestrator.sweep.cli import resolve_config
     from orchestrator.sweep.folder import STATE_FILE
 

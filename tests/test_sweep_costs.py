@@ -9,10 +9,10 @@ import pandas as pd
 import yaml
 from mlflow.tracking import MlflowClient
 
-from orchestrator.config import load_config
+from orchestrator.config.schema import load_config
 from orchestrator.models import build_model, describe_model
 from orchestrator.models.base import arch_spec
-from orchestrator.search import load_space
+from orchestrator.sweep.search.space import load_space
 from orchestrator.sweep.cli import main
 from orchestrator.sweep.costs import reachable_students
 from test_sweep import runs_by_kind, tiny_args

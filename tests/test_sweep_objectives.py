@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.budget import Budget
-from orchestrator.config import ConfigError, load_config
-from orchestrator.sweep.objectives import budget_of, is_multi_objective, resolve
+from orchestrator.config.budget import Budget
+from orchestrator.config.schema import ConfigError, load_config
+from orchestrator.config.objectives import budget_of, is_multi_objective, resolve
 
 
 @pytest.mark.parametrize("override", ["sweep.objectives=[val/acc1:max,cost/macs:min]",

@@ -9,13 +9,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from orchestrator.config import load_config
+from orchestrator.config.schema import load_config
 from orchestrator.data import build_data
-from orchestrator.engine import CachedTeacherOutputs
-from orchestrator.search import load_space, possible_configs
+from orchestrator.teacher_outputs import CachedTeacherOutputs
+from orchestrator.sweep.search.space import load_space, possible_configs
 from orchestrator.sweep.cli import main
-from orchestrator.teacher_inputs import choose, plan_line
-from orchestrator.train_loop import outputs_for_seed, teacher_inputs_tag
+from orchestrator.teacher_outputs import choose, plan_line
+from orchestrator.teacher_outputs import outputs_for_seed, teacher_inputs_tag
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 TINY_SPACE = str(Path(__file__).parent / "data" / "tiny_space.yaml")
@@ -99,9 +99,9 @@ def test_augmented_sweep_shares_one_view_cache(ray_session, isolated_cache, tmp_
 
 @pytest.mark.slow
 def test_views_built_by_a_ray_task(ray_session, isolated_cache, digits):
-    from orchestrator.sweep.teacher_outputs import shared_views
-    from orchestrator.teacher_views import TeacherViews
-    from orchestrator.teachers import save_model_checkpoint
+    from orchestrator.teacher_outputs import shared_views
+    from orchestrator.teacher_outputs import TeacherViews
+    from orchestrator.teacher.checkpoint import save_model_checkpoint
 
     views, cfg, data = choice("data.augment=true", "train.in_process=false")
     _, _, teacher = digits

@@ -1,15 +1,17 @@
-"""The teacher view cache (orchestrator/teacher_views.py): a trial fed it computes the live teacher's losses."""
+"""The teacher view cache (orchestrator/teacher_outputs/views.py): a trial fed it computes the live teacher's losses."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from orchestrator.config import apply_overrides
+from orchestrator.config.schema import apply_overrides
 from orchestrator.data import build_data, set_epoch
 from orchestrator.distill import registry
-from orchestrator.engine import Trainer, compute_teacher_outputs
-from orchestrator.teacher_views import TeacherViews, ViewCacheMismatch, build_views, restore_logits, store_logits
+from orchestrator.run.learner import Learner
+from orchestrator.teacher_outputs import compute_teacher_outputs
+from orchestrator.teacher_outputs.views import restore_logits, store_logits
+from orchestrator.teacher_outputs import TeacherViews, ViewCacheMismatch, build_views
 
 
 def augmented(digits, **extra):
@@ -23,8 +25,8 @@ def test_view_cached_losses_equal_live_teacher_losses(digits, tmp_path):
     needs = registry.teacher_needs(cfg.distill)
     views = build_views(teacher, data.train, cfg.seed, cfg.train.epochs, needs, tmp_path / "views", batch_size=300)
     assert views.epochs() == 2 and set(views.meta.fields) == set(needs.fields)
-    live = Trainer(cfg, data, [teacher])
-    cached = Trainer(cfg, data, teacher_outputs=[views])
+    live = Learner(cfg, data, [teacher])
+    cached = Learner(cfg, data, teacher_outputs=[views])
     for epoch in range(cfg.train.epochs):
         # the same batches; the cached teacher outputs are the live ones to fp16 rounding
         set_epoch(live.train_loader, epoch)
@@ -44,25 +46,25 @@ def test_view_cache_refuses_another_seed_augmentation_split_or_epochs(digits, tm
     cfg, data, teacher = augmented(digits, **{"distill.method": "kd"})
     views = build_views(teacher, data.train, cfg.seed, 2, registry.teacher_needs(cfg.distill), tmp_path / "v")
     with pytest.raises(ViewCacheMismatch, match=rf"views of seed {cfg.seed}, but this trial trains with seed 5"):
-        Trainer(apply_overrides(cfg, {"seed": 5}), data, teacher_outputs=[views])
+        Learner(apply_overrides(cfg, {"seed": 5}), data, teacher_outputs=[views])
     plain_cfg = apply_overrides(cfg, {"data.augment": False})
     with pytest.raises(ViewCacheMismatch, match="not augmented"):
-        Trainer(plain_cfg, build_data(plain_cfg.data, cfg.seed), teacher_outputs=[views])
+        Learner(plain_cfg, build_data(plain_cfg.data, cfg.seed), teacher_outputs=[views])
     with pytest.raises(ViewCacheMismatch, match="holds 2 epoch.s. of views, this trial trains 3"):
-        Trainer(apply_overrides(cfg, {"train.epochs": 3}), data, teacher_outputs=[views])
+        Learner(apply_overrides(cfg, {"train.epochs": 3}), data, teacher_outputs=[views])
     small_cfg = apply_overrides(cfg, {"data.train_subset": 500})
     with pytest.raises(ViewCacheMismatch, match="another train split"):
-        Trainer(small_cfg, build_data(small_cfg.data, cfg.seed), teacher_outputs=[views])
+        Learner(small_cfg, build_data(small_cfg.data, cfg.seed), teacher_outputs=[views])
     with pytest.raises(ViewCacheMismatch, match="also reads embedding"):
-        Trainer(apply_overrides(cfg, {"distill.method": "crd_kd"}), data, teacher_outputs=[views])
+        Learner(apply_overrides(cfg, {"distill.method": "crd_kd"}), data, teacher_outputs=[views])
     data.train.augment = type(data.train.augment)(8, 2, flip=False)  # another crop: other views
     with pytest.raises(ViewCacheMismatch, match="augmentation crop8-pad1-noflip-stream1, this trial's augmentation "
                                                 "is crop8-pad2"):
-        Trainer(cfg, data, teacher_outputs=[views])
+        Learner(cfg, data, teacher_outputs=[views])
     # and the un-augmented cache is refused on augmented data
     plain = compute_teacher_outputs(teacher, build_data(plain_cfg.data, cfg.seed).train_eval)
     with pytest.raises(ValueError, match="un-augmented images, but the train split is augmented"):
-        Trainer(cfg, build_data(cfg.data, cfg.seed), teacher_outputs=[plain])
+        Learner(cfg, build_data(cfg.data, cfg.seed), teacher_outputs=[plain])
 
 
 def test_view_cache_build_resumes_and_is_reopened(digits, tmp_path):

@@ -16,8 +16,7 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from orchestrator import tracking
-
+from orchestrator.infra import tracking
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from ray.exceptions import RayTaskError
 
-from orchestrator.config import ConfigError
+from orchestrator.config.schema import ConfigError
 from orchestrator.sweep.trial_errors import TrialInputError, failures, report, root_error, trial_number_of
 
 CONFLICTING_SPACE = str(Path(__file__).parent / "data" / "conflicting_space.yaml")

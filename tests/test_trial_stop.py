@@ -13,8 +13,9 @@ import pytest
 import ray.exceptions
 import ray.train._internal.session as train_session
 
-from orchestrator import ray_compat, tracking, trial
-from orchestrator.config import Config
+from orchestrator.infra import ray_compat, tracking
+from orchestrator.sweep import trial
+from orchestrator.config.schema import Config
 
 
 def _trial_whose_controller_dies(tmp_path, monkeypatch, *, stop_asked: bool):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import preflight
-from orchestrator.config import ConfigError, load_config
-from orchestrator.search import load_space
+from orchestrator.infra import preflight
+from orchestrator.config.schema import ConfigError, load_config
+from orchestrator.sweep.search.space import load_space
 from orchestrator.sweep.cli import main
 
 TINY = ["data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student", "sweep.search_space=kd"]

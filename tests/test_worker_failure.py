@@ -59,12 +59,12 @@ def test_the_kill_hook_lives_in_tests_and_kills_once_at_its_epoch(tmp_path):
     marker = tmp_path / "killed"
     env = {**os.environ, "DISTILL_TEST_KILL_AT_EPOCH": "2", "DISTILL_TEST_KILL_MARKER": str(marker),
            "PYTHONPATH": os.pathsep.join([KILL_HOOK, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    code = ("from orchestrator.train_loop import disk_full_is_clear\n"
+    code = ("from orchestrator.run.worker import disk_full_is_clear\n"
             "for epoch in (1, 2, 3):\n    with disk_full_is_clear(epoch):\n        print(epoch, flush=True)\n")
     first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == -9 and first.stdout.split() == ["1"] and marker.exists(), first.stderr[-2000:]
     again = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stdout.split() == ["1", "2", "3"], again.stderr[-2000:]
-    import orchestrator.train_loop as train_loop
+    import orchestrator.run.worker as worker
 
-    assert "kill" not in open(train_loop.__file__).read().lower()  # production code holds no test hook
+    assert "kill" not in open(worker.__file__).read().lower()  # production code holds no test hook

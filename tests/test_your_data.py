@@ -14,7 +14,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from orchestrator import predict
-from orchestrator.config import ConfigError, DataConfig, load_config
+from orchestrator.config.schema import ConfigError, DataConfig, load_config
 from orchestrator.data import build_data
 from orchestrator.data.transforms import RESIZE_POLICIES, fit_to_size
 
@@ -54,8 +54,8 @@ def test_sweep_cli_refuses_a_bad_image_size_with_exit_2(capsys):
 def test_cache_keys_follow_the_image_size_and_resize():
     """A teacher or its outputs at one size are never reused at another; configs that set neither key keep
     the keys they had."""
-    from orchestrator.output_cache import data_key
-    from orchestrator.teachers import training_key
+    from orchestrator.teacher_outputs import data_key
+    from orchestrator.teacher.training import training_key
 
     configs = [load_config(None, ["data.dataset=imagefolder", *extra])
                for extra in ([], ["data.image_size=32"], ["data.image_size=64"], ["data.resize=center_crop"])]
@@ -91,7 +91,7 @@ def test_jpeg_folder_from_teacher_to_confirmed_sweep_export_and_predict(ray_sess
                                                                         monkeypatch, capsys):
     from orchestrator.export import main as export_main
     from orchestrator.sweep.cli import main as sweep_main
-    from orchestrator.teachers import TeacherCheckpointError, load_teacher
+    from orchestrator.teacher.checkpoint import TeacherCheckpointError, load_teacher
     from pipelines.teachers import main as teachers_main
 
     monkeypatch.chdir(tmp_path)

@@ -115,7 +115,7 @@ class InMemoryDataset(Dataset):
     def view_images(self, seed: int, epoch: int, positions, view: int = 0) -> torch.Tensor:
         """The normalised views (B, C, S, S) of samples ``positions`` (B,) in epoch ``epoch`` of stream ``seed``:
         with ``view`` 0 what the training loader gives for them (and what a teacher view cache is computed
-        on); ``view`` 1 a second augmentation of the same images (the Trainer's, for terms that want two)."""
+        on); ``view`` 1 a second augmentation of the same images (the Learner's, for terms that want two)."""
         return self._views(seed, epoch, positions, view)
 
     def _views(self, seeds, epochs, pos: torch.Tensor, view: int = 0) -> torch.Tensor:

@@ -31,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from orchestrator import dry_run
+from orchestrator.infra import dry_run
 from orchestrator.data.common import DatasetNotFoundError, default_data_root
 
 FASHION_MNIST_FILES = (

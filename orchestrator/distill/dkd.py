@@ -112,7 +112,7 @@ class DKD(Term):
 
     The factor ramps the term up linearly over the first ``warmup`` epochs (mdistiller's
     ``min(epoch / warmup, 1)`` with its 1-based epochs); ``warmup = 0`` turns the ramp off.
-    The Trainer calls :meth:`set_epoch` with its 0-based epoch before each epoch.
+    The Learner calls :meth:`set_epoch` with its 0-based epoch before each epoch.
     """
 
     def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup: int = 20,

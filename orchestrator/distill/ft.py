@@ -10,7 +10,7 @@ BatchNorm, Translator with it) and ``helper/pretrain.py`` (the paraphraser's pre
 the last stage's map. With M teachers: one paraphraser and translator per teacher, ``sum_m w_m FT_m``.
 
 Differences from RepDistiller: its pre-stage uses lr 0.01 for ResNet/WRN students; ours uses the training
-settings (see the Trainer's pre-stage).
+settings (see the Learner's pre-stage).
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ class Objective(nn.Module):
         return self.needs.teacher
 
     def set_epoch(self, epoch: int) -> None:
-        """Called by the Trainer before each epoch (0-based)."""
+        """Called by the Learner before each epoch (0-based)."""
         for t in self.terms.values():
             t.set_epoch(epoch)
 

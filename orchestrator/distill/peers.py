@@ -6,13 +6,13 @@ over the batch). Distill-on-the-Go (DoGo; Bhat et al., CVPRW 2021; code NeurAI-L
 similarity distributions instead: row i of softmax_j(cos(z_i, z_j) / tau) over the batch, the KL averaged
 over all B x B entries as the authors' ``criterion/kl.py``. The authors contrast two augmented views: row i
 is z_x(i) of one view against z_y(j) of the other. DoGo asks for two views (``Needs.student_views=2``); with
-``data.augment`` the Trainer gives the student's second view and its images (every peer runs on both views
+``data.augment`` the Learner gives the student's second view and its images (every peer runs on both views
 stacked, as the student), so it is theirs. Without augmentation both sides are the batch's one view
 (self-similarity included, as theirs includes the positive pair).
 
 The student is network 0 (its cross-entropy is the objective's ``ce`` term); the term holds the other P - 1
 networks (its parts) and returns the student's KL to them plus each peer's own loss (CE + KL to the others),
-so one optimiser step trains every network. The Trainer evaluates every network; the best one on validation
+so one optimiser step trains every network. The Learner evaluates every network; the best one on validation
 is the trial's student. A frozen teacher may be used alongside (e.g. ``ce+kd+dml``).
 """
 
@@ -118,7 +118,7 @@ class MutualLearning(Term):
 def _builder(log_probs: Callable[[ModelOutput, float], Tensor], reduction: str):
     def build(ctx: TermContext, knobs: PeerKnobs) -> MutualLearning:
         if ctx.make_student is None:
-            raise ValueError("mutual learning needs make_student in its build context (the Trainer gives it)")
+            raise ValueError("mutual learning needs make_student in its build context (the Learner gives it)")
         return MutualLearning(ctx.make_student, knobs.peers, knobs.temperature, log_probs, reduction)
 
     return build

@@ -4,7 +4,7 @@ A term module calls :func:`register_term` once at import (every module of this p
 imported by ``orchestrator.distill``, so adding a term is adding a file). Everything outside
 ``distill/`` asks this registry instead of comparing method names: config validation (the
 term's knob dataclass), search-space validation (:func:`data_problem`), the sweep's
-teacher-output caches (:func:`teacher_needs`, :func:`cacheable`, :func:`live_with_views`), the Trainer (build;
+teacher-output caches (:func:`teacher_needs`, :func:`cacheable`, :func:`live_with_views`), the Learner (build;
 :func:`view_readers`: a second augmented view of the student's batch) and the
 pipelines (:func:`supports_teachers`).
 
@@ -33,7 +33,7 @@ class Needs:
     :mod:`orchestrator.distill.stages`), resolved per teacher. Nothing at all = label-free
     self-distillation terms or plain CE.
     student_views: augmented views of each image the term contrasts (SupCon: 2). With ``data.augment``
-    (keyed views) the Trainer runs the student on ``student_views - 1`` more augmentations of the batch's
+    (keyed views) the Learner runs the student on ``student_views - 1`` more augmentations of the batch's
     images and hands them to the terms that ask (``Batch.student_views``); the teacher sees view 1 only.
     Without augmentation such a term gets the one view.
     """
@@ -74,7 +74,7 @@ class TermSpec:
     cacheable: its teacher inputs may be precomputed once on un-augmented data (False: the
         teacher runs live, e.g. a term that needs augmented spatial features).
     view_cacheable: with augmentation, its teacher inputs may come from the view cache (the
-        teacher's fp16 logits/embedding per (seed, epoch, index), ``orchestrator/teacher_views.py``);
+        teacher's fp16 logits/embedding per (seed, epoch, index), ``orchestrator/teacher_outputs/views.py``);
         None (default): yes when it is ``cacheable`` and reads no feature stages (the view
         cache stores none: FitNet, AT and the other feature terms run their teacher live).
     multi_teacher: "outputs" (applied to the ensemble's combined outputs), "per_teacher"

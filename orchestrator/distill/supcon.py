@@ -10,7 +10,7 @@ mean, as in the authors' code (HobbitLong/SupContrast ``losses.py``, ``SupConLos
 ``contrast_mode='all'``); ``tests/test_distill_supcon.py`` pins our values to it, with one and two views.
 
 Views: the term asks for two views of each image (``Needs.student_views=2``). With ``data.augment``, the
-Trainer runs the student on a second augmentation of the batch's images (view 1 of the deterministic view
+Learner runs the student on a second augmentation of the batch's images (view 1 of the deterministic view
 stream, ``orchestrator/data/views.py``; both views in one forward, as the authors' ``main_supcon.py``) and the
 term contrasts the 2B vectors: an anchor's positives are its image's other view and both views of the
 same-label samples, the paper's setting. Without augmentation there is no second view to draw (a copy of the

@@ -171,3 +171,12 @@ def build_model(name: str, num_classes: int, in_channels: int, **knobs) -> nn.Mo
     if problem:
         raise ValueError(problem)
     return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, **knobs)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Teacher mode: eval, no gradients (and none left over from its own training)."""
+    model.eval()
+    model.requires_grad_(False)
+    for p in model.parameters():
+        p.grad = None
+    return model

@@ -1,4 +1,5 @@
-"""Sweep report from MLflow: leaderboard (CSV, HTML), PNG plots, cross-sweep comparison.
+"""Sweep report from MLflow: leaderboard (CSV, HTML), PNG plots, cross-sweep comparison, and the numbers a
+reported gain rests on (:mod:`.stats`: mean ± sd over seeds, paired t-intervals).
 
 Reads what the sweep logs (DESIGN.md, MLflow layout): a parent run per sweep
 (tag ``orchestrator.kind=sweep``) and one child run per trial (tag

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 
 from orchestrator.report.runs import SAMPLED, Sweep
-from orchestrator.stats import PairedGain
+from orchestrator.report.stats import PairedGain
 
 GAINS = {"gain_vs_alone": "the student alone", "gain_vs_paper_default": "the best paper default"}
 

@@ -211,7 +211,7 @@ def plot_sweeps(board: pd.DataFrame, table: pd.DataFrame, metric: str, mode: str
 
 def plot_front(points, teacher: dict, seeds: list[int], path: Path, title: str, budget_ms: float | None = None) -> Path:
     """Test accuracy (%) vs ONNX Runtime latency (ms/image at batch 1, log x) of the confirmed front
-    (:class:`orchestrator.front.FrontPoint`): each point distilled (filled, mean ± sd over ``seeds``) and its
+    (:class:`orchestrator.sweep.confirm.front.FrontPoint`): each point distilled (filled, mean ± sd over ``seeds``) and its
     architecture alone (hollow, same latency), joined by a line (the gain); the confirmed front as a step line;
     ``teacher`` (``label``, ``test_acc1``, ``cost/latency_ms``) as a star with its accuracy dashed; a latency
     budget ``budget_ms`` as a dotted vertical line."""

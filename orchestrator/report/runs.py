@@ -12,7 +12,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from orchestrator.tracking import KIND, PARENT
+from orchestrator.infra.tracking import KIND, PARENT
 
 
 SAMPLED = "sampled."

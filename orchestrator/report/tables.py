@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.report.confirmed import GAINS, confirmed_result
 from orchestrator.report.runs import SAMPLED, Sweep, metric_history, parse_values, runs_frame
-from orchestrator.tracking import OUTCOME
+from orchestrator.infra.tracking import OUTCOME
 
 
 def build_leaderboard(

@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from orchestrator.config import (
+from orchestrator.config.schema import (
     Config, ConfigError, apply_overrides, dump_yaml, flatten, given_keys, load_config, student_arch, to_dict,
 )
-from orchestrator.plan import make_plan
-from orchestrator.search import available_spaces
+from orchestrator.sweep.plan import make_plan
+from orchestrator.sweep.search.space import available_spaces
 
 
 EXAMPLE = (
@@ -82,7 +82,7 @@ def space_objectives_unless_given(cfg: Config, given: list[str]) -> Config:
     """``cfg`` with ``sweep.objectives`` taken from the search space's ``objectives:`` (e.g. compress.yaml's
     accuracy-vs-latency front) unless the user set it or a ``sweep.budget`` (budget mode has the one objective);
     validated like a given value (ConfigError)."""
-    from orchestrator.search import space_objectives
+    from orchestrator.sweep.search.space import space_objectives
 
     declared = space_objectives(cfg.sweep.search_space)
     if declared is None or "sweep.objectives" in given or cfg.sweep.budget:
@@ -93,7 +93,7 @@ def space_objectives_unless_given(cfg: Config, given: list[str]) -> Config:
 def hold_given(cfg: Config, given: list[str]) -> Config:
     """``cfg`` with ``sweep.held_keys`` extended by the ``given`` keys its search space samples or fixes:
     a value the user set is held, never replaced by a sampled one."""
-    from orchestrator.search import space_keys
+    from orchestrator.sweep.search.space import space_keys
 
     in_space = space_keys(cfg.sweep.search_space)
     cfg.sweep.held_keys = list(dict.fromkeys(cfg.sweep.held_keys + [k for k in given if k in in_space]))
@@ -103,8 +103,8 @@ def hold_given(cfg: Config, given: list[str]) -> Config:
 def resumed_config(cfg: Config, path: str | None, overrides: list[str], resume: str) -> Config:
     """The config the resumed sweep started with (its ``config.yaml``) under what was given now; anything given
     now that differs from it is a ConfigError naming every differing key. A changed search-space file too."""
-    from orchestrator.search import space_path
-    from orchestrator.storage import local_root
+    from orchestrator.sweep.search.space import space_path
+    from orchestrator.infra.storage import local_root
     from orchestrator.sweep.folder import CONFIG_FILE, differing_keys, find_folder, space_changed
 
     folder = find_folder(local_root(cfg.sweep.storage_path), cfg.name, resume)
@@ -163,7 +163,7 @@ def check_feature_stages(configs: list[Config], data, teacher=None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
-    from orchestrator.dry_run import writing_nothing
+    from orchestrator.infra.dry_run import writing_nothing
 
     with writing_nothing(args.dry_run):  # a dry run computes what it shows (data, costs) and caches none of it
         return _main(args)
@@ -178,21 +178,21 @@ def _main(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
-    from orchestrator.ray_compat import version_warnings
+    from orchestrator.infra.ray_compat import version_warnings
 
     for line in version_warnings():  # Ray/Optuna outside the range the internals the tool uses were tested on
         print(line, file=sys.stderr)
 
-    from orchestrator import cluster, preflight
+    from orchestrator.infra import cluster, preflight
     from orchestrator.data import DatasetNotFoundError, build_data
     from orchestrator.models.pretrained import WeightsUnavailableError
-    from orchestrator.teachers import TeacherCheckpointError
-    from orchestrator.tracking import resolve_tracking_uri
-    from orchestrator.launcher import in_process
-    from orchestrator.search import possible_configs
+    from orchestrator.teacher.checkpoint import TeacherCheckpointError
+    from orchestrator.infra.tracking import resolve_tracking_uri
+    from orchestrator.config.schema import in_process
+    from orchestrator.sweep.search.space import possible_configs
     from orchestrator.sweep.costs import budget_problem, students_table
-    from orchestrator.sweep.objectives import budget_of
-    from orchestrator.teacher_inputs import plan_line
+    from orchestrator.config.objectives import budget_of
+    from orchestrator.teacher_outputs import plan_line
 
     address = cluster.resolve_address(cfg.ray.address)
     try:

@@ -1,9 +1,9 @@
-"""The students a sweep can train, and what each costs (:mod:`orchestrator.cost`), measured by the driver.
+"""The students a sweep can train, and what each costs (:mod:`orchestrator.deploy.cost`), measured by the driver.
 
 The driver measures every student architecture the search space can reach before the first trial
 starts: on the machine that runs the search, while no trial competes for its cores, once per
 architecture (the disk cache keeps it for later sweeps). Trials read their student's cost from
-:class:`~orchestrator.trial.TrialContext`. A size knob sampled from a continuous range (a float without
+:class:`~orchestrator.sweep.trial.TrialContext`. A size knob sampled from a continuous range (a float without
 ``step``) has no finite list of architectures: each such trial measures its own student when it starts,
 on the node that runs it (cached there too), and the plan says so.
 """
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.budget import Budget, no_fit_problem
-from orchestrator.config import STUDENT_KNOBS, Config, apply_overrides, flatten, student_arch, to_dict
-from orchestrator.cost import cost_metrics, describe_cost, student_cost
+from orchestrator.config.budget import Budget, no_fit_problem
+from orchestrator.config.schema import STUDENT_KNOBS, Config, apply_overrides, flatten, student_arch, to_dict
+from orchestrator.deploy.cost import cost_metrics, describe_cost, student_cost
 from orchestrator.models import build_model, describe_model
 from orchestrator.models.base import arch_spec, knob_problem
-from orchestrator.search import Param, SearchSpace
+from orchestrator.sweep.search.space import Param, SearchSpace
 
 STUDENT_KEYS = ("model.student", *(f"model.{key}" for key in STUDENT_KNOBS))
 

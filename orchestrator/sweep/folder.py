@@ -10,7 +10,7 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
-from orchestrator.atomic_files import write_json_atomic
+from orchestrator.infra.atomic_files import write_json_atomic
 
 STATE_FILE = "orchestrator-sweep.json"
 CONFIG_FILE = "config.yaml"

@@ -6,7 +6,7 @@ import time
 
 from ray import tune
 
-from orchestrator.sweep.objectives import OVER_BUDGET
+from orchestrator.config.objectives import OVER_BUDGET
 
 
 def trial_number(trial) -> str:

@@ -6,15 +6,16 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from orchestrator import confirm, tracking
-from orchestrator.config import Config
+from orchestrator.sweep.confirm import outcome
+from orchestrator.infra import tracking
+from orchestrator.config.schema import Config
 from orchestrator.data import DataBundle
 from orchestrator.export import config_provenance, example_batch, export_student, metadata
 from orchestrator.sweep.summary import version_tags
 
 
 def register_student(client, parent_id: str, cfg: Config, data: DataBundle, student, student_path: Path,
-                     summary: dict, verdict: confirm.Verdict, exp_dir: Path):
+                     summary: dict, verdict: outcome.Verdict, exp_dir: Path):
     """Returns the registered model version (None when the store has no registry)."""
     shutil.copy(student_path, exp_dir / "best_student.pt")
     tracking.log_file(client, parent_id, exp_dir / "best_student.pt")

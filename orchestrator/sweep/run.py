@@ -1,6 +1,6 @@
 """Runs a planned sweep end to end: Ray, teacher, Tune search, confirmation stage, registration.
 
-The search's trials share their seeds; the confirmation stage (:mod:`orchestrator.confirm`) re-trains
+The search's trials share their seeds; the confirmation stage (:mod:`orchestrator.sweep.confirm.outcome`) re-trains
 the best configs, the best paper default and the student alone on fresh seeds and chooses by mean
 validation accuracy. Every run this opens is closed on success (FINISHED), error (FAILED) and Ctrl-C
 (KILLED); trials that ASHA stopped are closed FINISHED with tag ``orchestrator.outcome=early_stopped``.
@@ -17,26 +17,31 @@ from pathlib import Path
 import mlflow
 import ray
 
-from orchestrator import cluster, confirm, front, storage, tracking
-from orchestrator.config import dump_yaml, flatten, search_seeds, to_dict
-from orchestrator.cost import cost_metrics
+from orchestrator.infra import cluster, storage, tracking
+from orchestrator.sweep.confirm import outcome, front
+from orchestrator.config.schema import dump_yaml, flatten, search_seeds, to_dict
+from orchestrator.deploy.cost import cost_metrics
 from orchestrator.data import DataBundle
-from orchestrator.engine import evaluate_model
-from orchestrator.leaderboard import best_summary, summarise, to_frame
-from orchestrator.plan import Plan
-from orchestrator.search import paper_points, sampled_keys, space_path
-from orchestrator.stats import mean_sd
-from orchestrator.sweep import confirm_stage, front_stage, objectives, search_stage, teacher_outputs
+from orchestrator.run.learner import evaluate_model
+from orchestrator.sweep.leaderboard import best_summary, summarise, to_frame
+from orchestrator.sweep.plan import Plan
+from orchestrator.sweep.search.space import paper_points, possible_configs, sampled_keys, space_path
+from orchestrator.report.stats import mean_sd
+from orchestrator.sweep.confirm import confirm_stage, front_stage
+from orchestrator.config import objectives
+from orchestrator.sweep.search import search_stage
+from orchestrator import teacher_outputs
 from orchestrator.sweep.costs import measure_students, params_cost, reachable_students
 from orchestrator.sweep.errors import SweepError
 from orchestrator.sweep.folder import open_folder, record_state, save_inputs
-from orchestrator.sweep.objectives import OVER_BUDGET
+from orchestrator.config.objectives import OVER_BUDGET
 from orchestrator.sweep.register import register_student
 from orchestrator.sweep.summary import headline_metrics, headline_tags, print_summary
 from orchestrator.sweep.trial_errors import TrialInputError, failures, quiet_trial_tracebacks, report
-from orchestrator.teachers import TeacherCheckpointError, ensure_teacher, load_model_checkpoint, load_teacher
-from orchestrator.train_loop import STUDENT_FILE, student_file
-from orchestrator.trial import TrialContext
+from orchestrator.teacher.checkpoint import TeacherCheckpointError, load_model_checkpoint, load_teacher
+from orchestrator.teacher.training import ensure_teacher
+from orchestrator.run.worker import STUDENT_FILE, student_file
+from orchestrator.sweep.trial import TrialContext
 
 
 class SweepRunner:
@@ -129,7 +134,8 @@ class SweepRunner:
         if self.given_outputs is not None:
             outputs = list(self.given_outputs)
         else:
-            outputs = teacher_outputs.outputs_for(teachers, self.plan, self.data, uri, storage.inputs_uri(place))
+            outputs = teacher_outputs.outputs_for(teachers, self.plan.cfg, possible_configs(self.plan.space, self.plan.cfg),
+                                                  self.plan.max_epochs, self.data, uri, storage.inputs_uri(place))
         trial_teachers, outputs = self._share_inputs(teachers, outputs, place)
         ctx = TrialContext(
             base=to_dict(cfg), teachers=trial_teachers, teacher_outputs=outputs, storage_path=place,
@@ -154,7 +160,7 @@ class SweepRunner:
     @staticmethod
     def _share_inputs(teachers: list[str], outputs: list[str], place: str) -> tuple[list[str], list[str]]:
         """The teachers and teacher outputs as trials on any node reach them: as they are for a local storage
-        folder; uploaded under a storage URI otherwise (each node downloads them once: :mod:`orchestrator.storage`)."""
+        folder; uploaded under a storage URI otherwise (each node downloads them once: :mod:`orchestrator.infra.storage`)."""
         shared = storage.inputs_uri(place)
         if not shared:
             return teachers, outputs
@@ -221,7 +227,7 @@ class SweepRunner:
                                                exp_dir, state, bool(self.resume), spec,
                                                lambda params: self._trial_cost(ctx, params))
         chosen = verdict.chosen
-        seed = confirm.best_seed(chosen)  # the chosen config's best seed on validation
+        seed = outcome.best_seed(chosen)  # the chosen config's best seed on validation
         checkpoint = storage.local_copy(chosen.checkpoints[seed], cfg.sweep.storage_path, exp_dir / "checkpoints")
         student_path = checkpoint / (
             STUDENT_FILE if verdict.confirmed else student_file(seed, search_seeds(cfg)))
@@ -254,15 +260,15 @@ class SweepRunner:
                 lambda params: self._point_cost(ctx, params), teacher, version, exp_dir)
         (exp_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         tracking.log_file(client, parent_id, exp_dir / "summary.json")
-        tracking.log_file(client, parent_id, confirm.plot(verdict, exp_dir / "confirm.png"))
+        tracking.log_file(client, parent_id, outcome.plot(verdict, exp_dir / "confirm.png"))
         if "front" in summary:
             print("\n" + front.table(points, spec, verdict.seeds, teacher))
             if spec.budget is not None:
                 print("\n" + front.budget_line(next(p for p in points if p.cand is chosen), spec.budget))
             print(f"Front: {exp_dir / 'front.png'}; each point's student as ONNX in {exp_dir / 'front'}")
         else:
-            print("\n" + confirm.table(verdict, label, teacher_test))
-        print("\n" + confirm.conclusion(verdict))
+            print("\n" + outcome.table(verdict, label, teacher_test))
+        print("\n" + outcome.conclusion(verdict))
         print_summary(cfg, chosen, seed, version, parent_id, exp_dir, uri, start)
 
     def _report(self, client, parent_id: str, exp_dir: Path) -> None:

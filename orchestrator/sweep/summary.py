@@ -7,13 +7,14 @@ import re
 import time
 from pathlib import Path
 
-from orchestrator import confirm, tracking
-from orchestrator.confirm import fmt
-from orchestrator.config import Config
-from orchestrator.stats import mean_sd
+from orchestrator.sweep.confirm import outcome
+from orchestrator.infra import tracking
+from orchestrator.sweep.confirm.outcome import fmt
+from orchestrator.config.schema import Config
+from orchestrator.report.stats import mean_sd
 
 
-def headline_metrics(summary: dict, verdict: confirm.Verdict) -> dict[str, float]:
+def headline_metrics(summary: dict, verdict: outcome.Verdict) -> dict[str, float]:
     """The headline numbers as MLflow metrics (means, sds, gains and interval bounds)."""
     out = {k: v for k, v in summary.items() if k.startswith(("test/", "teacher/", "student_alone/", "cost/"))
            and isinstance(v, (int, float))}
@@ -29,7 +30,7 @@ def headline_metrics(summary: dict, verdict: confirm.Verdict) -> dict[str, float
     return out
 
 
-def headline_tags(verdict: confirm.Verdict, level: float) -> dict[str, str]:
+def headline_tags(verdict: outcome.Verdict, level: float) -> dict[str, str]:
     """Tags of the sweep's parent run naming what its ``confirm/*`` metrics are about (read by
     ``python -m orchestrator.compare``): the chosen config, its trial and params, the seeds, the level."""
     chosen = verdict.chosen
@@ -40,7 +41,7 @@ def headline_tags(verdict: confirm.Verdict, level: float) -> dict[str, str]:
             "confirm.paper_default": verdict.paper.label if verdict.paper else ""}
 
 
-def version_tags(summary: dict, verdict: confirm.Verdict) -> dict[str, str]:
+def version_tags(summary: dict, verdict: outcome.Verdict) -> dict[str, str]:
     """Tags of the registered model version: the chosen config's mean, sd, gains and intervals, and its
     student's cost (``cost/params``, ``cost/macs``, ``cost/latency_ms``, ...)."""
     tags = {"confirmed": str(verdict.confirmed).lower(), "config": verdict.chosen.label,
@@ -55,7 +56,7 @@ def version_tags(summary: dict, verdict: confirm.Verdict) -> dict[str, str]:
     return tags
 
 
-def print_summary(cfg: Config, chosen: confirm.Candidate, seed: int, version, parent_id: str, exp_dir: Path,
+def print_summary(cfg: Config, chosen: outcome.Candidate, seed: int, version, parent_id: str, exp_dir: Path,
                   uri: str, start: float) -> None:
     """The chosen config, where its runs and registered model are, and the sweep's wall time."""
     params = "  ".join(f"{k}={fmt(v)}" for k, v in chosen.params.items())

@@ -11,12 +11,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.config import ConfigError
+from orchestrator.config.schema import ConfigError
 from orchestrator.data.common import DatasetNotFoundError
 from orchestrator.distill.checks import KnobError
-from orchestrator.safe_load import UnsafeFileError
+from orchestrator.infra.safe_load import UnsafeFileError
 from orchestrator.sweep.errors import SweepError
-from orchestrator.teachers import TeacherCheckpointError
+from orchestrator.teacher.checkpoint import TeacherCheckpointError
 
 # Problems of the configuration or the data: the same input fails the same way on every retry.
 USER_PROBLEMS = (ConfigError, KnobError, DatasetNotFoundError, TeacherCheckpointError, UnsafeFileError)

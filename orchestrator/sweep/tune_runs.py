@@ -7,11 +7,13 @@ from pathlib import Path
 
 from ray import tune
 
-from orchestrator import cluster, confirm, storage
-from orchestrator.launcher import checkpoint_config, in_process
-from orchestrator.plan import Plan
-from orchestrator.ray_compat import save_state_before_trials_start
-from orchestrator.trial import TrialContext, run_job
+from orchestrator.infra import cluster, storage
+from orchestrator.sweep.confirm import outcome
+from orchestrator.run.launcher import checkpoint_config
+from orchestrator.config.schema import in_process
+from orchestrator.sweep.plan import Plan
+from orchestrator.infra.ray_compat import save_state_before_trials_start
+from orchestrator.sweep.trial import TrialContext, run_job
 
 
 def trainable(fn, ctx: TrialContext, plan: Plan):
@@ -30,7 +32,7 @@ def concurrency(plan: Plan) -> int:
 
 def run_config(plan: Plan, folder: Path, printer: tune.Callback) -> tune.RunConfig:
     """Tune's run config for the trials or a stage: storage ``folder`` (or its place under a URI
-    ``sweep.storage_path``: :mod:`orchestrator.storage`), one progress printer, the failure budget and
+    ``sweep.storage_path``: :mod:`orchestrator.infra.storage`), one progress printer, the failure budget and
     checkpoint retention of ``train.*``."""
     cfg = plan.cfg
     parent, name = storage.split(storage.location(cfg.sweep.storage_path, folder))
@@ -47,7 +49,7 @@ def run_jobs(plan: Plan, jobs: list[dict], ctx: TrialContext, folder: Path, resu
     """The jobs as one Tune grid of Ray Train runs, as many at once as the cluster fits (or the
     interrupted grid in ``folder`` continued, when resuming)."""
     cfg = plan.cfg
-    save_state_before_trials_start()  # a job that started is one a restore resumes (orchestrator.ray_compat)
+    save_state_before_trials_start()  # a job that started is one a restore resumes (orchestrator.infra.ray_compat)
     fn = trainable(run_job, ctx, plan)
     place = storage.location(cfg.sweep.storage_path, folder)
     if resume and tune.Tuner.can_restore(place):
@@ -56,6 +58,6 @@ def run_jobs(plan: Plan, jobs: list[dict], ctx: TrialContext, folder: Path, resu
         fn,
         param_space={"job": tune.grid_search(jobs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency(plan), reuse_actors=in_process(cfg)),
-        run_config=run_config(plan, folder, confirm.JobPrinter(len(jobs))),
+        run_config=run_config(plan, folder, outcome.JobPrinter(len(jobs))),
     )
     return tuner.fit()

@@ -21,7 +21,7 @@ import optuna  # noqa: E402
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
-from orchestrator.ray_compat import JournalSearch, save_state_before_trials_start  # noqa: E402
+from orchestrator.infra.ray_compat import JournalSearch, save_state_before_trials_start  # noqa: E402
 from orchestrator.sweep.folder import optuna_storage  # noqa: E402
 
 ROOT, MODE, RAY_TEMP = sys.argv[1], sys.argv[2], sys.argv[3]  # Ray's socket paths must stay short

@@ -2,7 +2,7 @@
 checkpoint, once per ``$DISTILL_TEST_KILL_MARKER`` file (created when it fires).
 
 Put this folder first on ``PYTHONPATH`` of a sweep started by a test (its Ray workers inherit it): when
-``orchestrator.train_loop`` is imported, its per-epoch checkpoint guard ``disk_full_is_clear(epoch)``, entered
+``orchestrator.run.worker`` is imported, its per-epoch checkpoint guard ``disk_full_is_clear(epoch)``, entered
 right after the epoch is logged, is wrapped to kill the process first. Production code holds no test hook.
 """
 
@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 
-TARGET = "orchestrator.train_loop"
+TARGET = "orchestrator.run.worker"
 
 
 def _kill_once(epoch: int) -> None:

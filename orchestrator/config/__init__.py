@@ -1,0 +1,1 @@
+"""The configuration: typed sections, the YAML file and dotted overrides, validation, and the generated reference (docs/CONFIG.md)."""

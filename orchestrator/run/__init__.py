@@ -1,0 +1,2 @@
+"""The run core: one training run, from the one Ray Train ``TorchTrainer`` (:mod:`.launcher`) through the per-worker
+function (:mod:`.worker`) and the epoch driver (:mod:`.epochs`) down to a batch step (:class:`.learner.Learner`)."""
