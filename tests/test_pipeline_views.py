@@ -1,6 +1,6 @@
 """The ensemble pipeline with data.augment=true: one shared view cache per teacher, read by its distillation
 stages instead of the teachers (pipelines/ensemble_pipeline.py, ensemble_tasks.py; the sweep's
-sweep/teacher_outputs.py, teacher_inputs.py and train_loop.py do the work)."""
+teacher_outputs/prepare.py, choice.py and read.py do the work)."""
 
 from __future__ import annotations
 

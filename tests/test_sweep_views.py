@@ -1,5 +1,5 @@
-"""The sweep with data.augment=true: one shared teacher view cache, read by every trial (teacher_inputs.py,
-sweep/teacher_outputs.py, train_loop.py)."""
+"""The sweep with data.augment=true: one shared teacher view cache, read by every trial (teacher_outputs/: choice.py,
+prepare.py, read.py; run/worker.py)."""
 
 from __future__ import annotations
 

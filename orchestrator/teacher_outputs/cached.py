@@ -78,7 +78,7 @@ class CachedTeacherOutputs:
         if getattr(dataset, "keyed_views", False):
             raise ValueError(
                 "teacher output cache holds outputs on un-augmented images, but the train split is augmented "
-                "(data.augment=true): use a teacher view cache (teacher_views.py) or run the teacher live"
+                "(data.augment=true): use a teacher view cache (teacher_outputs/views.py) or run the teacher live"
             )
         if self.num_samples != len(dataset):
             raise ValueError(

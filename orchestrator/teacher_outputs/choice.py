@@ -1,8 +1,8 @@
 """How a sweep's trials get their teacher's outputs, decided once from the config and the space.
 
-- ``cached``: computed once on the un-augmented train split (``output_cache.py``), read by every trial;
+- ``cached``: computed once on the un-augmented train split (:mod:`.cache`), read by every trial;
 - ``views``: with ``data.augment``, computed once per view, (seed, epoch, index), for the search's
-  seeds and the confirmation's, ``train.epochs`` epochs each (``teacher_views.py``), read by every trial;
+  seeds and the confirmation's, ``train.epochs`` epochs each (:mod:`.views`), read by every trial;
 - ``live``: the teacher runs on every batch of every trial (``reason`` says why);
 - ``none``: no objective the space can choose reads a teacher.
 
