@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.config.schema import ConfigError, load_config
     from orchestrator.data import build_data
     from orchestrator.distill import registry
-    from orchestrator.teacher.training import ensure_teacher
+    from orchestrator.run.alone import ensure_teacher
     from orchestrator.infra.tracking import resolve_tracking_uri
 
     common.set_threads(args.threads)

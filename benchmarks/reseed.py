@@ -29,7 +29,7 @@ from orchestrator.run.learner import Learner
 from orchestrator.teacher_outputs import teacher_outputs_file
 from orchestrator.report.stats import mean_sd, paired_gain
 from orchestrator.teacher.checkpoint import load_teacher
-from orchestrator.teacher.training import ensure_teacher
+from orchestrator.run.alone import ensure_teacher
 from orchestrator.infra.tracking import resolve_tracking_uri
 
 

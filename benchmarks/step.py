@@ -551,7 +551,7 @@ def topk_accuracy(args) -> common.Table:
     from orchestrator.distill.registry import LOGITS, Needs
     from orchestrator.run.learner import Learner
     from orchestrator.teacher_outputs import build_views
-    from orchestrator.teacher.training import train_alone
+    from orchestrator.run.alone import train_alone
 
     epochs = args.topk_epochs
     cfg = load_config(None, ["data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student",
@@ -608,7 +608,7 @@ def accuracy(args) -> common.Table:
     from orchestrator.data import build_data
     from orchestrator.run.learner import Learner
     from orchestrator.teacher_outputs import compute_teacher_outputs
-    from orchestrator.teacher.training import train_alone
+    from orchestrator.run.alone import train_alone
 
     base = [
         "data.dataset=fashion_mnist", f"data.train_subset={args.acc_subset}", "distill.method=crd_kd",

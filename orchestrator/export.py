@@ -254,7 +254,7 @@ def _load_student(path: Path, args):
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     out = Path(args.out) if args.out else Path("export") / FILES[args.format]
-    from orchestrator.infra.preflight import creatable
+    from orchestrator.run.preflight import creatable
 
     unwritable = None if out.exists() else creatable(out)
     if out.is_dir() or (out.exists() and not args.force) or unwritable:

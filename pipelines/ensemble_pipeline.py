@@ -30,7 +30,7 @@ from orchestrator.distill import registry
 from orchestrator.report.stats import PairedGain, mean_sd, paired_gain
 from orchestrator.teacher_outputs import TeacherInputs, choose
 from orchestrator.teacher.checkpoint import TeacherCheckpointError
-from orchestrator.teacher.training import alone_config
+from orchestrator.run.alone import alone_config
 from pipelines import comparison
 from pipelines.ensemble_tasks import distill_task, teacher_eval_task
 from pipelines.stages import Stages, cancel, cpu_share, files_exist, fingerprint, stage_hash, wait_with_progress

@@ -10,7 +10,7 @@ worker group instead. Each teacher is an MLflow run with tag
 and the same file as ``teacher/checkpoint.pt``, so ``runs:/<id>/teacher`` loads it without unpickling code).
 
 Finished teachers are cached under ``<cache>/teachers`` by a hash of what
-changes them (:func:`orchestrator.teacher.checkpoint.training_key`, the same cache as the
+changes them (:func:`orchestrator.run.alone.training_key`, the same cache as the
 sweep's default teacher), so a rerun reuses them. Teachers given as a checkpoint
 path or an MLflow model URI (``runs:/...``, ``models:/...``) are checked and used
 as they are; a plain state_dict is imported as its ``arch`` the way the sweep imports
@@ -53,7 +53,7 @@ from orchestrator.config.pipeline_section import ResolvedTeacher
 from orchestrator.infra.safe_load import load_tensors
 from orchestrator.teacher.checkpoint import TeacherCheckpointError, import_teacher, load_teacher
 from orchestrator.infra.cache_dir import default_cache_dir
-from orchestrator.teacher.training import alone_config, training_key
+from orchestrator.run.alone import alone_config, training_key
 from pipelines.stages import cancel, cpu_share, wait_with_progress
 
 TEACHER_KEY_TAG = "orchestrator.teacher_key"
@@ -292,7 +292,7 @@ def preflight_checks(cfg: Config, data, uri: str) -> None:
     """What a pipeline's run refuses, checked before it starts and writing nothing (so also by ``--dry-run``):
     the tracking store, the pipeline folder (``pipeline.output_dir``) and each given teacher file, built in
     memory (ConfigError or TeacherCheckpointError naming the key or file and the reason)."""
-    from orchestrator.infra import preflight
+    from orchestrator.run import preflight
     preflight.check_tracking_store(uri)
     preflight.check_storage(str(pipeline_output_dir(cfg)), key="pipeline.output_dir")
     for t in pipeline_teachers(cfg):

@@ -51,7 +51,7 @@ def digits():
     """(config, data, teacher): digits with tiny models and a tiny_teacher trained for 6 epochs (>80% test)."""
     from orchestrator.config.schema import load_config
     from orchestrator.data import build_data
-    from orchestrator.teacher.training import train_alone
+    from orchestrator.run.alone import train_alone
 
     cfg = load_config(
         None,

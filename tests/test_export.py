@@ -25,7 +25,7 @@ def student():
     """(data, tiny_student trained 2 epochs on digits)."""
     from orchestrator.config.schema import load_config
     from orchestrator.data import build_data
-    from orchestrator.teacher.training import train_alone
+    from orchestrator.run.alone import train_alone
 
     cfg = load_config(None, ["data.dataset=digits", "data.batch_size=64"])
     data = build_data(cfg.data, cfg.seed)

@@ -12,7 +12,8 @@ from collections import namedtuple
 import pytest
 import torch
 
-from orchestrator.infra import atomic_files, preflight
+from orchestrator.infra import atomic_files
+from orchestrator.run import preflight
 from orchestrator.infra.atomic_files import atomic_torch_save
 from orchestrator.config.schema import ConfigError
 from orchestrator.infra.safe_load import load_tensors

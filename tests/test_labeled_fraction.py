@@ -170,17 +170,17 @@ def test_the_semi_supervised_space_loads_with_one_percent_of_the_labels():
 
 
 def test_the_default_teacher_is_trained_on_every_label(monkeypatch, isolated_cache):
-    from orchestrator.teacher import training
+    from orchestrator.run import alone
     seen = {}
 
     def stop(cfg, data, *args, **kwargs):
         seen["labels"] = data.train_labels
         raise RuntimeError("stop before training")
 
-    monkeypatch.setattr(training, "_train_logged", stop)
+    monkeypatch.setattr(alone, "_train_logged", stop)
     cfg = load_config(None, ["data.dataset=digits", "data.labeled_fraction=0.1", "model.teacher=tiny_teacher"])
     with pytest.raises(RuntimeError, match="stop before training"):
-        training.ensure_teacher(cfg, "unused")
+        alone.ensure_teacher(cfg, "unused")
     assert (seen["labels"] != UNLABELLED).all()
 
 

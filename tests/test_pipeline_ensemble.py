@@ -11,7 +11,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config.schema import ConfigError, apply_overrides, load_pipeline_config, pipeline_teachers
-from orchestrator.teacher.training import training_key
+from orchestrator.run.alone import training_key
 from pipelines.comparison import accuracy, ensemble_probs
 from pipelines.ensemble import main
 from pipelines.stages import stage_hash

@@ -45,7 +45,7 @@ def exported(tmp_path_factory):
     from orchestrator.data import build_data
     from orchestrator.data.common import default_data_root
     from orchestrator.data.fashion_mnist import load_fashion_mnist
-    from orchestrator.teacher.training import train_alone
+    from orchestrator.run.alone import train_alone
 
     tmp = tmp_path_factory.mktemp("predict")
     cfg = load_config(None, ["data.dataset=fashion_mnist", "data.train_subset=3000", "data.batch_size=128"])

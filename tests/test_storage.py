@@ -57,7 +57,7 @@ def test_a_storage_uri_pyarrow_cannot_open_exits_2_naming_the_key(tmp_path, monk
 
 
 def test_a_reachable_storage_uri_is_accepted_up_front(tmp_path, s3):
-    from orchestrator.infra.preflight import check_storage
+    from orchestrator.run.preflight import check_storage
 
     check_storage("s3://bkt/runs")  # moto's bucket; the driver's ./runs is probed too (nothing created)
 

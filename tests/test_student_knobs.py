@@ -60,7 +60,7 @@ def test_knobs_a_student_does_not_take_exit_2_naming_the_key(extra, key, allowed
 
 
 def test_training_a_model_alone_applies_its_own_knobs_not_the_students() -> None:
-    from orchestrator.teacher.training import alone_config
+    from orchestrator.run.alone import alone_config
 
     cfg = load_config(None, ["model.student=cnn_student_small", "model.student_width=0.5"])
     assert student_arch(alone_config(cfg, "cnn_teacher", 1, 0.1).model) == "cnn_teacher"  # the teacher: no knobs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.infra import preflight
+from orchestrator.run import preflight
 from orchestrator.config.schema import ConfigError, load_config
 from orchestrator.sweep.search.space import load_space
 from orchestrator.sweep.cli import main

@@ -55,7 +55,7 @@ def test_cache_keys_follow_the_image_size_and_resize():
     """A teacher or its outputs at one size are never reused at another; configs that set neither key keep
     the keys they had."""
     from orchestrator.teacher_outputs import data_key
-    from orchestrator.teacher.training import training_key
+    from orchestrator.run.alone import training_key
 
     configs = [load_config(None, ["data.dataset=imagefolder", *extra])
                for extra in ([], ["data.image_size=32"], ["data.image_size=64"], ["data.resize=center_crop"])]

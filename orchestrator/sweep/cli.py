@@ -183,7 +183,8 @@ def _main(args: argparse.Namespace) -> int:
     for line in version_warnings():  # Ray/Optuna outside the range the internals the tool uses were tested on
         print(line, file=sys.stderr)
 
-    from orchestrator.infra import cluster, preflight
+    from orchestrator.infra import cluster
+    from orchestrator.run import preflight
     from orchestrator.data import DatasetNotFoundError, build_data
     from orchestrator.models.pretrained import WeightsUnavailableError
     from orchestrator.teacher.checkpoint import TeacherCheckpointError

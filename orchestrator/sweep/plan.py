@@ -128,7 +128,7 @@ def make_plan(cfg: Config, num_train: int) -> Plan:
     """The plan; ConfigError if the space is invalid or the storage folder is full or read-only."""
     from orchestrator.run.launcher import trial_resources
     from orchestrator.config.schema import in_process
-    from orchestrator.infra.preflight import check_storage
+    from orchestrator.run.preflight import check_storage
 
     check_storage(cfg.sweep.storage_path or "runs")
     space = load_space(cfg.sweep.search_space, cfg, num_train)

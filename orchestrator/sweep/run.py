@@ -39,7 +39,7 @@ from orchestrator.sweep.register import register_student
 from orchestrator.sweep.summary import headline_metrics, headline_tags, print_summary
 from orchestrator.sweep.trial_errors import TrialInputError, failures, quiet_trial_tracebacks, report
 from orchestrator.teacher.checkpoint import TeacherCheckpointError, load_model_checkpoint, load_teacher
-from orchestrator.teacher.training import ensure_teacher
+from orchestrator.run.alone import ensure_teacher
 from orchestrator.run.worker import STUDENT_FILE, student_file
 from orchestrator.sweep.trial import TrialContext
 

@@ -1,2 +1,3 @@
-"""A teacher model: imported from a checkpoint (file, TorchScript, MLflow URI; :mod:`.checkpoint`, no training code),
-or trained once and cached (:mod:`.training`)."""
+"""A teacher model from its checkpoint: a file of this tool's format, a plain state_dict, TorchScript or an MLflow
+URI, imported, checked against the data and loaded frozen (:mod:`.checkpoint`). Imports no training code: a
+teacher trained here is trained by the run core (:mod:`orchestrator.run.alone`)."""
