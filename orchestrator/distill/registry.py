@@ -84,7 +84,11 @@ class TermSpec:
     paper_defaults: the paper's values of its knobs and weight, as dotted config keys.
     data_check: ``(knobs, num_train_samples) -> (key, value, allowed) | None`` for limits that
         depend on the data (e.g. fewer negatives than samples).
-    reference: the paper and the code its values are checked against (repository and commit).
+    reference: the paper and the code its values are checked against (repository and commit); its values
+        are pinned in ``tests/data/pinned/`` (``python -m orchestrator.distill.pin``).
+    no_reference: instead of ``reference``, why the term has no reference code to check it against (e.g.
+        "a formula of this project"); its own test file checks its values, and it needs no pinned case, no
+        search space of its own and no row in the committed docs/OBJECTIVES.md (generated ones list it).
     """
 
     name: str
@@ -100,6 +104,7 @@ class TermSpec:
     paper_defaults: Mapping[str, Any] = field(default_factory=dict)
     data_check: Callable[[Any, int], tuple[str, Any, str] | None] | None = None
     reference: str = ""
+    no_reference: str = ""
 
     def needs_for(self, knobs: Any) -> Needs:
         return self.needs(knobs) if callable(self.needs) else self.needs
@@ -121,6 +126,7 @@ class Preset:
 
 
 MULTI_TEACHER = ("outputs", "per_teacher", None)
+RESERVED = ("method", "plugins", "gamma", "alpha", "beta")  # the distill section's own keys
 _TERMS: dict[str, TermSpec] = {}
 _PRESETS: dict[str, Preset] = {}
 
@@ -131,6 +137,8 @@ def register_term(spec: TermSpec) -> TermSpec:
         raise ValueError(f"objective term '{spec.name}' is registered twice")
     if not spec.name.isidentifier() or "+" in spec.name:
         raise ValueError(f"a term name must be an identifier, got {spec.name!r}")
+    if spec.name in RESERVED:
+        raise ValueError(f"a term cannot be named {spec.name!r}: distill.{spec.name} is a key of its own")
     if spec.multi_teacher not in MULTI_TEACHER:
         raise ValueError(f"multi_teacher must be one of {list(MULTI_TEACHER)}, got {spec.multi_teacher!r}")
     if not spec.weight_key:
@@ -303,12 +311,13 @@ def stage_problem(distill_cfg: Any, num_classes: int, student: Any, teachers: tu
     return None
 
 
-def describe(method: str) -> str:
-    """One line per term: needs, cacheability, ensembles, parts, pre-stage (for --dry-run and docs)."""
+def describe(method: str, distill_cfg: Any = None) -> str:
+    """One line per term: needs, cacheability, ensembles, parts, pre-stage and its knobs (for --dry-run and
+    docs); the knobs' values are ``distill_cfg``'s (the ``distill`` config section), else their defaults."""
     lines = []
     for name in method_terms(method):
         s = term(name)
-        knobs = s.knobs() if s.knobs is not None else None
+        knobs = knobs_of(distill_cfg, name) if distill_cfg is not None else s.knobs() if s.knobs is not None else None
         needs = s.needs_for(knobs)
         reads = sorted(needs.fields) + [f"features[{st}]" for st in needs.stages]
         lines.append(
@@ -320,5 +329,6 @@ def describe(method: str) -> str:
             f"teachers: {s.multi_teacher or 'one'}"
             + (f"; parts: {', '.join(s.parts)}" if s.parts else "")
             + (f"; pre-stage: distill.{name}.{s.pre_stage}" if s.pre_stage else "")
+            + (f"; knobs: {', '.join(f'distill.{name}.{k}={v!r}' for k, v in vars(knobs).items())}" if knobs else "")
         )
     return "\n".join(lines)
