@@ -134,8 +134,8 @@ DistillConfig = _distill_config()
 
 def load_plugins(tree: dict) -> None:
     """Phase one of building a config from ``tree`` (a nested dict): import the modules its
-    ``distill.plugins`` names (:mod:`orchestrator.distill.plugins`), then rebuild :data:`DistillConfig` if they
-    registered terms with knobs, so that phase two (``_from_dict``) knows their ``distill.<term>.*`` keys."""
+    ``distill.plugins`` names (:mod:`orchestrator.distill.plugins`), then rebuild :data:`DistillConfig` if the
+    registry holds knobs it lacks, so that phase two (``_from_dict``) knows their ``distill.<term>.*`` keys."""
     global DistillConfig
     from orchestrator.distill.plugins import PluginError, import_plugins
 
@@ -145,7 +145,7 @@ def load_plugins(tree: dict) -> None:
         import_plugins(names)
     except PluginError as exc:
         raise ConfigError("distill.plugins", exc.name_, exc.reason) from None
-    if set(knob_sections()) - {f.name for f in dataclasses.fields(DistillConfig)}:
+    if names and set(knob_sections()) - {f.name for f in dataclasses.fields(DistillConfig)}:
         DistillConfig = _distill_config()
 
 
