@@ -75,6 +75,22 @@ def test_a_plugin_term_is_a_config_section_and_listed_by_the_dry_run(plugin_src,
     assert f"{TERM}: weight distill.{TERM}.weight; reads logits" in out and f"knobs: distill.{TERM}.weight=0.25" in out
 
 
+def test_an_installed_distribution_brings_its_term_through_the_entry_point_group(plugin_src):
+    """A distribution whose metadata declares the module in distill_orchestrator.objectives (what pip writes for
+    ``[project.entry-points."distill_orchestrator.objectives"]``): its term registers without any config key."""
+    from orchestrator.distill.plugins import ENTRY_POINT_GROUP, PluginError, load_entry_points
+
+    info = plugin_src / "my_terms-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-terms\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nl2 = my_terms.l2_logits\n")
+    load_entry_points()
+    assert TERM in registry.term_names() and registry.term(TERM).no_reference
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nbroken = my_terms.missing\n")
+    with pytest.raises(PluginError, match="broken = my_terms.missing"):
+        load_entry_points()
+
+
 @pytest.mark.slow
 def test_a_one_trial_digits_sweep_trains_a_plugin_term_through_ray_train(plugin_src, tmp_path, isolated_cache):
     """The sweep runs in its own process with the package on PYTHONPATH, as a user runs it: its Ray's trial
