@@ -1,7 +1,8 @@
 """The objective registry: every loss term declares here what it is and what it needs.
 
 A term module calls :func:`register_term` once at import (every module of this package is
-imported by ``orchestrator.distill``, so adding a term is adding a file). Everything outside
+imported by ``orchestrator.distill``, so adding a term is adding a file; a module outside it is a
+plug-in, :mod:`orchestrator.distill.plugins`). Everything outside
 ``distill/`` asks this registry instead of comparing method names: config validation (the
 term's knob dataclass), search-space validation (:func:`data_problem`), the sweep's
 teacher-output caches (:func:`teacher_needs`, :func:`cacheable`, :func:`live_with_views`), the Learner (build;
