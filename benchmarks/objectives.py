@@ -164,9 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plugins", nargs="*", default=[], help="modules registering more terms (distill.plugins)")
     parser.add_argument("--out", type=Path, default=DOC, help="the file written (default docs/OBJECTIVES.md)")
     args = parser.parse_args(argv)
-    from orchestrator.distill.plugins import import_plugins
+    from orchestrator.distill.plugins import PluginError, import_plugins
 
-    import_plugins(args.plugins)
+    try:
+        import_plugins(args.plugins)
+    except PluginError as exc:
+        print(f"error: --plugins: {exc}", file=sys.stderr)
+        return 2
     common.set_threads(args.threads)
     terms = common.Table(
         "Terms", ["term", "paper; reference code checked against", "weight", "reads from each teacher", "labels",

@@ -18,7 +18,7 @@ Each term's weight is the config key it declares (``distill.gamma`` for ce,
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 LOGITS, EMBEDDING = "logits", "embedding"
@@ -89,7 +89,8 @@ class TermSpec:
         are pinned in ``tests/data/pinned/`` (``python -m orchestrator.distill.pin``).
     no_reference: instead of ``reference``, why the term has no reference code to check it against (e.g.
         "a formula of this project"); its own test file checks its values, and it needs no pinned case, no
-        search space of its own and no row in the committed docs/OBJECTIVES.md (generated ones list it).
+        search space of its own and no place in the committed docs/OBJECTIVES.md and docs/CONFIG.md (both
+        list it once regenerated).
     """
 
     name: str
@@ -330,6 +331,7 @@ def describe(method: str, distill_cfg: Any = None) -> str:
             f"teachers: {s.multi_teacher or 'one'}"
             + (f"; parts: {', '.join(s.parts)}" if s.parts else "")
             + (f"; pre-stage: distill.{name}.{s.pre_stage}" if s.pre_stage else "")
-            + (f"; knobs: {', '.join(f'distill.{name}.{k}={v!r}' for k, v in vars(knobs).items())}" if knobs else "")
+            + (f"; knobs: {', '.join(f'distill.{name}.{f.name}={getattr(knobs, f.name)!r}' for f in fields(knobs))}"
+               if knobs is not None else "")
         )
     return "\n".join(lines)
