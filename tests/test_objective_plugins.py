@@ -75,6 +75,23 @@ def test_a_plugin_term_is_a_config_section_and_listed_by_the_dry_run(plugin_src,
     assert f"{TERM}: weight distill.{TERM}.weight; reads logits" in out and f"knobs: distill.{TERM}.weight=0.25" in out
 
 
+def test_the_objectives_doc_generated_with_a_plugin_lists_its_term(plugin_src, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import objectives
+
+    out, threads = tmp_path / "objectives.md", torch.get_num_threads()
+    try:
+        assert objectives.main(["--plugins", "my_terms.l2_logits", "--out", str(out)]) == 0
+        assert objectives.main(["--plugins", "no_such_pkg.terms", "--out", str(out)]) == 2
+    finally:
+        torch.set_num_threads(threads)  # the script sets its own
+    (row,) = [line for line in out.read_text().splitlines() if line.startswith(f"| `{TERM}`")]
+    assert "no reference code: logit regression" in row and f"`distill.{TERM}.weight`" in row and "weight=1.0" in row
+    assert "**Step cost" not in out.read_text()  # measured only with --costs
+
+
 def test_an_installed_distribution_brings_its_term_through_the_entry_point_group(plugin_src):
     """A distribution whose metadata declares the module in distill_orchestrator.objectives (what pip writes for
     ``[project.entry-points."distill_orchestrator.objectives"]``): its term registers without any config key."""
