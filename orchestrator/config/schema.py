@@ -113,11 +113,15 @@ class TeacherConfig:
     cache_max_gb: float = 2.0  # larger caches (e.g. feature maps of every training image) are not built: live teacher
 
 
+PLUGINS_DOC = "modules that register objective terms, e.g. [my_pkg.l2_logits] (importable on every Ray node)"
+
+
 def _distill_config() -> type:
     """``distill``: the objective (method, weights) plus one section per registered term's knobs."""
     sections = [(name, knobs, field(default_factory=knobs)) for name, knobs in knob_sections().items()]
     return dataclasses.make_dataclass("DistillConfig", [
         ("method", str, field(default="crd_kd", metadata={"doc": "a preset (kd, crd_kd, dkd, ...) or terms joined by '+'"})),
+        ("plugins", list[str], field(default_factory=list, metadata={"doc": PLUGINS_DOC})),
         ("gamma", float, field(default=1.0, metadata={"doc": "the CE term's weight"})),
         ("alpha", float, field(default=1.0, metadata={"doc": "the KD term's weight"})),
         ("beta", float, field(default=0.8, metadata={"doc": "the CRD term's weight"})),
@@ -126,6 +130,23 @@ def _distill_config() -> type:
 
 
 DistillConfig = _distill_config()
+
+
+def load_plugins(tree: dict) -> None:
+    """Phase one of building a config from ``tree`` (a nested dict): import the modules its
+    ``distill.plugins`` names (:mod:`orchestrator.distill.plugins`), then rebuild :data:`DistillConfig` if the
+    registry holds knobs it lacks, so that phase two (``_from_dict``) knows their ``distill.<term>.*`` keys."""
+    global DistillConfig
+    from orchestrator.distill.plugins import PluginError, import_plugins
+
+    section = tree.get("distill") if isinstance(tree, dict) else None
+    names = coerce("distill.plugins", section.get("plugins") or [], list[str]) if isinstance(section, dict) else []
+    try:
+        import_plugins(names)
+    except PluginError as exc:
+        raise ConfigError("distill.plugins", exc.name_, exc.reason) from None
+    if names and set(knob_sections()) - {f.name for f in dataclasses.fields(DistillConfig)}:
+        DistillConfig = _distill_config()
 
 
 @dataclass
@@ -216,7 +237,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
+    distill: DistillConfig = field(default_factory=lambda: DistillConfig())  # the current one (load_plugins)
     train: TrainConfig = field(default_factory=TrainConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -380,12 +401,12 @@ def apply_overrides(cfg: Config, values: dict[str, Any]) -> Config:
     tree = to_dict(cfg)
     for dotted, value in values.items():
         _set_dotted(tree, dotted, value)
-    new = _from_dict(Config, tree)
-    validate(new)
-    return new
+    return from_dict(tree)
 
 
 def from_dict(tree: dict) -> Config:
+    """The validated Config of a nested dict, after importing the objective plug-ins it names (:func:`load_plugins`)."""
+    load_plugins(tree)
     cfg = _from_dict(Config, tree)
     validate(cfg)
     return cfg
@@ -399,10 +420,7 @@ def load_config(
     tree = to_dict(Config())
     for dotted, value in copy.deepcopy(defaults or {}).items():
         _set_dotted(tree, dotted, value)
-    tree = layer_tree(tree, path, overrides)
-    cfg = _from_dict(Config, tree)
-    validate(cfg)
-    return cfg
+    return from_dict(layer_tree(tree, path, overrides))
 
 
 def load_pipeline_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:

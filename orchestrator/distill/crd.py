@@ -373,7 +373,7 @@ def _fewer_negatives(knobs: CRDKnobs, num_train_samples: int) -> tuple[str, Any,
 register_term(TermSpec(
     name="crd",
     reference="Tian et al., ICLR 2020; RepDistiller b84f547 crd/, dataset/cifar100.py (exact/relax); "
-              "queue: MoCo-style (RepDistiller issue 40), values equal the bank's on the bank's rows",
+              "queue: MoCo-style (github.com/HobbitLong/RepDistiller/issues/40), values equal the bank's on the bank's rows",
     build=build,
     knobs=CRDKnobs,
     weight_key="distill.beta",

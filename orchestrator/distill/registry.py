@@ -1,7 +1,8 @@
 """The objective registry: every loss term declares here what it is and what it needs.
 
 A term module calls :func:`register_term` once at import (every module of this package is
-imported by ``orchestrator.distill``, so adding a term is adding a file). Everything outside
+imported by ``orchestrator.distill``, so adding a term is adding a file; a module outside it is a
+plug-in, :mod:`orchestrator.distill.plugins`). Everything outside
 ``distill/`` asks this registry instead of comparing method names: config validation (the
 term's knob dataclass), search-space validation (:func:`data_problem`), the sweep's
 teacher-output caches (:func:`teacher_needs`, :func:`cacheable`, :func:`live_with_views`), the Learner (build;
@@ -17,7 +18,7 @@ Each term's weight is the config key it declares (``distill.gamma`` for ce,
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 LOGITS, EMBEDDING = "logits", "embedding"
@@ -84,7 +85,12 @@ class TermSpec:
     paper_defaults: the paper's values of its knobs and weight, as dotted config keys.
     data_check: ``(knobs, num_train_samples) -> (key, value, allowed) | None`` for limits that
         depend on the data (e.g. fewer negatives than samples).
-    reference: the paper and the code its values are checked against (repository and commit).
+    reference: the paper and the code its values are checked against (repository and commit); its values
+        are pinned in ``tests/data/pinned/`` (``python -m orchestrator.distill.pin``).
+    no_reference: instead of ``reference``, why the term has no reference code to check it against (e.g.
+        "a formula of this project"); its own test file checks its values, and it needs no pinned case, no
+        search space of its own and no place in the committed docs/OBJECTIVES.md and docs/CONFIG.md (both
+        list it once regenerated).
     """
 
     name: str
@@ -100,6 +106,7 @@ class TermSpec:
     paper_defaults: Mapping[str, Any] = field(default_factory=dict)
     data_check: Callable[[Any, int], tuple[str, Any, str] | None] | None = None
     reference: str = ""
+    no_reference: str = ""
 
     def needs_for(self, knobs: Any) -> Needs:
         return self.needs(knobs) if callable(self.needs) else self.needs
@@ -121,6 +128,7 @@ class Preset:
 
 
 MULTI_TEACHER = ("outputs", "per_teacher", None)
+RESERVED = ("method", "plugins", "gamma", "alpha", "beta")  # the distill section's own keys
 _TERMS: dict[str, TermSpec] = {}
 _PRESETS: dict[str, Preset] = {}
 
@@ -131,6 +139,8 @@ def register_term(spec: TermSpec) -> TermSpec:
         raise ValueError(f"objective term '{spec.name}' is registered twice")
     if not spec.name.isidentifier() or "+" in spec.name:
         raise ValueError(f"a term name must be an identifier, got {spec.name!r}")
+    if spec.name in RESERVED:
+        raise ValueError(f"a term cannot be named {spec.name!r}: distill.{spec.name} is a key of its own")
     if spec.multi_teacher not in MULTI_TEACHER:
         raise ValueError(f"multi_teacher must be one of {list(MULTI_TEACHER)}, got {spec.multi_teacher!r}")
     if not spec.weight_key:
@@ -303,12 +313,13 @@ def stage_problem(distill_cfg: Any, num_classes: int, student: Any, teachers: tu
     return None
 
 
-def describe(method: str) -> str:
-    """One line per term: needs, cacheability, ensembles, parts, pre-stage (for --dry-run and docs)."""
+def describe(method: str, distill_cfg: Any = None) -> str:
+    """One line per term: needs, cacheability, ensembles, parts, pre-stage and its knobs (for --dry-run and
+    docs); the knobs' values are ``distill_cfg``'s (the ``distill`` config section), else their defaults."""
     lines = []
     for name in method_terms(method):
         s = term(name)
-        knobs = s.knobs() if s.knobs is not None else None
+        knobs = knobs_of(distill_cfg, name) if distill_cfg is not None else s.knobs() if s.knobs is not None else None
         needs = s.needs_for(knobs)
         reads = sorted(needs.fields) + [f"features[{st}]" for st in needs.stages]
         lines.append(
@@ -320,5 +331,7 @@ def describe(method: str) -> str:
             f"teachers: {s.multi_teacher or 'one'}"
             + (f"; parts: {', '.join(s.parts)}" if s.parts else "")
             + (f"; pre-stage: distill.{name}.{s.pre_stage}" if s.pre_stage else "")
+            + (f"; knobs: {', '.join(f'distill.{name}.{f.name}={getattr(knobs, f.name)!r}' for f in fields(knobs))}"
+               if knobs is not None else "")
         )
     return "\n".join(lines)

@@ -82,10 +82,10 @@ class Plan:
     def _objectives(self) -> list[str]:
         """Each objective the space can choose and what its terms read (from the objective registry)."""
         methods = dict.fromkeys(c.distill.method for c in possible_configs(self.space, self.cfg))
-        lines = ["objectives (terms: weight key; what each reads from the teacher):"]
+        lines = ["objectives (terms: weight key; what each reads from the teacher; knobs as given, before sampling):"]
         for method in methods:
             lines.append(f"  {method} = {'+'.join(registry.method_terms(method))}")
-            lines += [f"  {line}" for line in registry.describe(method).splitlines()]
+            lines += [f"  {line}" for line in registry.describe(method, self.cfg.distill).splitlines()]
         return lines
 
     def _points(self) -> list[str]:
