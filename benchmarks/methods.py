@@ -97,19 +97,24 @@ def teacher_inputs(cfg, data, teacher_path: str):
 def train(cfg, data, teacher_path: str, seed: int) -> dict:
     """Train ``cfg`` on ``seed``: {"test", "val", "seconds"} (accuracies as fractions)."""
     from orchestrator.config.schema import apply_overrides
+    from orchestrator.run.epochs import run_epochs
     from orchestrator.run.learner import Learner
 
     cfg = apply_overrides(cfg, {"seed": seed})
     start = time.perf_counter()
     teachers, outputs = teacher_inputs(cfg, data, teacher_path)
     trainer = Learner(cfg, data, teachers, teacher_outputs=outputs)
-    for epoch in range(1, cfg.train.epochs + 1):  # a pre-stage, if any, runs inside the first epoch
-        metrics = trainer.train_one_epoch()
-        prestage = f"{metrics['prestage/epochs']} pre-stage epochs, then " if "prestage/epochs" in metrics else ""
-        print(f"    {cfg.distill.method} seed {seed}: {prestage}epoch {epoch}/{cfg.train.epochs}, "
+
+    def progress(metrics: dict, _per_seed) -> None:  # a pre-stage, if any, runs inside the first epoch
+        prestage = f"{int(metrics['prestage/epochs'])} pre-stage epochs, then " if "prestage/epochs" in metrics else ""
+        print(f"    {cfg.distill.method} seed {seed}: {prestage}epoch {metrics['epoch']}/{cfg.train.epochs}, "
               f"train loss {metrics['train/loss']:.4f}, {metrics['throughput/train_img_s']:.0f} img/s, "
               f"{(time.perf_counter() - start) / 60:.1f} min", flush=True)
-    return {"test": trainer.evaluate("test")["acc1"], "val": trainer.evaluate("val")["acc1"],
+
+    metrics = run_epochs([trainer], evaluate_test=True, on_epoch=progress)
+    # test: the student network's (with peers, not the best peer's, as this table has always shown); val: the
+    # best network's (the trial's student)
+    return {"test": metrics.get("test/student/acc1", metrics["test/acc1"]), "val": metrics["val/acc1"],
             "seconds": time.perf_counter() - start}
 
 

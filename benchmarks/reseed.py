@@ -25,6 +25,7 @@ from orchestrator.sweep.confirm.outcome import ALONE, optimiser_params
 from orchestrator.data import build_data
 from orchestrator.distill import registry
 from orchestrator.teacher_outputs import CachedTeacherOutputs
+from orchestrator.run.epochs import run_epochs
 from orchestrator.run.learner import Learner
 from orchestrator.teacher_outputs import teacher_outputs_file
 from orchestrator.report.stats import mean_sd, paired_gain
@@ -35,13 +36,11 @@ from orchestrator.infra.tracking import resolve_tracking_uri
 
 def train(cfg, data, outputs, teachers, seed: int) -> float:
     """Test acc1 of one student trained with ``cfg`` and ``seed`` (teacher outputs, or live ``teachers``,
-    unless CE only)."""
+    unless CE only), by the epoch driver a confirmation job runs (with peers: the best network on validation)."""
     cfg = apply_overrides(cfg, {"seed": seed})
     reads = registry.needs_teacher(cfg.distill)
     trainer = Learner(cfg, data, teachers if reads else [], teacher_outputs=outputs if reads else None)
-    for _ in range(cfg.train.epochs):
-        trainer.train_one_epoch()
-    return trainer.evaluate("test")["acc1"]
+    return run_epochs([trainer], evaluate_test=True)["test/acc1"]
 
 
 def main(argv: list[str] | None = None) -> int:

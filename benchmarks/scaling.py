@@ -5,7 +5,7 @@
     python benchmarks/scaling.py --quick              # tiny sizes, CPU
     python benchmarks/scaling.py --append             # also append the tables to docs/BENCHMARKS.md
 
-Part 1 runs the project's Ray Train trial (``orchestrator.run.worker.run_worker`` in a
+Part 1 runs the project's Ray Train trial (``orchestrator.run.launcher.launch``: ``run_worker`` in a
 ``TorchTrainer`` worker group, gloo, one CPU and ``--threads`` torch threads per worker, teacher
 outputs precomputed as the sweep does) with 1 and then 2 workers, alternating, and reports the
 training throughput (all workers together, last epoch) and the wall time of ``fit()``.
@@ -74,28 +74,15 @@ def prepare(args, folder: Path) -> tuple[list[str], str, str]:
 
 
 def fit_once(workers: int, overrides: list[str], teacher: str, outputs: str, storage: Path) -> dict:
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    """One trial through the run core's launcher (as a Ray task would start it: no Tune), no retries."""
+    from orchestrator.config.schema import load_config
+    from orchestrator.run.launcher import launch
 
-    from orchestrator.config.schema import load_config, to_dict
-    from orchestrator.run.worker import run_worker
-
-    cfg = load_config(None, [*overrides, f"train.num_workers={workers}"])
-    trainer = TorchTrainer(
-        run_worker,
-        train_loop_config={
-            "cfg": to_dict(cfg), "teachers": [teacher], "teacher_outputs": [outputs], "in_process": False,
-            "tracking_uri": None, "mlflow_run_id": None,
-        },
-        torch_config=TorchConfig(backend="gloo"),
-        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(
-            name=f"scaling-{workers}w-{int(time.time() * 1000)}", storage_path=str(storage),
-            failure_config=FailureConfig(max_failures=0, controller_failure_limit=0),
-        ),
-    )
+    cfg = load_config(None, [*overrides, f"train.num_workers={workers}", "train.max_failures=0"])
+    loop_config = {"teachers": [teacher], "teacher_outputs": [outputs], "tracking_uri": None, "mlflow_run_id": None}
     t0 = time.perf_counter()
-    result = trainer.fit()
+    result = launch(cfg, loop_config, name=f"scaling-{workers}w-{int(time.time() * 1000)}", storage_path=str(storage),
+                    in_tune=False)
     wall = time.perf_counter() - t0
     m = result.metrics or {}
     return {"wall": wall, "img_s": m.get("throughput/train_img_s", float("nan")),

@@ -10,7 +10,9 @@
 Every variant is a real :class:`orchestrator.run.learner.Learner` (default teacher ``cnn_teacher``,
 student ``cnn_student_tiny``, batch 128, Fashion-MNIST shapes: N = 54,000 memory-bank rows,
 1x28x28 random images) whose ``train_one_epoch`` runs over a few prepared batches: the timed
-code is the engine's own step (forward, loss terms, backward, optimiser, loss bookkeeping).
+code is the Learner's own step (forward, loss terms, NaN guard, backward, optimiser, loss bookkeeping).
+The per-phase breakdown runs the same step with the Learner's
+:class:`~orchestrator.run.step_timer.StepTimer` attached (CRD's pieces timed by wrapping them).
 Variants alternate round by round; each figure is the median over rounds, and reported as a
 ratio to the student-alone (CE) step and to the KD step with the same teacher mode:
 
@@ -315,33 +317,32 @@ def instrument(clock: Clock) -> Iterator[None]:
         crd_mod.contrast_dots = original_dots
 
 
-def instrumented_step(trainer, batch, clock: Clock) -> None:
-    """The body of ``Learner.train_one_epoch`` for one batch, each phase timed."""
-    import torch
+# The rows of the table: the Learner's step phases (StepTimer) each row sums, below the loader row.
+STEP_ROWS = {
+    "data: batch to device": ("to_device",),
+    "teacher forward (live) / cache lookup": ("teacher",),
+    "student forward": ("student",),
+    "distiller forward (all terms)": ("objective",),
+    "backward": ("backward",),
+    "optimiser step": ("optimizer",),
+    "loss bookkeeping (.item(), isfinite)": ("check", "bookkeeping"),
+}
 
-    images, labels, indices = batch
-    with clock("data: batch to device"):
-        images, labels, indices = (t.to(trainer.device) for t in (images, labels, indices))
-    teacher_out = None
-    if trainer.objective.needs_teacher:
-        with clock("teacher forward (live) / cache lookup"):
-            teacher_out = trainer._teacher_forward(images, indices)
-    with clock("student forward"):
-        student_out = trainer._student_step(images)
-    teacher_arg = None if teacher_out is None else (teacher_out[0] if len(teacher_out) == 1 else teacher_out)
-    with clock("distiller forward (all terms)"):
-        terms = trainer._objective_step(student_out, teacher_arg, labels, indices)
-        loss = sum(terms.values())
-    with clock("backward"):
-        trainer.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-    with clock("optimiser step"):
-        trainer.optimizer.step()
-    with clock("loss bookkeeping (.item(), isfinite)"):
-        bool(torch.isfinite(loss))
-        loss.item()
-        for value in terms.values():
-            value.item()
+
+def timed_step(trainer, batch, clock: Clock) -> None:
+    """One batch step of the real ``Learner.train_one_epoch``, its phases timed by the Learner's own
+    :class:`~orchestrator.run.step_timer.StepTimer`; ``clock`` gets a row per entry of ``STEP_ROWS`` and the total."""
+    from orchestrator.run.step_timer import StepTimer
+
+    timer = trainer.step_timer = StepTimer(trainer.device)
+    trainer.train_loader = [batch]
+    try:
+        trainer.train_one_epoch()
+    finally:
+        trainer.step_timer = None
+    rows = {row: sum(timer.totals[p] for p in phases) for row, phases in STEP_ROWS.items()}
+    for row, seconds in [*rows.items(), ("total", sum(rows.values()))]:
+        clock.totals[row] = clock.totals.get(row, 0.0) + seconds
 
 
 SUB_PHASES = (
@@ -355,16 +356,7 @@ SUB_PHASES = (
     "NCE: loss (autograd graph)",
     "memory-bank update",
 )
-TOP_PHASES = (
-    "data: batch from the loader",
-    "data: batch to device",
-    "teacher forward (live) / cache lookup",
-    "student forward",
-    "distiller forward (all terms)",
-    "backward",
-    "optimiser step",
-    "loss bookkeeping (.item(), isfinite)",
-)
+TOP_PHASES = ("data: batch from the loader", *STEP_ROWS)
 
 
 def breakdown(setup: Setup, variants: list[Variant], batch: int, repeats: int, extra: list[str] = ()) -> common.Table:
@@ -384,8 +376,8 @@ def breakdown(setup: Setup, variants: list[Variant], batch: int, repeats: int, e
                 start = (r * batch) % max(1, len(perm) - batch)
                 collate(setup.data.train.__getitems__(perm[start : start + batch].tolist()))
             b = setup.batches[r % len(setup.batches)]
-            with implementation(v, None), instrument(clock), clock("total"):
-                instrumented_step(trainers[v], b, clock)
+            with implementation(v, None), instrument(clock):
+                timed_step(trainers[v], b, clock)
             if r:
                 per_round[v].append(dict(clock.totals))
     table = common.Table(
@@ -549,6 +541,7 @@ def topk_accuracy(args) -> common.Table:
     from orchestrator.data import build_data
     from orchestrator.distill.kd import kd_loss
     from orchestrator.distill.registry import LOGITS, Needs
+    from orchestrator.run.epochs import run_epochs
     from orchestrator.run.learner import Learner
     from orchestrator.teacher_outputs import build_views
     from orchestrator.run.alone import train_alone
@@ -584,10 +577,8 @@ def topk_accuracy(args) -> common.Table:
                     stored = kd_loss(s, views.rows(indices, torch.device("cpu"), 0).logits, temperature)
                 errors.append(abs(float(stored - exact)) / float(exact))
         trainer = Learner(cfg, data, [teacher] if views is None else [], teacher_outputs=[views] if views else None)
-        last = {}
-        for _ in range(epochs):
-            last = trainer.train_one_epoch()
-        acc = trainer.evaluate("val")["acc1"]
+        last = run_epochs([trainer])
+        acc = last["val/acc1"]
         runs[label] = acc
         size = views.meta.bytes_per_epoch() / len(data.train) if views else 0
         table.add(label, f"{size:.0f}" if views else "-",
@@ -606,6 +597,7 @@ def accuracy(args) -> common.Table:
     """Train cnn_student_tiny with crd_kd, exact and shared negatives, same seed, same teacher."""
     from orchestrator.config.schema import load_config
     from orchestrator.data import build_data
+    from orchestrator.run.epochs import run_epochs
     from orchestrator.run.learner import Learner
     from orchestrator.teacher_outputs import compute_teacher_outputs
     from orchestrator.run.alone import train_alone
@@ -627,12 +619,14 @@ def accuracy(args) -> common.Table:
     )
     for mode in ("exact", "shared"):
         trainer = Learner(load_config(None, [*base, f"distill.crd.negatives_mode={mode}"]), data, teacher_outputs=[outputs])
-        accs, secs, last = [], [], {}
-        for epoch in range(args.acc_epochs):
-            last = trainer.train_one_epoch()
-            secs.append(last["time/epoch_s"])
-            accs.append(trainer.evaluate("val")["acc1"])
-            print(f"  [{mode}] epoch {epoch + 1}: val acc1 {accs[-1]:.4f} ({secs[-1]:.1f} s)", flush=True)
+        accs, secs = [], []
+
+        def on_epoch(metrics: dict, _per_seed, mode=mode, accs=accs, secs=secs) -> None:
+            secs.append(metrics["time/epoch_s"])
+            accs.append(metrics["val/acc1"])
+            print(f"  [{mode}] epoch {metrics['epoch']}: val acc1 {accs[-1]:.4f} ({secs[-1]:.1f} s)", flush=True)
+
+        last = run_epochs([trainer], on_epoch=on_epoch)
         table.add(mode, *[f"{a:.4f}" for a in accs], f"{common.median(secs):.1f}", f"{last.get('train/loss_crd', 0):.4f}")
     table.notes.append(f"{common.load_text()}; torch threads {args.threads}")
     return table

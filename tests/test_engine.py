@@ -9,6 +9,7 @@ from orchestrator.config.schema import apply_overrides
 from orchestrator.data import build_data
 from orchestrator.run.learner import NonFiniteLossError
 from orchestrator.run.learner import Learner
+from orchestrator.run.step_timer import PHASES, StepTimer
 from orchestrator.teacher_outputs import compute_teacher_outputs
 
 
@@ -61,6 +62,28 @@ def test_checkpoint_round_trip_resumes_exactly(digits, tmp_path):
         if isinstance(a, torch.Tensor):
             assert torch.equal(a, b), name
 
+
+
+def test_a_step_timer_times_every_phase_and_changes_no_weight(digits):
+    """The benchmarks' hook: a timed Learner trains to bit-identical weights and losses, every phase timed."""
+    cfg, data, teacher = digits
+    cfg = apply_overrides(cfg, {"distill.method": "crd_kd", "train.epochs": 2})
+    plain, timed = Learner(cfg, data, [teacher]), Learner(cfg, data, [teacher])
+    timed.step_timer = StepTimer(timed.device)
+    seconds = 0.0
+    for _ in range(2):
+        a, b = plain.train_one_epoch(), timed.train_one_epoch()
+        assert {k: v for k, v in a.items() if k.startswith("train/")} == {k: v for k, v in b.items() if k.startswith("train/")}
+        seconds += b["time/epoch_s"]
+    for (name, x), y in zip(plain.student.state_dict().items(), timed.student.state_dict().values()):
+        assert torch.equal(x, y), name
+    for (name, x), y in zip(plain.objective.state_dict().items(), timed.objective.state_dict().values()):
+        if isinstance(x, torch.Tensor):
+            assert torch.equal(x, y), name
+    timer = timed.step_timer
+    assert timer.steps == 2 * len(timed.train_loader)
+    assert list(timer.totals) == list(PHASES) and all(v > 0 for v in timer.totals.values())
+    assert sum(timer.totals.values()) <= seconds  # the phases tile each epoch's pass
 
 def test_cached_teacher_outputs_match_live_teacher(digits):
     cfg, data, teacher = digits

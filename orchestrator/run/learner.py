@@ -29,6 +29,7 @@ from orchestrator.distill.base import split_views
 from orchestrator.models import ModelOutput
 from orchestrator.models.base import Shapes, freeze, probe_shapes
 from orchestrator.models.pretrained import build_with_weights
+from orchestrator.run.step_timer import StepTimer
 from orchestrator.teacher_outputs import CachedTeacherOutputs, TeacherViews
 
 
@@ -77,7 +78,10 @@ def _has_trainable(module: nn.Module) -> bool:
 
 
 class Learner:
-    """Train one student against frozen teacher(s) with the configured objective."""
+    """Train one student against frozen teacher(s) with the configured objective.
+
+    ``step_timer``: a :class:`~orchestrator.run.step_timer.StepTimer` that times the phases of every batch step
+    (None, the default: untimed; the result is the same either way)."""
 
     def __init__(
         self,
@@ -96,6 +100,7 @@ class Learner:
         self.cfg, self.data = cfg, data
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size
+        self.step_timer: StepTimer | None = None
         self._cuda = None if self.device.type != "cuda" else torch.device(
             "cuda", torch.cuda.current_device() if self.device.index is None else self.device.index)
         self._rng = seeded_rng_state(cfg.seed + rank, self._cuda)  # this Learner's own stream (see _own_rng)
@@ -271,12 +276,20 @@ class Learner:
         set_epoch(self.train_loader, epoch)
         self._loader_epoch = epoch
         sums: dict[str, float] = {}
+        timer = self.step_timer
+        lap = _untimed if timer is None else timer.lap
         seen, start = 0, time.perf_counter()
+        if timer is not None:
+            timer.start()
         for step, (images, labels, positions) in enumerate(self.train_loader):
+            lap("loader")
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             indices = positions.to(self.device, non_blocking=True)
+            lap("to_device")
             teacher_out = self._teacher_forward(images, indices) if self.objective.needs_teacher else []
+            lap("teacher")
             student_out, views, view_images = self._student_forward(images, positions, epoch)
+            lap("student")
             more = {"images": images, "student_views": views, "view_images": view_images}
             if pre_stage_epoch is None:
                 terms = self._objective_step(student_out, teacher_out, labels, indices, **more)
@@ -284,6 +297,7 @@ class Learner:
                 terms = self._objective_step(student_out, teacher_out, labels, indices, pre_stage_epoch=pre_stage_epoch,
                                              **more)
             loss = sum(terms.values())
+            lap("objective")
             if not torch.isfinite(loss):
                 values = {k: float(v.detach()) for k, v in terms.items()}
                 stage = f"pre-stage epoch {pre_stage_epoch + 1}" if pre_stage_epoch is not None else f"epoch {epoch + 1}"
@@ -291,14 +305,18 @@ class Learner:
                     f"training loss is {float(loss.detach())} at {stage}, step {step} (terms: {values}); "
                     f"lower train.lr (now {self.cfg.train.lr}) or the loss weights, or raise distill.crd.nce_t"
                 )
+            lap("check")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            lap("backward")
             optimizer.step()
+            lap("optimizer")
             batch = labels.shape[0]
             seen += batch
             sums["loss"] = sums.get("loss", 0.0) + loss.item() * batch
             for name, value in terms.items():
                 sums[f"loss_{name}"] = sums.get(f"loss_{name}", 0.0) + value.item() * batch
+            lap("bookkeeping")
         return sums, seen, time.perf_counter() - start
 
     def networks(self) -> dict[str, nn.Module]:
@@ -359,6 +377,10 @@ class Learner:
         elif "cuda" not in rng:  # a CPU checkpoint resumed on a GPU: the device keeps its seeded state
             rng["cuda"] = self._rng["cuda"]
         self._rng = rng  # this Learner's stream (torch states are set with .cpu(): also from a GPU-loaded file)
+
+
+def _untimed(phase: str) -> None:
+    """The lap of a Learner without a step timer: nothing."""
 
 
 def _numpy_state_to_tensors(state: tuple) -> dict:
