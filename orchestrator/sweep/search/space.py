@@ -27,7 +27,7 @@ from orchestrator.config.schema import Config, ConfigError, apply_overrides, cur
 from orchestrator.config.renamed_keys import current_key
 from orchestrator.distill.registry import METHOD_KEY, data_problem, paper_defaults
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES_DIR = Path(__file__).resolve().parents[3] / "search_spaces"  # the repository's search_spaces/
 TYPES = ("float", "int", "categorical")
 BRANCH_KEYS = (METHOD_KEY, "model.student")  # categorical keys whose every choice is validated with its own `when`s
 
