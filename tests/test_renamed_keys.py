@@ -9,7 +9,7 @@ import torch
 
 from orchestrator.config import renamed_keys
 from orchestrator.config.renamed_keys import deprecation
-from orchestrator.config.schema import Config, ConfigError, apply_overrides, given_keys, load_config
+from orchestrator.config.schema import Config, ConfigError, apply_overrides, from_dict, given_keys, load_config, to_dict
 from orchestrator.distill import registry
 from orchestrator.sweep.search.space import load_space, space_keys
 
@@ -54,6 +54,10 @@ def test_old_keys_in_overrides_defaults_and_held_keys(capsys):
     assert notices(capsys) == [deprecation("distill.beta"), deprecation("distill.gamma")]
     with pytest.raises(ConfigError, match="distill.kd.weight"):  # the old key is checked as the new one
         load_config(None, ["distill.alpha=-1"])
+    saved = to_dict(Config())  # a config tree an older release saved (e.g. a sweep's trial contexts)
+    del saved["distill"]["kd"]["weight"]
+    saved["distill"]["alpha"] = 0.3
+    assert from_dict(saved).distill.kd.weight == 0.3 and saved["distill"]["alpha"] == 0.3  # the tree is left as it was
 
 
 def test_both_names_with_different_values_are_refused_naming_both(tmp_path):

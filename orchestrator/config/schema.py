@@ -412,7 +412,8 @@ def apply_overrides(cfg: Config, values: dict[str, Any]) -> Config:
 
 
 def from_dict(tree: dict) -> Config:
-    cfg = _from_dict(Config, tree)
+    """A validated Config from a nested tree (``to_dict``'s; one saved by an older release: renamed keys read)."""
+    cfg = _from_dict(Config, _current_tree(copy.deepcopy(tree), ""))
     validate(cfg)
     return cfg
 
