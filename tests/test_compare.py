@@ -101,7 +101,7 @@ CRD_KD_RESULT = {
              "confirm.paper_default": "trial 0 (paper default kd)"},
 }
 KD_TRIALS = [
-    {"sampled": {"distill.kd.temperature": t, "distill.alpha": a}, "curve": c}
+    {"sampled": {"distill.kd.temperature": t, "distill.kd.weight": a}, "curve": c}
     for t, a, c in [(2.0, 0.5, [0.6, 0.8]), (4.0, 0.9, [0.7, 0.82]), (9.0, 0.3, [0.5, 0.6])]
 ]
 
@@ -205,7 +205,7 @@ def test_two_sweeps_side_by_side(store, tmp_path):
     assert list(sweeps["sweep"]) == ["crd-kd-sweep", "kd-sweep"]  # best first
     assert sweeps.iloc[1]["best val/acc1"] == pytest.approx(0.82)
     assert_png(out / "sweeps.png")
-    assert_png(out / "param_distill.alpha.png")  # a parameter only the KD sweep searched
+    assert_png(out / "param_distill.kd.weight.png")  # a parameter only the KD sweep searched
     board = pd.read_csv(out / "leaderboard.csv", index_col="rank")
     assert len(board) == 8 and board.iloc[0]["sweep"] == "crd-kd-sweep"
     assert board.iloc[1]["sweep"] == "crd-kd-sweep" and board.iloc[2]["sweep"] == "kd-sweep"

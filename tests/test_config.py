@@ -63,8 +63,8 @@ def test_apply_overrides_validates_and_copies():
     base = load_config()
     new = apply_overrides(base, {"distill.kd.temperature": 2.5})
     assert new.distill.kd.temperature == 2.5 and base.distill.kd.temperature == 4.0
-    with pytest.raises(ConfigError, match="distill.alpha"):
-        apply_overrides(base, {"distill.alpha": -1})
+    with pytest.raises(ConfigError, match="distill.kd.weight"):
+        apply_overrides(base, {"distill.kd.weight": -1})
 
 
 @pytest.mark.parametrize("num_samples, given, expected", [(8, None, 4), (40, None, 10), (3, None, 2), (8, 6, 6)])

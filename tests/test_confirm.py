@@ -41,9 +41,9 @@ SPACE = """params:
   distill.method: {type: categorical, choices: [kd, crd_kd]}
   train.lr: {type: float, low: 0.02, high: 0.3, log: true}
   distill.kd.temperature: {type: float, low: 1.0, high: 10.0, log: true}
-  distill.alpha: {type: float, low: 0.2, high: 2.0}
-  distill.gamma: {type: float, low: 0.1, high: 1.0}
-  distill.beta: {type: float, low: 0.1, high: 2.0, log: true, when: {distill.method: [crd_kd]}}
+  distill.kd.weight: {type: float, low: 0.2, high: 2.0}
+  distill.ce.weight: {type: float, low: 0.1, high: 1.0}
+  distill.crd.weight: {type: float, low: 0.1, high: 2.0, log: true, when: {distill.method: [crd_kd]}}
   distill.crd.nce_t: {type: float, low: 0.03, high: 0.3, log: true, when: {distill.method: [crd_kd]}}
   distill.crd.nce_k: {type: categorical, choices: [256, 1024, 4096], when: {distill.method: [crd_kd]}}
 """
@@ -61,13 +61,13 @@ def test_paper_points_use_the_paper_values_inside_the_space(space_file):
     points = {p.method: p for p in paper_points(load_space(space_file, cfg), cfg)}
     assert set(points) == {"kd", "crd_kd"}
     kd = points["kd"].params
-    assert (kd["distill.method"], kd["distill.gamma"], kd["distill.alpha"], kd["distill.kd.temperature"]) == ("kd", 0.1, 0.9, 4.0)
+    assert (kd["distill.method"], kd["distill.ce.weight"], kd["distill.kd.weight"], kd["distill.kd.temperature"]) == ("kd", 0.1, 0.9, 4.0)
     assert "distill.crd.nce_k" not in kd  # conditional on crd_kd
     crd_kd = points["crd_kd"]
     assert crd_kd.params["distill.crd.nce_k"] == 4096  # the paper's 16384 is outside the space: nearest choice
     assert crd_kd.deviations == {"distill.crd.nce_k": (16384, 4096)}
     assert matching_point({**kd, "extra": 1}, list(points.values())) is points["kd"]
-    assert matching_point({**kd, "distill.alpha": 0.91}, list(points.values())) is None
+    assert matching_point({**kd, "distill.kd.weight": 0.91}, list(points.values())) is None
 
 
 def _summary(number, value, params, outcome="completed"):
@@ -78,22 +78,22 @@ def test_candidates_are_top_k_plus_best_paper_default_plus_alone(space_file):
     cfg = load_config(None, [])
     points = paper_points(load_space(space_file, cfg), cfg)
     kd_paper = dict(points[0].params)
-    tuned = {**kd_paper, "distill.alpha": 1.5}
+    tuned = {**kd_paper, "distill.kd.weight": 1.5}
     summaries = [
         _summary(1, 0.80, kd_paper),
-        _summary(2, 0.91, {**tuned, "distill.alpha": 1.2}),
-        _summary(3, 0.95, {**tuned, "distill.alpha": 0.3}, outcome="early_stopped"),  # completed trials rank first
+        _summary(2, 0.91, {**tuned, "distill.kd.weight": 1.2}),
+        _summary(3, 0.95, {**tuned, "distill.kd.weight": 0.3}, outcome="early_stopped"),  # completed trials rank first
         _summary(4, 0.90, tuned),
         _summary(5, 0.90, tuned),  # the same config twice is measured once
     ]
     cands = candidates(summaries, points, top_k=2, metric="val/acc1", mode="max", baseline=True)
     assert [c.label for c in cands] == ["trial 2", "trial 4", "trial 1 (paper default kd)", "student alone"]
     assert [c.role for c in cands] == ["tuned", "tuned", "paper", "alone"]
-    assert cands[-1].overrides == {"train.lr": 0.1, "distill.method": "ce", "distill.gamma": 1.0}
+    assert cands[-1].overrides == {"train.lr": 0.1, "distill.method": "ce", "distill.ce.weight": 1.0}
     assert all(c.alone is cands[-1] for c in cands[:-1])
     # Different optimiser settings: the student alone has the best-ranked config's; the others wait for the
     # choice (alone_for the chosen config, if it is one of them).
-    summaries[1] = _summary(2, 0.91, {**tuned, "distill.alpha": 1.2, "train.lr": 0.05})
+    summaries[1] = _summary(2, 0.91, {**tuned, "distill.kd.weight": 1.2, "train.lr": 0.05})
     cands = candidates(summaries, points, top_k=2, metric="val/acc1", mode="max", baseline=True)
     assert [c.role for c in cands] == ["tuned", "tuned", "paper", "alone"]
     assert cands[3].params == {"train.lr": 0.05} and cands[0].alone is cands[3]
@@ -101,12 +101,12 @@ def test_candidates_are_top_k_plus_best_paper_default_plus_alone(space_file):
 
 
 def test_jobs_carry_the_space_constants_and_the_alone_stays_ce():
-    tuned = Candidate("trial 3", {"train.lr": 0.2, "distill.alpha": 1.5}, "tuned", 3)
+    tuned = Candidate("trial 3", {"train.lr": 0.2, "distill.kd.weight": 1.5}, "tuned", 3)
     alone = alone_for([tuned])
     fixed = {"distill.method": "crd_kd", "distill.crd.nce_k": 1024}
     out = jobs([tuned, alone], [1, 2], fixed)
     assert [(j["label"], j["seed"]) for j in out] == [("trial 3", 1), ("trial 3", 2), ("student alone", 1), ("student alone", 2)]
-    assert out[0]["overrides"] == {**fixed, "train.lr": 0.2, "distill.alpha": 1.5}  # as the trial had it
+    assert out[0]["overrides"] == {**fixed, "train.lr": 0.2, "distill.kd.weight": 1.5}  # as the trial had it
     assert out[2]["overrides"]["distill.method"] == "ce" and out[2]["overrides"]["train.lr"] == 0.2
 
 
@@ -126,9 +126,9 @@ def test_decide_picks_the_best_mean_validation_accuracy():
 def test_the_table_names_each_student_alones_settings_and_reads_gains_naturally():
     from orchestrator.sweep.confirm.outcome import conclusion, table
 
-    a = Candidate("trial 2", {"train.lr": 0.1188, "distill.alpha": 1.0}, "tuned", 2,
+    a = Candidate("trial 2", {"train.lr": 0.1188, "distill.kd.weight": 1.0}, "tuned", 2,
                   val={1: 0.90, 2: 0.91, 3: 0.90}, test={1: 0.89, 2: 0.90, 3: 0.91})
-    paper = Candidate("trial 1 (paper default kd)", {"train.lr": 0.1, "distill.alpha": 0.9}, "paper", 1,
+    paper = Candidate("trial 1 (paper default kd)", {"train.lr": 0.1, "distill.kd.weight": 0.9}, "paper", 1,
                       val={1: 0.89, 2: 0.89, 3: 0.89}, test={1: 0.87, 2: 0.87, 3: 0.88})
     alone_a, alone_paper = alone_for([a]), alone_for([paper])  # two student-alone rows, one per lr
     for alone in (alone_a, alone_paper):

@@ -34,7 +34,7 @@ PAPER_WEIGHTS = {"fitnet": 100.0, "at": 1000.0, "sp": 3000.0, "cc": 0.02, "vid":
 def test_presets_are_ce_plus_the_term_at_the_paper_settings_which_are_the_defaults(name):
     assert registry.method_terms(name) == ("ce", name)
     values = paper_defaults(name)
-    assert values["distill.gamma"] == 1.0 and values[f"distill.{name}.weight"] == PAPER_WEIGHTS[name]
+    assert values["distill.ce.weight"] == 1.0 and values[f"distill.{name}.weight"] == PAPER_WEIGHTS[name]
     for key, value in values.items():  # the config's defaults are the paper's values
         node = Config()
         for part in key.split("."):

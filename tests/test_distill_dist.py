@@ -152,7 +152,7 @@ def test_builder_reads_the_dist_section_and_the_paper_defaults():
     term = d.terms["dist"]
     assert type(term) is DIST and d.weights == {"ce": 1.0, "dist": 1.5}
     assert (term.beta, term.gamma, term.temperature, term.standardize) == (2.0, 0.5, 3.0, False)
-    assert paper_defaults("dist") == {"distill.gamma": 1.0, "distill.dist.weight": 2.0, "distill.dist.beta": 1.0,
+    assert paper_defaults("dist") == {"distill.ce.weight": 1.0, "distill.dist.weight": 2.0, "distill.dist.beta": 1.0,
                                       "distill.dist.gamma": 1.0, "distill.dist.temperature": 4.0}
     knobs = DISTKnobs()
     assert (knobs.beta, knobs.gamma, knobs.temperature, knobs.weight) == (1.0, 1.0, 4.0, 2.0)

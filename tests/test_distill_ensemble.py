@@ -37,7 +37,7 @@ def test_ensemble_kd_equals_closed_form():
     assert ensemble_kd_loss(s, [t1, t2], TEMP).item() == pytest.approx(_ensemble_kd_by_hand([0.5, 0.5]), rel=1e-6)
     weighted = ensemble_kd_loss(s, [t1, t2], TEMP, weights=[3.0, 1.0])  # normalised to 0.75 / 0.25
     assert weighted.item() == pytest.approx(_ensemble_kd_by_hand([0.75, 0.25]), rel=1e-6)
-    d = build(distill_config("kd", alpha=2.0, kd__temperature=TEMP), student_dim=4, teacher_dims=[4, 4],
+    d = build(distill_config("kd", kd__weight=2.0, kd__temperature=TEMP), student_dim=4, teacher_dims=[4, 4],
               train_labels=torch.tensor([0, 1, 2]))
     t_outs = [ModelOutput([], torch.zeros(2, 4), t) for t in (t1, t2)]
     terms = d(ModelOutput([], torch.zeros(2, 4), s), t_outs, torch.tensor([0, 1]), torch.arange(2))
@@ -77,7 +77,7 @@ def test_every_teacher_head_gets_gradients_and_every_bank_updates(mode):
 
 def test_crd_term_is_weighted_sum_of_per_teacher_terms():
     labels = torch.arange(40) % 4
-    cfg = distill_config("crd", beta=2.0, crd__feat_dim=4, crd__nce_k=6, crd__negatives_mode="exact")
+    cfg = distill_config("crd", crd__weight=2.0, crd__feat_dim=4, crd__nce_k=6, crd__negatives_mode="exact")
     d = build(cfg, student_dim=5, teacher_dims=[8, 12], train_labels=labels, teacher_weights=[1.0, 3.0], seed=0)
     d.eval()  # no state change, so the per-teacher terms can be recomputed
     s, ts, y, idx = _batch(torch.Generator().manual_seed(1))

@@ -56,7 +56,7 @@ def test_kd_gradient_is_analytic():
 def test_kd_objective_weights_terms_and_detaches_teacher():
     labels = torch.tensor([2, 0])
     t_logits = torch.tensor(T_, requires_grad=True)
-    cfg = distill_config("kd", gamma=0.5, alpha=3.0, kd__temperature=TEMP)
+    cfg = distill_config("kd", ce__weight=0.5, kd__weight=3.0, kd__temperature=TEMP)
     d = build(cfg, student_dim=4, teacher_dims=[4], train_labels=labels, num_classes=3)
     s_logits = torch.tensor(S, requires_grad=True)
     terms = d(_out(s_logits), _out(t_logits), labels, torch.arange(2))
@@ -71,7 +71,7 @@ def test_kd_objective_weights_terms_and_detaches_teacher():
 
 
 def test_ce_objective_needs_no_teacher():
-    d = build(distill_config("ce", gamma=2.0), student_dim=4, teacher_dims=[], train_labels=torch.tensor([2, 0]))
+    d = build(distill_config("ce", ce__weight=2.0), student_dim=4, teacher_dims=[], train_labels=torch.tensor([2, 0]))
     assert d.needs_teacher is False
     terms = d(_out(S), [], torch.tensor([2, 0]), torch.arange(2))
     assert set(terms) == {"ce"}
@@ -86,7 +86,7 @@ def test_presets_and_term_lists_build_their_terms_and_errors():
         d = build(distill_config(method, crd__nce_k=5), **kw)
         assert list(d.terms) == names
         assert d.needs_teacher == (method != "ce")
-    kd = build(distill_config("kd", gamma=0.3, alpha=0.7), **kw)
+    kd = build(distill_config("kd", ce__weight=0.3, kd__weight=0.7), **kw)
     assert (kd.weights, kd.terms["kd"].temperature) == ({"ce": 0.3, "kd": 0.7}, 4.0)
     with pytest.raises(ValueError, match="'nope'.*allowed: a preset") as err:
         build(distill_config("ce").__class__(method="nope"), **kw)
@@ -95,5 +95,5 @@ def test_presets_and_term_lists_build_their_terms_and_errors():
         build(distill_config("kd"), **{**kw, "teacher_dims": []})
     with pytest.raises(ValueError, match="temperature"):
         KD(temperature=0.0)
-    with pytest.raises(ValueError, match="distill.alpha"):
-        distill_config("kd", alpha=-1.0)
+    with pytest.raises(ValueError, match="distill.kd.weight"):
+        distill_config("kd", kd__weight=-1.0)

@@ -81,7 +81,7 @@ def test_ensemble_kd_standardises_every_teacher():
     # two copies of one teacher at different logit scales are one teacher once standardised
     value = ensemble_kd_loss(student, [teacher, 4.0 * teacher - 2.0], 2.0, [1.0, 3.0], standardize=True)
     assert value.item() == pytest.approx(KD_REFERENCE[2.0], rel=1e-5)
-    d = build(distill_config("kd", kd__standardize=True, kd__temperature=2.0, alpha=1.0), student_dim=4,
+    d = build(distill_config("kd", kd__standardize=True, kd__temperature=2.0, kd__weight=1.0), student_dim=4,
               teacher_dims=[4, 4], train_labels=torch.arange(10))
     terms = d(_out(student), [_out(teacher), _out(teacher.clone())], torch.arange(8), torch.arange(8))
     assert terms["kd"].item() == pytest.approx(KD_REFERENCE[2.0], rel=1e-5)
@@ -112,12 +112,12 @@ def test_gradients_reach_the_student_never_the_teacher():
 
 
 def test_presets_carry_the_papers_settings():
-    assert paper_defaults("kd_ls") == {"distill.gamma": 0.1, "distill.alpha": 9.0, "distill.kd.temperature": 2.0,
+    assert paper_defaults("kd_ls") == {"distill.ce.weight": 0.1, "distill.kd.weight": 9.0, "distill.kd.temperature": 2.0,
                                        "distill.kd.standardize": True}
     dkd = paper_defaults("dkd_ls")
     assert (dkd["distill.dkd.weight"], dkd["distill.dkd.temperature"]) == (9.0, 2.0)
     assert dkd["distill.dkd.standardize"] is True
-    assert (dkd["distill.dkd.alpha"], dkd["distill.dkd.beta"], dkd["distill.gamma"]) == (1.0, 8.0, 1.0)
+    assert (dkd["distill.dkd.alpha"], dkd["distill.dkd.beta"], dkd["distill.ce.weight"]) == (1.0, 8.0, 1.0)
     d = build(distill_config("kd_ls", **{k.removeprefix("distill.").replace(".", "__"): v
                                          for k, v in paper_defaults("kd_ls").items()}),
               student_dim=4, teacher_dims=[4], train_labels=torch.arange(10))
@@ -145,4 +145,4 @@ def test_the_logit_std_space_starts_at_the_papers_points_with_standardisation_on
     assert space.fixed == {"distill.kd.standardize": True, "distill.dkd.standardize": True}
     points = paper_points(space, cfg)
     assert [p.method for p in points] == ["kd_ls", "dkd_ls"] and all(p.deviations == {} for p in points)
-    assert points[0].params["distill.alpha"] == 9.0 and points[1].params["distill.dkd.weight"] == 9.0
+    assert points[0].params["distill.kd.weight"] == 9.0 and points[1].params["distill.dkd.weight"] == 9.0

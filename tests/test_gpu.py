@@ -36,10 +36,10 @@ N_DATA = 600
 def _distiller(kind: str):
     labels = torch.arange(N_DATA) % 10
     if kind == "kd":
-        return build(distill_config("kd", alpha=0.9, kd__temperature=4.0), student_dim=32, teacher_dims=[48],
+        return build(distill_config("kd", kd__weight=0.9, kd__temperature=4.0), student_dim=32, teacher_dims=[48],
                      train_labels=labels)
     mode = kind.split("_")[-1]
-    cfg = distill_config("crd_kd", alpha=0.5, crd__feat_dim=16, crd__nce_k=100, crd__negatives_mode=mode)
+    cfg = distill_config("crd_kd", kd__weight=0.5, crd__feat_dim=16, crd__nce_k=100, crd__negatives_mode=mode)
     return build(cfg, student_dim=32, teacher_dims=[48], train_labels=labels, seed=0)
 
 

@@ -23,9 +23,9 @@ from orchestrator.sweep.search.space import SearchSpace, Param, possible_configs
 def test_presets_are_term_lists_with_paper_defaults():
     assert registry.method_terms("crd_kd") == ("ce", "kd", "crd")
     assert registry.method_terms("kd+crd") == ("kd", "crd")
-    assert registry.paper_defaults("kd")["distill.gamma"] == 0.1
+    assert registry.paper_defaults("kd")["distill.ce.weight"] == 0.1
     merged = registry.paper_defaults("ce+dkd")  # a term list merges its terms' paper values
-    assert merged["distill.dkd.beta"] == 8.0 and "distill.gamma" not in merged
+    assert merged["distill.dkd.beta"] == 8.0 and "distill.ce.weight" not in merged
     for bad in ("nope", "ce+nope", "kd+kd", "ce+"):
         with pytest.raises(ValueError, match="allowed"):
             registry.method_terms(bad)
@@ -42,7 +42,7 @@ def test_declarations_drive_cache_and_teacher_decisions():
     assert "dkd" in registry.supports_teachers(distill_config("dkd"), 2)
     text = registry.describe("crd_kd")
     # its default knobs (shared negatives) read no labels; class negatives per anchor do (test_distill_crd_memory.py)
-    assert "crd: weight distill.beta; reads embedding;" in text and "memory banks" in text
+    assert "crd: weight distill.crd.weight; reads embedding;" in text and "memory banks" in text
 
 
 def test_config_sections_come_from_the_terms_knobs():

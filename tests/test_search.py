@@ -42,7 +42,7 @@ def test_crd_parameters_exist_only_when_crd_is_on():
         fn(trial)
         method = trial.params["distill.method"]
         seen.add(method)
-        has_crd = "distill.beta" in trial.params  # the default space keeps tau and K fixed
+        has_crd = "distill.crd.weight" in trial.params  # the default space keeps tau and K fixed
         assert has_crd == (method == "crd_kd"), trial.params
         study.tell(trial, 0.5)
     assert seen == {"kd", "crd_kd"}
@@ -64,7 +64,7 @@ def test_fixed_values_are_returned_as_constants(tmp_path):
         ("params:\n  train.lrate: {type: float, low: 0.01, high: 0.1}\n", "train.lrate"),
         ("params:\n  train.lr: {type: float, low: 0.0, high: 0.1, log: true}\n", "train.lr.low"),
         ("params:\n  train.lr: {type: gaussian, low: 0.1, high: 0.2}\n", "train.lr.type"),
-        ("params:\n  distill.alpha: {type: float, low: -1.0, high: 1.0}\n", "distill.alpha"),
+        ("params:\n  distill.kd.weight: {type: float, low: -1.0, high: 1.0}\n", "distill.kd.weight"),
         ("params:\n  distill.method: {type: categorical, choices: [kd, fitnet9]}\n", "distill.method"),
     ],
 )
@@ -116,8 +116,8 @@ def test_a_given_method_outside_the_spaces_choices_is_the_method_with_its_knobs_
     cfg = _held(["distill.method=ce+pkt"])  # the default space chooses between kd and crd_kd
     space = load_space(cfg.sweep.search_space, cfg, num_train_samples=54_000)
     assert space.fixed["distill.method"] == "ce+pkt" and "distill.method" not in [p.key for p in space.params]
-    assert "distill.beta" in space.not_sampled and "distill.beta" not in [p.key for p in space.params]
-    assert "distill.alpha" in [p.key for p in space.params]  # unconditional: kept
+    assert "distill.crd.weight" in space.not_sampled and "distill.crd.weight" not in [p.key for p in space.params]
+    assert "distill.kd.weight" in [p.key for p in space.params]  # unconditional: kept
     from orchestrator.sweep.search.space import paper_points, possible_configs
 
     assert {c.distill.method for c in possible_configs(space, cfg)} == {"ce+pkt"}

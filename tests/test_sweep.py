@@ -276,7 +276,7 @@ def test_dry_run_says_a_given_value_is_held_out_of_the_space(tmp_path, monkeypat
     assert main(["--dry-run", "data.dataset=digits", "distill.method=ce+pkt"]) == 0  # outside kd / crd_kd
     out = capsys.readouterr().out
     assert "distill.method          = 'ce+pkt'  (given)" in out and "paper default ce+pkt" in out
-    assert "not sampled: distill.beta (only when distill.method in ['crd_kd'])" in out
+    assert "not sampled: distill.crd.weight (only when distill.method in ['crd_kd'])" in out
     assert main(["--dry-run", "data.dataset=digits", "distill.method=crd", "distill.crd.nce_k=4096"]) == 2
     assert "nce_k" in capsys.readouterr().err  # held, but more negatives than digits has images
 

@@ -11,7 +11,7 @@ import copy
 import dataclasses
 import os
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from orchestrator.data.transforms import DEFAULT_RESIZE, RESIZE_POLICIES
 from orchestrator.distill.checks import KnobError
 from orchestrator.distill.registry import allowed_methods, knob_sections, method_terms, supports_teachers
 from orchestrator.config.pipeline_section import PIPELINE_DEFAULTS, PipelineSection, ResolvedTeacher, TeacherSpec
+from orchestrator.config.renamed_keys import RENAMED_KEYS, clash, current_items, current_key
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 NORMALIZE = ("auto", "data", "pretrained")
@@ -117,14 +118,11 @@ PLUGINS_DOC = "modules that register objective terms, e.g. [my_pkg.l2_logits] (i
 
 
 def _distill_config() -> type:
-    """``distill``: the objective (method, weights) plus one section per registered term's knobs."""
+    """``distill``: the objective (method) plus one section per registered term's knobs (its weight included)."""
     sections = [(name, knobs, field(default_factory=knobs)) for name, knobs in knob_sections().items()]
     return dataclasses.make_dataclass("DistillConfig", [
         ("method", str, field(default="crd_kd", metadata={"doc": "a preset (kd, crd_kd, dkd, ...) or terms joined by '+'"})),
         ("plugins", list[str], field(default_factory=list, metadata={"doc": PLUGINS_DOC})),
-        ("gamma", float, field(default=1.0, metadata={"doc": "the CE term's weight"})),
-        ("alpha", float, field(default=1.0, metadata={"doc": "the KD term's weight"})),
-        ("beta", float, field(default=0.8, metadata={"doc": "the CRD term's weight"})),
         *sections,
     ], namespace={"__module__": __name__})
 
@@ -204,6 +202,7 @@ class SweepConfig:
     held_keys: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.held_keys = list(dict.fromkeys(current_key(k) for k in self.held_keys))
         if self.objectives is not None:  # YAML's {metric: mode} items as 'metric:mode' text
             from orchestrator.config.objectives import objective_text
 
@@ -396,16 +395,45 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def current_names(values: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """``values`` (dotted key -> value) with renamed keys under their current names (a one-line notice each,
+    see renamed_keys.py); both names of one key with different values: ConfigError naming both."""
+    pair = clash(values)
+    if pair:
+        old, new = pair
+        raise ConfigError(f"{where}{old} and {new}", [values[old], values[new]],
+                          f"one of them: {old} is the deprecated name of {new}")
+    return current_items(values.items())
+
+
+def _current_tree(tree: dict, where: str) -> dict:
+    """A loaded YAML config (nested) with renamed keys moved to their current names (ConfigError on a clash)."""
+    flat = flatten(tree)
+    old = [k for k in flat if k in RENAMED_KEYS]
+    if old:
+        current_names({k: v for k, v in flat.items() if k in RENAMED_KEYS or k in RENAMED_KEYS.values()}, where)
+        for key in old:
+            *sections, name = key.split(".")
+            node = tree
+            for part in sections:
+                node = node[part]
+            del node[name]
+            _set_dotted(tree, current_key(key), flat[key])
+    return tree
+
+
 def apply_overrides(cfg: Config, values: dict[str, Any]) -> Config:
     """A copy of ``cfg`` with dotted keys set (used for sampled trial values); validated."""
     tree = to_dict(cfg)
-    for dotted, value in values.items():
+    for dotted, value in current_names(values).items():
         _set_dotted(tree, dotted, value)
     return from_dict(tree)
 
 
 def from_dict(tree: dict) -> Config:
-    """The validated Config of a nested dict, after importing the objective plug-ins it names (:func:`load_plugins`)."""
+    """A validated Config from a nested tree (``to_dict``'s; one saved by an older release: renamed keys read), after
+    importing the objective plug-ins it names (:func:`load_plugins`)."""
+    tree = _current_tree(copy.deepcopy(tree), "")
     load_plugins(tree)
     cfg = _from_dict(Config, tree)
     validate(cfg)
@@ -418,7 +446,7 @@ def load_config(
     """Defaults (``defaults``: dotted keys over the built-in ones) <- YAML file <- ``key.sub=value``
     overrides, validated."""
     tree = to_dict(Config())
-    for dotted, value in copy.deepcopy(defaults or {}).items():
+    for dotted, value in current_names(copy.deepcopy(defaults or {})).items():
         _set_dotted(tree, dotted, value)
     return from_dict(layer_tree(tree, path, overrides))
 
@@ -452,20 +480,33 @@ def layer_tree(
         loaded = read_yaml(path) or {}
         if not isinstance(loaded, dict):
             raise ConfigError("--config", str(path), "a YAML mapping at top level")
-        _merge(tree, loaded)
+        _merge(tree, _current_tree(loaded, f"{path}: "))
+    pairs = []
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(item, item, "overrides of the form key.sub=value")
         key, raw = item.split("=", 1)
-        (set_value or _set_dotted)(tree, key.strip(), raw)
+        pairs.append((key.strip(), raw))
+    renamed = {k: _parsed(raw) for k, raw in pairs if k in RENAMED_KEYS or k in RENAMED_KEYS.values()}
+    current_names(renamed)  # refuses an old and a new name of one key with different values
+    for key, raw in pairs:
+        (set_value or _set_dotted)(tree, current_key(key), raw)
     return tree
+
+
+def _parsed(raw: str) -> Any:
+    """An override's raw text as YAML reads it (to compare two values), else the text."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
 
 
 def given_keys(path: str | os.PathLike | None, overrides: list[str] | None) -> list[str]:
     """The dotted keys set in the YAML file at ``path`` or by ``key.sub=value`` overrides, in that order."""
     keys = list(flatten(read_yaml(Path(path)) or {})) if path is not None and Path(path).is_file() else []
     keys += [item.split("=", 1)[0].strip() for item in overrides or [] if "=" in item]
-    return list(dict.fromkeys(keys))
+    return list(dict.fromkeys(current_key(k) for k in keys))
 
 
 def _merge(base: dict, new: dict) -> None:
@@ -639,9 +680,6 @@ def validate(cfg: Config) -> None:
         families = "".join(f", or {p}<name>" for p in family_prefixes())
         _check(is_known_model(name), f"model.{key}", name, f"a known model: {', '.join(model_names())}{families}")
     _check_student_knobs(cfg.model)
-    for key in ("gamma", "alpha", "beta"):
-        value = getattr(ds, key)
-        _check(value >= 0, f"distill.{key}", value, "a weight >= 0")
     _positive("train.epochs", tr.epochs)
     _check(tr.optimizer in ("sgd", "adamw"), "train.optimizer", tr.optimizer, "'sgd' or 'adamw'")
     _positive("train.lr", tr.lr)

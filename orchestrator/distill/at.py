@@ -28,7 +28,7 @@ from orchestrator.models.base import Shapes
 
 # The paper's settings (RepDistiller scripts/run_cifar_distill.sh, AT: --distill attention -a 0 -b 1000;
 # distiller_zoo/AT.py p=2 on feat[1:-1] = our stages "1:"; at commit b84f547c5db6a35318d4671d7d5c4de74c822403).
-PAPER_DEFAULTS = {"distill.gamma": 1.0, "distill.at.weight": 1000.0, "distill.at.p": 2.0, "distill.at.stages": "1:"}
+PAPER_DEFAULTS = {"distill.ce.weight": 1.0, "distill.at.weight": 1000.0, "distill.at.p": 2.0, "distill.at.stages": "1:"}
 
 
 @dataclass
@@ -100,6 +100,6 @@ register_term(TermSpec(
     knobs=ATKnobs,
     needs=lambda knobs: Needs(stages=(knobs.stages,)),
     multi_teacher="per_teacher",
-    paper_defaults={k: v for k, v in PAPER_DEFAULTS.items() if k != "distill.gamma"},
+    paper_defaults={k: v for k, v in PAPER_DEFAULTS.items() if k != "distill.ce.weight"},
 ))
 register_preset("at", ("ce", "at"), PAPER_DEFAULTS)

@@ -22,7 +22,7 @@ from orchestrator.distill.registry import EMBEDDING, Needs, TermSpec, register_p
 # The paper's settings (RepDistiller scripts/run_cifar_distill.sh, CC: --distill correlation -a 0 -b 0.02;
 # train_student.py: LinearEmbed heads to --feat_dim 128 on feat[-1] = our embedding; at commit
 # b84f547c5db6a35318d4671d7d5c4de74c822403).
-PAPER_DEFAULTS = {"distill.gamma": 1.0, "distill.cc.weight": 0.02, "distill.cc.feat_dim": 128}
+PAPER_DEFAULTS = {"distill.ce.weight": 1.0, "distill.cc.weight": 0.02, "distill.cc.feat_dim": 128}
 
 
 @dataclass
@@ -91,6 +91,6 @@ register_term(TermSpec(
     needs=Needs(frozenset({EMBEDDING})),
     multi_teacher="per_teacher",
     parts=("embedding heads",),
-    paper_defaults={k: v for k, v in PAPER_DEFAULTS.items() if k != "distill.gamma"},
+    paper_defaults={k: v for k, v in PAPER_DEFAULTS.items() if k != "distill.ce.weight"},
 ))
 register_preset("cc", ("ce", "cc"), PAPER_DEFAULTS)

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import Tensor
 
 from orchestrator.distill.base import Batch, Term
+from orchestrator.distill.checks import check_weight
 from orchestrator.distill.registry import Needs, TermSpec, register_preset, register_term
+
+
+@dataclass
+class CEKnobs:
+    """``distill.ce.*``: the term's weight."""
+
+    weight: float = 1.0  # the term's weight
+
+    def __post_init__(self):
+        check_weight("weight", self.weight)
 
 
 class CrossEntropy(Term):
@@ -20,7 +33,7 @@ register_term(TermSpec(
     name="ce",
     reference="cross-entropy with the labels",
     build=lambda ctx, knobs: CrossEntropy(),
-    weight_key="distill.gamma",
+    knobs=CEKnobs,
     needs=Needs(labels=True),
     multi_teacher="outputs",  # reads no teacher: any number is fine
 ))

@@ -45,7 +45,7 @@ from orchestrator.data.negatives import NegativeSampler
 from orchestrator.data.split import UNLABELLED
 from orchestrator.distill.base import Batch, Term, TermContext
 from orchestrator.distill.checks import (
-    KnobError, check_choice, check_count, check_fraction, check_positive, normalise_weights,
+    KnobError, check_choice, check_count, check_fraction, check_positive, check_weight, normalise_weights,
 )
 from orchestrator.distill.distributed import dist_world
 from orchestrator.distill.memory import Z_MODES, ContrastMemory, QueueMemory
@@ -61,16 +61,16 @@ POSITIVES = ("exact", "relax")
 # b84f547c5db6a35318d4671d7d5c4de74c822403; train_student.py defaults: --nce_k 16384, --mode exact, i.e.
 # CIFAR100InstanceSample's own-row positive and other-class negatives), as config keys.
 PAPER_DEFAULTS = {
-    "distill.gamma": 1.0, "distill.beta": 0.8, "distill.crd.nce_t": 0.07, "distill.crd.nce_k": 16384,
+    "distill.ce.weight": 1.0, "distill.crd.weight": 0.8, "distill.crd.nce_t": 0.07, "distill.crd.nce_k": 16384,
     "distill.crd.feat_dim": 128, "distill.crd.momentum": 0.5,
 }
 # CRD+KD, the best row of the CRD paper's tables (-a 1 -b 0.8).
-CRD_KD_PAPER_DEFAULTS = {**PAPER_DEFAULTS, "distill.alpha": 1.0, "distill.kd.temperature": 4.0}
+CRD_KD_PAPER_DEFAULTS = {**PAPER_DEFAULTS, "distill.kd.weight": 1.0, "distill.kd.temperature": 4.0}
 
 
 @dataclass
 class CRDKnobs:
-    """``distill.crd.*``; the weight is ``distill.beta``.
+    """``distill.crd.*``: the contrast space, negatives, memory and the term's weight.
 
     feat_dim: d, the contrast space.  nce_k: K negatives.  nce_t: tau.  momentum: bank momentum.
     z_mode: "fixed" (first batch, as the reference) or "ema".  negatives_mode: "shared" (one K-set
@@ -93,6 +93,7 @@ class CRDKnobs:
     memory: str = "bank"  # bank (two (N, d) banks) or queue (two queues of the last queue_size projections)
     queue_size: int | None = None  # queue memory: Q >= nce_k rows; None = nce_k (every row a negative); K of the Q drawn per batch
     key_momentum: float = 0.99  # queue memory: momentum of the key heads (MoCo); 0 = keys from the online heads
+    weight: float = 0.8  # the term's weight
 
     def __post_init__(self):
         check_count("feat_dim", self.feat_dim)
@@ -105,6 +106,7 @@ class CRDKnobs:
         check_choice("positive", self.positive, POSITIVES)
         check_choice("memory", self.memory, MEMORIES)
         check_fraction("key_momentum", self.key_momentum)
+        check_weight("weight", self.weight)
         check_memory(self.memory, self.nce_k, self.queue_size, self.negatives_mode, self.positive)
 
     @property
@@ -376,11 +378,10 @@ register_term(TermSpec(
               "queue: MoCo-style (github.com/HobbitLong/RepDistiller/issues/40), values equal the bank's on the bank's rows",
     build=build,
     knobs=CRDKnobs,
-    weight_key="distill.beta",
     needs=lambda knobs: Needs(frozenset({EMBEDDING}), labels=knobs.reads_labels),
     multi_teacher="per_teacher",
     parts=("embedding heads", "memory banks or queues", "negative sampler"),
-    paper_defaults={k: v for k, v in PAPER_DEFAULTS.items() if k != "distill.gamma"},
+    paper_defaults={k: v for k, v in PAPER_DEFAULTS.items() if k != "distill.ce.weight"},
     data_check=_fewer_negatives,
 ))
 register_preset("crd", ("ce", "crd"), PAPER_DEFAULTS)

@@ -33,7 +33,7 @@ from orchestrator.distill.registry import LOGITS, Needs, TermSpec, register_pres
 # kd_loss_weight 2, ori_loss_weight 1; lib/models/losses/kd_loss.py builds DIST(beta=1, gamma=1, tau=4)).
 # Its ImageNet settings differ only in tau = 1.
 PAPER_DEFAULTS = {
-    "distill.gamma": 1.0,
+    "distill.ce.weight": 1.0,
     "distill.dist.weight": 2.0,
     "distill.dist.beta": 1.0,
     "distill.dist.gamma": 1.0,
@@ -135,6 +135,6 @@ register_term(TermSpec(
     knobs=DISTKnobs,
     needs=Needs(frozenset({LOGITS})),
     multi_teacher="outputs",
-    paper_defaults={k: v for k, v in PAPER_DEFAULTS.items() if k != "distill.gamma"},
+    paper_defaults={k: v for k, v in PAPER_DEFAULTS.items() if k != "distill.ce.weight"},
 ))
 register_preset("dist", ("ce", "dist"), PAPER_DEFAULTS)

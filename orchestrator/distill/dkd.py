@@ -28,7 +28,7 @@ from orchestrator.distill.registry import LOGITS, Needs, TermSpec, register_pres
 # a08d46f10d6102bd6e3f258ca5ac880b020ea259, as config keys: the first points a sweep evaluates.
 # The warm-up counts epochs (20 of mdistiller's 240); a short schedule may want it lower.
 PAPER_DEFAULTS = {
-    "distill.gamma": 1.0,
+    "distill.ce.weight": 1.0,
     "distill.dkd.alpha": 1.0,
     "distill.dkd.beta": 8.0,
     "distill.dkd.temperature": 4.0,
@@ -151,7 +151,7 @@ register_term(TermSpec(
     knobs=DKDKnobs,
     needs=Needs(frozenset({LOGITS}), labels=True),
     multi_teacher=None,
-    paper_defaults={k: v for k, v in PAPER_DEFAULTS.items() if k != "distill.gamma"},
+    paper_defaults={k: v for k, v in PAPER_DEFAULTS.items() if k != "distill.ce.weight"},
 ))
 register_preset("dkd", ("ce", "dkd"), PAPER_DEFAULTS)
 register_preset("dkd_ls", ("ce", "dkd"), LS_PAPER_DEFAULTS)

@@ -34,7 +34,7 @@ from orchestrator.models.base import Shapes
 # train_student.py's --hint_layer 2 = feat[2] = our stage named stage2 on every zoo model; at commit
 # b84f547c5db6a35318d4671d7d5c4de74c822403), as config keys.
 HINT_STAGE = "stage2"
-PAPER_DEFAULTS = {"distill.gamma": 1.0, "distill.fitnet.weight": 100.0, "distill.fitnet.stage": HINT_STAGE,
+PAPER_DEFAULTS = {"distill.ce.weight": 1.0, "distill.fitnet.weight": 100.0, "distill.fitnet.stage": HINT_STAGE,
                   "distill.fitnet.hint_epochs": 0}
 STAGE_KEY = "distill.fitnet.stage"
 
@@ -144,6 +144,6 @@ register_term(TermSpec(
     multi_teacher="per_teacher",
     parts=("hint connectors",),
     pre_stage="hint_epochs",
-    paper_defaults={k: v for k, v in PAPER_DEFAULTS.items() if k != "distill.gamma"},
+    paper_defaults={k: v for k, v in PAPER_DEFAULTS.items() if k != "distill.ce.weight"},
 ))
 register_preset("fitnet", ("ce", "fitnet"), PAPER_DEFAULTS)

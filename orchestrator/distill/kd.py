@@ -13,24 +13,24 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from orchestrator.distill.base import Batch, Term, TermContext
-from orchestrator.distill.checks import check_flag, check_positive, normalise_weights
+from orchestrator.distill.checks import check_flag, check_positive, check_weight, normalise_weights
 from orchestrator.distill.logit_std import tempered
 from orchestrator.distill.registry import LOGITS, Needs, TermSpec, register_preset, register_term
 
 # The paper's settings (RepDistiller scripts/run_cifar_distill.sh, KD: -r 0.1 -a 0.9 -b 0, at commit
 # b84f547c5db6a35318d4671d7d5c4de74c822403; train_student.py defaults), as config keys:
 # the first points a sweep evaluates (sweep.paper_defaults).
-PAPER_DEFAULTS = {"distill.gamma": 0.1, "distill.alpha": 0.9, "distill.kd.temperature": 4.0}
+PAPER_DEFAULTS = {"distill.ce.weight": 0.1, "distill.kd.weight": 0.9, "distill.kd.temperature": 4.0}
 # KD with logit standardisation (sunshangquan/logit-standardization-KD at commit
 # f6e5aa5172bad618e801163c3385322eea673754: README "KD+Ours" = --logit-stand --base-temp 2 --kd-weight 9,
 # tools/train.py; CE weight 0.1 from mdistiller/engine/cfg.py CFG.KD.LOSS.CE_WEIGHT): preset ``kd_ls``.
-LS_PAPER_DEFAULTS = {"distill.gamma": 0.1, "distill.alpha": 9.0, "distill.kd.temperature": 2.0,
+LS_PAPER_DEFAULTS = {"distill.ce.weight": 0.1, "distill.kd.weight": 9.0, "distill.kd.temperature": 2.0,
                      "distill.kd.standardize": True}
 
 
 @dataclass
 class KDKnobs:
-    """``distill.kd.*``; the weight is ``distill.alpha``.
+    """``distill.kd.*``: the temperature, logit standardisation and the term's weight.
 
     standardize: z-score the logits before the softmax (logit standardisation); ``temperature`` is then
     the base temperature.
@@ -38,10 +38,12 @@ class KDKnobs:
 
     temperature: float = 4.0  # T of the softened softmax (the base temperature with standardize)
     standardize: bool = False  # z-score the logits before the softmax (logit standardisation)
+    weight: float = 1.0  # the term's weight
 
     def __post_init__(self):
         check_positive("temperature", self.temperature)
         check_flag("standardize", self.standardize)
+        check_weight("weight", self.weight)
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float, standardize: bool = False) -> Tensor:
@@ -108,10 +110,9 @@ register_term(TermSpec(
     reference="Hinton et al. 2015; RepDistiller b84f547 distiller_zoo/KD.py",
     build=build,
     knobs=KDKnobs,
-    weight_key="distill.alpha",
     needs=Needs(frozenset({LOGITS})),
     multi_teacher="outputs",
-    paper_defaults={"distill.alpha": 0.9, "distill.kd.temperature": 4.0},
+    paper_defaults={"distill.kd.weight": 0.9, "distill.kd.temperature": 4.0},
 ))
 register_preset("kd", ("ce", "kd"), PAPER_DEFAULTS)
 register_preset("kd_ls", ("ce", "kd"), LS_PAPER_DEFAULTS)

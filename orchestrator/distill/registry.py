@@ -11,8 +11,7 @@ pipelines (:func:`supports_teachers`).
 
 An objective (``distill.method``) is a weighted sum of terms: a preset name (``kd``,
 ``crd_kd``, ...) or ``+``-joined term names (``ce+kd+crd``, ``kd+crd`` without labels).
-Each term's weight is the config key it declares (``distill.gamma`` for ce,
-``distill.alpha`` for kd, ``distill.beta`` for crd, ``distill.<term>.weight`` otherwise).
+Each term's weight is ``distill.<term>.weight`` (a ``weight`` knob), unless it declares another key.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from orchestrator.distill.registry import EMBEDDING, Needs, TermSpec, register_p
 # The paper's settings (RepDistiller scripts/run_cifar_distill.sh, RKD: --distill rkd -a 0 -b 1;
 # distiller_zoo/RKD.py w_d=25, w_a=50 on feat[-1] = our embedding; at commit
 # b84f547c5db6a35318d4671d7d5c4de74c822403).
-PAPER_DEFAULTS = {"distill.gamma": 1.0, "distill.rkd.weight": 1.0, "distill.rkd.distance_weight": 25.0,
+PAPER_DEFAULTS = {"distill.ce.weight": 1.0, "distill.rkd.weight": 1.0, "distill.rkd.distance_weight": 25.0,
                   "distill.rkd.angle_weight": 50.0}
 EPS = 1e-12  # squared distances are clamped to it before the square root (finite gradients)
 
@@ -97,6 +97,6 @@ register_term(TermSpec(
     knobs=RKDKnobs,
     needs=Needs(frozenset({EMBEDDING})),
     multi_teacher="per_teacher",
-    paper_defaults={k: v for k, v in PAPER_DEFAULTS.items() if k != "distill.gamma"},
+    paper_defaults={k: v for k, v in PAPER_DEFAULTS.items() if k != "distill.ce.weight"},
 ))
 register_preset("rkd", ("ce", "rkd"), PAPER_DEFAULTS)

@@ -23,7 +23,7 @@ from orchestrator.models.base import Shapes
 
 # The paper's settings (RepDistiller scripts/run_cifar_distill.sh, SP: --distill similarity -a 0 -b 3000;
 # helper/loops.py: [feat[-2]] = our stage "-1"; at commit b84f547c5db6a35318d4671d7d5c4de74c822403).
-PAPER_DEFAULTS = {"distill.gamma": 1.0, "distill.sp.weight": 3000.0, "distill.sp.stages": "-1"}
+PAPER_DEFAULTS = {"distill.ce.weight": 1.0, "distill.sp.weight": 3000.0, "distill.sp.stages": "-1"}
 
 
 @dataclass
@@ -79,6 +79,6 @@ register_term(TermSpec(
     knobs=SPKnobs,
     needs=lambda knobs: Needs(stages=(knobs.stages,)),
     multi_teacher="per_teacher",
-    paper_defaults={k: v for k, v in PAPER_DEFAULTS.items() if k != "distill.gamma"},
+    paper_defaults={k: v for k, v in PAPER_DEFAULTS.items() if k != "distill.ce.weight"},
 ))
 register_preset("sp", ("ce", "sp"), PAPER_DEFAULTS)

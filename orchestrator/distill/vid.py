@@ -28,7 +28,7 @@ from orchestrator.models.base import Shapes
 # The paper's settings (RepDistiller scripts/run_cifar_distill.sh, VID: --distill vid -a 0 -b 1;
 # distiller_zoo/VID.py init_pred_var=5.0, eps=1e-5 on feat[1:-1] = our stages "1:"; at commit
 # b84f547c5db6a35318d4671d7d5c4de74c822403).
-PAPER_DEFAULTS = {"distill.gamma": 1.0, "distill.vid.weight": 1.0, "distill.vid.init_pred_var": 5.0,
+PAPER_DEFAULTS = {"distill.ce.weight": 1.0, "distill.vid.weight": 1.0, "distill.vid.init_pred_var": 5.0,
                   "distill.vid.stages": "1:"}
 EPS = 1e-5  # the variance's floor
 
@@ -110,6 +110,6 @@ register_term(TermSpec(
     needs=lambda knobs: Needs(stages=(knobs.stages,)),
     multi_teacher="per_teacher",
     parts=("regressors with learnable variances",),
-    paper_defaults={k: v for k, v in PAPER_DEFAULTS.items() if k != "distill.gamma"},
+    paper_defaults={k: v for k, v in PAPER_DEFAULTS.items() if k != "distill.ce.weight"},
 ))
 register_preset("vid", ("ce", "vid"), PAPER_DEFAULTS)

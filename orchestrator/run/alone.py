@@ -43,7 +43,7 @@ def alone_config(cfg: Config, arch: str, epochs: int, lr: float, *, weights: str
     name, knobs = split_arch(arch)
     return apply_overrides(
         cfg,
-        {"model.student": name, "model.student_weights": weights, "distill.method": "ce", "distill.gamma": 1.0,
+        {"model.student": name, "model.student_weights": weights, "distill.method": "ce", "distill.ce.weight": 1.0,
          **{f"model.{key}": knobs.get(knob) for key, knob in STUDENT_KNOBS.items()},
          "train.epochs": epochs, "train.lr": lr, "sweep.asha.grace_period": None},  # no ASHA here: any epochs
     )

@@ -21,7 +21,7 @@ from orchestrator.sweep.leaderboard import TrialSummary
 from orchestrator.sweep.search.space import PaperPoint, matching_point
 from orchestrator.report.stats import PairedGain, mean_sd, paired_gain
 
-ALONE = {"distill.method": "ce", "distill.gamma": 1.0}  # the student alone: cross-entropy only
+ALONE = {"distill.method": "ce", "distill.ce.weight": 1.0}  # the student alone: cross-entropy only
 
 
 @dataclass

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 
-from orchestrator.config.schema import Config, ConfigError, apply_overrides, flatten, read_yaml, to_dict
+from orchestrator.config.schema import Config, ConfigError, apply_overrides, current_names, flatten, read_yaml, to_dict
+from orchestrator.config.renamed_keys import current_key
 from orchestrator.distill.registry import METHOD_KEY, data_problem, paper_defaults
 
 SPACES_DIR = Path(__file__).resolve().parents[3] / "search_spaces"  # the repository's search_spaces/
@@ -128,7 +129,7 @@ def space_keys(name_or_path: str) -> set[str]:
         return set()
     if not isinstance(raw, dict):
         return set()
-    return {str(k) for part in ("fixed", "params") if isinstance(raw.get(part), dict) for k in raw[part]}
+    return {current_key(str(k)) for part in ("fixed", "params") if isinstance(raw.get(part), dict) for k in raw[part]}
 
 
 def space_objectives(name_or_path: str) -> list | None:
@@ -158,8 +159,9 @@ def load_space(name_or_path: str, base: Config, num_train_samples: int | None = 
     if unknown:
         raise ConfigError(f"{path.name}:{sorted(unknown)[0]}", raw[sorted(unknown)[0]],
                           "description, fixed, params, objectives")
-    fixed = dict(raw.get("fixed") or {})
-    params = [_parse_param(key, spec, path.name) for key, spec in (raw.get("params") or {}).items()]
+    fixed = current_names(dict(raw.get("fixed") or {}), f"{path.name}:")
+    specs = current_names(dict(raw.get("params") or {}), f"{path.name}:")
+    params = [_parse_param(key, spec, path.name) for key, spec in specs.items()]
     space = _hold(SearchSpace(path.stem, params, fixed, str(raw.get("description", "")).strip()), base)
     _validate(space, base, num_train_samples, path.name)
     return space
@@ -202,6 +204,7 @@ def _parse_param(key: str, spec: Any, where: str) -> Param:
     when = spec.get("when") or {}
     if not isinstance(when, dict) or not all(isinstance(v, list) for v in when.values()):
         raise ConfigError(f"{label}.when", when, "a mapping of key -> list of values")
+    when = current_names(when, f"{label}.when:")
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
