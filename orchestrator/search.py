@@ -134,12 +134,38 @@ def space_keys(name_or_path: str) -> set[str]:
 def space_objectives(name_or_path: str) -> list | None:
     """The ``objectives:`` a space file declares (its default ``sweep.objectives``, e.g. compress.yaml's
     accuracy-vs-latency front), or None (none declared, or the file cannot be read: :func:`load_space` says why)."""
+    raw = _read_space(name_or_path)
+    return raw.get("objectives") if isinstance(raw, dict) else None
+
+
+# the run-sizing keys a space file may give defaults for (``defaults:``): what suits the space, e.g. how many
+# trials and how many confirmed points fit its time budget; a value the user gives wins
+SPACE_DEFAULT_KEYS = ("name", "sweep.num_samples", "sweep.confirm.top_k", "sweep.confirm.seeds")
+
+
+def space_defaults(name_or_path: str) -> dict[str, Any]:
+    """The ``defaults:`` a space file declares (``{key: value}``, keys of :data:`SPACE_DEFAULT_KEYS`); a key
+    outside them is a ConfigError naming it; {} when none (or the file cannot be read: :func:`load_space` says why)."""
+    raw = _read_space(name_or_path)
+    declared = raw.get("defaults") if isinstance(raw, dict) else None
+    if declared is None:
+        return {}
+    where = space_path(name_or_path).name
+    if not isinstance(declared, dict):
+        raise ConfigError(f"{where}:defaults", declared, f"a mapping of some of {list(SPACE_DEFAULT_KEYS)}")
+    for key in declared:
+        if key not in SPACE_DEFAULT_KEYS:
+            raise ConfigError(f"{where}:defaults.{key}", declared[key], f"one of {list(SPACE_DEFAULT_KEYS)}")
+    return dict(declared)
+
+
+def _read_space(name_or_path: str) -> Any:
+    """The parsed space file, or None when it is missing or unreadable (:func:`load_space` says why)."""
     path = space_path(name_or_path)
     try:
-        raw = read_yaml(path) if path.is_file() else None
+        return read_yaml(path) if path.is_file() else None
     except ConfigError:
         return None
-    return raw.get("objectives") if isinstance(raw, dict) else None
 
 
 def available_spaces() -> list[str]:
@@ -154,10 +180,10 @@ def load_space(name_or_path: str, base: Config, num_train_samples: int | None = 
     raw = read_yaml(path) or {}
     if not isinstance(raw, dict) or not isinstance(raw.get("params", {}), dict):
         raise ConfigError("sweep.search_space", str(path), "a YAML mapping with a 'params' mapping")
-    unknown = set(raw) - {"description", "fixed", "params", "objectives"}
+    unknown = set(raw) - {"description", "fixed", "params", "objectives", "defaults"}
     if unknown:
         raise ConfigError(f"{path.name}:{sorted(unknown)[0]}", raw[sorted(unknown)[0]],
-                          "description, fixed, params, objectives")
+                          "description, fixed, params, objectives, defaults")
     fixed = dict(raw.get("fixed") or {})
     params = [_parse_param(key, spec, path.name) for key, spec in (raw.get("params") or {}).items()]
     space = _hold(SearchSpace(path.stem, params, fixed, str(raw.get("description", "")).strip()), base)
