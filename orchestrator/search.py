@@ -62,6 +62,7 @@ class SearchSpace:
     description: str = ""
     held: dict[str, str] = field(default_factory=dict)  # key (its value in fixed) -> what the space had instead
     not_sampled: dict[str, str] = field(default_factory=dict)  # key -> the condition a held value rules out
+    dropped: dict[str, str] = field(default_factory=dict)  # a choice taken out of the space -> why (e.g. one teacher)
 
     def define_by_run(self, base: Config) -> DefineByRun:
         """The Optuna define-by-run function: samples ``params``; returns ``fixed`` as constants."""
@@ -72,6 +73,7 @@ class SearchSpace:
         lines = [f"search space '{self.name}'" + (f": {self.description}" if self.description else "")]
         lines += [f"  {k:<{width}}  = {v!r}  ({'given' if k in self.held else 'fixed'})" for k, v in self.fixed.items()]
         lines += [f"  {p.key:<{width}}  ~ {p.describe()}" for p in self.params]
+        lines += [f"  not sampled: {choice} ({why})" for choice, why in self.dropped.items()]
         return "\n".join(lines + ([self.held_line()] if self.held else []))
 
     def held_line(self) -> str:
@@ -187,8 +189,34 @@ def load_space(name_or_path: str, base: Config, num_train_samples: int | None = 
     fixed = dict(raw.get("fixed") or {})
     params = [_parse_param(key, spec, path.name) for key, spec in (raw.get("params") or {}).items()]
     space = _hold(SearchSpace(path.stem, params, fixed, str(raw.get("description", "")).strip()), base)
+    space = _for_teachers(space, base, path.name)
     _validate(space, base, num_train_samples, path.name)
     return space
+
+
+def _for_teachers(space: SearchSpace, base: Config, where: str) -> SearchSpace:
+    """``space`` for the ensemble pipeline's M teachers (``base.pipeline``): the ``distill.method`` choices
+    that cannot distil from M teachers (e.g. DKD: one teacher only) taken out, each in ``dropped`` with why; a
+    ConfigError when none is left."""
+    count = len(base.pipeline.teachers) if base.pipeline is not None else 1
+    param = next((p for p in space.params if p.key == METHOD_KEY and p.type == "categorical"), None)
+    if count <= 1 or param is None:
+        return space
+    from dataclasses import replace
+
+    from orchestrator.distill.registry import supports_teachers
+
+    dropped = {f"{METHOD_KEY}={m}": f"one teacher only, the ensemble has {count}" for m in param.choices
+               if supports_teachers(replace(base.distill, method=m), count)}
+    if not dropped:
+        return space
+    kept = [m for m in param.choices if f"{METHOD_KEY}={m}" not in dropped]
+    if not kept:
+        raise ConfigError(f"{where}:{METHOD_KEY}", param.choices,
+                          f"a method that distils from {count} teachers (or one teacher in pipeline.teachers)")
+    params = [Param(**{**p.__dict__, "choices": kept}) if p is param else p for p in space.params
+              if METHOD_KEY not in p.when or set(p.when[METHOD_KEY]) & set(kept)]  # a dropped method's knobs too
+    return SearchSpace(space.name, params, space.fixed, space.description, space.held, space.not_sampled, dropped)
 
 
 def _hold(space: SearchSpace, base: Config) -> SearchSpace:

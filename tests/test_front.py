@@ -12,6 +12,7 @@ from orchestrator.budget import parse_budget
 from orchestrator.front import FrontSpec, NoStudentFits, budget_line, confirmed_points, select, spec_of, table
 from orchestrator.leaderboard import TrialSummary
 from orchestrator.report.plots import plot_front
+from orchestrator.sweep.front_stage import ensemble_row
 
 SPEC = FrontSpec("val/acc1", "max", "cost/latency_ms")
 # width -> (latency ms, MACs)
@@ -130,11 +131,17 @@ def test_confirmed_points_carry_cost_gain_and_the_confirmed_front(tmp_path):
     tags = points[0].tags()
     assert tags["arch"] == "cnn_student_small[width=0.25]" and tags["gain_vs_alone_significant"] == "true"
     assert tags["cost/macs"] == "100000" and tags["knobs"] == "method=kd  lr=0.1"
-    teacher = {"label": "cnn_teacher", "test_acc1": 0.95, "cost/latency_ms": 0.4, "cost/macs": 1.5e7, "cost/params": 1e6}
-    text = table(points, SPEC, [1, 2, 3], teacher)
-    assert "teacher cnn_teacher" in text and "(reference)" in text and "95.00" in text
+    teacher = {"label": "teacher cnn_teacher", "test_acc1": 0.95, "cost/latency_ms": 0.4, "cost/macs": 1.5e7,
+               "cost/params": 1e6}
+    other = {**teacher, "label": "teacher cnn_teacher_wide", "test_acc1": 0.94}
+    references = [ensemble_row([teacher, other], 0.955), teacher, other]
+    assert references[0]["cost/macs"] == 3e7 and references[0]["cost/latency_ms"] == pytest.approx(0.8)
+    assert ensemble_row([teacher, {"label": "TorchScript", "test_acc1": 0.9}], 0.96).keys() == {"label", "test_acc1"}
+    text = table(points, SPEC, [1, 2, 3], references)
+    assert "ensemble of 2 (mean softmax)" in text and "95.50" in text and "teacher cnn_teacher_wide" in text
+    assert text.count("(reference)") == 3 and "30.000" in text  # the ensemble's MACs: both teachers' summed
     assert "1. cnn_student_small[width=0.25]" in text and "+3.00 points [" in text and "not significant" in text
-    path = plot_front(points, teacher, [1, 2, 3], tmp_path / "front.png", "front", budget_ms=0.02)
+    path = plot_front(points, references, [1, 2, 3], tmp_path / "front.png", "front", budget_ms=0.02)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     line = budget_line(points[0], parse_budget("latency_ms <= 0.02"))
     assert line.startswith("Within cost/latency_ms <= 0.02: cnn_student_small[width=0.25] (trial 5;")
