@@ -219,3 +219,34 @@ def assert_front_published(tmp_path: Path) -> None:
     assert (exp_dir / "front.png").stat().st_size > 10_000
     assert "front.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "front/teacher/test_acc1" in parent.data.metrics and "front/teacher/cost/macs" in parent.data.metrics
+
+
+def test_a_torchscript_teachers_reference_row_has_its_size(tmp_path, capsys):
+    """A teacher given as TorchScript names no architecture: its params and MACs are measured on the loaded
+    module (the ONNX exporter cannot trace a loaded TorchScript module, so its latency is said to be missing)."""
+    import torch
+
+    from orchestrator.config import load_config
+    from orchestrator.data import build_data
+    from orchestrator.models import build_model, describe_model
+    from orchestrator.sweep.front_stage import teacher_row
+
+    cfg = load_config(None, ["data.dataset=digits"])
+    data = build_data(cfg.data, 0)
+    model = build_model("tiny_teacher", 10, 1).eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(x).logits
+
+    path = tmp_path / "teacher.pt"
+    torch.jit.trace(Logits(), torch.zeros(1, 1, 8, 8)).save(str(path))
+    row = teacher_row(str(path), "scripted", 0.9, cfg, data)
+    size = describe_model(model, 1, 8)
+    assert row["label"] == "teacher scripted" and row["arch"] == "TorchScript"
+    assert row["cost/params"] == size["params"] and row["cost/macs"] == size["macs"]
+    assert "cost/latency_ms" not in row and "latency of teacher scripted was not measured" in capsys.readouterr().err

@@ -5,32 +5,53 @@ registered model version tagged with its cost and accuracy; the parent run gets 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from orchestrator import confirm, front, storage, tracking
 from orchestrator.config import Config, apply_overrides
-from orchestrator.cost import cost_metrics, student_cost
+from orchestrator.cost import cost_metrics, model_cost, student_cost
+from orchestrator.cost_metrics import METRICS
+from orchestrator.models import describe_model
 from orchestrator.data import DataBundle
 from orchestrator.export import config_provenance, example_batch, export_one, metadata
 from orchestrator.report.plots import plot_front, slug
 from orchestrator.safe_load import load_tensors
-from orchestrator.teachers import load_model_checkpoint
+from orchestrator.teachers import load_model_checkpoint, load_teacher
 from orchestrator.train_loop import STUDENT_FILE
 
 
 def teacher_row(source: str, label: str, test_acc1: float, cfg: Config, data: DataBundle) -> dict[str, Any]:
-    """A reference row of the front: ``teacher <label>``, its ``test_acc1`` and, for a checkpoint file of this
-    tool (it names its architecture), its ``cost/*`` metrics measured like a student's (cached)."""
+    """A reference row of the front: ``teacher <label>``, its ``test_acc1`` and its ``cost/*`` metrics: for a
+    checkpoint file of this tool (it names its architecture) measured like a student's (cached); for any other
+    teacher (TorchScript, an MLflow URI) measured on the loaded model now; a teacher that cannot be exported
+    keeps its accuracy only (said on stderr)."""
     row: dict[str, Any] = {"label": f"teacher {label}", "test_acc1": test_acc1}
     try:
         ckpt = load_tensors(source, "teacher checkpoint") if Path(source).is_file() else None
-    except Exception:  # noqa: BLE001 - a TorchScript or foreign file: the row keeps its accuracy only
+    except Exception:  # noqa: BLE001 - a TorchScript or foreign file: measured on the loaded model below
         ckpt = None
+    threads = cfg.export.latency_threads
     if isinstance(ckpt, dict) and isinstance(ckpt.get("arch"), str):
-        cost = student_cost(ckpt["arch"], data.num_classes, data.in_channels, data.image_size, cfg.export.latency_threads)
-        row.update({"arch": ckpt["arch"], **cost_metrics(cost)})
+        cost = student_cost(ckpt["arch"], data.num_classes, data.in_channels, data.image_size, threads)
+        return {**row, "arch": ckpt["arch"], **cost_metrics(cost)}
+    try:
+        model = load_teacher(source, data.num_classes, data.in_channels, data.image_size)
+        inner = getattr(model, "module", model)
+        row["arch"] = "TorchScript" if isinstance(inner, torch.jit.ScriptModule) else type(inner).__name__
+        return {**row, **cost_metrics(model_cost(model, data.in_channels, data.image_size, threads))}
+    except Exception as exc:  # noqa: BLE001 - a reference row must not fail a finished sweep
+        problem = exc
+    try:  # e.g. a TorchScript module the ONNX exporter cannot trace: its size without its latency
+        size = describe_model(model, data.in_channels, data.image_size)
+        row.update({METRICS["params"]: float(size["params"]), METRICS["macs"]: float(size["macs"])})
+    except Exception:  # noqa: BLE001
+        pass
+    print(f"warning: the latency of teacher {label} was not measured ({problem})", file=sys.stderr)
     return row
 
 
