@@ -167,6 +167,17 @@ def test_a_tiny_compress_sweep_ends_with_a_confirmed_front(ray_session, isolated
     assert "the accuracy-vs-cost front (val/acc1 max, cost/macs min): re-trained on fresh seeds [1, 2]" in out
     assert "teacher tiny_teacher" in out and "(reference)" in out
     assert_front_published(tmp_path)
+    # resumed after the front was published: shown again, nothing registered or published twice
+    from mlflow.tracking import MlflowClient
+
+    from test_sweep import runs_by_kind
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    versions = len(MlflowClient(uri).search_model_versions("name='distill-student'"))
+    assert main([*args, "--resume"]) == 0
+    assert "teacher tiny_teacher" in capsys.readouterr().out
+    assert len(MlflowClient(uri).search_model_versions("name='distill-student'")) == versions
+    assert len(runs_by_kind(uri)["front"]) == 2
 
 
 def assert_front_published(tmp_path: Path) -> None:

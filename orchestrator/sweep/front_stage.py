@@ -5,6 +5,7 @@ registered model version tagged with its cost and accuracy; the parent run gets 
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 
 from orchestrator import confirm, front, storage, tracking
+from orchestrator.atomic_files import write_json_atomic
 from orchestrator.config import Config, apply_overrides
 from orchestrator.cost import cost_metrics, model_cost, student_cost
 from orchestrator.cost_metrics import METRICS
@@ -66,6 +68,15 @@ def ensemble_row(teachers: list[dict[str, Any]], test_acc1: float) -> dict[str, 
     return row
 
 
+FRONT_FILE = "front.json"  # the published front's summary section, written last: a resumed sweep reuses it
+
+
+def published(exp_dir: Path) -> dict | None:
+    """The front this sweep folder already published (its ``summary.json`` section), or None."""
+    path = exp_dir / FRONT_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def publish(client, parent_id: str, cfg: Config, fixed: Mapping[str, Any], data: DataBundle, verdict: confirm.Verdict,
             spec: front.FrontSpec, cost_of: Callable[[dict], Mapping[str, Any]], references: list[dict[str, Any]],
             chosen_version: str | None, exp_dir: Path) -> tuple[list[front.FrontPoint], dict]:
@@ -96,6 +107,7 @@ def publish(client, parent_id: str, cfg: Config, fixed: Mapping[str, Any], data:
     section = {"objectives": spec.objectives, "budget": str(spec.budget) if spec.budget else None,
                "seeds": verdict.seeds, "teacher": references[0], "references": references, "points": rows,
                "plot": str(plot)}
+    write_json_atomic(exp_dir / FRONT_FILE, json.loads(json.dumps(section, default=str)))
     return points, section
 
 

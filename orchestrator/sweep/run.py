@@ -250,13 +250,23 @@ class SweepRunner:
                     if r.data.tags.get("trial_number") == str(chosen.trial)]
         if best_run:
             tracking.set_tags(client, best_run[0].info.run_id, {"orchestrator.best": "true"})
-        version = register_student(client, parent_id, cfg, data, student, student_path, summary, verdict, exp_dir)
+        if "registered_version" in state:  # resumed after registering: not registered twice
+            version = state["registered_version"] or None
+        else:
+            version = register_student(client, parent_id, cfg, data, student, student_path, summary, verdict, exp_dir)
+            record_state(exp_dir, state, registered_version=version or "")
         label = cfg.model.teacher if not self.teachers or len(self.teachers) == 1 else f"best of {len(self.teachers)} teachers"
         if spec is not None and verdict.confirmed:  # the front: each point exported, logged, registered
-            references = self.references or [front_stage.teacher_row(teacher_source, label, teacher_test, cfg, data)]
-            points, summary["front"] = front_stage.publish(
-                client, parent_id, cfg, self.plan.space.fixed, data, verdict, spec,
-                lambda params: self._point_cost(ctx, params), references, version, exp_dir)
+            cost_of = lambda params: self._point_cost(ctx, params)  # noqa: E731
+            published = front_stage.published(exp_dir) if self.resume else None
+            if published is not None:  # resumed after publishing: the same runs and versions, shown again
+                points = front.confirmed_points(verdict.cands, spec, cost_of, cfg.sweep.confirm.level)
+                summary["front"], references = published, published["references"]
+            else:
+                references = self.references or [front_stage.teacher_row(teacher_source, label, teacher_test, cfg, data)]
+                points, summary["front"] = front_stage.publish(
+                    client, parent_id, cfg, self.plan.space.fixed, data, verdict, spec, cost_of, references, version,
+                    exp_dir)
         (exp_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         tracking.log_file(client, parent_id, exp_dir / "summary.json")
         tracking.log_file(client, parent_id, confirm.plot(verdict, exp_dir / "confirm.png"))
