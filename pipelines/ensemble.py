@@ -13,6 +13,9 @@ same inputs is reused on rerun, see :mod:`pipelines.stages`):
                             With ``data.augment``, the distillation stages read instead each
                             teacher's view cache (built once per teacher and seed before them,
                             ``sweep/teacher_outputs.py``), or run the teachers live (feature maps).
+   With ``--compress`` stage 3 is ``compress`` (:mod:`pipelines.compress_mode`): a compression search over
+   ``search_spaces/compress.yaml`` with the ensemble as teacher, ending with its confirmed accuracy-vs-cost
+   front (the ensemble and each teacher as reference rows); no stage 4.
 3. ``distill_ensemble``     the student distilled from the ensemble: one run with the configured
                             values, or with ``--sweep`` the sweep (Ray Tune + Optuna + ASHA, every
                             trial a Ray Train run) over ``search_spaces/ensemble.yaml``.
@@ -28,6 +31,7 @@ Examples::
 
     python -m pipelines.ensemble                       # 3 teachers, Fashion-MNIST, single KD run
     python -m pipelines.ensemble --sweep sweep.num_samples=8
+    python -m pipelines.ensemble --compress            # the smallest students that keep the ensemble's accuracy
     python -m pipelines.ensemble data.dataset=digits "pipeline.teachers=[tiny_teacher:0, tiny_teacher:1]" \\
         model.student=tiny_student teacher.epochs=2 train.epochs=2
 """
@@ -46,6 +50,7 @@ from pipelines.teachers import describe_teachers, parse_cli, preflight_checks
 
 
 STAGES = ("teachers", "ensemble_eval", "distill_ensemble", "distill_best_teacher", "student_alone", "compare")
+COMPRESS_STAGES = ("teachers", "ensemble_eval", "compress")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--sweep", action="store_true",
                         help="distil the ensemble with a sweep over sweep.search_space (default: ensemble)")
+    parser.add_argument("--compress", action="store_true",
+                        help="the ensemble as the teacher of a compression search (sweep.search_space, default "
+                        "compress): its confirmed accuracy-vs-cost front, the ensemble and each teacher as reference "
+                        "rows")
     return parser
 
 
@@ -66,6 +75,9 @@ def dry_run(cfg: Config, data) -> None:
     from orchestrator.teacher_outputs import choose, describe
 
     print("\n".join(describe_teachers(cfg)))
+    if cfg.pipeline.compress:
+        compress_dry_run(cfg, data)
+        return
     c = cfg
     seeds = c.pipeline.student_seeds(c.seed)
     how = (f"sweep over '{c.sweep.search_space}' ({c.sweep.num_samples} trials)" if cfg.pipeline.sweep
@@ -85,6 +97,39 @@ def dry_run(cfg: Config, data) -> None:
     print("dry run: nothing was started")
 
 
+def compress_dry_run(cfg: Config, data) -> None:
+    """``--compress --dry-run``: the teachers (above), then what the sweep's dry run shows (objectives, budget,
+    the students with their MACs, what will be confirmed) and the front's reference rows."""
+    from orchestrator.sweep.plan import make_plan
+    from orchestrator.sweep.search.space import possible_configs
+    from orchestrator.sweep.costs import students_table
+    from orchestrator.config.objectives import budget_of
+    from orchestrator.teacher_outputs.choice import plan_line
+
+    plan = make_plan(cfg, len(data.train))
+    print(f"compression search with the ensemble of {len(cfg.pipeline.teachers)} teachers as teacher:")
+    print(plan.describe())
+    print(students_table(plan.space, cfg, data, budget_of(cfg)))
+    print(plan_line(cfg, possible_configs(plan.space, cfg), data))
+    print("reference rows of the front: the ensemble (mean softmax; cost: its teachers' summed) and each teacher "
+          "(test acc1, params, MACs, ONNX Runtime latency)")
+    print(f"stages: {', '.join(COMPRESS_STAGES)}; folder {pipeline_output_dir(cfg)}")
+    print("dry run: nothing was started")
+
+
+def check_compress_budget(cfg: Config, data) -> None:
+    """``--compress`` with a ``sweep.budget`` no student of the space meets: a ConfigError before any work."""
+    from orchestrator.sweep.plan import make_plan
+    from orchestrator.sweep.costs import budget_problem
+    from orchestrator.config.objectives import budget_of
+
+    budget = budget_of(cfg)
+    if budget is not None:
+        problem, _ = budget_problem(make_plan(cfg, len(data.train)).space, cfg, data, budget)
+        if problem:
+            raise ConfigError("sweep.budget", cfg.sweep.budget, f"a budget some student of the space meets ({problem})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parsed = parse_cli(build_parser(), argv)
     if isinstance(parsed, int):  # a config error (2) or --print-config (0)
@@ -101,10 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         with writing_nothing(args.dry_run):
             data = build_data(cfg.data, cfg.seed)
         check_weights_available(cfg, data)
-        if cfg.pipeline.sweep:
+        if cfg.pipeline.sweep or cfg.pipeline.compress:
             from orchestrator.sweep.search.space import load_space
 
             load_space(cfg.sweep.search_space, cfg, len(data.train))  # bad space: exit 2 now
+        if cfg.pipeline.compress:
+            with writing_nothing(args.dry_run):  # as the sweep's: a run caches the costs it measured
+                check_compress_budget(cfg, data)
         preflight_checks(cfg, data, uri)  # tracking store, folder, given teachers: writing nothing
     except (ConfigError, DatasetNotFoundError, WeightsUnavailableError, TeacherCheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)

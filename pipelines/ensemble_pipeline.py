@@ -52,9 +52,9 @@ def run_payload(cfg: Config) -> dict:
 
 
 def distill_configs(cfg: Config, num_train: int) -> list[Config]:
-    """Every config a distillation stage of the pipeline can train with: ``cfg``, or with ``--sweep`` every
-    config of ``sweep.search_space``."""
-    if not cfg.pipeline.sweep:
+    """Every config a distillation stage of the pipeline can train with: ``cfg``, or with ``--sweep`` or
+    ``--compress`` every config of ``sweep.search_space``."""
+    if not (cfg.pipeline.sweep or cfg.pipeline.compress):
         return [cfg]
     from orchestrator.sweep.search.space import load_space, possible_configs
 
@@ -101,6 +101,9 @@ class EnsemblePipeline:
                 self.stages, self.parent_id = Stages(self.client, experiment_id, parent_id, self.out), parent_id
                 teachers = self.stage_teachers()
                 ens = self.stage_ensemble_eval(teachers)
+                if cfg.pipeline.compress:
+                    self.finish_compress(self.stage_compress(ens), teachers, ens, start)
+                    return 0
                 students = self.stage_students(ens)
                 frame = self.stage_compare(teachers, ens, students)
                 self.finish(frame, teachers, ens, students, start)
@@ -389,30 +392,66 @@ class EnsemblePipeline:
                 for stage, (run_cfg, sources) in runs.items()
                 if sources and all((t, run_cfg.seed) in folders for t in sources)}
 
-    def _sweep_stage(self, ens: dict, sources: list[str], outputs: list[str]) -> dict:
-        """distill_ensemble through the sweep machinery (SweepRunner) over ``sweep.search_space``."""
+    def stage_compress(self, ens: dict) -> dict:
+        """``--compress``: the compression search with the ensemble as teacher (the sweep stage, with the
+        ensemble and each teacher as the front's reference rows); its result holds the front."""
+        from pipelines.compress_mode import reference_rows
+
+        sources = [t["source"] for t in ens["teachers"]]
+        outputs = [t["outputs"] for t in ens["teachers"] if t["outputs"]]
+        return self._sweep_stage(ens, sources, outputs, "compress", reference_rows(ens, self.cfg, self.data))
+
+    def finish_compress(self, result: dict, teachers: dict, ens: dict, start: float) -> None:
+        """``--compress``'s summary: the front (as the sweep printed it) and the reference rows in
+        ``summary.json`` and the parent run; where the front's files are."""
+        elapsed = time.perf_counter() - start
+        walls = {"teachers": teachers.get("wall_s"), "ensemble_eval": ens.get("wall_s"), "compress": result.get("wall_s")}
+        walls = {k: v for k, v in walls.items() if v is not None}
+        front = result["front"]
+        metrics = {"ensemble/test_acc1": ens["ensemble"]["test/acc1"], "time/pipeline_s": elapsed,
+                   **{f"time/{k}_wall_s": v for k, v in walls.items()},
+                   **{f"front/{i}/test_acc1_mean": p["test_mean"] for i, p in enumerate(front["points"], 1)}}
+        tracking.log_metrics(self.client, self.parent_id, metrics, step=0)
+        summary = {"stages_reused": self.stages.reused, "stages_run": self.stages.ran, **metrics, "wall_s": walls,
+                   "sweep_dir": result["sweep_dir"], "front": front}
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        tracking.log_file(self.client, self.parent_id, self.out / "summary.json")
+        if "compress" in self.stages.reused:  # the sweep did not run now: show its front again
+            print("\n" + result["front_table"])
+        print(f"\nwall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in walls.items()))
+        print(f"Front: {front['plot']}; each point's student as ONNX in {Path(result['sweep_dir']) / 'front'}")
+        print(f"Results: {self.out}  (summary.json; the sweep's folder {result['sweep_dir']})")
+        s = int(elapsed)
+        print(f"Pipeline time: {s // 60}m{s % 60:02d}s")
+
+    def _sweep_stage(self, ens: dict, sources: list[str], outputs: list[str], stage: str = "distill_ensemble",
+                     references: list[dict] | None = None) -> dict:
+        """``stage`` through the sweep machinery (SweepRunner) over ``sweep.search_space``: distill_ensemble
+        (``--sweep``: its students alone are a stage of their own), or compress (``references``: the front's
+        reference rows; each front point confirmed with its architecture alone)."""
         from orchestrator.sweep.run import SweepRunner
         from orchestrator.sweep.search.space import space_path
         from orchestrator.sweep.plan import make_plan
 
-        cfg = apply_overrides(self.cfg, {"sweep.storage_path": str(self.out / "sweep"), "sweep.baseline": False,
-                                         "tracking.uri": self.uri})
+        alone = {} if self.cfg.pipeline.compress else {"sweep.baseline": False}
+        cfg = apply_overrides(self.cfg, {"sweep.storage_path": str(self.out / "sweep"), "tracking.uri": self.uri,
+                                         **alone})
         space_text = space_path(cfg.sweep.search_space).read_text()
         payload = {"ensemble": ens["hash"], "run": run_payload(cfg), "space": space_text, "sweep": to_dict(cfg.sweep)}
         payload["sweep"].pop("storage_path", None)
         if self._pipeline_inputs.kind == "views":  # as for the single runs: fp16 (top-k) teacher outputs
             payload["views"] = {"topk": cfg.teacher.view_topk}
         digest = stage_hash(payload)
-        stage = "distill_ensemble"
         found = self.stages.lookup(stage, digest, lambda r: files_exist([r["checkpoint"]]))
         if found is not None:
             self.stages.reuse(stage, digest, found, self._student_metrics(found))
             return found
         with self.stages.run(stage, digest, {**flatten(to_dict(cfg)), "search_space_file": space_text[:5000]}) as run_id:
+            started = time.perf_counter()
             plan = make_plan(cfg, len(self.data.train))
             given = None if cfg.data.augment else outputs  # augmented: the sweep builds (or finds) its view caches
             runner = SweepRunner(plan, self.data, teachers=sources, teacher_outputs=given,
-                                 parent_tags={tracking.PARENT: run_id})
+                                 parent_tags={tracking.PARENT: run_id}, references=references)
             code = runner.run()
             if code != 0:
                 raise KeyboardInterrupt() if code == 130 else RuntimeError(f"the ensemble sweep ended with code {code}")
@@ -422,8 +461,10 @@ class EnsemblePipeline:
             result = {
                 "val/acc1": summary[f"best_{cfg.sweep.metric}"], "test/acc1": summary["test/acc1"],
                 "checkpoint": str(exp_dir / "best_student.pt"), "best_params": summary["best_params"],
-                "sweep_dir": str(exp_dir), "best_trial": summary["best_trial"],
+                "sweep_dir": str(exp_dir), "best_trial": summary["best_trial"], "wall_s": time.perf_counter() - started,
             }
+            if "front" in summary:  # compress: the confirmed front, kept to show again when the stage is reused
+                result["front"], result["front_table"] = summary["front"], runner.front_text
             return self.stages.complete(stage, digest, run_id, result, self._student_metrics(result))
 
     @staticmethod

@@ -265,7 +265,13 @@ def resolve(args: argparse.Namespace) -> Config:
     overrides += [f"{k}={v}" for k, v in flags.items() if v is not None]
     if getattr(args, "sweep", False):
         overrides.append("pipeline.sweep=true")
+    if getattr(args, "compress", False):
+        overrides.append("pipeline.compress=true")
     cfg = load_pipeline_config(args.config, overrides)
+    if cfg.pipeline.compress:  # the compress space, its objectives and run sizes; combinations checked
+        from pipelines.compress_mode import compress_config
+
+        return compress_config(cfg, given_keys(args.config, overrides))
     if cfg.pipeline.sweep:  # as in a sweep: a key the user set that the space samples is held at their value
         from orchestrator.sweep.cli import hold_given
 

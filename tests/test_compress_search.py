@@ -146,3 +146,26 @@ def test_the_compress_space_samples_epochs_methods_and_a_20x_span():
     archs, continuous = reachable_students(space, cfg)
     macs = [describe_model(build_model(a, 10, 1), 1, 28)["macs"] for a in archs]
     assert not continuous and max(macs) / min(macs) >= 20
+
+
+def test_the_compress_space_sizes_its_run_unless_the_user_does(tmp_path):
+    """compress.yaml's ``defaults:`` (name, trials, confirmed points and seeds) and ``objectives:`` apply unless
+    given; a key a space may not set is a ConfigError naming it."""
+    from orchestrator.config.schema import ConfigError
+    from orchestrator.sweep.cli import build_parser, resolve_config
+
+    def resolved(*argv: str):
+        return resolve_config(build_parser().parse_intermixed_args(["sweep.search_space=compress", *argv]))
+
+    cfg = resolved()
+    assert (cfg.name, cfg.sweep.num_samples, cfg.sweep.confirm.top_k, cfg.sweep.confirm.seeds) == (
+        "fmnist-compress", 12, 3, 3)
+    assert cfg.sweep.objectives == ["val/acc1:max", "cost/latency_ms:min"]
+    cfg = resolved("--name", "mine", "--num-samples", "5", "sweep.confirm.seeds=4")
+    assert (cfg.name, cfg.sweep.num_samples, cfg.sweep.confirm.top_k, cfg.sweep.confirm.seeds) == ("mine", 5, 3, 4)
+    assert load_config(None, ["sweep.search_space=kd"]).name == "fmnist-crd-kd"  # a space without defaults
+    space = tmp_path / "space.yaml"
+    space.write_text("defaults: {train.epochs: 3}\nparams:\n  train.lr: {type: float, low: 0.01, high: 0.1}\n")
+    with pytest.raises(ConfigError) as info:
+        resolved(f"sweep.search_space={space}")
+    assert info.value.key == "space.yaml:defaults.train.epochs" and "sweep.num_samples" in str(info.value)

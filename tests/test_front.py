@@ -12,6 +12,7 @@ from orchestrator.config.budget import parse_budget
 from orchestrator.sweep.confirm.front import FrontSpec, NoStudentFits, budget_line, confirmed_points, select, spec_of, table
 from orchestrator.sweep.leaderboard import TrialSummary
 from orchestrator.report.plots import plot_front
+from orchestrator.sweep.confirm.front_stage import ensemble_row
 
 SPEC = FrontSpec("val/acc1", "max", "cost/latency_ms")
 # width -> (latency ms, MACs)
@@ -130,11 +131,17 @@ def test_confirmed_points_carry_cost_gain_and_the_confirmed_front(tmp_path):
     tags = points[0].tags()
     assert tags["arch"] == "cnn_student_small[width=0.25]" and tags["gain_vs_alone_significant"] == "true"
     assert tags["cost/macs"] == "100000" and tags["knobs"] == "method=kd  lr=0.1"
-    teacher = {"label": "cnn_teacher", "test_acc1": 0.95, "cost/latency_ms": 0.4, "cost/macs": 1.5e7, "cost/params": 1e6}
-    text = table(points, SPEC, [1, 2, 3], teacher)
-    assert "teacher cnn_teacher" in text and "(reference)" in text and "95.00" in text
+    teacher = {"label": "teacher cnn_teacher", "test_acc1": 0.95, "cost/latency_ms": 0.4, "cost/macs": 1.5e7,
+               "cost/params": 1e6}
+    other = {**teacher, "label": "teacher cnn_teacher_wide", "test_acc1": 0.94}
+    references = [ensemble_row([teacher, other], 0.955), teacher, other]
+    assert references[0]["cost/macs"] == 3e7 and references[0]["cost/latency_ms"] == pytest.approx(0.8)
+    assert ensemble_row([teacher, {"label": "TorchScript", "test_acc1": 0.9}], 0.96).keys() == {"label", "test_acc1"}
+    text = table(points, SPEC, [1, 2, 3], references)
+    assert "ensemble of 2 (mean softmax)" in text and "95.50" in text and "teacher cnn_teacher_wide" in text
+    assert text.count("(reference)") == 3 and "30.000" in text  # the ensemble's MACs: both teachers' summed
     assert "1. cnn_student_small[width=0.25]" in text and "+3.00 points [" in text and "not significant" in text
-    path = plot_front(points, teacher, [1, 2, 3], tmp_path / "front.png", "front", budget_ms=0.02)
+    path = plot_front(points, references, [1, 2, 3], tmp_path / "front.png", "front", budget_ms=0.02)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     line = budget_line(points[0], parse_budget("latency_ms <= 0.02"))
     assert line.startswith("Within cost/latency_ms <= 0.02: cnn_student_small[width=0.25] (trial 5;")
@@ -160,6 +167,17 @@ def test_a_tiny_compress_sweep_ends_with_a_confirmed_front(ray_session, isolated
     assert "the accuracy-vs-cost front (val/acc1 max, cost/macs min): re-trained on fresh seeds [1, 2]" in out
     assert "teacher tiny_teacher" in out and "(reference)" in out
     assert_front_published(tmp_path)
+    # resumed after the front was published: shown again, nothing registered or published twice
+    from mlflow.tracking import MlflowClient
+
+    from test_sweep import runs_by_kind
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    versions = len(MlflowClient(uri).search_model_versions("name='distill-student'"))
+    assert main([*args, "--resume"]) == 0
+    assert "teacher tiny_teacher" in capsys.readouterr().out
+    assert len(MlflowClient(uri).search_model_versions("name='distill-student'")) == versions
+    assert len(runs_by_kind(uri)["front"]) == 2
 
 
 def assert_front_published(tmp_path: Path) -> None:
@@ -212,3 +230,34 @@ def assert_front_published(tmp_path: Path) -> None:
     assert (exp_dir / "front.png").stat().st_size > 10_000
     assert "front.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "front/teacher/test_acc1" in parent.data.metrics and "front/teacher/cost/macs" in parent.data.metrics
+
+
+def test_a_torchscript_teachers_reference_row_has_its_size(tmp_path, capsys):
+    """A teacher given as TorchScript names no architecture: its params and MACs are measured on the loaded
+    module (the ONNX exporter cannot trace a loaded TorchScript module, so its latency is said to be missing)."""
+    import torch
+
+    from orchestrator.config.schema import load_config
+    from orchestrator.data import build_data
+    from orchestrator.models import build_model, describe_model
+    from orchestrator.sweep.confirm.front_stage import teacher_row
+
+    cfg = load_config(None, ["data.dataset=digits"])
+    data = build_data(cfg.data, 0)
+    model = build_model("tiny_teacher", 10, 1).eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(x).logits
+
+    path = tmp_path / "teacher.pt"
+    torch.jit.trace(Logits(), torch.zeros(1, 1, 8, 8)).save(str(path))
+    row = teacher_row(str(path), "scripted", 0.9, cfg, data)
+    size = describe_model(model, 1, 8)
+    assert row["label"] == "teacher scripted" and row["arch"] == "TorchScript"
+    assert row["cost/params"] == size["params"] and row["cost/macs"] == size["macs"]
+    assert "cost/latency_ms" not in row and "latency of teacher scripted was not measured" in capsys.readouterr().err

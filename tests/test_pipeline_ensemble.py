@@ -281,3 +281,84 @@ def test_pipeline_sweep_mode_uses_the_sweep_machinery_with_several_teachers(ray_
     assert len(trials) == 2 and all(t.data.tags["mlflow.parentRunId"] == sweep.info.run_id for t in trials)
     result = json.loads(next((tmp_path / "out" / "stages").glob("distill_ensemble-*.json")).read_text())
     assert result["best_params"] and Path(result["checkpoint"]).is_file()
+
+
+# ---------------------------------------------------------------- --compress
+
+FRONT_SPACE = str(Path(__file__).parent / "data" / "tiny_front_space.yaml")
+COMPRESS = ["--compress", f"sweep.search_space={FRONT_SPACE}", "sweep.objectives=[val/acc1:max,cost/macs:min]"]
+
+
+def compress_args(tmp_path: Path, *extra: str) -> list[str]:
+    """The tiny pipeline's arguments without pipeline.seeds (--compress confirms on sweep.confirm.seeds)."""
+    return [a for a in tiny_args(tmp_path, *extra) if a != "pipeline.seeds=3"]
+
+
+def test_compress_mode_takes_the_compress_space_and_refuses_what_gives_no_front(tmp_path, capsys):
+    """--compress: the compress space with its objectives and run sizes, each front point with its student
+    alone; --sweep with it, pipeline.seeds, a space without a cost objective or no confirmation: exit 2."""
+    from orchestrator.sweep.search.space import load_space
+    from pipelines.ensemble import build_parser
+    from pipelines.teachers import resolve
+
+    cfg = resolve(build_parser().parse_intermixed_args(["--compress"]))
+    assert (cfg.name, cfg.sweep.search_space, cfg.sweep.baseline) == ("fmnist-ensemble-compress", "compress", True)
+    assert (cfg.sweep.num_samples, cfg.sweep.confirm.top_k, cfg.sweep.confirm.seeds) == (12, 3, 3)
+    assert cfg.sweep.objectives == ["val/acc1:max", "cost/latency_ms:min"]
+    # DKD distils from one teacher only: with the ensemble's 3 it is not sampled, nor are its knobs
+    space = load_space("compress", cfg)
+    assert "dkd" not in next(p for p in space.params if p.key == "distill.method").choices
+    assert not any(p.key.startswith("distill.dkd.") for p in space.params)
+    assert "distill.method=dkd" in space.dropped and "not sampled: distill.method=dkd" in space.table()
+    for extra, key in ((["--sweep"], "pipeline.compress"), (["pipeline.seeds=2"], "pipeline.seeds"),
+                       (["sweep.objectives=null"], "sweep.objectives"), (["sweep.confirm.top_k=0"], "sweep.confirm.top_k")):
+        assert main(compress_args(tmp_path, *COMPRESS, *extra)) == 2
+        assert f"config key '{key}'" in capsys.readouterr().err
+    budget = ["--compress", f"sweep.search_space={FRONT_SPACE}", "sweep.budget=macs <= 1"]
+    assert main(compress_args(tmp_path, *budget)) == 2  # no student fits: known up front
+    assert "no student fits cost/macs" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_compress_dry_run_shows_the_search_the_students_and_the_reference_rows(tmp_path, capsys):
+    assert main(compress_args(tmp_path, *COMPRESS, "--dry-run")) == 0
+    out = capsys.readouterr().out
+    assert "compression search with the ensemble of 3 teachers as teacher:" in out
+    assert "search objectives: val/acc1 (max), cost/macs (min)" in out and "tiny_student[width=0.125]" in out
+    assert "confirmation: the Pareto front of the completed trials" in out and "reference rows of the front" in out
+    assert "stages: teachers, ensemble_eval, compress" in out
+    assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_compress_mode_ends_with_a_front_referenced_to_the_ensemble_and_its_teachers(
+        ray_session, isolated_cache, tmp_path, monkeypatch, capsys):
+    """Digits, two teachers: the sweep with the ensemble as teacher (through Ray Tune + Ray Train), its front
+    of the two students confirmed with each one alone, the ensemble and each teacher as reference rows."""
+    monkeypatch.chdir(tmp_path)
+    args = compress_args(tmp_path, *COMPRESS, "sweep.num_samples=3", "sweep.confirm.top_k=2", "sweep.confirm.seeds=2",
+                         "pipeline.teachers=[tiny_teacher:0, tiny_teacher:1]")
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    print(out)  # shown if an assertion fails
+    assert "ensemble of 2 (mean softmax)" in out and "teacher t1-tiny_teacher-s1" in out and "(reference)" in out
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    front = summary["front"]
+    assert [r["label"] for r in front["references"]] == [
+        "ensemble of 2 (mean softmax)", "teacher t0-tiny_teacher-s0", "teacher t1-tiny_teacher-s1"]
+    ens, t0, t1 = front["references"]
+    assert ens["cost/macs"] == t0["cost/macs"] + t1["cost/macs"] and ens["cost/latency_ms"] > 0
+    assert ens["test_acc1"] == summary["ensemble/test_acc1"]
+    points = front["points"]
+    assert [p["arch"] for p in points] == ["tiny_student[width=0.125]", "tiny_student[width=2.0]"]
+    for p in points:
+        assert p["seeds"] == [1, 2] and sorted(p["alone_test"]) == ["1", "2"] and Path(p["onnx"]).is_file()
+        assert p["gain_vs_alone"]["n"] == 2
+    assert Path(front["plot"]).is_file()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    kinds = _by_kind(_runs(uri))
+    stage = next(r for r in kinds["stage"] if r.data.tags["stage"] == "compress")
+    (sweep,) = kinds["sweep"]
+    assert sweep.data.tags["mlflow.parentRunId"] == stage.info.run_id
+    assert sweep.data.tags["front.reference.0"] == "ensemble of 2 (mean softmax)" and len(kinds["front"]) == 2
+    assert_every_run_closed(uri)

@@ -13,6 +13,7 @@ One YAML file (or none) and ``key.sub=value`` overrides, like the sweep::
         - {checkpoint: runs:/<run id>/teacher}   # or a checkpoint file
         - {checkpoint: resnet18.pt, arch: tv_resnet18}   # a plain state_dict of that model
       sweep: false                 # true: search sweep.search_space (default search_spaces/ensemble.yaml)
+      compress: false              # true: the ensemble as teacher of a compression search (search_spaces/compress.yaml)
       seeds: 3                     # each student trained on seeds seed, seed+1, ... (mean ± sd, paired intervals)
 
 Overrides reach list items by position (``pipeline.teachers.2.epochs=3``) or
@@ -85,6 +86,9 @@ class PipelineSection:
         ]
     )
     sweep: bool = False  # distil the ensemble with a sweep over sweep.search_space instead of one run
+    # the ensemble as the teacher of a compression search (sweep.search_space, default compress): its confirmed
+    # accuracy-vs-cost front with the ensemble and each teacher as reference rows, instead of the three students
+    compress: bool = False
     output_dir: str | None = None  # None -> ./runs/<name>-pipeline (stage results, students, comparison)
     inference_batch: int = 256  # batch size of the inference-time measurement
     timing_repeats: int = 10  # timed batches per model (median reported)

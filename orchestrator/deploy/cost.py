@@ -56,16 +56,23 @@ def measure_cost(arch: str, num_classes: int, in_channels: int, image_size: int,
     """Measure now: ``params``, ``macs`` (per image), ``latency_ms_b1``, ``latency_ms_b64`` (median
     ms/image under ONNX Runtime with ``threads`` intra-op threads), with the key's fields."""
     model = build_model(arch, num_classes, in_channels).eval()
+    return {**cost_key(arch, num_classes, in_channels, image_size, threads),
+            **model_cost(model, in_channels, image_size, threads)}
+
+
+def model_cost(model: torch.nn.Module, in_channels: int, image_size: int, threads: int) -> dict:
+    """``params``, ``macs`` and ``latency_ms_b1`` / ``latency_ms_b64`` of a built ``model`` (images
+    (B, in_channels, image_size, image_size) -> logits or a ModelOutput; e.g. a given TorchScript teacher),
+    measured now, not cached."""
     size = describe_model(model, in_channels, image_size)
     images = np.random.default_rng(0).standard_normal((max(BATCH_REPEATS), in_channels, image_size, image_size))
     images = images.astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="distill-cost-") as tmp:
-        path = to_onnx(model, torch.from_numpy(images[:1]), Path(tmp) / "student.onnx")
+        path = to_onnx(model, torch.from_numpy(images[:1]), Path(tmp) / "model.onnx")
         predict = predictor("onnx", path, threads=threads)
         latency = {f"latency_ms_b{b}": latency_ms(predict, images, b, repeats, WARMUP)
                    for b, repeats in BATCH_REPEATS.items()}
-    return {**cost_key(arch, num_classes, in_channels, image_size, threads),
-            "params": size["params"], "macs": size["macs"], **latency}
+    return {"params": size["params"], "macs": size["macs"], **latency}
 
 
 def student_cost(arch: str, num_classes: int, in_channels: int, image_size: int, threads: int,

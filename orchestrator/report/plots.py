@@ -209,12 +209,14 @@ def plot_sweeps(board: pd.DataFrame, table: pd.DataFrame, metric: str, mode: str
     return _save(fig, path)
 
 
-def plot_front(points, teacher: dict, seeds: list[int], path: Path, title: str, budget_ms: float | None = None) -> Path:
+def plot_front(points, references: list[dict], seeds: list[int], path: Path, title: str,
+               budget_ms: float | None = None) -> Path:
     """Test accuracy (%) vs ONNX Runtime latency (ms/image at batch 1, log x) of the confirmed front
     (:class:`orchestrator.sweep.confirm.front.FrontPoint`): each point distilled (filled, mean ± sd over ``seeds``) and its
     architecture alone (hollow, same latency), joined by a line (the gain); the confirmed front as a step line;
-    ``teacher`` (``label``, ``test_acc1``, ``cost/latency_ms``) as a star with its accuracy dashed; a latency
-    budget ``budget_ms`` as a dotted vertical line."""
+    ``references`` (``label``, ``test_acc1``, ``cost/latency_ms``): the first, the teacher (or the ensemble),
+    a red star with its accuracy dashed, the others (an ensemble's teachers) grey triangles; a latency budget
+    ``budget_ms`` as a dotted vertical line."""
     fig = _figure(8, 5)
     ax = fig.add_subplot()
     ax.set_xscale("log")
@@ -232,10 +234,12 @@ def plot_front(points, teacher: dict, seeds: list[int], path: Path, title: str, 
     if front:
         xs, ys = zip(*front)
         ax.step(xs, ys, where="post", color=_colour(0), alpha=0.6, label="confirmed front")
-    if teacher.get("cost/latency_ms") is not None:
-        ax.scatter([teacher["cost/latency_ms"]], [100 * teacher["test_acc1"]], marker="*", s=180, color="tab:red",
-                   edgecolors="black", zorder=4, label=f"teacher {teacher['label']}")
-    ax.axhline(100 * teacher["test_acc1"], color="tab:red", ls="--", lw=0.8, alpha=0.6)
+    for i, ref in enumerate(references):
+        if ref.get("cost/latency_ms") is not None:
+            ax.scatter([ref["cost/latency_ms"]], [100 * ref["test_acc1"]], marker="*" if i == 0 else "^",
+                       s=180 if i == 0 else 60, color="tab:red" if i == 0 else "tab:grey", edgecolors="black",
+                       zorder=4, label=ref["label"])
+    ax.axhline(100 * references[0]["test_acc1"], color="tab:red", ls="--", lw=0.8, alpha=0.6)
     if budget_ms is not None:
         ax.axvline(budget_ms, color="black", ls=":", lw=1, label=f"budget {budget_ms:g} ms/image")
     ax.set(xlabel="latency (ms/image, ONNX Runtime, batch 1; log scale)", ylabel="test acc1 (%)",

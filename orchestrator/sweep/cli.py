@@ -75,19 +75,21 @@ def resolve_config(args: argparse.Namespace) -> Config:
     if args.resume:  # the held keys are the ones the sweep started with (its config.yaml)
         return resumed_config(cfg, args.config, overrides, args.resume)
     given = given_keys(args.config, overrides)
-    return space_objectives_unless_given(hold_given(cfg, given), given)
+    return space_defaults_unless_given(hold_given(cfg, given), given)
 
 
-def space_objectives_unless_given(cfg: Config, given: list[str]) -> Config:
-    """``cfg`` with ``sweep.objectives`` taken from the search space's ``objectives:`` (e.g. compress.yaml's
-    accuracy-vs-latency front) unless the user set it or a ``sweep.budget`` (budget mode has the one objective);
-    validated like a given value (ConfigError)."""
-    from orchestrator.sweep.search.space import space_objectives
+def space_defaults_unless_given(cfg: Config, given: list[str]) -> Config:
+    """``cfg`` with what the search space declares for itself, each unless the user set it: ``defaults:``
+    (compress.yaml: its name, trials and confirmed points sized for its time budget) and ``objectives:`` as
+    ``sweep.objectives`` (compress.yaml's accuracy-vs-latency front; not with a ``sweep.budget``, whose mode has
+    the one objective); validated like given values (ConfigError)."""
+    from orchestrator.sweep.search.space import space_defaults, space_objectives
 
+    values = {k: v for k, v in space_defaults(cfg.sweep.search_space).items() if k not in given}
     declared = space_objectives(cfg.sweep.search_space)
-    if declared is None or "sweep.objectives" in given or cfg.sweep.budget:
-        return cfg
-    return apply_overrides(cfg, {"sweep.objectives": declared})
+    if declared is not None and "sweep.objectives" not in given and not cfg.sweep.budget:
+        values["sweep.objectives"] = declared
+    return apply_overrides(cfg, values) if values else cfg
 
 
 def hold_given(cfg: Config, given: list[str]) -> Config:

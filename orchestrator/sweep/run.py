@@ -47,7 +47,9 @@ from orchestrator.sweep.trial import TrialContext
 class SweepRunner:
     """``teachers``: distil from these (paths/URIs; several = an ensemble) instead of ``ensure_teacher``;
     ``teacher_outputs``: their precomputed output files (None: computed here when possible);
-    ``parent_tags``: extra tags of the sweep's parent run (e.g. ``mlflow.parentRunId`` of a pipeline stage)."""
+    ``parent_tags``: extra tags of the sweep's parent run (e.g. ``mlflow.parentRunId`` of a pipeline stage);
+    ``references``: the front's reference rows (``front_stage.teacher_row``: the ensemble and each teacher, as the
+    pipeline measured them) instead of the best single teacher's."""
 
     def __init__(
         self,
@@ -58,10 +60,13 @@ class SweepRunner:
         teachers: list[str] | None = None,
         teacher_outputs: list[str] | None = None,
         parent_tags: dict[str, str] | None = None,
+        references: list[dict] | None = None,
     ):
         self.plan, self.cfg, self.data, self.resume = plan, plan.cfg, data, resume
         self.storage = storage.local_root(self.cfg.sweep.storage_path)  # the driver's sweep folders
         self.teachers, self.given_outputs, self.parent_tags = teachers, teacher_outputs, dict(parent_tags or {})
+        self.references = references
+        self.front_text: str | None = None  # the printed front table, once published
         self.points = paper_points(plan.space, self.cfg) if self.cfg.sweep.paper_defaults else []
 
     def run(self) -> int:
@@ -251,18 +256,29 @@ class SweepRunner:
                     if r.data.tags.get("trial_number") == str(chosen.trial)]
         if best_run:
             tracking.set_tags(client, best_run[0].info.run_id, {"orchestrator.best": "true"})
-        version = register_student(client, parent_id, cfg, data, student, student_path, summary, verdict, exp_dir)
+        if "registered_version" in state:  # resumed after registering: not registered twice
+            version = state["registered_version"] or None
+        else:
+            version = register_student(client, parent_id, cfg, data, student, student_path, summary, verdict, exp_dir)
+            record_state(exp_dir, state, registered_version=version or "")
         label = cfg.model.teacher if not self.teachers or len(self.teachers) == 1 else f"best of {len(self.teachers)} teachers"
         if spec is not None and verdict.confirmed:  # the front: each point exported, logged, registered
-            teacher = front_stage.teacher_row(teacher_source, label, teacher_test, cfg, data)
-            points, summary["front"] = front_stage.publish(
-                client, parent_id, cfg, self.plan.space.fixed, data, verdict, spec,
-                lambda params: self._point_cost(ctx, params), teacher, version, exp_dir)
+            cost_of = lambda params: self._point_cost(ctx, params)  # noqa: E731
+            published = front_stage.published(exp_dir) if self.resume else None
+            if published is not None:  # resumed after publishing: the same runs and versions, shown again
+                points = front.confirmed_points(verdict.cands, spec, cost_of, cfg.sweep.confirm.level)
+                summary["front"], references = published, published["references"]
+            else:
+                references = self.references or [front_stage.teacher_row(teacher_source, label, teacher_test, cfg, data)]
+                points, summary["front"] = front_stage.publish(
+                    client, parent_id, cfg, self.plan.space.fixed, data, verdict, spec, cost_of, references, version,
+                    exp_dir)
         (exp_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         tracking.log_file(client, parent_id, exp_dir / "summary.json")
         tracking.log_file(client, parent_id, outcome.plot(verdict, exp_dir / "confirm.png"))
         if "front" in summary:
-            print("\n" + front.table(points, spec, verdict.seeds, teacher))
+            self.front_text = front.table(points, spec, verdict.seeds, references)
+            print("\n" + self.front_text)
             if spec.budget is not None:
                 print("\n" + front.budget_line(next(p for p in points if p.cand is chosen), spec.budget))
             print(f"Front: {exp_dir / 'front.png'}; each point's student as ONNX in {exp_dir / 'front'}")

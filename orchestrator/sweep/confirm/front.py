@@ -184,17 +184,18 @@ def confirmed_points(cands: Sequence[Candidate], spec: FrontSpec, cost_of: Calla
     return points
 
 
-def table(points: Sequence[FrontPoint], spec: FrontSpec, seeds: Sequence[int], teacher: Mapping[str, Any]) -> str:
+def table(points: Sequence[FrontPoint], spec: FrontSpec, seeds: Sequence[int],
+          references: Sequence[Mapping[str, Any]]) -> str:
     """The printed front: per point its architecture, params, MACs, latency, test accuracy mean ± sd, the
-    same architecture alone and the paired gain with its interval; the teacher as the reference row
-    (``teacher``: ``label``, ``test_acc1`` and the ``cost/*`` metrics)."""
+    same architecture alone and the paired gain with its interval; ``references`` (the teacher, or the
+    ensemble and each of its teachers: ``label``, ``test_acc1`` and the ``cost/*`` metrics) as reference rows."""
     what = (f"the most accurate student within {spec.budget}" if spec.budget else
             f"the accuracy-vs-cost front ({spec.accuracy} {spec.accuracy_mode}, {spec.cost} min)")
     lines = [f"== {what}: re-trained on fresh seeds [{', '.join(map(str, seeds))}], each paired with the same "
              "architecture trained alone ==",
              f"  {'architecture':<40} {'params':>10} {'M MACs':>8} {'ms/img':>8}  {'test acc1 %':>14}  "
-             f"{'alone %':>14}   gain over alone [95% CI]",
-             _row(" ", f"teacher {teacher['label']}", teacher, f"{100 * teacher['test_acc1']:.2f}", "", "(reference)")]
+             f"{'alone %':>14}   gain over alone [95% CI]"]
+    lines += [_row(" ", r["label"], r, f"{100 * r['test_acc1']:.2f}", "", "(reference)") for r in references]
     for i, p in enumerate(points, 1):
         alone = _pm(p.alone_test) if p.alone_test else ""
         lines.append(_row("*" if p.on_front else " ", f"{i}. {p.arch}", p.cost, _pm(p.test), alone,

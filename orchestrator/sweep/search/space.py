@@ -63,6 +63,7 @@ class SearchSpace:
     description: str = ""
     held: dict[str, str] = field(default_factory=dict)  # key (its value in fixed) -> what the space had instead
     not_sampled: dict[str, str] = field(default_factory=dict)  # key -> the condition a held value rules out
+    dropped: dict[str, str] = field(default_factory=dict)  # a choice taken out of the space -> why (e.g. one teacher)
 
     def define_by_run(self, base: Config) -> DefineByRun:
         """The Optuna define-by-run function: samples ``params``; returns ``fixed`` as constants."""
@@ -73,6 +74,7 @@ class SearchSpace:
         lines = [f"search space '{self.name}'" + (f": {self.description}" if self.description else "")]
         lines += [f"  {k:<{width}}  = {v!r}  ({'given' if k in self.held else 'fixed'})" for k, v in self.fixed.items()]
         lines += [f"  {p.key:<{width}}  ~ {p.describe()}" for p in self.params]
+        lines += [f"  not sampled: {choice} ({why})" for choice, why in self.dropped.items()]
         return "\n".join(lines + ([self.held_line()] if self.held else []))
 
     def held_line(self) -> str:
@@ -135,12 +137,38 @@ def space_keys(name_or_path: str) -> set[str]:
 def space_objectives(name_or_path: str) -> list | None:
     """The ``objectives:`` a space file declares (its default ``sweep.objectives``, e.g. compress.yaml's
     accuracy-vs-latency front), or None (none declared, or the file cannot be read: :func:`load_space` says why)."""
+    raw = _read_space(name_or_path)
+    return raw.get("objectives") if isinstance(raw, dict) else None
+
+
+# the run-sizing keys a space file may give defaults for (``defaults:``): what suits the space, e.g. how many
+# trials and how many confirmed points fit its time budget; a value the user gives wins
+SPACE_DEFAULT_KEYS = ("name", "sweep.num_samples", "sweep.confirm.top_k", "sweep.confirm.seeds")
+
+
+def space_defaults(name_or_path: str) -> dict[str, Any]:
+    """The ``defaults:`` a space file declares (``{key: value}``, keys of :data:`SPACE_DEFAULT_KEYS`); a key
+    outside them is a ConfigError naming it; {} when none (or the file cannot be read: :func:`load_space` says why)."""
+    raw = _read_space(name_or_path)
+    declared = raw.get("defaults") if isinstance(raw, dict) else None
+    if declared is None:
+        return {}
+    where = space_path(name_or_path).name
+    if not isinstance(declared, dict):
+        raise ConfigError(f"{where}:defaults", declared, f"a mapping of some of {list(SPACE_DEFAULT_KEYS)}")
+    for key in declared:
+        if key not in SPACE_DEFAULT_KEYS:
+            raise ConfigError(f"{where}:defaults.{key}", declared[key], f"one of {list(SPACE_DEFAULT_KEYS)}")
+    return dict(declared)
+
+
+def _read_space(name_or_path: str) -> Any:
+    """The parsed space file, or None when it is missing or unreadable (:func:`load_space` says why)."""
     path = space_path(name_or_path)
     try:
-        raw = read_yaml(path) if path.is_file() else None
+        return read_yaml(path) if path.is_file() else None
     except ConfigError:
         return None
-    return raw.get("objectives") if isinstance(raw, dict) else None
 
 
 def available_spaces() -> list[str]:
@@ -155,16 +183,42 @@ def load_space(name_or_path: str, base: Config, num_train_samples: int | None = 
     raw = read_yaml(path) or {}
     if not isinstance(raw, dict) or not isinstance(raw.get("params", {}), dict):
         raise ConfigError("sweep.search_space", str(path), "a YAML mapping with a 'params' mapping")
-    unknown = set(raw) - {"description", "fixed", "params", "objectives"}
+    unknown = set(raw) - {"description", "fixed", "params", "objectives", "defaults"}
     if unknown:
         raise ConfigError(f"{path.name}:{sorted(unknown)[0]}", raw[sorted(unknown)[0]],
-                          "description, fixed, params, objectives")
+                          "description, fixed, params, objectives, defaults")
     fixed = current_names(dict(raw.get("fixed") or {}), f"{path.name}:")
     specs = current_names(dict(raw.get("params") or {}), f"{path.name}:")
     params = [_parse_param(key, spec, path.name) for key, spec in specs.items()]
     space = _hold(SearchSpace(path.stem, params, fixed, str(raw.get("description", "")).strip()), base)
+    space = _for_teachers(space, base, path.name)
     _validate(space, base, num_train_samples, path.name)
     return space
+
+
+def _for_teachers(space: SearchSpace, base: Config, where: str) -> SearchSpace:
+    """``space`` for the ensemble pipeline's M teachers (``base.pipeline``): the ``distill.method`` choices
+    that cannot distil from M teachers (e.g. DKD: one teacher only) taken out, each in ``dropped`` with why; a
+    ConfigError when none is left."""
+    count = len(base.pipeline.teachers) if base.pipeline is not None else 1
+    param = next((p for p in space.params if p.key == METHOD_KEY and p.type == "categorical"), None)
+    if count <= 1 or param is None:
+        return space
+    from dataclasses import replace
+
+    from orchestrator.distill.registry import supports_teachers
+
+    dropped = {f"{METHOD_KEY}={m}": f"one teacher only, the ensemble has {count}" for m in param.choices
+               if supports_teachers(replace(base.distill, method=m), count)}
+    if not dropped:
+        return space
+    kept = [m for m in param.choices if f"{METHOD_KEY}={m}" not in dropped]
+    if not kept:
+        raise ConfigError(f"{where}:{METHOD_KEY}", param.choices,
+                          f"a method that distils from {count} teachers (or one teacher in pipeline.teachers)")
+    params = [Param(**{**p.__dict__, "choices": kept}) if p is param else p for p in space.params
+              if METHOD_KEY not in p.when or set(p.when[METHOD_KEY]) & set(kept)]  # a dropped method's knobs too
+    return SearchSpace(space.name, params, space.fixed, space.description, space.held, space.not_sampled, dropped)
 
 
 def _hold(space: SearchSpace, base: Config) -> SearchSpace:
