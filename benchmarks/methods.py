@@ -43,12 +43,15 @@ QUICK = ["data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tin
 
 
 def default_methods() -> list[str]:
-    """Every preset, plus ``ce+<term>`` for each term that no preset of the form ``ce+<term>`` covers."""
+    """Every preset, plus ``ce+<term>`` for each term with reference code that no preset of the form ``ce+<term>``
+    covers (a term without reference code, e.g. a user's, has no paper setting or space to compare: name it with
+    ``--methods``)."""
     from orchestrator.distill import registry
 
     methods = [m for m in registry.method_names() if m != ALONE]
     covered = {"+".join(registry.method_terms(m)) for m in methods}
-    return methods + [f"ce+{t}" for t in registry.term_names() if t != ALONE and f"ce+{t}" not in covered]
+    return methods + [f"ce+{t}" for t in registry.term_names()
+                      if t != ALONE and f"ce+{t}" not in covered and not registry.term(t).no_reference]
 
 
 def space_for(method: str) -> Path:
