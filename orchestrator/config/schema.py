@@ -673,12 +673,12 @@ def validate(cfg: Config) -> None:
         method_terms(ds.method)
     except ValueError:
         raise ConfigError("distill.method", ds.method, allowed_methods()) from None
-    from orchestrator.models.base import family_prefixes, is_known_model, model_names  # the registry (plain PyTorch)
+    from orchestrator.models.base import is_known_model, known_models_text  # the registry (plain PyTorch)
 
     for key in ("teacher", "student"):
         name = getattr(cfg.model, key)
-        families = "".join(f", or {p}<name>" for p in family_prefixes())
-        _check(is_known_model(name), f"model.{key}", name, f"a known model: {', '.join(model_names())}{families}")
+        if not is_known_model(name):
+            raise ConfigError(f"model.{key}", name, known_models_text())
     _check_student_knobs(cfg.model)
     _positive("train.epochs", tr.epochs)
     _check(tr.optimizer in ("sgd", "adamw"), "train.optimizer", tr.optimizer, "'sgd' or 'adamw'")
@@ -718,17 +718,15 @@ def validate(cfg: Config) -> None:
 def _validate_pipeline(cfg: Config) -> None:
     """The pipeline section against the rest: known teacher models, trained teachers (no teacher.weights),
     as many teachers as the objective supports, distinct teachers."""
-    from orchestrator.models.base import family_prefixes, is_known_model, model_names
+    from orchestrator.models.base import is_known_model, known_models_text
 
     if cfg.teacher.weights:
         raise ConfigError("teacher.weights", cfg.teacher.weights, "null: the pipeline trains its teachers from scratch "
                           "(give pretrained or fine-tuned teachers as pipeline.teachers.<i>.checkpoint)")
-    families = "".join(f", or {p}<name>" for p in family_prefixes())
     for i, spec in enumerate(cfg.pipeline.teachers):
         key = f"pipeline.teachers.{i}"
-        if not spec.checkpoint:
-            _check(is_known_model(spec.arch), f"{key}.arch", spec.arch,
-                   f"a known model: {', '.join(model_names())}{families} (or give {key}.checkpoint)")
+        if not spec.checkpoint and not is_known_model(spec.arch):
+            raise ConfigError(f"{key}.arch", spec.arch, f"{known_models_text()} (or give {key}.checkpoint)")
     problem = supports_teachers(cfg.distill, len(cfg.pipeline.teachers))
     if problem:
         raise ConfigError("distill.method", cfg.distill.method, problem)

@@ -24,12 +24,24 @@ take their offsets/flips from :meth:`CropFlip.view_params`, a pure function of
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 
 from orchestrator.data import views
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
+
+
+def _v2():
+    """``torchvision.transforms.v2``, imported when a per-image transform is built: importing torchvision costs
+    ~2 s (it pulls in torch._dynamo), which the in-memory datasets' batch kernels and every trial process that
+    only reads the constants here would pay for nothing."""
+    from torchvision.transforms import v2
+
+    return v2
 
 # (mean, std) per channel, of pixels scaled to [0, 1], over the training set
 STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -50,6 +62,7 @@ class CropFlip:
     flip: bool = True
 
     def per_sample(self) -> v2.Compose:
+        v2 = _v2()
         ops: list = [v2.RandomCrop(self.size, padding=self.padding, fill=0, padding_mode="constant")]
         if self.flip:
             ops.append(v2.RandomHorizontalFlip(p=0.5))
@@ -116,6 +129,7 @@ IN_MEMORY_AUGMENT: dict[str, CropFlip] = {
 
 
 def normalize(name: str) -> v2.Normalize:
+    v2 = _v2()
     mean, std = STATS[name]
     return v2.Normalize(mean=list(mean), std=list(std))
 
@@ -133,6 +147,7 @@ DEFAULT_RESIZE = "resize_then_center_crop"
 
 def fit_to_size(image_size: int, resize: str) -> list:
     """The v2 ops that turn a PIL image of any size into ``image_size`` x ``image_size`` as ``resize`` says."""
+    v2 = _v2()
     if resize == "resize_then_center_crop":
         return [v2.Resize(image_size), v2.CenterCrop(image_size)]
     if resize == "resize":
@@ -145,6 +160,7 @@ def fit_to_size(image_size: int, resize: str) -> list:
 def imagefolder_transforms(image_size: int, augment: bool, resize: str = DEFAULT_RESIZE) -> tuple[v2.Compose, v2.Compose]:
     """(train, eval) pipelines for PIL images of an ImageFolder: -> normalised float (3, S, S). Eval (and train
     without augmentation): ``resize`` (:data:`RESIZE_POLICIES`); augmenting: RandomResizedCrop(S) + flip."""
+    v2 = _v2()
     to_float = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), normalize("imagefolder")]
     eval_tf = v2.Compose([*fit_to_size(image_size, resize), *to_float])
     if not augment:

@@ -1,7 +1,8 @@
 """Model zoo: every model maps images to ``ModelOutput(features, embedding, logits)``.
 
 Importing this package registers all models; build one with
-``build_model(name, num_classes, in_channels)``; ``timm:<name>`` builds any timm model. Plain PyTorch only.
+``build_model(name, num_classes, in_channels)``; ``timm:<name>`` builds any timm model, ``tv_<name>`` a
+torchvision one (their libraries are imported on first use).
 """
 
 from __future__ import annotations
@@ -9,9 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from orchestrator.models import (  # noqa: F401  (registers)
-    cnn, mobilenetv2, resnet, resnet50, shufflenet, timm_adapter, tiny, torchvision_adapter, vgg, wrn,
-)
+# registers the zoo; torchvision's (tv_) and timm's (timm:) models register when a name of theirs is first asked for
+from orchestrator.models import cnn, mobilenetv2, resnet, resnet50, shufflenet, tiny, vgg, wrn  # noqa: F401
 from orchestrator.models.base import ModelOutput, build_model, model_names, register_model
 
 __all__ = ["ModelOutput", "build_model", "describe_model", "model_names", "register_model"]

@@ -7,6 +7,7 @@ exposes ``embedding_dim`` (the size of ``ModelOutput.embedding``).
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,22 @@ _REGISTRY: dict[str, ModelFactory] = {}
 # "<prefix><name>" -> factory(name, num_classes, in_channels): open-ended families such as ``timm:``
 _FAMILIES: dict[str, Callable[..., nn.Module]] = {}
 _FAMILY_NAMES: dict[str, Callable[[str], bool]] = {}  # prefix -> does this name exist in the family
+# name prefix -> module that registers those names when imported: torchvision's models (``tv_``) and timm's
+# (``timm:``) cost 2-3 s of imports (torchvision pulls in torch._dynamo), which every trial process would pay
+# for models it never builds; they are imported the first time a name with their prefix is asked for
+TORCHVISION_PREFIX, TIMM_PREFIX = "tv_", "timm:"
+_LAZY: dict[str, str] = {
+    TORCHVISION_PREFIX: "orchestrator.models.torchvision_adapter",
+    TIMM_PREFIX: "orchestrator.models.timm_adapter",
+}
+
+
+def _import_lazy(name: str | None = None) -> None:
+    """Import the modules registering ``name``'s prefix (every lazy module when ``name`` is None)."""
+    for prefix, module in list(_LAZY.items()):
+        if name is None or name.startswith(prefix):
+            _LAZY.pop(prefix, None)
+            importlib.import_module(module)
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
@@ -85,11 +102,19 @@ def register_family(prefix: str, factory: Callable[..., nn.Module], exists: Call
 
 
 def model_names() -> list[str]:
+    _import_lazy()
     return sorted(_REGISTRY)
 
 
 def family_prefixes() -> list[str]:
+    _import_lazy()
     return sorted(_FAMILIES)
+
+
+def known_models_text() -> str:
+    """What a model name may be, for an error message: every registered name, then each family's form."""
+    families = "".join(f", or {p}<name>" for p in family_prefixes())
+    return f"a known model: {', '.join(model_names())}{families}"
 
 
 def split_arch(arch: str) -> tuple[str, dict]:
@@ -126,6 +151,7 @@ def arch_spec(name: str, knobs: dict) -> str:
 def model_knobs(name: str) -> dict:
     """The size knobs (keyword -> default) a registered model's builder takes, as timm's model args:
     ``cnn_student_small`` -> ``{"width": 1.0, "depth": 1}``; ``{}`` for a family (timm:, tv_) or no knobs."""
+    _import_lazy(name)
     factory = _REGISTRY.get(split_arch(name)[0])
     if factory is None:
         return {}
@@ -145,6 +171,7 @@ def knob_problem(name: str, knobs: dict) -> str | None:
 
 def is_known_model(name: str) -> bool:
     """A registered name (with knobs it takes: ``name[width=0.5]``), or ``<prefix><name>`` of a family that has that name."""
+    _import_lazy(name)
     for prefix, exists in _FAMILY_NAMES.items():
         if name.startswith(prefix):
             return exists(name[len(prefix):])
@@ -157,6 +184,7 @@ def build_model(name: str, num_classes: int, in_channels: int, **knobs) -> nn.Mo
 
     ``knobs``: size knobs the model's builder takes (:func:`model_knobs`), also given in the name as
     ``name[width=0.5,depth=2]``; one it does not take is a ValueError naming what it takes."""
+    _import_lazy(name)
     for prefix, factory in _FAMILIES.items():
         if name.startswith(prefix):
             if knobs:

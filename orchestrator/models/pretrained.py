@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from orchestrator.models import timm_adapter, torchvision_adapter
-from orchestrator.models.base import build_model
+from orchestrator.models.base import TIMM_PREFIX, TORCHVISION_PREFIX, build_model
 
 TIMM_DEFAULT = "pretrained"
 
@@ -28,7 +27,7 @@ class WeightsUnavailableError(RuntimeError):
 
 
 def _family(arch: str) -> tuple[str, str] | None:
-    for prefix in (torchvision_adapter.PREFIX, timm_adapter.PREFIX):
+    for prefix in (TORCHVISION_PREFIX, TIMM_PREFIX):
         if arch.startswith(prefix):
             return prefix, arch[len(prefix):]
     return None
@@ -40,8 +39,10 @@ def available_weights(arch: str) -> list[str]:
     if family is None:
         return []
     prefix, name = family
-    if prefix == timm_adapter.PREFIX:
-        tags = [full.partition(".")[2] for full in timm_adapter.timm.list_pretrained(name) if full.partition(".")[0] == name]
+    if prefix == TIMM_PREFIX:
+        import timm
+
+        tags = [full.partition(".")[2] for full in timm.list_pretrained(name) if full.partition(".")[0] == name]
         return [TIMM_DEFAULT, *tags] if tags else []
     import torchvision
 
@@ -78,7 +79,9 @@ def pretrained_stats(arch: str, weights: str | None = None) -> tuple[tuple[float
     if family is None:
         raise ValueError(f"'{arch}' has no pretrained configuration (only tv_<name> and timm:<name> do)")
     prefix, name = family
-    if prefix == timm_adapter.PREFIX:
+    if prefix == TIMM_PREFIX:
+        from orchestrator.models import timm_adapter
+
         cfg = timm_adapter.create(_timm_name(name, weights or TIMM_DEFAULT), 10, 3).pretrained_cfg
         return tuple(cfg["mean"]), tuple(cfg["std"])
     try:
@@ -92,7 +95,7 @@ def _unavailable(arch: str, weights: str, exc: Exception) -> WeightsUnavailableE
     import huggingface_hub.constants
 
     torch_cache = Path(torch.hub.get_dir()) / "checkpoints"
-    where = torch_cache if arch.startswith(torchvision_adapter.PREFIX) else Path(huggingface_hub.constants.HF_HUB_CACHE)
+    where = torch_cache if arch.startswith(TORCHVISION_PREFIX) else Path(huggingface_hub.constants.HF_HUB_CACHE)
     return WeightsUnavailableError(
         f"the {weights} weights of '{arch}' could not be downloaded ({type(exc).__name__}: {exc}) and are not in the "
         f"local cache {where}. Pre-populate the cache on a machine with network access and copy it here "
@@ -109,9 +112,11 @@ def build_with_weights(arch: str, num_classes: int, in_channels: int, weights: s
     problem = weights_problem(arch, weights)
     if problem:
         raise ValueError(f"weights '{weights}' for '{arch}': expected {problem}")
+    from orchestrator.models import timm_adapter, torchvision_adapter
+
     prefix, name = _family(arch)
     try:
-        if prefix == timm_adapter.PREFIX:
+        if prefix == TIMM_PREFIX:
             net = timm_adapter.timm.create_model(
                 _timm_name(name, weights), pretrained=True, num_classes=num_classes, in_chans=in_channels
             )

@@ -17,9 +17,8 @@ from __future__ import annotations
 import timm
 from torch import Tensor, nn
 
+from orchestrator.models.base import TIMM_PREFIX as PREFIX
 from orchestrator.models.base import ModelOutput, register_family
-
-PREFIX = "timm:"
 
 
 class TimmAdapter(nn.Module):

@@ -29,9 +29,8 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from orchestrator.models.base import TORCHVISION_PREFIX as PREFIX
 from orchestrator.models.base import ModelOutput, register_model
-
-PREFIX = "tv_"
 
 # name prefix -> why it is not registered (checked by a one-off probe of every
 # torchvision classification model at 8x8, 28x28 and 32x32 inputs).

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from orchestrator.models import timm_adapter, torchvision_adapter
-from orchestrator.models.base import build_model
+from orchestrator.models.base import TIMM_PREFIX, TORCHVISION_PREFIX, build_model
 
 SHOWN = 5  # keys listed per kind of mismatch
 
@@ -55,19 +54,19 @@ def load_weights(arch: str, state_dict: dict[str, Tensor], num_classes: int, in_
     Raises ValueError naming the first missing/unexpected/mis-shaped keys.
     """
     model = build_model(arch, num_classes, in_channels)
-    if set(state_dict) == set(model.state_dict()) or not arch.startswith(
-        (torchvision_adapter.PREFIX, timm_adapter.PREFIX)
-    ):
+    if set(state_dict) == set(model.state_dict()) or not arch.startswith((TORCHVISION_PREFIX, TIMM_PREFIX)):
         return _load(model, state_dict, arch)
-    if arch.startswith(timm_adapter.PREFIX):
-        name = arch[len(timm_adapter.PREFIX):]
+    from orchestrator.models import timm_adapter, torchvision_adapter  # imported by build_model above
+
+    if arch.startswith(TIMM_PREFIX):
+        name = arch[len(TIMM_PREFIX):]
         probe = timm_adapter.create(name, num_classes, 3)
         conv_key = probe.pretrained_cfg.get("first_conv", "conv1") + ".weight"
         net = timm_adapter.create(name, num_classes, _channels(state_dict, conv_key, 3))
         _load(net, state_dict, arch)
         torchvision_adapter.replace_first_conv(net, in_channels, keep_weights=True)
         return timm_adapter.TimmAdapter(net)
-    name = arch[len(torchvision_adapter.PREFIX):]
+    name = arch[len(TORCHVISION_PREFIX):]
     net = torchvision_adapter.construct(name, num_classes)
     path, conv = torchvision_adapter.first_conv(net)
     torchvision_adapter.replace_first_conv(net, _channels(state_dict, f"{path}.weight", conv.in_channels))
