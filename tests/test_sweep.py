@@ -88,6 +88,9 @@ def test_tiny_sweep_end_to_end(ray_session, isolated_cache, tmp_path, monkeypatc
     board = pd.read_csv(exp_dir / "leaderboard.csv").set_index("trial")
     assert board.loc[1, "paper_default"] == "kd" and board.loc[2, "paper_default"] == "crd_kd"
     assert board.loc[1, "distill.kd.temperature"] == 4.0 and board.loc[2, "distill.crd.nce_t"] == 0.07
+    # Tune's per-trial logs: result.json only (the leaderboard's rows), re-uploaded at every state save.
+    logs = {p.name for trial in exp_dir.glob("run_trial_*") for p in trial.iterdir() if p.is_file()}
+    assert logs == {"result.json"}, logs
     # Confirmation: one FINISHED run per (config, seed) under the confirm stage, fresh seeds only.
     summary = json.loads((exp_dir / "summary.json").read_text())
     kinds = runs_by_kind(uri)

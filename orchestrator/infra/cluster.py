@@ -35,6 +35,9 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines instead of Tune's tables
     # With checkpoint retention (num_to_keep) Tune snapshots its state at every report and warns each time.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Each of those snapshots uploads Tune's per-trial logs again: only result.json is kept
+    # (orchestrator.sweep.results_log; Tune's CSV, params and TensorBoard files are not written).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # A reused trial actor (in-process trials) waits this long for the previous trial's thread (its
     # TorchTrainer winding down, its MLflow run closing) before starting the next trial. Tune's default,
     # 2 s, is too short on a loaded machine: the reset fails, the new trial errors and the sweep stalls.
