@@ -18,6 +18,21 @@ def digits(seed: int = 0, **kw) -> DataBundle:
     return build_data(DataConfig(dataset="digits", **kw), seed)
 
 
+def test_digits_are_scikit_learns_read_without_importing_it():
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from orchestrator.data.digits import _decode
+
+    source, bunch = _decode(), load_digits()
+    assert torch.equal(source.images, torch.from_numpy(bunch.images.astype("uint8")).unsqueeze(1))
+    assert torch.equal(source.labels, torch.from_numpy(bunch.target).long())
+    code = "import sys; from orchestrator.data.digits import _decode; _decode(); print('sklearn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
 def test_digits_bundle_shapes_and_classes():
     b = digits()
     assert (b.name, b.num_classes, b.in_channels, b.image_size) == ("digits", 10, 1, 8)
