@@ -19,4 +19,4 @@ class ResultsLog(JsonLoggerCallback):
     experiment state, its MLflow run and the leaderboard)."""
 
     def update_config(self, trial, config: dict) -> None:
-        """Writes nothing (Tune's own writes the config twice per trial)."""
+        """Writes nothing (Tune's own writes the config to ``params.json`` and ``params.pkl``)."""
