@@ -1,5 +1,6 @@
 """A two-node Ray cluster whose worker node shares no filesystem with the driver: storage in an S3 bucket (moto's
-server), tracking on an MLflow server, trials on the worker node; the driver SIGKILLed mid-sweep and resumed."""
+server), tracking on an MLflow server, trials on the worker node; the driver SIGKILLed mid-sweep, its ./runs
+deleted, and resumed from the bucket."""
 
 from __future__ import annotations
 
@@ -100,7 +101,7 @@ def test_sweep_on_a_worker_node_that_sees_no_driver_file_resumes_from_the_bucket
     """The worker node runs in its own mount namespace where the driver's working folder (its runs folder, its
     cache, the servers' files) and the home cache are empty tmpfs mounts; the head node has no CPU, so every trial
     runs on the worker. Storage: s3://sweeps/runs on moto; tracking: an MLflow server. The driver is SIGKILLed
-    once the first trial has reported, then --resume finishes the sweep from the bucket."""
+    once the first trial has reported and its ./runs deleted, then --resume finishes the sweep from the bucket."""
     env = {**os.environ, **S3_ENV, "AWS_ENDPOINT_URL": s3_server, "RAY_AUTH_MODE": "disabled",
            "RAY_AIR_NEW_OUTPUT": "0"}
     home_cache = Path.home() / ".cache"
@@ -131,10 +132,14 @@ def test_sweep_on_a_worker_node_that_sees_no_driver_file_resumes_from_the_bucket
         assert any(TRIAL_EPOCH.search(line) for line in first), "".join(first)[-4000:]
         assert any("/experiment_state" in k for k in bucket_keys(s3_server))  # Tune saved to the bucket
 
+        folder = next(p for p in (tmp_path / "runs").iterdir() if p.is_dir()).name
+        shutil.rmtree(tmp_path / "runs")  # a driver on a new machine: the sweep folder only in the bucket
         resumed = subprocess.run([*args, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True,
                                  timeout=900)
         (tmp_path / "resumed.log").write_text(resumed.stdout + resumed.stderr)
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        assert f"the sweep folder {tmp_path / 'runs' / folder} restored from s3://{BUCKET}/runs/{folder}/driver" \
+            in resumed.stdout
 
     assert_sweep_logged(mlflow_server, trials=3)  # every trial FINISHED, val/acc1 at every epoch, nothing RUNNING
     kinds = runs_by_kind(mlflow_server)
@@ -143,7 +148,6 @@ def test_sweep_on_a_worker_node_that_sees_no_driver_file_resumes_from_the_bucket
     assert set(ran_on.values()) == {nodes["worker"]}, ran_on
 
     keys = bucket_keys(s3_server)
-    folder = next(p for p in (tmp_path / "runs").iterdir() if p.is_dir()).name
     for run in kinds["trial"]:  # each trial's checkpoints are in the bucket, under the sweep's place
         trial_id = run.data.tags["trial_id"]
         assert any(k.startswith(f"runs/{folder}/") and trial_id in k and "/checkpoint_" in k for k in keys), trial_id

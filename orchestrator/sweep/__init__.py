@@ -4,6 +4,7 @@
 - :mod:`.run`             SweepRunner: Ray, the teacher, the parent MLflow run, the steps below in order
 - :mod:`.plan`            what the sweep will do, computed and checked before anything starts
 - :mod:`.folder`          the sweep folder: created or found for ``--resume``, its state file
+- :mod:`.driver_copy`     with a storage URI, the folder's resume files copied there (a resume from the bucket alone)
 - :mod:`.search`          the Tune search: the space, Optuna TPE (paper-default points first), ASHA / ParetoHalving
 - :mod:`.trial`           one Tune trial (or confirmation job) = one Ray Train run and one MLflow child run
 - :mod:`.confirm`         the confirmation: candidates x fresh seeds, the verdict, the confirmed front

@@ -33,6 +33,7 @@ from orchestrator.sweep.search import search_stage
 from orchestrator import teacher_outputs
 from orchestrator.sweep.costs import measure_students, params_cost, reachable_students
 from orchestrator.sweep.errors import SweepError
+from orchestrator.sweep import driver_copy
 from orchestrator.sweep.folder import open_folder, record_state, save_inputs
 from orchestrator.config.objectives import OVER_BUDGET
 from orchestrator.sweep.register import register_student
@@ -82,6 +83,7 @@ class SweepRunner:
         try:  # a sweep refused here leaves no folder and no run behind
             cluster.check_tracking(uri)
             exp_dir, state = open_folder(self.storage, cfg.name, self.resume)
+            driver_copy.point_latest(exp_dir, cfg.sweep.storage_path, cfg.name)
         except (cluster.ClusterError, FileNotFoundError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             if started_ray:
@@ -134,6 +136,7 @@ class SweepRunner:
         record_state(exp_dir, state, parent_run_id=parent_id, experiment_id=experiment_id)
         tracking.log_text(client, parent_id, dump_yaml(cfg), "config.yaml")
         save_inputs(exp_dir, dump_yaml(cfg), space_path(cfg.sweep.search_space))  # what --resume restores
+        driver_copy.upload(exp_dir, cfg.sweep.storage_path)  # with a storage URI, a resume needs no ./runs
         tracking.log_file(client, parent_id, space_path(cfg.sweep.search_space))
         place = storage.location(cfg.sweep.storage_path, exp_dir)  # exp_dir, or its place under a storage URI
         if self.given_outputs is not None:
@@ -261,6 +264,7 @@ class SweepRunner:
         else:
             version = register_student(client, parent_id, cfg, data, student, student_path, summary, verdict, exp_dir)
             record_state(exp_dir, state, registered_version=version or "")
+            driver_copy.upload(exp_dir, cfg.sweep.storage_path)
         label = cfg.model.teacher if not self.teachers or len(self.teachers) == 1 else f"best of {len(self.teachers)} teachers"
         if spec is not None and verdict.confirmed:  # the front: each point exported, logged, registered
             cost_of = lambda params: self._point_cost(ctx, params)  # noqa: E731
@@ -273,6 +277,7 @@ class SweepRunner:
                 points, summary["front"] = front_stage.publish(
                     client, parent_id, cfg, self.plan.space.fixed, data, verdict, spec, cost_of, references, version,
                     exp_dir)
+                driver_copy.upload(exp_dir, cfg.sweep.storage_path)
         (exp_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         tracking.log_file(client, parent_id, exp_dir / "summary.json")
         tracking.log_file(client, parent_id, outcome.plot(verdict, exp_dir / "confirm.png"))

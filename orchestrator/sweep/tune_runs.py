@@ -12,6 +12,7 @@ from orchestrator.sweep.confirm import outcome
 from orchestrator.run.launcher import checkpoint_config
 from orchestrator.config.schema import in_process
 from orchestrator.sweep.plan import Plan
+from orchestrator.sweep import driver_copy
 from orchestrator.sweep.results_log import ResultsLog
 from orchestrator.infra.ray_compat import save_state_before_trials_start
 from orchestrator.sweep.trial import TrialContext, run_job
@@ -34,11 +35,12 @@ def concurrency(plan: Plan) -> int:
 def run_config(plan: Plan, folder: Path, printer: tune.Callback) -> tune.RunConfig:
     """Tune's run config for the trials or a stage: storage ``folder`` (or its place under a URI
     ``sweep.storage_path``: :mod:`orchestrator.infra.storage`), one progress printer, the one per-trial log
-    file (:mod:`orchestrator.sweep.results_log`), the failure budget and checkpoint retention of ``train.*``."""
+    file (:mod:`orchestrator.sweep.results_log`), the failure budget and checkpoint retention of ``train.*``; with
+    a URI, the sweep folder's copy in the storage (:mod:`orchestrator.sweep.driver_copy`)."""
     cfg = plan.cfg
     parent, name = storage.split(storage.location(cfg.sweep.storage_path, folder))
     return tune.RunConfig(
-        name=name, storage_path=parent, verbose=0, callbacks=[printer, ResultsLog()],
+        name=name, storage_path=parent, verbose=0, callbacks=[printer, ResultsLog(), *driver_copy.callbacks(cfg.sweep.storage_path, folder)],
         # In-process trials are restarted by Tune, worker groups by Train (trial.py): same budget.
         failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures if in_process(cfg) else 0,
                                           fail_fast=False),

@@ -1,0 +1,117 @@
+"""With a storage URI, the driver's sweep folder kept in the storage too, so that ``--resume`` works from the
+bucket alone: a driver on a new machine (a KubeRay head pod that was replaced, a laptop that lost ``./runs``).
+
+What a resume reads from the sweep folder (:mod:`orchestrator.sweep.folder`): the state file (MLflow run ids, the
+registered version), ``config.yaml``, ``search_space.yaml``, the Optuna journal and the published front's record. :func:`upload` copies them to
+``<uri>/<sweep>/driver/``, and ``<uri>/<name>.latest`` names the sweep's folder. When they are uploaded:
+
+- when the driver writes them outside a Tune run (the folder opened, the student registered, the front published);
+- at every save of Tune's experiment state, before Tune uploads it (:class:`CopyOnSave`, a Tune callback whose
+  ``get_state`` Tune calls on the driver inside each save): the journal in the bucket is never older than the
+  searcher Tune restores, which is what :class:`orchestrator.infra.ray_compat.JournalSearch` relies on.
+
+:func:`restore` brings them back into ``./runs/<sweep>`` before a resume reads them, when they are not there.
+With a local ``sweep.storage_path`` nothing is copied: the sweep folder is on the disk Ray's records are on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ray import tune
+
+from orchestrator.infra import storage
+from orchestrator.sweep.confirm.front_stage import FRONT_FILE
+from orchestrator.sweep.folder import CONFIG_FILE, OPTUNA_JOURNAL, SPACE_FILE, STATE_FILE
+
+RESUME_FILES = (STATE_FILE, CONFIG_FILE, SPACE_FILE, OPTUNA_JOURNAL, FRONT_FILE)
+DRIVER = "driver"
+
+
+def _driver_uri(storage_path: str, folder_name: str) -> str:
+    return f"{str(storage_path).rstrip('/')}/{folder_name}/{DRIVER}"
+
+
+def _latest_uri(storage_path: str, name: str) -> str:
+    return f"{str(storage_path).rstrip('/')}/{name}.latest"
+
+
+def upload(folder: Path, storage_path: str | None) -> None:
+    """Copy the resume files of the sweep folder ``folder`` (those that exist) to ``<uri>/<folder name>/driver/``
+    (nothing with a local ``storage_path``)."""
+    if not storage.is_uri(storage_path):
+        return
+    fs, base = storage.filesystem(_driver_uri(storage_path, folder.name))
+    fs.create_dir(base, recursive=True)
+    for name in RESUME_FILES:
+        path = folder / name
+        if path.is_file():
+            with fs.open_output_stream(f"{base}/{name}") as out:
+                out.write(path.read_bytes())
+
+
+def point_latest(folder: Path, storage_path: str | None, name: str) -> None:
+    """``<uri>/<name>.latest`` names ``folder`` (what ``--resume latest`` finds when ``./runs`` has no pointer)."""
+    if not storage.is_uri(storage_path):
+        return
+    fs, path = storage.filesystem(_latest_uri(storage_path, name))
+    fs.create_dir(path.rpartition("/")[0], recursive=True)  # a local or mounted filesystem needs the folder
+    with fs.open_output_stream(path) as out:
+        out.write(folder.name.encode())
+
+
+def restore(storage_path: str | None, name: str, resume: str) -> None:
+    """With a URI ``storage_path``: the folder ``resume`` names (``latest``, a folder path or the folder's name)
+    made under ``./runs`` from ``<uri>/<folder>/driver/`` when it has no state file there; nothing when it has one,
+    or when the storage holds no copy (the resume then fails as without a storage URI, naming the folder)."""
+    if not storage.is_uri(storage_path):
+        return
+    root = storage.local_root(storage_path)
+    if resume == "latest":
+        if (root / f"{name}.latest").is_file():
+            return
+        latest = _latest_uri(storage_path, name)
+        if not storage.exists(latest):
+            return
+        fs, path = storage.filesystem(latest)
+        with fs.open_input_stream(path) as f:
+            folder_name = f.read().decode().strip()
+    else:
+        folder_name = Path(resume).name
+    folder = root / folder_name
+    if (folder / STATE_FILE).is_file():
+        return
+    source = _driver_uri(storage_path, folder_name)
+    if not storage.exists(f"{source}/{STATE_FILE}"):
+        return
+    fs, base = storage.filesystem(source)
+    for file in RESUME_FILES:
+        if storage.exists(f"{source}/{file}"):
+            storage.download(fs, f"{base}/{file}", folder / file)
+    if resume == "latest":
+        (root / f"{name}.latest").write_text(str(folder))
+    print(f"resuming: the sweep folder {folder} restored from {source}", flush=True)
+
+
+class CopyOnSave(tune.Callback):
+    """Uploads the sweep folder's resume files at each save of Tune's experiment state: Tune calls
+    ``get_state`` on the driver while it writes its state, before it uploads it. Holds the storage URI and the
+    folder's name only (Tune pickles it with the run and restores it with a resumed one, maybe on another
+    machine): the folder is ``./runs/<name>`` of the driver that runs it."""
+
+    def __init__(self, storage_path: str, folder_name: str):
+        self.storage_path, self.folder_name = storage_path, folder_name
+
+    def get_state(self) -> None:
+        """Nothing for Tune to keep: the copy is the point (see the class)."""
+        upload(storage.local_root(self.storage_path) / self.folder_name, self.storage_path)
+        return None
+
+
+def callbacks(storage_path: str | None, folder: Path) -> list[tune.Callback]:
+    """[:class:`CopyOnSave`] for a Tune run whose folder is ``folder`` (the sweep folder or a stage's folder in it)
+    with a URI ``storage_path``; [] with a local one."""
+    if not storage.is_uri(storage_path):
+        return []
+    root = storage.local_root(storage_path)
+    return [CopyOnSave(storage_path, Path(folder).resolve().relative_to(root).parts[0])]
