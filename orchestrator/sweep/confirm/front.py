@@ -201,7 +201,7 @@ def table(points: Sequence[FrontPoint], spec: FrontSpec, seeds: Sequence[int],
         lines.append(_row("*" if p.on_front else " ", f"{i}. {p.arch}", p.cost, _pm(p.test), alone,
                           p.gain.text() if p.gain else ""))
         lines.append(f"      {p.cand.label}: {knobs_text(p.cand.params)}")
-    lines.append(f"  (mean ± sd over seeds; ms/img: ONNX Runtime at batch 1; * on the confirmed front: no other point "
+    lines.append("  (mean ± sd over seeds; ms/img: ONNX Runtime at batch 1; * on the confirmed front: no other point "
                  "is more accurate at no more cost)")
     return "\n".join(lines)
 
