@@ -96,3 +96,18 @@ def test_a_trial_finds_its_own_run_by_a_store_filter(store):
     assert len(tracking.child_runs(client, exp, parents[0])) == 2
     assert [r.info.run_id for r in tracking.child_runs(client, exp, parents[0], {"trial_id": "a_00002"})] == [
         ids[parents[0], "a_00002"]]
+
+
+def test_closing_a_sweeps_children_reads_only_those_still_open(store):
+    """A parent's scope ends its children still RUNNING; the store filters on the status, so the finished
+    children of a large sweep (with their params and metrics) are not read at each stage's end."""
+    uri, client, exp = store
+    parent = tracking.start_run(client, exp, "sweep", "sweep")
+    done, still_open = (tracking.start_run(client, exp, f"trial-{i}", "trial", parent_id=parent) for i in range(2))
+    client.set_terminated(done, "FINISHED")
+    assert [r.info.run_id for r in tracking.child_runs(client, exp, parent, status="RUNNING")] == [still_open]
+    assert tracking.close_open_children(client, exp, parent, "KILLED", "interrupted") == 1
+    assert client.get_run(still_open).info.status == "KILLED"
+    assert client.get_run(still_open).data.tags[tracking.OUTCOME] == "interrupted"
+    assert client.get_run(done).info.status == "FINISHED" and tracking.OUTCOME not in client.get_run(done).data.tags
+    assert tracking.child_runs(client, exp, parent, status="RUNNING") == []

@@ -272,11 +272,14 @@ def _close_children_of(client: MlflowClient, run_id: str, status: str) -> None:
     close_open_children(client, experiment_id, run_id, status, CHILD_OUTCOME[status])
 
 
-def child_runs(client: MlflowClient, experiment_id: str, parent_id: str, tags: dict[str, str] | None = None) -> list:
-    """The child runs of ``parent_id``; ``tags``: only those with these tag values, filtered by the store (a
-    lookup of one child then reads one run, not all of a 1,000-trial sweep's)."""
+def child_runs(client: MlflowClient, experiment_id: str, parent_id: str, tags: dict[str, str] | None = None,
+               status: str | None = None) -> list:
+    """The child runs of ``parent_id``; ``tags``: only those with these tag values, ``status``: only those in
+    this state (``RUNNING``), both filtered by the store (a lookup of one child then reads one run, and the
+    open children of a finished sweep none, not all of a 1,000-trial sweep's with their params and metrics)."""
     where = " and ".join([f"tags.`{PARENT}` = '{parent_id}'",
-                          *(f"tags.`{key}` = '{value}'" for key, value in (tags or {}).items())])
+                          *(f"tags.`{key}` = '{value}'" for key, value in (tags or {}).items()),
+                          *([f"attributes.status = '{status}'"] if status else [])])
     return client.search_runs([experiment_id], filter_string=where, max_results=10000)
 
 
@@ -286,13 +289,12 @@ def close_open_children(client: MlflowClient, experiment_id: str, parent_id: str
     whose process died before the status (Tune ends a stopped trial's actor while it closes its run) ends
     with that outcome's status. Returns how many."""
     closed = 0
-    for run in child_runs(client, experiment_id, parent_id):
-        if run.info.status == RunStatus.to_string(RunStatus.RUNNING):
-            decided = OUTCOME_STATUS.get(run.data.tags.get(OUTCOME, ""))
-            if decided is None:
-                set_tags(client, run.info.run_id, {OUTCOME: outcome})
-            client.set_terminated(run.info.run_id, decided or status)
-            closed += 1
+    for run in child_runs(client, experiment_id, parent_id, status=RunStatus.to_string(RunStatus.RUNNING)):
+        decided = OUTCOME_STATUS.get(run.data.tags.get(OUTCOME, ""))
+        if decided is None:
+            set_tags(client, run.info.run_id, {OUTCOME: outcome})
+        client.set_terminated(run.info.run_id, decided or status)
+        closed += 1
     return closed
 
 
