@@ -38,22 +38,36 @@ def test_a_resume_restores_the_folder_from_the_storage_when_runs_lost_it(bucket,
 
     import shutil
     shutil.rmtree(tmp_path / "driver" / "runs")  # a new machine: no ./runs at all
-    driver_copy.restore(bucket, "demo", "latest")
+    assert driver_copy.restore(bucket, "demo", "latest") == "latest"
     found = find_folder(tmp_path / "driver" / "runs", "demo", "latest")
     assert found == folder
     assert {p.name: p.read_bytes() for p in found.iterdir()} == saved  # the resume files, nothing else
+
+
+@pytest.mark.parametrize("given", ["/home/someone/else/runs/{name}", "{bucket}/{name}/", "runs/{name}"])
+def test_a_named_folder_resumes_under_this_drivers_runs(bucket, tmp_path, given):
+    """The path the interrupted sweep printed (another machine's, or the folder's URI): its name is what counts."""
+    import shutil
+
+    folder = make_sweep(bucket)
+    driver_copy.upload(folder, bucket)
+    shutil.rmtree(folder)
+    resume = driver_copy.restore(bucket, "demo", given.format(name=folder.name, bucket=bucket))
+    assert resume == str(tmp_path / "driver" / "runs" / folder.name)
+    assert find_folder(tmp_path / "driver" / "runs", "demo", resume) == folder
 
 
 def test_a_folder_on_disk_is_left_as_it_is(bucket):
     folder = make_sweep(bucket)
     driver_copy.upload(folder, bucket)
     (folder / OPTUNA_JOURNAL).write_text("journal line 1\nline 2, newer than the copy\n")
-    driver_copy.restore(bucket, "demo", str(folder))
+    assert driver_copy.restore(bucket, "demo", str(folder)) == str(folder)
     assert (folder / OPTUNA_JOURNAL).read_text().endswith("newer than the copy\n")
 
 
 def test_nothing_in_the_storage_leaves_the_resume_to_fail_as_before(bucket, tmp_path):
-    driver_copy.restore(bucket, "demo", "latest")
+    assert driver_copy.restore(bucket, "demo", "/elsewhere/demo-1") == "/elsewhere/demo-1"
+    assert driver_copy.restore(bucket, "demo", "latest") == "latest"
     with pytest.raises(FileNotFoundError, match="no earlier sweep named 'demo'"):
         find_folder(tmp_path / "driver" / "runs", "demo", "latest")
 
@@ -74,5 +88,6 @@ def test_a_local_storage_copies_nothing(tmp_path, monkeypatch):
     folder = make_sweep(str(tmp_path / "runs"))
     driver_copy.upload(folder, str(tmp_path / "runs"))
     driver_copy.point_latest(folder, None, "demo")
+    assert driver_copy.restore(str(tmp_path / "runs"), "demo", "/x/demo-1") == "/x/demo-1"
     assert driver_copy.callbacks(str(tmp_path / "runs"), folder) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]

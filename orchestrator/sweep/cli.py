@@ -73,6 +73,9 @@ def resolve_config(args: argparse.Namespace) -> Config:
         overrides.append("sweep.resume=true")
     cfg = load_config(args.config, overrides)
     if args.resume:  # the held keys are the ones the sweep started with (its config.yaml)
+        from orchestrator.sweep.driver_copy import restore
+
+        args.resume = restore(cfg.sweep.storage_path, cfg.name, args.resume)  # from a storage URI, if ./runs lacks it
         return resumed_config(cfg, args.config, overrides, args.resume)
     given = given_keys(args.config, overrides)
     return space_defaults_unless_given(hold_given(cfg, given), given)
@@ -108,9 +111,6 @@ def resumed_config(cfg: Config, path: str | None, overrides: list[str], resume: 
     from orchestrator.sweep.search.space import space_path
     from orchestrator.infra.storage import local_root
     from orchestrator.sweep.folder import CONFIG_FILE, differing_keys, find_folder, space_changed
-    from orchestrator.sweep.driver_copy import restore
-
-    restore(cfg.sweep.storage_path, cfg.name, resume)  # a storage URI's copy of a folder ./runs lacks
     folder = find_folder(local_root(cfg.sweep.storage_path), cfg.name, resume)
     if not (folder / CONFIG_FILE).is_file():  # stopped before it saved its config: nothing to restore
         return cfg

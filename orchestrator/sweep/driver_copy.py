@@ -2,8 +2,9 @@
 bucket alone: a driver on a new machine (a KubeRay head pod that was replaced, a laptop that lost ``./runs``).
 
 What a resume reads from the sweep folder (:mod:`orchestrator.sweep.folder`): the state file (MLflow run ids, the
-registered version), ``config.yaml``, ``search_space.yaml``, the Optuna journal and the published front's record. :func:`upload` copies them to
-``<uri>/<sweep>/driver/``, and ``<uri>/<name>.latest`` names the sweep's folder. When they are uploaded:
+registered version), ``config.yaml``, ``search_space.yaml``, the Optuna journal and the published front's record.
+:func:`upload` copies them to ``<uri>/<sweep>/driver/``, and ``<uri>/<name>.latest`` names the sweep's folder.
+When they are uploaded:
 
 - when the driver writes them outside a Tune run (the folder opened, the student registered, the front published);
 - at every save of Tune's experiment state, before Tune uploads it (:class:`CopyOnSave`, a Tune callback whose
@@ -60,37 +61,39 @@ def point_latest(folder: Path, storage_path: str | None, name: str) -> None:
         out.write(folder.name.encode())
 
 
-def restore(storage_path: str | None, name: str, resume: str) -> None:
-    """With a URI ``storage_path``: the folder ``resume`` names (``latest``, a folder path or the folder's name)
-    made under ``./runs`` from ``<uri>/<folder>/driver/`` when it has no state file there; nothing when it has one,
-    or when the storage holds no copy (the resume then fails as without a storage URI, naming the folder)."""
+def restore(storage_path: str | None, name: str, resume: str) -> str:
+    """With a URI ``storage_path``: the folder ``resume`` names (``latest``; a folder path, maybe another
+    machine's, or its URI: its name is what counts) made under ``./runs`` from ``<uri>/<folder>/driver/`` when it
+    has no state file there. Returns what to resume: ``latest``, or that folder under ``./runs`` once it is there
+    (``resume`` as given with a local storage, or when the storage holds no copy: the resume then fails as it
+    would without a storage URI, naming the folder)."""
     if not storage.is_uri(storage_path):
-        return
+        return resume
     root = storage.local_root(storage_path)
     if resume == "latest":
         if (root / f"{name}.latest").is_file():
-            return
+            return resume
         latest = _latest_uri(storage_path, name)
         if not storage.exists(latest):
-            return
+            return resume
         fs, path = storage.filesystem(latest)
         with fs.open_input_stream(path) as f:
             folder_name = f.read().decode().strip()
     else:
-        folder_name = Path(resume).name
+        folder_name = Path(resume.rstrip("/")).name
     folder = root / folder_name
-    if (folder / STATE_FILE).is_file():
-        return
     source = _driver_uri(storage_path, folder_name)
-    if not storage.exists(f"{source}/{STATE_FILE}"):
-        return
-    fs, base = storage.filesystem(source)
-    for file in RESUME_FILES:
-        if storage.exists(f"{source}/{file}"):
-            storage.download(fs, f"{base}/{file}", folder / file)
-    if resume == "latest":
-        (root / f"{name}.latest").write_text(str(folder))
-    print(f"resuming: the sweep folder {folder} restored from {source}", flush=True)
+    if not (folder / STATE_FILE).is_file() and storage.exists(f"{source}/{STATE_FILE}"):
+        fs, base = storage.filesystem(source)
+        for file in RESUME_FILES:
+            if storage.exists(f"{source}/{file}"):
+                storage.download(fs, f"{base}/{file}", folder / file)
+        if resume == "latest":
+            (root / f"{name}.latest").write_text(str(folder))
+        print(f"resuming: the sweep folder {folder} restored from {source}", flush=True)
+    if resume == "latest" or not (folder / STATE_FILE).is_file():
+        return resume
+    return str(folder)
 
 
 class CopyOnSave(tune.Callback):
