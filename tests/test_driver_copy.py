@@ -91,3 +91,14 @@ def test_a_local_storage_copies_nothing(tmp_path, monkeypatch):
     assert driver_copy.restore(str(tmp_path / "runs"), "demo", "/x/demo-1") == "/x/demo-1"
     assert driver_copy.callbacks(str(tmp_path / "runs"), folder) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
+def test_a_file_is_copied_again_only_when_it_changed(bucket, tmp_path):
+    folder = make_sweep(bucket)
+    driver_copy.upload(folder, bucket)
+    copy = tmp_path / "bucket" / folder.name / "driver"
+    (copy / "config.yaml").write_text("tampered in the bucket\n")  # unchanged on the driver: not copied again
+    (folder / OPTUNA_JOURNAL).write_text("journal line 1\nline 2\n")
+    driver_copy.upload(folder, bucket)
+    assert (copy / "config.yaml").read_text() == "tampered in the bucket\n"
+    assert (copy / OPTUNA_JOURNAL).read_text() == "journal line 1\nline 2\n"

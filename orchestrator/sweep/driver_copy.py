@@ -37,18 +37,30 @@ def _latest_uri(storage_path: str, name: str) -> str:
     return f"{str(storage_path).rstrip('/')}/{name}.latest"
 
 
+_uploaded: dict[str, tuple[int, int]] = {}  # target URI -> (size, mtime_ns) of the file last copied there
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
 def upload(folder: Path, storage_path: str | None) -> None:
-    """Copy the resume files of the sweep folder ``folder`` (those that exist) to ``<uri>/<folder name>/driver/``
-    (nothing with a local ``storage_path``)."""
+    """Copy the resume files of the sweep folder ``folder`` (those that exist and changed since this process last
+    copied them) to ``<uri>/<folder name>/driver/`` (nothing with a local ``storage_path``)."""
     if not storage.is_uri(storage_path):
         return
-    fs, base = storage.filesystem(_driver_uri(storage_path, folder.name))
+    target = _driver_uri(storage_path, folder.name)
+    present = [(folder / name, _stamp(folder / name)) for name in RESUME_FILES if (folder / name).is_file()]
+    changed = [(path, stamp) for path, stamp in present if _uploaded.get(f"{target}/{path.name}") != stamp]
+    if not changed:
+        return
+    fs, base = storage.filesystem(target)
     fs.create_dir(base, recursive=True)
-    for name in RESUME_FILES:
-        path = folder / name
-        if path.is_file():
-            with fs.open_output_stream(f"{base}/{name}") as out:
-                out.write(path.read_bytes())
+    for path, stamp in changed:
+        with fs.open_output_stream(f"{base}/{path.name}") as out:
+            out.write(path.read_bytes())
+        _uploaded[f"{target}/{path.name}"] = stamp
 
 
 def point_latest(folder: Path, storage_path: str | None, name: str) -> None:
