@@ -86,7 +86,7 @@ class EnsemblePipeline:
         cfg, start = self.cfg, time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         experiment = cfg.tracking.experiment or cfg.name
-        started_ray = cluster.connect(cluster.resolve_address(cfg.ray.address), local_cpus(self.cfg))
+        started_ray = cluster.connect(cluster.resolve_address(cfg.ray.address), local_cpus(self.cfg), cfg.ray.ship_package)
         try:
             cluster.check_tracking(self.uri)  # several nodes: trials must reach the store
             experiment_id = tracking.ensure_experiment(self.client, experiment, self.uri)

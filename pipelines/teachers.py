@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{pipeline_output_dir(cfg) / 'ray-train'}")
         print("dry run: nothing was started")
         return 0
-    started = cluster.connect(cluster.resolve_address(cfg.ray.address), local_cpus(cfg))
+    started = cluster.connect(cluster.resolve_address(cfg.ray.address), local_cpus(cfg), cfg.ray.ship_package)
     try:
         cluster.check_tracking(uri)  # several nodes: the teachers' runs must reach the store
         experiment_id = tracking.ensure_experiment(client, TEACHERS_EXPERIMENT, uri)

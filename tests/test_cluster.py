@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +35,14 @@ def test_a_tracking_server_is_accepted_on_any_cluster(uri):
     from orchestrator.infra.cluster import driver_only_tracking
 
     assert driver_only_tracking(uri, 1) is None and driver_only_tracking(uri, 8) is None
+
+
+def test_the_package_shipped_to_the_nodes_is_the_drivers_copy():
+    """ray.ship_package: Ray's py_modules get the folders the driver imports orchestrator and pipelines from."""
+    import orchestrator
+    import pipelines
+    from orchestrator.infra.cluster import package_folders
+
+    folders = package_folders()
+    assert folders == [str(Path(orchestrator.__file__).parent), str(Path(pipelines.__file__).parent)]
+    assert all((Path(f) / "__init__.py").is_file() for f in folders)

@@ -20,6 +20,8 @@ import pytest
 from test_compare import _free_port, mlflow_server  # noqa: F401 - a fixture: a real `mlflow server` on loopback
 from test_sweep import assert_sweep_logged, ray_cluster, runs_by_kind, tiny_args
 
+from orchestrator.infra import cluster
+
 BUCKET = "sweeps"
 TRIAL_EPOCH = re.compile(r"trial\s+\d+\s+epoch \d+/")  # a trial's progress line (not the teacher's)
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -99,7 +101,8 @@ def _python(code: str, env: dict) -> str:
 def test_sweep_on_a_worker_node_that_sees_no_driver_file_resumes_from_the_bucket(isolated_cache, tmp_path,
                                                                                     mlflow_server, s3_server):
     """The worker node runs in its own mount namespace where the driver's working folder (its runs folder, its
-    cache, the servers' files) and the home cache are empty tmpfs mounts; the head node has no CPU, so every trial
+    cache, the servers' files), the home cache and this project's source (the package folders the venv's
+    editable install points at: the sweep ships its own copy, ray.ship_package) are empty tmpfs mounts; the head node has no CPU, so every trial
     runs on the worker. Storage: s3://sweeps/runs on moto; tracking: an MLflow server. The driver is SIGKILLed
     once the first trial has reported and its ./runs deleted, then --resume finishes the sweep from the bucket."""
     env = {**os.environ, **S3_ENV, "AWS_ENDPOINT_URL": s3_server, "RAY_AUTH_MODE": "disabled",
@@ -110,12 +113,13 @@ def test_sweep_on_a_worker_node_that_sees_no_driver_file_resumes_from_the_bucket
     args = [sys.executable, "-m", "orchestrator.sweep",
             *tiny_args(tmp_path, "sweep.max_concurrent=1", "--storage-path", f"s3://{BUCKET}/runs",
                        "--tracking-uri", mlflow_server, samples=3)]
+    package = [Path(p) for p in cluster.package_folders()]  # the nodes run the driver's copy (ray.ship_package)
     with ray_cluster(env, head_cpus=0) as (address, add_node):
-        add_node(wrap=hidden([tmp_path, home_cache]))
+        add_node(wrap=hidden([tmp_path, home_cache, *package]))
         nodes = json.loads(_python(NODES.format(address=address), env))
         seen = json.loads(_python(SEES.format(address=address, node=nodes["worker"],
-                                              paths=[str(tmp_path), str(home_cache)]), env))
-        assert seen == {str(tmp_path): [], str(home_cache): []}, seen  # the driver's files: not there
+                                              paths=[str(p) for p in (tmp_path, home_cache, *package)]), env))
+        assert seen == {str(p): [] for p in (tmp_path, home_cache, *package)}, seen  # the driver's files: not there
         assert secret.is_file()
 
         args += ["--address", address]

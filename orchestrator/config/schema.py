@@ -227,6 +227,7 @@ class ExportConfig:
 class RayConfig:
     address: str | None = None  # None -> $RAY_ADDRESS or a local Ray
     num_cpus: int | None = None  # for a local Ray; None -> enough for the concurrency
+    ship_package: bool = True  # on a cluster: every node runs the driver's copy of this package (runtime_env py_modules)
 
 
 @dataclass

@@ -26,8 +26,11 @@ def resolve_address(address: str | None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS") or None
 
 
-def connect(address: str | None, num_cpus: int | None = None) -> bool:
+def connect(address: str | None, num_cpus: int | None = None, ship_package: bool = False) -> bool:
     """Connect to ``address`` or start a local Ray (with the dashboard, see NOTES-ray pitfall 1).
+    ``ship_package`` (``ray.ship_package``, with an ``address``): the job's workers on every node import this
+    package (``orchestrator`` and ``pipelines``) from the driver's copy, uploaded once per job (Ray's
+    ``runtime_env`` ``py_modules``), not from what the node has installed.
 
     Returns True if this call started Ray (the caller shuts it down).
     """
@@ -46,7 +49,10 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
         return False
     common = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
     if address:
-        ray.init(address=address, runtime_env={"env_vars": {REUSE_WAIT: os.environ[REUSE_WAIT]}}, **common)
+        runtime_env = {"env_vars": {REUSE_WAIT: os.environ[REUSE_WAIT]}}
+        if ship_package:
+            runtime_env["py_modules"] = package_folders()
+        ray.init(address=address, runtime_env=runtime_env, **common)
         handle_signals()
         return True
     ray.init(
@@ -58,6 +64,13 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
     )
     handle_signals()
     return True
+
+
+def package_folders() -> list[str]:
+    """The folders of this project's packages, as the driver imports them (found without importing ``pipelines``)."""
+    from importlib.util import find_spec
+
+    return [str(next(iter(find_spec(name).submodule_search_locations))) for name in ("orchestrator", "pipelines")]
 
 
 def _interrupt(signum, frame) -> None:

@@ -79,7 +79,7 @@ class SweepRunner:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         mlflow.set_tracking_uri(uri)
-        started_ray = cluster.connect(cluster.resolve_address(cfg.ray.address), self._local_cpus())
+        started_ray = cluster.connect(cluster.resolve_address(cfg.ray.address), self._local_cpus(), cfg.ray.ship_package)
         try:  # a sweep refused here leaves no folder and no run behind
             cluster.check_tracking(uri)
             exp_dir, state = open_folder(self.storage, cfg.name, self.resume)
