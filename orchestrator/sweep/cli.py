@@ -111,6 +111,7 @@ def resumed_config(cfg: Config, path: str | None, overrides: list[str], resume: 
     from orchestrator.sweep.search.space import space_path
     from orchestrator.infra.storage import local_root
     from orchestrator.sweep.folder import CONFIG_FILE, differing_keys, find_folder, space_changed
+
     folder = find_folder(local_root(cfg.sweep.storage_path), cfg.name, resume)
     if not (folder / CONFIG_FILE).is_file():  # stopped before it saved its config: nothing to restore
         return cfg
