@@ -52,6 +52,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
                 "head": d.terms['crd'].crds[0].embed_s.linear.weight.detach().clone(),
             }
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # neither rank tears gloo down while the other still uses it (a rank once aborted there)
     finally:
         dist.destroy_process_group()
 

@@ -49,6 +49,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             opt.step()
         torch.save({**_queues(objective), "teachers": torch.stack([x for x in teachers], 0).flatten(0, 1)},
                    os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # neither rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 

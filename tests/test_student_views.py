@@ -134,6 +134,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str, method: str
                     "student": {k: p.detach() for k, p in trainer.student.named_parameters()},
                     "head": {k: p.detach() for k, p in trainer.objective.named_parameters()}},
                    os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # neither rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 
