@@ -163,3 +163,6 @@ def test_the_storage_benchmark_runs_and_prints_its_line(tmp_path, monkeypatch, c
     assert storage_inputs.main([str(tmp_path / "teacher.pt")]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("1.0 MiB: upload ") and "first fetch on a node" in line and "cached" in line
+    assert storage_inputs.main(["--journal-kib", "4"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("sweep folder copy at a Tune save, journal 4 KiB: ") and "nothing changed" in line
