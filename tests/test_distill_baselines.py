@@ -83,8 +83,13 @@ def _shapes(name: str, channels: int, size: int) -> Shapes:
     return probe_shapes(build_model(name, 10, channels), channels, size)
 
 
+@cache
+def _term_config(name: str):
+    return distill_config(name)  # the zoo test builds each term some 400 times; building reads, never changes it
+
+
 def _build(name: str, student: Shapes, teacher: Shapes):
-    return build_objective(distill_config(name), num_classes=10, student=student, teachers=[teacher],
+    return build_objective(_term_config(name), num_classes=10, student=student, teachers=[teacher],
                            train_labels=torch.arange(10))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import os
 import typing
 from collections.abc import Callable, Mapping
@@ -145,6 +146,7 @@ def load_plugins(tree: dict) -> None:
         raise ConfigError("distill.plugins", exc.name_, exc.reason) from None
     if names and set(knob_sections()) - {f.name for f in dataclasses.fields(DistillConfig)}:
         DistillConfig = _distill_config()
+        _field_types.cache_clear()  # Config's ``distill`` field names the new class
 
 
 @dataclass
@@ -265,6 +267,7 @@ def student_arch(model: ModelConfig) -> str:
 # ---------------------------------------------------------------- conversion
 
 
+@functools.cache  # evaluating the string annotations is most of a config's parsing time (cleared by load_plugins)
 def _field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
