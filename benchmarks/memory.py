@@ -114,8 +114,9 @@ def label(spec: dict) -> str:
 
 def build_parser():
     p = common.base_parser(__doc__.splitlines()[0])
-    p.add_argument("--ns", type=int, nargs="+", default=[60_000, 1_280_000, 14_000_000], help="dataset sizes N")
-    p.add_argument("--ks", type=int, nargs="+", default=[4096, 16384], help="negatives K")
+    p.add_argument("--ns", type=int, nargs="+", help="dataset sizes N (default 60,000 1,280,000 14,000,000; "
+                   "--quick: 3,000)")
+    p.add_argument("--ks", type=int, nargs="+", help="negatives K (default 4,096 16,384; --quick: 256 1,024)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=2, help="measured steps per variant")
     p.add_argument("--no-before", action="store_true", help="skip the CRD loss as it was before the fused path")
@@ -135,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     if not Path("/proc/self/clear_refs").exists():
         print("this benchmark needs Linux (/proc/self/clear_refs, VmHWM)", file=sys.stderr)
         return 2
-    if args.quick:
-        args.ns, args.ks, args.batch_size, args.steps = [3000], [256, 1024], 32, 1
+    if args.quick:  # small defaults; --ns and --ks given are kept
+        args.ns, args.ks, args.batch_size, args.steps = args.ns or [3000], args.ks or [256, 1024], 32, 1
+    args.ns, args.ks = args.ns or [60_000, 1_280_000, 14_000_000], args.ks or [4096, 16384]
     base = {"batch": args.batch_size, "steps": args.steps, "threads": args.threads, "teacher": args.teacher,
             "student": args.student}
     specs = variants(args.ns, args.ks, not args.no_before)
