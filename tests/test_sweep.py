@@ -25,6 +25,9 @@ TINY = [
     "data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student", "data.batch_size=64",
     "teacher.epochs=4", "teacher.lr=0.1", "train.epochs=2", f"sweep.search_space={SPACE}",
     "sweep.confirm.top_k=1", "sweep.confirm.seeds=2",
+    # One trial at a time: each trial run (search, confirmation) then starts one Tune actor, reused (~6 s of CPU per
+    # actor, mostly imports). The tests about trials at once say sweep.max_concurrent=2 (a later override wins).
+    "sweep.max_concurrent=1",
 ]
 
 

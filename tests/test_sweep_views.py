@@ -23,6 +23,7 @@ TINY = [
     "data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student", "data.batch_size=64",
     "teacher.epochs=4", "teacher.lr=0.1", "train.epochs=2", f"sweep.search_space={TINY_SPACE}",
     "sweep.confirm.top_k=1", "sweep.confirm.seeds=2",
+    "sweep.max_concurrent=1",  # one Tune actor per trial run, reused (as test_sweep.TINY)
 ]
 
 

@@ -125,7 +125,8 @@ def test_server_stopped_mid_sweep_loses_no_metric(tmp_path):
     store = MlflowClient(f"sqlite:///{tmp_path / 'server.db'}")
     server = _start_server(tmp_path, port)
     args = ["--name", "outage", "--num-samples", "2", "--storage-path", str(tmp_path / "runs"), "--tracking-uri", url,
-            *TINY, "sweep.confirm.top_k=0", f"train.epochs={epochs}", "sweep.baseline=false"]
+            *TINY, "sweep.confirm.top_k=0", f"train.epochs={epochs}", "sweep.baseline=false",
+            "sweep.max_concurrent=2"]  # both trials at once, so both log through the outage
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DISTILL_CACHE_DIR": str(tmp_path / "cache"),
            "DISTILL_TRACKING_RETRY_S": "300"}
     sweep = subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", *args], cwd=tmp_path, env=env,

@@ -116,7 +116,7 @@ def test_jpeg_folder_from_teacher_to_confirmed_sweep_export_and_predict(ray_sess
     assert sweep_main(["--name", "photos", "--num-samples", "1", "--storage-path", str(tmp_path / "runs"),
                        "--tracking-uri", uri, *data_keys, f"teacher.checkpoint={teacher}", "model.teacher=tiny_teacher",
                        "model.student=tiny_student", "sweep.search_space=kd", "train.epochs=2",
-                       "sweep.confirm.top_k=1", "sweep.confirm.seeds=2"]) == 0
+                       "sweep.confirm.top_k=1", "sweep.confirm.seeds=2", "sweep.max_concurrent=1"]) == 0
     out = capsys.readouterr().out
     assert "Result: re-trained on fresh seeds" in out
     exp_dir = next((tmp_path / "runs").glob("photos-*"))
