@@ -174,10 +174,11 @@ class EnsemblePipeline:
         with self.stages.run("ensemble_eval", digest) as run_id:
             try:
                 sources = [t["source"] for t in teachers["teachers"]]
-                task = teacher_eval_task.options(num_cpus=cpu_share(len(sources)))
-                for t, source in zip(teachers["teachers"], sources):
-                    pending[task.remote(source, to_dict(cfg), cache, self.threads)] = t["name"]
-                results = wait_with_progress(pending, self.client, {}, {})
+                at_once = cfg.pipeline.max_concurrent
+                task = teacher_eval_task.options(num_cpus=cpu_share(len(sources), at_once))
+                queued = [(t["name"], functools.partial(task.remote, source, to_dict(cfg), cache, self.threads))
+                          for t, source in zip(teachers["teachers"], sources)]
+                results = wait_with_progress(pending, self.client, {}, {}, queued=queued, at_once=at_once)
                 pending = {}
                 for name, res in results.items():
                     if isinstance(res, BaseException):
@@ -312,7 +313,8 @@ class EnsemblePipeline:
                         else:
                             todo[label] = (stage, seed, child, replace(run_cfg, seed=seed))
                 views = self._build_views({label: (seed_cfg, plan[stage][1]) for label, (stage, _, _, seed_cfg) in todo.items()})
-                task = distill_task.options(num_cpus=cpu_share(len(todo))) if todo else distill_task
+                at_once, queued = cfg.pipeline.max_concurrent, []
+                task = distill_task.options(num_cpus=cpu_share(len(todo), at_once)) if todo else distill_task
                 for label, (stage, seed, child, seed_cfg) in todo.items():
                     sources, outputs = plan[stage][1], views.get(label, plan[stage][2])
                     run_id = scopes.enter_context(self.stages.scope(self.stages.begin(
@@ -321,12 +323,14 @@ class EnsemblePipeline:
                     tracking.set_tags(self.client, run_id, {"seed": str(seed)})
                     checkpoint = str(self.out / "students" / f"{label}-{child}.pt")
                     register = cfg.tracking.registered_model if stage == "distill_ensemble" and seed == seeds[0] else None
-                    ref = task.remote(to_dict(seed_cfg), sources, outputs, checkpoint, self.uri, run_id, register, cfg.seed)
-                    pending[ref], runs[label], epochs[label] = label, run_id, seed_cfg.train.epochs
-                if pending:
-                    print(f"training {len(pending)} student run(s) concurrently ({len(seeds)} seed(s) each): "
+                    queued.append((label, functools.partial(task.remote, to_dict(seed_cfg), sources, outputs, checkpoint,
+                                                            self.uri, run_id, register, cfg.seed)))
+                    runs[label], epochs[label] = run_id, seed_cfg.train.epochs
+                if queued:
+                    limit = f"at most {at_once} at once" if at_once and at_once < len(queued) else "concurrently"
+                    print(f"training {len(queued)} student run(s) {limit} ({len(seeds)} seed(s) each): "
                           f"{', '.join(runs)}", flush=True)
-                done = wait_with_progress(pending, self.client, runs, epochs)
+                done = wait_with_progress(pending, self.client, runs, epochs, queued=queued, at_once=at_once)
             except BaseException:
                 cancel(pending)
                 raise
@@ -418,7 +422,7 @@ class EnsemblePipeline:
         tracking.log_file(self.client, self.parent_id, self.out / "summary.json")
         if "compress" in self.stages.reused:  # the sweep did not run now: show its front again
             print("\n" + result["front_table"])
-        print(f"\nwall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in walls.items()))
+        print("\nwall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in walls.items()))
         print(f"Front: {front['plot']}; each point's student as ONNX in {Path(result['sweep_dir']) / 'front'}")
         print(f"Results: {self.out}  (summary.json; the sweep's folder {result['sweep_dir']})")
         s = int(elapsed)

@@ -154,10 +154,15 @@ def wait_with_progress(
     runs: dict[str, str],
     epochs: dict[str, int],
     *,
+    queued: list[tuple[str, Callable[[], Any]]] = (),
+    at_once: int | None = None,
     poll_s: float = 5.0,
     metric: str = "val/acc1",
 ) -> dict[str, Any]:
     """``ray.get`` every task of ``pending`` (ObjectRef -> label), printing each new epoch of each label's run.
+    ``queued``: (label, submit) pairs, each ``submit()`` starting one more task (returning its ObjectRef), called
+    in order whenever fewer than ``at_once`` tasks run (None: all at once); started tasks are added to ``pending``,
+    so that the caller's :func:`cancel` of it reaches them.
 
     Ray tasks run with ``log_to_driver=False``; their epochs reach the driver through
     the MLflow runs they log to (which also works against a remote tracking server).
@@ -168,7 +173,14 @@ def wait_with_progress(
     seen = {label: 0 for label in runs}
     results: dict[str, Any] = {}
     left = dict(pending)
+    waiting = list(queued)
     start = time.perf_counter()
+
+    def fill() -> None:
+        while waiting and (at_once is None or len(left) < at_once):
+            label, submit = waiting.pop(0)
+            ref = submit()
+            pending[ref] = left[ref] = label
 
     def report() -> None:
         for label, run_id in runs.items():
@@ -180,6 +192,7 @@ def wait_with_progress(
                     print(f"  {clock // 60:3d}m{clock % 60:02d}s  {label:<28} epoch {m.step}/{epochs.get(label, '?')}  "
                           f"{metric} {m.value:.4f}", flush=True)
 
+    fill()
     while left:
         done, _ = ray.wait(list(left), num_returns=1, timeout=poll_s)
         for ref in done:
@@ -188,12 +201,14 @@ def wait_with_progress(
                 results[label] = ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - reported per task by the caller
                 results[label] = exc
+        fill()
         report()
     return results
 
 
-def cpu_share(num_tasks: int) -> float:
-    """Logical CPUs per task so that ``num_tasks`` one-thread tasks start together.
+def cpu_share(num_tasks: int, at_once: int | None = None) -> float:
+    """Logical CPUs per task so that ``num_tasks`` one-thread tasks (at most ``at_once`` of them: the
+    tasks :func:`wait_with_progress` runs at once) start together.
 
     On a machine with fewer CPUs than tasks (3 teachers on 2 cores) the tasks then share
     the cores instead of queueing: the total work is the same, but the longest task no
@@ -203,7 +218,7 @@ def cpu_share(num_tasks: int) -> float:
     import ray
 
     total = float(ray.cluster_resources().get("CPU", 1.0))
-    share = math.floor(100 * total / max(num_tasks, 1)) / 100  # round down: 3 x 0.67 > 2 would leave one waiting
+    share = math.floor(100 * total / max(min(num_tasks, at_once or num_tasks), 1)) / 100  # round down: 3 x 0.67 > 2 would leave one waiting
     return max(0.05, min(1.0, share))
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import sys
 import time
 from pathlib import Path
@@ -199,8 +200,9 @@ def ensure_teachers(
 def _train(base: Config, todo, uri, client, experiment_id, parent_id) -> dict[str, dict]:
     storage = str(pipeline_output_dir(base) / "ray-train")
     todo = sorted(todo, key=lambda item: -estimated_cost(base, item[0]))  # longest first: better packing
-    pending, runs, epochs = {}, {}, {}
-    share = cpu_share(len(todo))  # all teachers at once, sharing the cores if there are fewer
+    pending, queued, runs, epochs = {}, [], {}, {}
+    at_once = base.pipeline.max_concurrent if base.pipeline else None
+    share = cpu_share(len(todo), at_once)  # all teachers (or at_once) at once, sharing the cores if there are fewer
     with contextlib.ExitStack() as scopes:  # runs a task could not close (cancelled, crashed) end here
         try:
             for t, path in todo:
@@ -215,9 +217,10 @@ def _train(base: Config, todo, uri, client, experiment_id, parent_id) -> dict[st
                 print(f"teacher {t.name}: training {t.arch} for {t.epochs} epoch(s), lr {t.lr}, seed {t.seed} "
                       f"(MLflow run {run_id}; cached afterwards at {path})", flush=True)
                 task = train_teacher_task if not in_process(cfg) else train_teacher_task.options(num_cpus=share)
-                ref = task.remote(to_dict(cfg), base.seed, str(path), uri, run_id, storage)
-                pending[ref], runs[t.name], epochs[t.name] = t.name, run_id, t.epochs
-            results = wait_with_progress(pending, client, runs, epochs)
+                queued.append((t.name, functools.partial(task.remote, to_dict(cfg), base.seed, str(path), uri, run_id,
+                                                         storage)))
+                runs[t.name], epochs[t.name] = run_id, t.epochs
+            results = wait_with_progress(pending, client, runs, epochs, queued=queued, at_once=at_once)
         except BaseException:
             cancel(pending)
             raise

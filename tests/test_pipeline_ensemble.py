@@ -23,6 +23,8 @@ TINY = [
     "data.dataset=digits", "pipeline.teachers=[tiny_teacher:0, tiny_teacher:1, tiny_teacher:2]",
     "model.student=tiny_student", "teacher.epochs=2", "teacher.lr=0.1", "train.epochs=2", "train.lr=0.1",
     "data.batch_size=64", "pipeline.timing_repeats=3", "pipeline.seeds=3",
+    "sweep.max_concurrent=1",  # --sweep and --compress: one Tune actor per trial run, reused (as test_sweep.TINY)
+    "pipeline.max_concurrent=2",  # a stage's Ray tasks two at a time, in two reused processes (each ~8 s of CPU)
 ]
 STUDENTS = ("distill_ensemble", "distill_best_teacher", "student_alone")
 STAGES = {"teachers", "ensemble_eval", "distill_ensemble", "distill_best_teacher", "student_alone", "compare"}
@@ -61,6 +63,7 @@ def test_config_defaults_overrides_and_teacher_list():
         ("train.epochs=-1", "train.epochs"),
         ("pipeline.teachers=[]", "pipeline.teachers"),
         ("pipeline.seeds=0", "pipeline.seeds"),
+        ("pipeline.max_concurrent=0", "pipeline.max_concurrent"),
     ],
 )
 def test_bad_values_name_their_key(override, key):
@@ -117,6 +120,34 @@ def test_cpu_share_lets_every_task_start_at_once(monkeypatch, cpus, tasks):
     assert share == 1.0 or share * tasks > cpus - 0.05 * tasks
 
 
+def test_queued_tasks_run_at_most_at_once_and_the_caller_can_cancel_them(ray_session, tmp_path):
+    """pipeline.max_concurrent: wait_with_progress starts the queued tasks as slots free, in order; every started
+    task lands in ``pending`` (what the stages cancel on an error)."""
+    import functools
+
+    import ray
+
+    from pipelines.stages import wait_with_progress
+
+    def span(i: int, folder: str) -> int:  # defined here: Ray ships it by value (workers cannot import this file)
+        import time
+
+        start = time.time()
+        time.sleep(0.5)
+        Path(folder, f"{i}.json").write_text(json.dumps([start, time.time()]))
+        return i
+
+    task = ray.remote(num_cpus=0.5)(span)
+    pending: dict = {}
+    queued = [(f"t{i}", functools.partial(task.remote, i, str(tmp_path))) for i in range(5)]
+    results = wait_with_progress(pending, None, {}, {}, queued=queued, at_once=2, poll_s=0.2)
+    assert results == {f"t{i}": i for i in range(5)} and list(pending.values()) == [f"t{i}" for i in range(5)]
+    spans = [json.loads((tmp_path / f"{i}.json").read_text()) for i in range(5)]
+    for start, _ in spans:  # tasks running at each task's start, itself included
+        assert sum(a <= start < b for a, b in spans) <= 2, spans
+    assert max(s for s, _ in spans[2:]) > min(b for _, b in spans[:2])  # the last three waited for a slot
+
+
 def test_ensemble_prediction_is_the_mean_of_softmax():
     a = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     b = torch.tensor([[0.0, 3.0], [0.0, 2.0]])
@@ -162,6 +193,7 @@ def test_pipeline_end_to_end_on_seeds_then_reruns_reuse_every_stage_and_seed(ray
     assert main(tiny_args(tmp_path)) == 0
     out = capsys.readouterr().out
     assert "Comparison" in out and "student <- ensemble" in out and "reusing stage" not in out
+    assert "training 9 student run(s) at most 2 at once (3 seed(s) each)" in out  # pipeline.max_concurrent=2
     assert "mean ± sd over seeds [0, 1, 2]" in out and "(one model)" in out and "(3 seeds)" in out
 
     kinds = _by_kind(_runs(uri))

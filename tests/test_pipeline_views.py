@@ -24,6 +24,7 @@ TINY = [
     "data.dataset=digits", "pipeline.teachers=[tiny_teacher:0, tiny_teacher:1]", "model.student=tiny_student",
     "teacher.epochs=2", "teacher.lr=0.1", "train.epochs=2", "train.lr=0.1", "data.batch_size=64",
     "pipeline.timing_repeats=3", "pipeline.seeds=1",
+    "pipeline.max_concurrent=2",  # a stage's Ray tasks two at a time, in reused processes (as test_pipeline_ensemble)
 ]
 
 

@@ -93,6 +93,10 @@ class PipelineSection:
     inference_batch: int = 256  # batch size of the inference-time measurement
     timing_repeats: int = 10  # timed batches per model (median reported)
     seeds: int = 3  # training seeds of each student (seed, seed+1, ...): mean ± sd and paired 95% t-intervals
+    # Ray tasks of one stage at once (teachers, teacher evaluations, student runs); the others wait for a slot and
+    # reuse the finished tasks' processes. None: all at once, sharing the CPUs (each process imports torch, Ray and
+    # MLflow and holds the data: set it on a small machine or for many seeds)
+    max_concurrent: int | None = None
 
     def student_seeds(self, seed: int) -> list[int]:
         """The students' training seeds: ``seed`` .. ``seed + seeds - 1`` (one more seed adds one, keeps the rest)."""
@@ -109,6 +113,8 @@ class PipelineSection:
             raise KnobError("timing_repeats", self.timing_repeats, "an integer > 0")
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds <= 0:
             raise KnobError("seeds", self.seeds, "an integer > 0 (>= 2 for an interval)")
+        if self.max_concurrent is not None and self.max_concurrent <= 0:
+            raise KnobError("max_concurrent", self.max_concurrent, "an integer > 0, or null (every task at once)")
 
     def resolved(self, seed: int, epochs: int, lr: float) -> list[ResolvedTeacher]:
         """The teachers with every default filled in: ``seed`` (the config's) + position, ``teacher.epochs``,
