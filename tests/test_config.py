@@ -76,3 +76,21 @@ def test_tpe_models_after_a_random_start_shorter_than_the_sweep(num_samples, giv
 def test_flatten_gives_dotted_keys():
     flat = flatten(to_dict(load_config()))
     assert flat["distill.crd.nce_k"] == 4096 and "sweep.asha.grace_period" in flat
+
+
+def test_parsing_follows_the_current_distill_section(monkeypatch):
+    """Field types are cached per class and per current DistillConfig (which Config's annotation names): a section
+    rebuilt by a plug-in is parsed, and the original again once it is restored (as the plug-in tests restore it)."""
+    import dataclasses
+
+    from orchestrator.config import schema
+
+    original = schema.DistillConfig
+    load_config(None, [])  # Config's fields evaluated with the original section
+    extended = dataclasses.make_dataclass("DistillConfig", [("extra", int, dataclasses.field(default=1))], bases=(original,))
+    monkeypatch.setattr(schema, "DistillConfig", extended)
+    assert load_config(None, ["distill.extra=3"]).distill.extra == 3
+    monkeypatch.undo()
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["distill.extra=3"])
+    assert info.value.key == "distill.extra"

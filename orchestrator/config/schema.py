@@ -146,7 +146,6 @@ def load_plugins(tree: dict) -> None:
         raise ConfigError("distill.plugins", exc.name_, exc.reason) from None
     if names and set(knob_sections()) - {f.name for f in dataclasses.fields(DistillConfig)}:
         DistillConfig = _distill_config()
-        _field_types.cache_clear()  # Config's ``distill`` field names the new class
 
 
 @dataclass
@@ -267,8 +266,14 @@ def student_arch(model: ModelConfig) -> str:
 # ---------------------------------------------------------------- conversion
 
 
-@functools.cache  # evaluating the string annotations is most of a config's parsing time (cleared by load_plugins)
 def _field_types(cls: type) -> dict[str, Any]:
+    return _evaluated_field_types(cls, DistillConfig)
+
+
+@functools.cache  # evaluating the string annotations is most of a config's parsing time
+def _evaluated_field_types(cls: type, distill: type) -> dict[str, Any]:
+    """``cls``'s field types; ``distill``, the current :data:`DistillConfig` (which Config's annotation names), is
+    part of the key: a plug-in rebuilding it gives Config's fields anew."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
