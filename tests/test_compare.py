@@ -186,7 +186,7 @@ def test_a_sweep_without_a_confirmed_result_says_so_and_shows_no_gain(store, tmp
     assert pd.isna(row["test/acc1_mean"]) and pd.isna(row["gain_vs_alone"]) and pd.isna(row["chosen"])
 
 
-def test_an_unconfirmed_sweep_is_labelled_unconfirmed(tmp_path, capsys):
+def test_an_unconfirmed_sweep_is_labelled_unconfirmed(tmp_path, sqlite_store, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tags = {**CRD_KD_RESULT["tags"], "confirm.confirmed": "false", "confirm.seeds": "[0]"}
     metrics = {k: v for k, v in CRD_KD_RESULT["metrics"].items() if not k.endswith(("_low", "_high"))}
@@ -321,7 +321,7 @@ def test_compare_after_real_sweep_on_real_server(mlflow_server, ray_session, tmp
     rc = sweep.main([
         "--tracking-uri", mlflow_server, "--storage-path", str(tmp_path / "runs"), "--num-samples", "4",
         "data.dataset=digits", "model.teacher=tiny_teacher", "model.student=tiny_student", "train.epochs=2",
-        "teacher.epochs=3", "distill.crd.nce_k=256", f"sweep.search_space={space}", "sweep.max_concurrent=2",
+        "teacher.epochs=3", "distill.crd.nce_k=256", f"sweep.search_space={space}", "sweep.max_concurrent=1",
         "data.batch_size=64", "sweep.confirm.top_k=1", "sweep.confirm.seeds=2",
     ])
     assert rc == 0
