@@ -7,6 +7,7 @@ Under pytest-xdist (``make test`` runs two workers) each worker is its own test 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,24 @@ def ray_session(tmp_path_factory):
     cluster.connect(None, num_cpus=4)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store, created once per test session (creating one runs every MLflow migration)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("store-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def sqlite_store(tmp_path, store_template) -> str:
+    """``tmp_path / "mlflow.db"``, the URI the sweep tests pass, holding a new empty store (a copy of the session's
+    template: the schema and its Default experiment, as MLflow creates them; ~1 s of CPU saved per test); its URI."""
+    shutil.copyfile(store_template, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 @pytest.fixture

@@ -187,7 +187,7 @@ def test_scaling_quick(ray_session, capsys):
     assert "1 and 2 Ray Train workers" in out
 
 
-def test_methods_quick_pairs_gains_resumes_and_refuses_bad_input(isolated_cache, tmp_path, capsys):
+def test_methods_quick_pairs_gains_resumes_and_refuses_bad_input(isolated_cache, tmp_path, sqlite_store, capsys):
     """Each method at its paper defaults vs the student alone on the same seeds; a second call reuses every
     stored result; an unknown method or one that cannot fit the data exits 2 before any training."""
     import json

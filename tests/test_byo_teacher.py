@@ -119,7 +119,7 @@ def _mlflow_uri(path):
 @pytest.mark.slow
 @pytest.mark.parametrize("make", [_tv_state_dict, _timm_state_dict, _torchscript, _mlflow_uri],
                          ids=["torchvision-state-dict", "timm-state-dict", "torchscript", "mlflow-uri"])
-def test_one_trial_sweep_with_a_users_teacher(make, ray_session, isolated_cache, tmp_path, monkeypatch, capsys):
+def test_one_trial_sweep_with_a_users_teacher(make, ray_session, isolated_cache, tmp_path, sqlite_store, monkeypatch, capsys):
     import mlflow
 
     monkeypatch.chdir(tmp_path)
@@ -202,7 +202,7 @@ def test_cached_torchvision_weights_load_with_a_fresh_head_and_their_stats(tmp_p
     assert pretrained_stats("tv_resnet18", "IMAGENET1K_V1") == (tuple(weights.transforms().mean), tuple(weights.transforms().std))
 
 
-def test_pipeline_imports_a_given_plain_state_dict_like_the_sweep(tmp_path, isolated_cache):
+def test_pipeline_imports_a_given_plain_state_dict_like_the_sweep(tmp_path, sqlite_store, isolated_cache):
     from mlflow.tracking import MlflowClient as Client
 
     from orchestrator.data import build_data

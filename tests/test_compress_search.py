@@ -34,7 +34,7 @@ def _macs(width: float, depth: int) -> int:
 
 
 @pytest.mark.slow
-def test_multi_objective_sweep_on_digits(ray_session, isolated_cache, tmp_path, monkeypatch, capsys):
+def test_multi_objective_sweep_on_digits(ray_session, isolated_cache, tmp_path, sqlite_store, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = _args(tmp_path, "sweep.paper_defaults=false", "sweep.confirm.top_k=0",
                  "sweep.objectives=[val/acc1:max,cost/macs:min]")
@@ -113,7 +113,7 @@ def test_an_over_budget_trial_reports_once_and_no_scheduler_ranks_it():
 
 
 @pytest.mark.slow
-def test_budget_sweep_never_trains_a_student_over_it(ray_session, isolated_cache, tmp_path, monkeypatch, capsys):
+def test_budget_sweep_never_trains_a_student_over_it(ray_session, isolated_cache, tmp_path, sqlite_store, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     limit = _macs(2.0, 1)  # only width 2.0 at depth 2 is over it
     assert _macs(0.5, 2) <= limit < _macs(2.0, 2)

@@ -167,7 +167,7 @@ def _histories(uri: str, key: str = "val/acc1") -> list[list[float]]:
 
 @pytest.mark.slow
 def test_common_random_numbers_make_identical_configs_identical_and_top_k_0_is_unconfirmed(
-        ray_session, isolated_cache, tmp_path, monkeypatch, capsys):
+        ray_session, isolated_cache, tmp_path, sqlite_store, monkeypatch, capsys):
     """Two trials of one config (the first the paper-default point) report identical metrics; with
     sweep.confirm.top_k=0 the student alone is trained on the search seeds and the result says UNCONFIRMED."""
     monkeypatch.chdir(tmp_path)

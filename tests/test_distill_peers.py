@@ -177,7 +177,7 @@ def test_dogo_with_augmentation_contrasts_two_views_and_learns_digits(digits):
 
 
 @pytest.mark.slow  # a Ray Train worker group of 2 gloo workers: ~1-2 min on 2 cores
-def test_a_peers_trial_runs_on_two_ddp_workers_and_logs_both_peers(ray_session, isolated_cache, tmp_path, monkeypatch):
+def test_a_peers_trial_runs_on_two_ddp_workers_and_logs_both_peers(ray_session, isolated_cache, tmp_path, sqlite_store, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from orchestrator.sweep.cli import main

@@ -77,7 +77,7 @@ def test_trials_the_journal_finished_are_not_reported_to_after_a_restore(tmp_pat
     assert trial.state == TrialState.COMPLETE and trial.value == 0.6 and set(trial.intermediate_values) == {1}
 
 
-def test_runs_left_running_are_closed_killed_on_resume_and_finished_trials_are_not_reopened(tmp_path):
+def test_runs_left_running_are_closed_killed_on_resume_and_finished_trials_are_not_reopened(tmp_path, sqlite_store):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = tracking.check_connection(uri)
     exp = tracking.ensure_experiment(client, "kill", uri)
@@ -119,7 +119,7 @@ def test_the_state_file_keeps_the_parent_once_a_stage_is_recorded(tmp_path):
     assert json.loads((folder / STATE_FILE).read_text()) == resumed
 
 
-def test_a_resume_closes_what_a_killed_driver_left_by_its_recorded_outcome_and_finds_a_lost_parent(tmp_path):
+def test_a_resume_closes_what_a_killed_driver_left_by_its_recorded_outcome_and_finds_a_lost_parent(tmp_path, sqlite_store):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = tracking.check_connection(uri)
     exp = tracking.ensure_experiment(client, "kill", uri)
@@ -275,7 +275,7 @@ def _finished_job(tmp_path, monkeypatch, **kwargs):
 
 @pytest.mark.parametrize("train_run", [False, True], ids=["in-process", "worker-group"])
 def test_a_confirmation_job_that_ended_before_the_kill_gives_the_stage_its_final_numbers_and_student(
-        tmp_path, monkeypatch, train_run):
+        tmp_path, sqlite_store, monkeypatch, train_run):
     """Tune's saved state had the job running (epoch 2, its checkpoint); its MLflow run had ended FINISHED.
     Before the fix the resumed job reported nothing: the stage counted it as failed and the verdict lost its seed.
     Now it reports what it reported last: the last epoch's numbers and the checkpoint holding that epoch's student."""
@@ -311,7 +311,7 @@ def test_a_confirmation_job_that_ended_before_the_kill_gives_the_stage_its_final
     (3, (1, 2), "no checkpoint under"),  # the last epoch's student is not there: an earlier one is never used
     (2, (1, 2), "logged epoch 2 of 3 without test/acc1"),
 ])
-def test_a_finished_confirmation_job_whose_result_is_not_whole_fails_clearly(tmp_path, monkeypatch, epochs_logged,
+def test_a_finished_confirmation_job_whose_result_is_not_whole_fails_clearly(tmp_path, sqlite_store, monkeypatch, epochs_logged,
                                                                             checkpoints, says):
     from orchestrator.sweep.confirm.finished_job import FinishedJobError
     from orchestrator.sweep.trial import run_job

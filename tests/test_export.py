@@ -147,7 +147,7 @@ def test_export_help_lists_formats_and_defaults(capsys):
 
 
 @pytest.fixture
-def registered(student, tmp_path, monkeypatch):
+def registered(student, tmp_path, sqlite_store, monkeypatch):
     """A registered student as the sweep logs it: tool checkpoint + ONNX model version 1."""
     import mlflow
 

@@ -152,7 +152,7 @@ FRONT_SPACE = str(Path(__file__).parent / "data" / "tiny_front_space.yaml")
 
 
 @pytest.mark.slow
-def test_a_tiny_compress_sweep_ends_with_a_confirmed_front(ray_session, isolated_cache, tmp_path, monkeypatch, capsys):
+def test_a_tiny_compress_sweep_ends_with_a_confirmed_front(ray_session, isolated_cache, tmp_path, sqlite_store, monkeypatch, capsys):
     """Digits through Ray Tune + Ray Train: the front of a 1/2-channel and a 16/32-channel student, each point
     re-trained on 2 fresh seeds with its architecture alone, exported to ONNX, logged and registered."""
     from orchestrator.sweep.cli import main

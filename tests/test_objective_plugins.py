@@ -109,7 +109,7 @@ def test_an_installed_distribution_brings_its_term_through_the_entry_point_group
 
 
 @pytest.mark.slow
-def test_a_one_trial_digits_sweep_trains_a_plugin_term_through_ray_train(plugin_src, tmp_path, isolated_cache):
+def test_a_one_trial_digits_sweep_trains_a_plugin_term_through_ray_train(plugin_src, tmp_path, sqlite_store, isolated_cache):
     """The sweep runs in its own process with the package on PYTHONPATH, as a user runs it: its Ray's trial
     process imports the plug-in when it rebuilds the config, and the search space samples the term's weight."""
     space = space_file(tmp_path)

@@ -107,7 +107,7 @@ def test_pipeline_uses_each_teachers_own_outputs_and_shares_the_sweeps_files(sma
 
 @pytest.mark.slow
 def test_second_sweep_with_another_teacher_of_the_same_name_uses_its_own_outputs(
-    ray_session, small, isolated_cache, tmp_path, monkeypatch, capsys
+    ray_session, small, isolated_cache, tmp_path, sqlite_store, monkeypatch, capsys
 ):
     from orchestrator.sweep.cli import main
 

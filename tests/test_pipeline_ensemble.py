@@ -185,7 +185,7 @@ def _interval(a: dict, b: dict) -> tuple[float, float, float]:
 
 
 @pytest.mark.slow
-def test_pipeline_end_to_end_on_seeds_then_reruns_reuse_every_stage_and_seed(ray_session, isolated_cache, tmp_path,
+def test_pipeline_end_to_end_on_seeds_then_reruns_reuse_every_stage_and_seed(ray_session, isolated_cache, tmp_path, sqlite_store,
                                                                               monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -295,7 +295,7 @@ def test_pipeline_end_to_end_on_seeds_then_reruns_reuse_every_stage_and_seed(ray
 
 
 @pytest.mark.slow
-def test_pipeline_sweep_mode_uses_the_sweep_machinery_with_several_teachers(ray_session, isolated_cache, tmp_path,
+def test_pipeline_sweep_mode_uses_the_sweep_machinery_with_several_teachers(ray_session, isolated_cache, tmp_path, sqlite_store,
                                                                              monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -364,7 +364,7 @@ def test_compress_dry_run_shows_the_search_the_students_and_the_reference_rows(t
 
 @pytest.mark.slow
 def test_compress_mode_ends_with_a_front_referenced_to_the_ensemble_and_its_teachers(
-        ray_session, isolated_cache, tmp_path, monkeypatch, capsys):
+        ray_session, isolated_cache, tmp_path, sqlite_store, monkeypatch, capsys):
     """Digits, two teachers: the sweep with the ensemble as teacher (through Ray Tune + Ray Train), its front
     of the two students confirmed with each one alone, the ensemble and each teacher as reference rows."""
     monkeypatch.chdir(tmp_path)

@@ -122,7 +122,7 @@ def _stage_tags(uri: str) -> dict[str, list[str]]:
 
 
 @pytest.mark.slow
-def test_augmented_pipeline_end_to_end_then_rerun(ray_session, isolated_cache, tmp_path, monkeypatch, capsys):
+def test_augmented_pipeline_end_to_end_then_rerun(ray_session, isolated_cache, tmp_path, sqlite_store, monkeypatch, capsys):
     from pipelines.ensemble import main
 
     monkeypatch.chdir(tmp_path)

@@ -14,7 +14,7 @@ from run_checks import assert_every_run_closed, last_artifact_ms
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
+def store(tmp_path, sqlite_store, monkeypatch):
     import mlflow
 
     monkeypatch.chdir(tmp_path)

@@ -89,7 +89,7 @@ def _uri_teacher(tmp_path, log) -> str:
     return f"runs:/{run.info.run_id}/teacher"
 
 
-def test_mlflow_uri_teachers_are_never_unpickled(tmp_path, monkeypatch, capsys):
+def test_mlflow_uri_teachers_are_never_unpickled(tmp_path, sqlite_store, monkeypatch, capsys):
     """An old pickled mlflow.pytorch teacher, and a checkpoint.pt artifact carrying code, are both refused
     (exit 2, one line); the payload never runs."""
     import mlflow.pytorch

@@ -76,7 +76,7 @@ def assert_sweep_logged(uri: str, trials: int) -> None:
 
 
 @pytest.mark.slow
-def test_tiny_sweep_end_to_end(ray_session, isolated_cache, tmp_path, monkeypatch, capsys):
+def test_tiny_sweep_end_to_end(ray_session, isolated_cache, tmp_path, sqlite_store, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(tiny_args(tmp_path, "sweep.max_concurrent=2")) == 0
     out = capsys.readouterr().out
@@ -148,7 +148,7 @@ def test_tiny_sweep_end_to_end(ray_session, isolated_cache, tmp_path, monkeypatc
 
 
 @pytest.mark.slow
-def test_trial_with_two_ddp_workers(ray_session, isolated_cache, tmp_path, monkeypatch):
+def test_trial_with_two_ddp_workers(ray_session, isolated_cache, tmp_path, sqlite_store, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = tiny_args(tmp_path, "train.num_workers=2", "train.in_process=false", "sweep.baseline=false",
                      "sweep.confirm.top_k=0", samples=1)  # the trial is what is tested: no confirmation jobs
@@ -294,7 +294,7 @@ def test_print_config_shows_resolved_values(capsys):
 
 
 @pytest.mark.slow
-def test_ctrl_c_leaves_no_run_running_and_resume_finishes(isolated_cache, tmp_path):
+def test_ctrl_c_leaves_no_run_running_and_resume_finishes(isolated_cache, tmp_path, sqlite_store):
     """SIGINT mid-sweep: exit 130, runs closed KILLED; --resume then finishes the same sweep."""
     import signal
 
@@ -370,7 +370,7 @@ def test_resume_with_a_different_config_exits_2_naming_the_keys(tmp_path, monkey
 @pytest.mark.skipif(os.environ.get("DISTILL_RUN_DRIVER_KILL_TEST") != "1",
                     reason="4-6 min on a loaded 2-core machine (docs/RELIABILITY.md), beyond CI's budget; the root cause "
                     "it once caught is tested in tests/test_driver_kill.py; run it with DISTILL_RUN_DRIVER_KILL_TEST=1")
-def test_driver_sigkill_three_times_then_resume_finishes(isolated_cache, tmp_path):
+def test_driver_sigkill_three_times_then_resume_finishes(isolated_cache, tmp_path, sqlite_store):
     """Modelled on Ray Tune's restore tests: SIGKILL the sweep driver at random points (3 times), --resume until
     it finishes; nothing is issued or run twice, progress loses at most the epoch in flight, the Optuna study
     (the folder's journal) holds every trial."""

@@ -49,7 +49,7 @@ def test_a_continuous_width_is_named_and_the_base_student_kept(tmp_path):
     assert archs == ["cnn_student_small", "cnn_student_small[width=0.5]", "cnn_student_small[width=1.5]"]
 
 
-def test_every_trial_logs_its_students_cost(ray_session, isolated_cache, tmp_path, monkeypatch, capsys):
+def test_every_trial_logs_its_students_cost(ray_session, isolated_cache, tmp_path, sqlite_store, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = tiny_args(tmp_path, f"sweep.search_space={COMPRESS}", "sweep.paper_defaults=false", samples=3)
     assert main(args) == 0

@@ -81,7 +81,7 @@ def trial_tags(uri: str, experiment: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_augmented_sweep_shares_one_view_cache(ray_session, isolated_cache, tmp_path, monkeypatch, capsys):
+def test_augmented_sweep_shares_one_view_cache(ray_session, isolated_cache, tmp_path, sqlite_store, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ["--name", "aug", "--num-samples", "2", "--storage-path", str(tmp_path / "runs"), "--tracking-uri", uri,

@@ -27,7 +27,7 @@ def _store(tmp_path) -> tuple[MlflowClient, str]:
     return client, run_id
 
 
-def test_metrics_logged_while_the_server_is_away_are_buffered_then_sent_in_order(tmp_path, monkeypatch, capsys):
+def test_metrics_logged_while_the_server_is_away_are_buffered_then_sent_in_order(tmp_path, sqlite_store, monkeypatch, capsys):
     client, run_id = _store(tmp_path)
     real, down = client.log_batch, [True]
 
@@ -54,7 +54,7 @@ def test_metrics_logged_while_the_server_is_away_are_buffered_then_sent_in_order
     tracking.flush_metrics(client, run_id, wait_s=0)  # nothing left buffered
 
 
-def test_other_errors_are_not_buffered(tmp_path, monkeypatch):
+def test_other_errors_are_not_buffered(tmp_path, sqlite_store, monkeypatch):
     client, run_id = _store(tmp_path)
     with pytest.raises(Exception, match="nope"):
         monkeypatch.setattr(client, "log_batch", lambda *a, **k: (_ for _ in ()).throw(ValueError("nope")))

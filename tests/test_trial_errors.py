@@ -60,7 +60,7 @@ def test_config_problems_are_one_line_each_and_crashes_name_their_log(tmp_path, 
 
 
 @pytest.mark.slow
-def test_trial_config_error_through_real_ray_exits_2_with_one_line(isolated_cache, tmp_path):
+def test_trial_config_error_through_real_ray_exits_2_with_one_line(isolated_cache, tmp_path, sqlite_store):
     """The space's extremes are valid, but two of its combinations are not (CRD's queue below K): the trials
     that draw them fail inside Ray with a ConfigError."""
     args = [

@@ -43,13 +43,13 @@ def _trial_whose_controller_dies(tmp_path, monkeypatch, *, stop_asked: bool):
     return client.get_run(run_id)
 
 
-def test_a_trial_whose_controller_dies_as_tune_stops_it_ends_early_stopped(tmp_path, monkeypatch):
+def test_a_trial_whose_controller_dies_as_tune_stops_it_ends_early_stopped(tmp_path, sqlite_store, monkeypatch):
     run = _trial_whose_controller_dies(tmp_path, monkeypatch, stop_asked=True)
     assert run.info.status == "FINISHED" and run.data.tags[tracking.OUTCOME] == "early_stopped"
     assert tracking.ERROR not in run.data.tags
 
 
-def test_a_controller_that_dies_on_its_own_still_fails_the_trial(tmp_path, monkeypatch):
+def test_a_controller_that_dies_on_its_own_still_fails_the_trial(tmp_path, sqlite_store, monkeypatch):
     run = _trial_whose_controller_dies(tmp_path, monkeypatch, stop_asked=False)
     assert run.info.status == "FAILED" and "ActorDiedError" in run.data.tags[tracking.ERROR]
 

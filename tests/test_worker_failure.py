@@ -16,7 +16,7 @@ KILL_HOOK = str(Path(__file__).parent / "data" / "kill_hook")  # a sitecustomize
 
 
 @pytest.mark.slow
-def test_killed_train_worker_restarts_and_history_stays_contiguous(isolated_cache, tmp_path):
+def test_killed_train_worker_restarts_and_history_stays_contiguous(isolated_cache, tmp_path, sqlite_store):
     marker = tmp_path / "killed"
     env = {
         **os.environ, "DISTILL_RAY_TMPDIR": f"/tmp/distill-ray-kill-{os.getpid()}",

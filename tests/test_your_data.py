@@ -87,7 +87,7 @@ def test_predict_fits_images_exactly_as_training_did(resize, mode):
 
 
 @pytest.mark.slow
-def test_jpeg_folder_from_teacher_to_confirmed_sweep_export_and_predict(ray_session, isolated_cache, tmp_path,
+def test_jpeg_folder_from_teacher_to_confirmed_sweep_export_and_predict(ray_session, isolated_cache, tmp_path, sqlite_store,
                                                                         monkeypatch, capsys):
     from orchestrator.export import main as export_main
     from orchestrator.sweep.cli import main as sweep_main
