@@ -218,7 +218,8 @@ def cpu_share(num_tasks: int, at_once: int | None = None) -> float:
     import ray
 
     total = float(ray.cluster_resources().get("CPU", 1.0))
-    share = math.floor(100 * total / max(min(num_tasks, at_once or num_tasks), 1)) / 100  # round down: 3 x 0.67 > 2 would leave one waiting
+    together = max(min(num_tasks, at_once or num_tasks), 1)
+    share = math.floor(100 * total / together) / 100  # round down: 3 x 0.67 > 2 would leave one waiting
     return max(0.05, min(1.0, share))
 
 

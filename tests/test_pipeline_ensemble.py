@@ -118,6 +118,8 @@ def test_cpu_share_lets_every_task_start_at_once(monkeypatch, cpus, tasks):
     share = cpu_share(tasks)
     assert 0 < share <= 1.0 and share * tasks <= cpus  # never rounds up past the cluster (3 x 0.67 > 2)
     assert share == 1.0 or share * tasks > cpus - 0.05 * tasks
+    capped = cpu_share(tasks, at_once=2)  # pipeline.max_concurrent=2: two tasks at a time fit together
+    assert capped * min(tasks, 2) <= cpus and (capped == 1.0 or capped * min(tasks, 2) > cpus - 0.1)
 
 
 def test_queued_tasks_run_at_most_at_once_and_the_caller_can_cancel_them(ray_session, tmp_path):
