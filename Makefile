@@ -31,11 +31,12 @@ data: $(STAMP)
 sweep: setup
 	$(PY) -m orchestrator.sweep $(ARGS)
 
-# Tests run in TEST_WORKERS pytest-xdist processes (0: one process), each with its own Ray, temp dirs and caches
+# Tests run in TEST_WORKERS pytest-xdist processes (0: one process), each with its own temp dirs and caches
 # (tests/conftest.py); the end-to-end tests mostly wait on process start-up, so two overlap well on 2 cores.
-# --maxschedchunk 2: tests are handed out two at a time, so the long ones spread over the workers.
+# tests/conftest.py schedules them: the tests on the session's Ray all on one worker (one session Ray, not two),
+# every other test, slow ones first, to whichever worker is free.
 TEST_WORKERS ?= 2
-XDIST := -n $(TEST_WORKERS) --dist load --maxschedchunk 2
+XDIST := -n $(TEST_WORKERS) --dist load
 
 # pytest exits 5 when it collects no test: that is a failure with its own message.
 # The multi-node tests (marker `cluster`, minutes each) are left to `make test-cluster`, which CI runs too.

@@ -6,6 +6,7 @@ Under pytest-xdist (``make test`` runs two workers) each worker is its own test 
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 from pathlib import Path
@@ -30,6 +31,34 @@ def pytest_collection_modifyitems(config, items):
     """The slow (end-to-end) tests first, in their collected order: spread over the xdist workers while the short
     tests fill the end (no worker finishes its part long after the other)."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def node_ids_on_the_session_ray(folder: Path = Path(__file__).parent) -> set[str]:
+    """The node ids (``tests/test_x.py::test_name``, no parameters) of the test functions that take ``ray_session``,
+    read from the sources: the xdist controller, which schedules, does not collect."""
+    found = set()
+    for path in sorted(folder.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.FunctionDef) and any(arg.arg == "ray_session" for arg in node.args.args):
+                found.add(f"{folder.name}/{path.name}::{node.name}")
+    return found
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist with ``--dist load`` (``make test``): the tests on the session's Ray run on one worker, one after the other, so
+    only one session Ray is started (its services cost ~30 s of CPU over a run); every other test goes to whichever
+    worker is free. The group is handed out first, then the others in collection order (slow first)."""
+    if config.getoption("dist") != "load":  # another --dist asked for: xdist's own scheduler
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    on_ray = node_ids_on_the_session_ray()
+
+    class SessionRayOnOneWorker(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "ray_session" if nodeid.split("[")[0] in on_ray else nodeid
+
+    return SessionRayOnOneWorker(config, log)
 
 
 @pytest.fixture(scope="session")
