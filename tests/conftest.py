@@ -1,7 +1,8 @@
 """Shared fixtures: one Ray per test session (small, local), MLflow stores under tmp_path.
 
-Under pytest-xdist (``make test`` runs two workers) each worker is its own test session: its own Ray (temp dir
-``/tmp/distill-ray-tests-<worker>``), its own basetemp (so its own MLflow stores) and its own cache folder.
+Under pytest-xdist (``make test`` runs two workers) each worker is its own test session: its own basetemp (so its
+own MLflow stores) and its own cache folder; the tests on the session's Ray are all given to one worker
+(``pytest_xdist_make_scheduler`` below), which starts it (temp dir ``/tmp/distill-ray-tests-<worker>``).
 """
 
 from __future__ import annotations
@@ -44,10 +45,12 @@ def node_ids_on_the_session_ray(folder: Path = Path(__file__).parent) -> set[str
     return found
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: none without it (-p no:xdist)
 def pytest_xdist_make_scheduler(config, log):
-    """Under pytest-xdist with ``--dist load`` (``make test``): the tests on the session's Ray run on one worker, one after the other, so
-    only one session Ray is started (its services cost ~30 s of CPU over a run); every other test goes to whichever
-    worker is free. The group is handed out first, then the others in collection order (slow first)."""
+    """Under pytest-xdist with ``--dist load`` (``make test``): the tests on the session's Ray run on one worker, one
+    after the other, so only one session Ray is started (its services cost ~30 s of CPU over a run); every other test
+    goes to whichever worker is free. The group is handed out first, then the others in collection order (slow first).
+    (pytest-xdist's ``xdist_group`` mark would do this, but its ``loadgroup`` does not group under pytest 9.2.)"""
     if config.getoption("dist") != "load":  # another --dist asked for: xdist's own scheduler
         return None
     from xdist.scheduler import LoadScopeScheduling
